@@ -1,0 +1,629 @@
+//! In-memory adapters for every port.
+//!
+//! They are the embedded default of the local gateway (no setup at all) and
+//! the fast double of unit tests, and they pass the same conformance suites as
+//! the DynamoDB, Redis and API Gateway adapters: same conditions, same
+//! outcomes. All of a store's tables sit behind one mutex, which makes
+//! [`MessageStore::append`] trivially atomic, the way a DynamoDB transaction
+//! is.
+//!
+//! Each adapter also has a switch to make it fail (`set_down`), so tests can
+//! inject the faults DESIGN §4 names without a network in between.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+
+use crate::domain::{
+    ClientMsgId, Connection, ConnectionId, Conversation, ConversationId, Device, Message,
+    PendingDelivery, Platform, Seq, UserId, now_millis,
+};
+use crate::ports::{
+    AckOutcome, AppendOutcome, CatchUpRequest, CatchUpTrigger, ConnectionInfo,
+    ConnectionRegistry, ConversationStore, DeviceStore, Gateway, MessageStore, NewMessage,
+    Notifier, PendingStore, PostError, PushError, PushMessage, RegistryError, StoreError,
+    TriggerError,
+};
+
+/// Locks a mutex, recovering the data if a panicking test poisoned it.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[derive(Default)]
+struct Tables {
+    conversations: HashMap<ConversationId, Conversation>,
+    messages: HashMap<ConversationId, BTreeMap<u64, Message>>,
+    /// `(conversation, sender, client_msg_id)` → seq.
+    sent: HashMap<(ConversationId, UserId, ClientMsgId), u64>,
+    pending: BTreeMap<(UserId, ConversationId), PendingDelivery>,
+    devices: HashMap<String, Device>,
+}
+
+/// Messages, conversations, pending rows, idempotency records and devices.
+#[derive(Default, Clone)]
+pub struct MemoryStore {
+    tables: Arc<Mutex<Tables>>,
+    down: Arc<AtomicBool>,
+}
+
+impl MemoryStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// While down, every call answers `StoreError::Unavailable`.
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::SeqCst);
+    }
+
+    fn check(&self) -> Result<(), StoreError> {
+        if self.down.load(Ordering::SeqCst) {
+            Err(StoreError::Unavailable("memory store is down (injected)".into()))
+        } else {
+            Ok(())
+        }
+    }
+
+    fn tables(&self) -> Result<MutexGuard<'_, Tables>, StoreError> {
+        self.check()?;
+        Ok(lock(&self.tables))
+    }
+}
+
+fn upsert_pending(
+    pending: &mut BTreeMap<(UserId, ConversationId), PendingDelivery>,
+    user: &UserId,
+    conversation: &ConversationId,
+    seq: Seq,
+) {
+    let now = now_millis();
+    pending
+        .entry((user.clone(), conversation.clone()))
+        .and_modify(|row| {
+            row.first_undelivered_seq = row.first_undelivered_seq.min(seq);
+            row.last_seq = row.last_seq.max(seq);
+            row.updated_at = now;
+        })
+        .or_insert_with(|| PendingDelivery {
+            user_id: user.clone(),
+            conversation_id: conversation.clone(),
+            first_undelivered_seq: seq,
+            last_seq: seq,
+            updated_at: now,
+        });
+}
+
+#[async_trait]
+impl MessageStore for MemoryStore {
+    async fn append(&self, new: &NewMessage) -> Result<AppendOutcome, StoreError> {
+        let mut t = self.tables()?;
+        let m = &new.message;
+        let key = (
+            m.conversation_id.clone(),
+            m.sender_id.clone(),
+            m.client_msg_id.clone(),
+        );
+        if let Some(seq) = t.sent.get(&key) {
+            let original = t
+                .messages
+                .get(&m.conversation_id)
+                .and_then(|msgs| msgs.get(seq))
+                .cloned()
+                .ok_or_else(|| StoreError::Corrupt("idempotency record without message".into()))?;
+            return Ok(AppendOutcome::Duplicate(original));
+        }
+        let Some(conv) = t.conversations.get_mut(&m.conversation_id) else {
+            return Ok(AppendOutcome::NotAMember);
+        };
+        if !conv.is_member(&m.sender_id) {
+            return Ok(AppendOutcome::NotAMember);
+        }
+        if conv.last_seq.next() != m.seq {
+            return Ok(AppendOutcome::SeqConflict);
+        }
+        conv.last_seq = m.seq;
+        t.messages
+            .entry(m.conversation_id.clone())
+            .or_default()
+            .insert(m.seq.get(), m.clone());
+        t.sent.insert(key, m.seq.get());
+        for user in &new.pending_for {
+            upsert_pending(&mut t.pending, user, &m.conversation_id, m.seq);
+        }
+        Ok(AppendOutcome::Stored)
+    }
+
+    async fn find_sent(
+        &self,
+        conversation: &ConversationId,
+        sender: &UserId,
+        client_msg_id: &ClientMsgId,
+    ) -> Result<Option<Message>, StoreError> {
+        let t = self.tables()?;
+        let key = (conversation.clone(), sender.clone(), client_msg_id.clone());
+        Ok(t.sent
+            .get(&key)
+            .and_then(|seq| t.messages.get(conversation)?.get(seq).cloned()))
+    }
+
+    async fn range(
+        &self,
+        conversation: &ConversationId,
+        from: Seq,
+        limit: usize,
+    ) -> Result<Vec<Message>, StoreError> {
+        let t = self.tables()?;
+        Ok(t.messages
+            .get(conversation)
+            .map(|msgs| {
+                msgs.range(from.get()..)
+                    .take(limit)
+                    .map(|(_, m)| m.clone())
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+}
+
+#[async_trait]
+impl ConversationStore for MemoryStore {
+    async fn create(&self, conversation: &Conversation) -> Result<bool, StoreError> {
+        let mut t = self.tables()?;
+        if t.conversations.contains_key(&conversation.conversation_id) {
+            return Ok(false);
+        }
+        t.conversations
+            .insert(conversation.conversation_id.clone(), conversation.clone());
+        Ok(true)
+    }
+
+    async fn get(&self, id: &ConversationId) -> Result<Option<Conversation>, StoreError> {
+        Ok(self.tables()?.conversations.get(id).cloned())
+    }
+}
+
+#[async_trait]
+impl PendingStore for MemoryStore {
+    async fn list(&self, user: &UserId) -> Result<Vec<PendingDelivery>, StoreError> {
+        let t = self.tables()?;
+        Ok(t.pending
+            .values()
+            .filter(|row| &row.user_id == user)
+            .cloned()
+            .collect())
+    }
+
+    async fn get(
+        &self,
+        user: &UserId,
+        conversation: &ConversationId,
+    ) -> Result<Option<PendingDelivery>, StoreError> {
+        let t = self.tables()?;
+        Ok(t.pending
+            .get(&(user.clone(), conversation.clone()))
+            .cloned())
+    }
+
+    async fn record(
+        &self,
+        user: &UserId,
+        conversation: &ConversationId,
+        seq: Seq,
+    ) -> Result<(), StoreError> {
+        let mut t = self.tables()?;
+        upsert_pending(&mut t.pending, user, conversation, seq);
+        Ok(())
+    }
+
+    async fn ack(
+        &self,
+        user: &UserId,
+        conversation: &ConversationId,
+        seq: Seq,
+    ) -> Result<AckOutcome, StoreError> {
+        let mut t = self.tables()?;
+        let key = (user.clone(), conversation.clone());
+        let Some(row) = t.pending.get_mut(&key) else {
+            return Ok(AckOutcome::Stale);
+        };
+        if row.last_seq <= seq {
+            t.pending.remove(&key);
+            return Ok(AckOutcome::Cleared);
+        }
+        if row.first_undelivered_seq <= seq {
+            row.first_undelivered_seq = seq.next();
+            row.updated_at = now_millis();
+            return Ok(AckOutcome::Advanced);
+        }
+        Ok(AckOutcome::Stale)
+    }
+
+    async fn clear_if_unchanged(
+        &self,
+        user: &UserId,
+        conversation: &ConversationId,
+        last_seq: Seq,
+    ) -> Result<bool, StoreError> {
+        let mut t = self.tables()?;
+        let key = (user.clone(), conversation.clone());
+        match t.pending.get(&key) {
+            Some(row) if row.last_seq == last_seq => {
+                t.pending.remove(&key);
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+}
+
+#[async_trait]
+impl DeviceStore for MemoryStore {
+    async fn put(&self, device: &Device) -> Result<(), StoreError> {
+        self.tables()?
+            .devices
+            .insert(device.token.clone(), device.clone());
+        Ok(())
+    }
+
+    async fn by_token(&self, token: &str) -> Result<Option<Device>, StoreError> {
+        Ok(self.tables()?.devices.get(token).cloned())
+    }
+
+    async fn for_user(&self, user: &UserId) -> Result<Vec<Device>, StoreError> {
+        let t = self.tables()?;
+        let mut out: Vec<Device> = t
+            .devices
+            .values()
+            .filter(|d| &d.user_id == user)
+            .cloned()
+            .collect();
+        out.sort_by(|a, b| a.token.cmp(&b.token));
+        Ok(out)
+    }
+
+    async fn delete(&self, token: &str) -> Result<(), StoreError> {
+        self.tables()?.devices.remove(token);
+        Ok(())
+    }
+}
+
+/// The connection registry, without Redis.
+#[derive(Default, Clone)]
+pub struct MemoryRegistry {
+    entries: Arc<Mutex<HashMap<UserId, (Connection, Instant)>>>,
+    ttl: Option<Duration>,
+    down: Arc<AtomicBool>,
+}
+
+impl MemoryRegistry {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Entries expire after `ttl`, like the Redis keys.
+    pub fn with_ttl(ttl: Duration) -> Self {
+        Self {
+            ttl: Some(ttl),
+            ..Self::default()
+        }
+    }
+
+    /// While down, every call fails, like an unreachable Redis.
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::SeqCst);
+    }
+
+    fn check(&self) -> Result<(), RegistryError> {
+        if self.down.load(Ordering::SeqCst) {
+            Err(RegistryError("memory registry is down (injected)".into()))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+#[async_trait]
+impl ConnectionRegistry for MemoryRegistry {
+    async fn register(&self, user: &UserId, connection: &Connection) -> Result<(), RegistryError> {
+        self.check()?;
+        lock(&self.entries).insert(user.clone(), (connection.clone(), Instant::now()));
+        Ok(())
+    }
+
+    async fn lookup(&self, user: &UserId) -> Result<Option<Connection>, RegistryError> {
+        self.check()?;
+        let mut entries = lock(&self.entries);
+        match entries.get(user) {
+            Some((_, at)) if self.ttl.is_some_and(|ttl| at.elapsed() >= ttl) => {
+                entries.remove(user);
+                Ok(None)
+            }
+            Some((c, _)) => Ok(Some(c.clone())),
+            None => Ok(None),
+        }
+    }
+
+    async fn remove_if(
+        &self,
+        user: &UserId,
+        connection_id: &ConnectionId,
+    ) -> Result<bool, RegistryError> {
+        self.check()?;
+        let mut entries = lock(&self.entries);
+        if entries
+            .get(user)
+            .is_some_and(|(c, _)| &c.connection_id == connection_id)
+        {
+            entries.remove(user);
+            return Ok(true);
+        }
+        Ok(false)
+    }
+}
+
+#[derive(Default)]
+struct GatewayState {
+    /// Open (or opening) connections: when they start accepting posts.
+    connections: HashMap<ConnectionId, Instant>,
+    /// Every successful post, per connection, in order.
+    posted: HashMap<ConnectionId, Vec<String>>,
+    /// Connections that swallow posts: 200, but nothing reaches the client
+    /// (a half-open mobile connection).
+    swallowing: HashSet<ConnectionId>,
+    /// Connections that die after this many more successful posts.
+    die_after: HashMap<ConnectionId, usize>,
+}
+
+/// A stand-in for the API Gateway Management API: records what is posted,
+/// answers 410 for unknown connections and for ones not open yet.
+#[derive(Default, Clone)]
+pub struct MemoryGateway {
+    state: Arc<Mutex<GatewayState>>,
+    posts: Arc<AtomicU64>,
+    down: Arc<AtomicBool>,
+}
+
+impl MemoryGateway {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A connection that accepts posts from now on.
+    pub fn open(&self, connection: &ConnectionId) {
+        self.open_after(connection, Duration::ZERO);
+    }
+
+    /// A connection whose `$connect` returns after `delay`: posts before then
+    /// get 410, as on API Gateway.
+    pub fn open_after(&self, connection: &ConnectionId, delay: Duration) {
+        lock(&self.state)
+            .connections
+            .insert(connection.clone(), Instant::now() + delay);
+    }
+
+    pub fn close(&self, connection: &ConnectionId) {
+        lock(&self.state).connections.remove(connection);
+    }
+
+    /// Posts to this connection succeed but reach nobody.
+    pub fn swallow(&self, connection: &ConnectionId) {
+        lock(&self.state).swallowing.insert(connection.clone());
+    }
+
+    /// The connection closes after `n` more successful posts.
+    pub fn die_after(&self, connection: &ConnectionId, n: usize) {
+        lock(&self.state).die_after.insert(connection.clone(), n);
+    }
+
+    /// While down, posts answer `Unavailable` (a 5xx).
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::SeqCst);
+    }
+
+    /// Frames that reached the client of `connection`, in order.
+    pub fn frames(&self, connection: &ConnectionId) -> Vec<String> {
+        lock(&self.state)
+            .posted
+            .get(connection)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Calls to `post`, successful or not.
+    pub fn post_count(&self) -> u64 {
+        self.posts.load(Ordering::SeqCst)
+    }
+}
+
+#[async_trait]
+impl Gateway for MemoryGateway {
+    async fn post(&self, connection: &ConnectionId, data: &[u8]) -> Result<(), PostError> {
+        self.posts.fetch_add(1, Ordering::SeqCst);
+        if self.down.load(Ordering::SeqCst) {
+            return Err(PostError::Unavailable("memory gateway is down (injected)".into()));
+        }
+        if data.len() > crate::protocol::MAX_POST_BYTES {
+            return Err(PostError::PayloadTooLarge);
+        }
+        let mut s = lock(&self.state);
+        match s.connections.get(connection) {
+            Some(opens_at) if Instant::now() >= *opens_at => {}
+            _ => return Err(PostError::Gone),
+        }
+        if let Some(left) = s.die_after.get_mut(connection) {
+            if *left == 0 {
+                s.connections.remove(connection);
+                s.die_after.remove(connection);
+                return Err(PostError::Gone);
+            }
+            *left -= 1;
+        }
+        if !s.swallowing.contains(connection) {
+            let text = String::from_utf8_lossy(data).into_owned();
+            s.posted.entry(connection.clone()).or_default().push(text);
+        }
+        Ok(())
+    }
+
+    async fn get(&self, connection: &ConnectionId) -> Result<Option<ConnectionInfo>, PostError> {
+        let s = lock(&self.state);
+        Ok(match s.connections.get(connection) {
+            Some(opens_at) if Instant::now() >= *opens_at => Some(ConnectionInfo {
+                connected_at: None,
+                last_active_at: None,
+                source_ip: None,
+            }),
+            _ => None,
+        })
+    }
+
+    async fn delete(&self, connection: &ConnectionId) -> Result<(), PostError> {
+        match lock(&self.state).connections.remove(connection) {
+            Some(_) => Ok(()),
+            None => Err(PostError::Gone),
+        }
+    }
+}
+
+/// A catch-up trigger that records its requests and, if given a runner,
+/// runs each one in the background (as Lambda's `Event` invoke would).
+#[derive(Clone, Default)]
+pub struct MemoryTrigger {
+    requests: Arc<Mutex<Vec<CatchUpRequest>>>,
+    runner: Arc<Mutex<Option<Runner>>>,
+    down: Arc<AtomicBool>,
+}
+
+type Runner = Arc<dyn Fn(CatchUpRequest) + Send + Sync>;
+
+impl MemoryTrigger {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Runs `f` for every triggered request (it should spawn, not block).
+    pub fn set_runner(&self, f: impl Fn(CatchUpRequest) + Send + Sync + 'static) {
+        *lock(&self.runner) = Some(Arc::new(f));
+    }
+
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::SeqCst);
+    }
+
+    pub fn requests(&self) -> Vec<CatchUpRequest> {
+        lock(&self.requests).clone()
+    }
+}
+
+#[async_trait]
+impl CatchUpTrigger for MemoryTrigger {
+    async fn trigger(&self, request: &CatchUpRequest) -> Result<(), TriggerError> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(TriggerError("memory trigger is down (injected)".into()));
+        }
+        lock(&self.requests).push(request.clone());
+        let runner = lock(&self.runner).clone();
+        if let Some(run) = runner {
+            run(request.clone());
+        }
+        Ok(())
+    }
+}
+
+/// A push notification the in-memory notifier would have sent.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RecordedPush {
+    pub endpoint_arn: String,
+    pub platform: Platform,
+    pub token: String,
+    pub message: PushMessage,
+    pub at: i64,
+}
+
+#[derive(Default)]
+struct NotifierState {
+    /// endpoint arn → (platform, token, enabled)
+    endpoints: HashMap<String, (Platform, String, bool)>,
+    sent: Vec<RecordedPush>,
+}
+
+/// Records what SNS would have been asked to push.
+#[derive(Clone, Default)]
+pub struct MemoryNotifier {
+    state: Arc<Mutex<NotifierState>>,
+    down: Arc<AtomicBool>,
+}
+
+impl MemoryNotifier {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::SeqCst);
+    }
+
+    /// Marks an endpoint disabled, as SNS does when APNs/FCM reject its token.
+    pub fn disable(&self, endpoint_arn: &str) {
+        if let Some(e) = lock(&self.state).endpoints.get_mut(endpoint_arn) {
+            e.2 = false;
+        }
+    }
+
+    pub fn sent(&self) -> Vec<RecordedPush> {
+        lock(&self.state).sent.clone()
+    }
+
+    pub fn endpoint_exists(&self, endpoint_arn: &str) -> bool {
+        lock(&self.state).endpoints.contains_key(endpoint_arn)
+    }
+}
+
+#[async_trait]
+impl Notifier for MemoryNotifier {
+    async fn create_endpoint(
+        &self,
+        platform: Platform,
+        token: &str,
+        _user: &UserId,
+    ) -> Result<String, PushError> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(PushError::Unavailable("memory notifier is down (injected)".into()));
+        }
+        let mut s = lock(&self.state);
+        // Same token, same endpoint, as SNS CreatePlatformEndpoint is idempotent.
+        let arn = format!("arn:memory:sns:endpoint/{}/{}", platform.as_str(), token);
+        s.endpoints.insert(arn.clone(), (platform, token.to_owned(), true));
+        Ok(arn)
+    }
+
+    async fn publish(&self, endpoint_arn: &str, message: &PushMessage) -> Result<(), PushError> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(PushError::Unavailable("memory notifier is down (injected)".into()));
+        }
+        let mut s = lock(&self.state);
+        let Some((platform, token, enabled)) = s.endpoints.get(endpoint_arn).cloned() else {
+            return Err(PushError::EndpointDisabled);
+        };
+        if !enabled {
+            return Err(PushError::EndpointDisabled);
+        }
+        s.sent.push(RecordedPush {
+            endpoint_arn: endpoint_arn.to_owned(),
+            platform,
+            token,
+            message: message.clone(),
+            at: now_millis(),
+        });
+        Ok(())
+    }
+
+    async fn delete_endpoint(&self, endpoint_arn: &str) -> Result<(), PushError> {
+        lock(&self.state).endpoints.remove(endpoint_arn);
+        Ok(())
+    }
+}

@@ -1,0 +1,6 @@
+//! Adapters: each port made real, plus in-memory versions of all of them.
+//!
+//! Real adapters translate SDK and driver errors into the port's error types
+//! here, at the boundary, so no service ever sees an SDK type.
+
+pub mod memory;

@@ -1,0 +1,259 @@
+//! Configuration, read once at start-up into typed values.
+//!
+//! Each section has a `from_env` that reads only its own variables, so a
+//! function asks for exactly what it uses (the authorizer never needs a table
+//! name) and a missing required variable is an error that names it. Tests
+//! build the structs directly; `Default` gives the documented defaults.
+
+use std::time::Duration;
+
+use crate::protocol::{DEFAULT_FRAME_BYTES, MAX_POST_BYTES};
+
+/// A variable that is missing or does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("environment variable {0} is required but not set")]
+    Missing(&'static str),
+    #[error("environment variable {name} is invalid: {reason}")]
+    Invalid { name: &'static str, reason: String },
+}
+
+/// Reads variables from a lookup function, so tests need not touch the
+/// process environment.
+pub struct Env<F: Fn(&str) -> Option<String>>(pub F);
+
+/// The process environment.
+pub fn process_env() -> Env<impl Fn(&str) -> Option<String>> {
+    Env(|k: &str| std::env::var(k).ok().filter(|v| !v.is_empty()))
+}
+
+impl<F: Fn(&str) -> Option<String>> Env<F> {
+    pub fn optional(&self, name: &'static str) -> Option<String> {
+        (self.0)(name)
+    }
+
+    pub fn required(&self, name: &'static str) -> Result<String, ConfigError> {
+        self.optional(name).ok_or(ConfigError::Missing(name))
+    }
+
+    pub fn parsed<T: std::str::FromStr>(
+        &self,
+        name: &'static str,
+        default: T,
+    ) -> Result<T, ConfigError>
+    where
+        T::Err: std::fmt::Display,
+    {
+        match self.optional(name) {
+            None => Ok(default),
+            Some(v) => v.trim().parse().map_err(|e: T::Err| ConfigError::Invalid {
+                name,
+                reason: e.to_string(),
+            }),
+        }
+    }
+}
+
+/// DynamoDB table names (DESIGN §3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableNames {
+    pub messages: String,
+    pub pending: String,
+    pub conversations: String,
+    pub idempotency: String,
+    pub devices: String,
+}
+
+impl TableNames {
+    pub fn from_env<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<Self, ConfigError> {
+        Ok(Self {
+            messages: env.required("MESSAGES_TABLE")?,
+            pending: env.required("PENDING_TABLE")?,
+            conversations: env.required("CONVERSATIONS_TABLE")?,
+            idempotency: env.required("IDEMPOTENCY_TABLE")?,
+            devices: env.required("DEVICES_TABLE")?,
+        })
+    }
+
+    /// `{prefix}-messages`, … — what the test harness and the local gateway
+    /// create.
+    pub fn with_prefix(prefix: &str) -> Self {
+        Self {
+            messages: format!("{prefix}-messages"),
+            pending: format!("{prefix}-pending-deliveries"),
+            conversations: format!("{prefix}-conversations"),
+            idempotency: format!("{prefix}-idempotency"),
+            devices: format!("{prefix}-devices"),
+        }
+    }
+}
+
+/// When pending rows are cleared (DESIGN §4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PendingClear {
+    /// Rows for every recipient, cleared by the client's ack. The default:
+    /// a 200 from `postToConnection` is not proof of delivery.
+    #[default]
+    Ack,
+    /// Rows only for recipients not reached live; catch-up clears a row after
+    /// posting it. One write fewer per online recipient, but a message
+    /// swallowed by a half-open connection is lost.
+    Post,
+}
+
+impl std::str::FromStr for PendingClear {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "ack" => Ok(PendingClear::Ack),
+            "post" => Ok(PendingClear::Post),
+            other => Err(format!("expected ack or post, got {other:?}")),
+        }
+    }
+}
+
+/// Delivery settings shared by catch-up, send and ack.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryConfig {
+    pub pending_clear: PendingClear,
+    /// Largest frame posted; API Gateway bills per 32 KB, allows 128 KB.
+    pub max_frame_bytes: usize,
+    /// How long after `$connect` a 410 means "not open yet" rather than gone.
+    pub open_window: Duration,
+    /// First retry delay for such a 410; doubles, with jitter, up to 400 ms.
+    pub open_retry_base: Duration,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        Self {
+            pending_clear: PendingClear::Ack,
+            max_frame_bytes: DEFAULT_FRAME_BYTES,
+            open_window: Duration::from_millis(3000),
+            open_retry_base: Duration::from_millis(25),
+        }
+    }
+}
+
+impl DeliveryConfig {
+    pub fn from_env<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<Self, ConfigError> {
+        let d = Self::default();
+        let max_frame_bytes = env.parsed("FRAME_BYTES", d.max_frame_bytes)?;
+        if !(1024..=MAX_POST_BYTES).contains(&max_frame_bytes) {
+            return Err(ConfigError::Invalid {
+                name: "FRAME_BYTES",
+                reason: format!("must be between 1024 and {MAX_POST_BYTES}"),
+            });
+        }
+        Ok(Self {
+            pending_clear: env.parsed("PENDING_CLEAR", d.pending_clear)?,
+            max_frame_bytes,
+            open_window: Duration::from_millis(env.parsed("OPEN_WINDOW_MS", 3000u64)?),
+            open_retry_base: Duration::from_millis(env.parsed("OPEN_RETRY_BASE_MS", 25u64)?),
+        })
+    }
+}
+
+/// Catch-up's own bounds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CatchUpConfig {
+    /// Most messages of one conversation delivered per catch-up; the rest is
+    /// announced with a `more` frame.
+    pub per_conversation_cap: usize,
+    /// Conversations read and posted at once.
+    pub concurrency: usize,
+    /// Stop starting new work this long before the invocation's deadline.
+    pub deadline_margin: Duration,
+}
+
+impl Default for CatchUpConfig {
+    fn default() -> Self {
+        Self {
+            per_conversation_cap: 500,
+            concurrency: 32,
+            deadline_margin: Duration::from_millis(1500),
+        }
+    }
+}
+
+impl CatchUpConfig {
+    pub fn from_env<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<Self, ConfigError> {
+        let d = Self::default();
+        let cap = env.parsed("CATCH_UP_CAP", d.per_conversation_cap)?;
+        let concurrency = env.parsed("CATCH_UP_CONCURRENCY", d.concurrency)?;
+        if cap == 0 {
+            return Err(ConfigError::Invalid {
+                name: "CATCH_UP_CAP",
+                reason: "must be at least 1".into(),
+            });
+        }
+        if concurrency == 0 {
+            return Err(ConfigError::Invalid {
+                name: "CATCH_UP_CONCURRENCY",
+                reason: "must be at least 1".into(),
+            });
+        }
+        Ok(Self {
+            per_conversation_cap: cap,
+            concurrency,
+            deadline_margin: Duration::from_millis(env.parsed("CATCH_UP_DEADLINE_MARGIN_MS", 1500u64)?),
+        })
+    }
+}
+
+/// Redis registry settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistryConfig {
+    /// `redis://` or `rediss://` (TLS, required by ElastiCache Serverless).
+    pub url: String,
+    /// A little over API Gateway's 2-hour connection limit.
+    pub ttl: Duration,
+    /// Per-command timeout: the registry is a hint, never worth a stall.
+    pub timeout: Duration,
+}
+
+impl RegistryConfig {
+    pub const DEFAULT_TTL: Duration = Duration::from_secs(2 * 3600 + 300);
+
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            ttl: Self::DEFAULT_TTL,
+            timeout: Duration::from_millis(500),
+        }
+    }
+
+    pub fn from_env<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<Self, ConfigError> {
+        Ok(Self {
+            url: env.required("REDIS_URL")?,
+            ttl: Duration::from_secs(env.parsed("REGISTRY_TTL_SECS", Self::DEFAULT_TTL.as_secs())?),
+            timeout: Duration::from_millis(env.parsed("REDIS_TIMEOUT_MS", 500u64)?),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &'static [(&'static str, &'static str)]) -> Env<impl Fn(&str) -> Option<String>> {
+        Env(move |k: &str| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string()))
+    }
+
+    #[test]
+    fn missing_table_is_named() {
+        let e = TableNames::from_env(&env(&[("MESSAGES_TABLE", "m")])).unwrap_err();
+        assert_eq!(e, ConfigError::Missing("PENDING_TABLE"));
+        assert!(e.to_string().contains("PENDING_TABLE"));
+    }
+
+    #[test]
+    fn pending_clear_parses_and_refuses() {
+        let d = DeliveryConfig::from_env(&env(&[("PENDING_CLEAR", "post")])).unwrap();
+        assert_eq!(d.pending_clear, PendingClear::Post);
+        let e = DeliveryConfig::from_env(&env(&[("PENDING_CLEAR", "never")])).unwrap_err();
+        assert!(matches!(e, ConfigError::Invalid { name: "PENDING_CLEAR", .. }));
+        let e = DeliveryConfig::from_env(&env(&[("FRAME_BYTES", "999999")])).unwrap_err();
+        assert!(matches!(e, ConfigError::Invalid { name: "FRAME_BYTES", .. }));
+    }
+}

@@ -1,0 +1,130 @@
+//! The edge every handler shares: reading an API Gateway WebSocket event and
+//! answering it.
+//!
+//! Identity comes from one place only, the authorizer context API Gateway
+//! attaches to every route of a connection (`requestContext.authorizer`).
+//! A body that claims a `user_id` is never read for identity. A route event
+//! without that context means the API is misconfigured (a route reachable
+//! without the authorizer), so it is a server fault (`Err`), not a client
+//! mistake.
+
+use aws_lambda_events::apigw::{ApiGatewayProxyResponse, ApiGatewayWebsocketProxyRequest};
+use aws_lambda_events::encodings::Body;
+
+use crate::domain::{ConnectionId, Millis, UserId};
+use crate::protocol::ServerFrame;
+
+/// The authorizer context key that carries the user id.
+pub const USER_ID_KEY: &str = "user_id";
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EdgeError {
+    #[error("event has no authorizer context user_id: is the route behind the authorizer?")]
+    MissingIdentity,
+    #[error("authorizer context user_id is invalid: {0}")]
+    InvalidIdentity(String),
+    #[error("event has no valid requestContext.connectionId")]
+    MissingConnection,
+}
+
+/// What a handler needs from a WebSocket route event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WsRequest {
+    pub user_id: UserId,
+    pub connection_id: ConnectionId,
+    /// API Gateway's `connectedAt` (ms); 0 if the event did not carry it.
+    pub connected_at: Millis,
+    pub route_key: String,
+    /// The frame's text; `None` for `$connect`/`$disconnect` and binary frames.
+    pub body: Option<String>,
+    /// True when the frame was binary (API Gateway base64-encodes it).
+    pub binary: bool,
+}
+
+/// The connection id of any WebSocket event, identity or not.
+pub fn connection_id(event: &ApiGatewayWebsocketProxyRequest) -> Result<ConnectionId, EdgeError> {
+    event
+        .request_context
+        .connection_id
+        .as_deref()
+        .and_then(|c| ConnectionId::parse(c).ok())
+        .ok_or(EdgeError::MissingConnection)
+}
+
+/// The user id the authorizer put in the context.
+pub fn user_id(event: &ApiGatewayWebsocketProxyRequest) -> Result<UserId, EdgeError> {
+    let raw = event
+        .request_context
+        .authorizer
+        .fields
+        .get(USER_ID_KEY)
+        .and_then(|v| v.as_str())
+        .ok_or(EdgeError::MissingIdentity)?;
+    UserId::parse(raw).map_err(|e| EdgeError::InvalidIdentity(e.to_string()))
+}
+
+impl WsRequest {
+    pub fn from_event(event: &ApiGatewayWebsocketProxyRequest) -> Result<Self, EdgeError> {
+        let binary = event.is_base64_encoded;
+        Ok(Self {
+            user_id: user_id(event)?,
+            connection_id: connection_id(event)?,
+            connected_at: event.request_context.connected_at,
+            route_key: event.request_context.route_key.clone().unwrap_or_default(),
+            body: if binary { None } else { event.body.clone() },
+            binary,
+        })
+    }
+}
+
+/// `200` with `frame` as the route response (sent back to the caller's
+/// socket when the route has a route response, `$default` selection).
+pub fn reply(frame: Option<&ServerFrame>) -> ApiGatewayProxyResponse {
+    let mut r = ApiGatewayProxyResponse::default();
+    r.status_code = 200;
+    r.body = frame.map(|f| Body::Text(f.to_json()));
+    r
+}
+
+/// A bare status, as `$connect` and `$disconnect` answer.
+pub fn status(code: i64) -> ApiGatewayProxyResponse {
+    let mut r = ApiGatewayProxyResponse::default();
+    r.status_code = code;
+    r
+}
+
+/// Logs for a Lambda function: JSON when the runtime asks for it
+/// (`AWS_LAMBDA_LOG_FORMAT=JSON`), level from `AWS_LAMBDA_LOG_LEVEL` or
+/// `RUST_LOG`.
+pub fn init_tracing() {
+    lambda_runtime::tracing::init_default_subscriber();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(json: &str) -> ApiGatewayWebsocketProxyRequest {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn identity_comes_from_the_authorizer_context_only() {
+        let e = event(
+            r#"{"requestContext":{"routeKey":"sendMessage","connectionId":"abc=","connectedAt":1795000000000,
+                "authorizer":{"user_id":"bob","principalId":"bob"}},
+                "body":"{\"action\":\"sendMessage\",\"user_id\":\"mallory\"}","isBase64Encoded":false}"#,
+        );
+        let r = WsRequest::from_event(&e).unwrap();
+        assert_eq!(r.user_id.as_str(), "bob");
+        assert_eq!(r.connection_id.as_str(), "abc=");
+        assert_eq!(r.connected_at, 1_795_000_000_000);
+        assert_eq!(r.route_key, "sendMessage");
+    }
+
+    #[test]
+    fn missing_context_is_a_server_fault() {
+        let e = event(r#"{"requestContext":{"connectionId":"abc="},"isBase64Encoded":false}"#);
+        assert_eq!(WsRequest::from_event(&e), Err(EdgeError::MissingIdentity));
+    }
+}

@@ -1,0 +1,623 @@
+//! The wire protocol: JSON text frames between a client and Courier.
+//!
+//! Inbound, a frame is parsed in two steps: first the envelope (`action` and
+//! `request_id`), so that even a frame whose fields are wrong gets an error
+//! that echoes its `request_id`; then the action's own fields, into
+//! [`ClientFrame`], whose ids are already domain types. Nothing here panics on
+//! any input: every failure is a [`FrameError`] that maps to an error frame.
+//!
+//! Outbound, [`ServerFrame`] is the only way a frame is built, and
+//! [`pack_messages`] is the only way messages are put into frames, so the
+//! 32 KB billing unit is respected in one place.
+
+use serde::{Deserialize, Serialize};
+
+use crate::domain::{
+    ClientMsgId, ConversationId, InvalidValue, Message, Millis, Platform, Seq, UserId,
+};
+
+/// Longest `request_id` echoed back (DESIGN §5).
+pub const MAX_REQUEST_ID_LEN: usize = 64;
+
+/// Error codes of DESIGN §5.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    BadRequest,
+    UnknownAction,
+    Unauthorized,
+    NotAMember,
+    ConversationNotFound,
+    PayloadTooLarge,
+    RateLimited,
+    Internal,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::UnknownAction => "unknown_action",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::NotAMember => "not_a_member",
+            ErrorCode::ConversationNotFound => "conversation_not_found",
+            ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::Internal => "internal",
+        }
+    }
+}
+
+/// A client frame that could not be accepted, with what it takes to answer it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code:?}: {message}")]
+pub struct FrameError {
+    pub code: ErrorCode,
+    pub message: String,
+    pub request_id: Option<String>,
+    pub client_msg_id: Option<String>,
+}
+
+impl FrameError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            request_id: None,
+            client_msg_id: None,
+        }
+    }
+
+    pub fn with_request_id(mut self, request_id: Option<String>) -> Self {
+        self.request_id = request_id;
+        self
+    }
+
+    pub fn with_client_msg_id(mut self, client_msg_id: Option<String>) -> Self {
+        self.client_msg_id = client_msg_id;
+        self
+    }
+
+    pub fn to_frame(&self) -> ServerFrame {
+        ServerFrame::Error {
+            code: self.code,
+            message: self.message.clone(),
+            client_msg_id: self.client_msg_id.clone(),
+            request_id: self.request_id.clone(),
+        }
+    }
+}
+
+impl From<InvalidValue> for FrameError {
+    fn from(e: InvalidValue) -> Self {
+        FrameError::new(ErrorCode::BadRequest, e.to_string())
+    }
+}
+
+/// One entry of an `ack` frame.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct AckItem {
+    pub conversation_id: ConversationId,
+    pub seq: Seq,
+}
+
+/// Most entries one `ack` frame may carry; bounds the work of one invocation.
+pub const MAX_ACKS_PER_FRAME: usize = 100;
+
+/// Largest `limit` a range `sync` may ask for.
+pub const MAX_SYNC_LIMIT: u32 = 1000;
+
+/// What a `sync` asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SyncRequest {
+    /// Everything pending for the user (the catch-up).
+    Full,
+    /// Messages of one conversation after `after_seq`, at most `limit`.
+    Range {
+        conversation_id: ConversationId,
+        after_seq: Seq,
+        limit: Option<u32>,
+    },
+}
+
+/// A parsed client frame; identity is never part of it (it comes from the
+/// authorizer context), so a `sender_id` or `user_id` in the JSON is ignored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientFrame {
+    SendMessage {
+        conversation_id: ConversationId,
+        client_msg_id: ClientMsgId,
+        /// Validated against the configured size limit by the send service.
+        body: String,
+    },
+    Ack {
+        acks: Vec<AckItem>,
+    },
+    Sync(SyncRequest),
+    CreateConversation {
+        members: Vec<UserId>,
+    },
+    RegisterDevice {
+        platform: Platform,
+        token: String,
+    },
+    /// Heartbeat inside API Gateway's 10-minute idle timeout.
+    Ping,
+}
+
+/// A client frame with its optional `request_id`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    pub request_id: Option<String>,
+    pub frame: ClientFrame,
+}
+
+#[derive(Deserialize)]
+struct Envelope {
+    action: Option<serde_json::Value>,
+    request_id: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+struct SendMessageFields {
+    conversation_id: ConversationId,
+    client_msg_id: ClientMsgId,
+    body: String,
+}
+
+#[derive(Deserialize)]
+struct AckFields {
+    acks: Vec<AckItem>,
+}
+
+#[derive(Deserialize)]
+struct SyncFields {
+    conversation_id: Option<ConversationId>,
+    after_seq: Option<Seq>,
+    limit: Option<u32>,
+}
+
+#[derive(Deserialize)]
+struct CreateConversationFields {
+    members: Vec<UserId>,
+}
+
+#[derive(Deserialize)]
+struct RegisterDeviceFields {
+    platform: String,
+    token: String,
+}
+
+/// Longest device token accepted (APNs tokens are 64 hex chars, FCM ~160).
+pub const MAX_DEVICE_TOKEN_LEN: usize = 4096;
+
+/// The `action` of a frame, if it has a string one. API Gateway routes on it.
+pub fn action_of(raw: &str) -> Option<String> {
+    let env: Envelope = serde_json::from_str(raw).ok()?;
+    match env.action {
+        Some(serde_json::Value::String(s)) => Some(s),
+        _ => None,
+    }
+}
+
+fn request_id_of(env: &Envelope) -> Result<Option<String>, FrameError> {
+    match &env.request_id {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::String(s)) if s.len() <= MAX_REQUEST_ID_LEN => Ok(Some(s.clone())),
+        Some(serde_json::Value::String(_)) => Err(FrameError::new(
+            ErrorCode::BadRequest,
+            format!("request_id is longer than {MAX_REQUEST_ID_LEN} characters"),
+        )),
+        Some(_) => Err(FrameError::new(
+            ErrorCode::BadRequest,
+            "request_id must be a string",
+        )),
+    }
+}
+
+fn fields<T: for<'de> Deserialize<'de>>(raw: &str) -> Result<T, FrameError> {
+    serde_json::from_str(raw).map_err(|e| {
+        // serde's message names the field and what was wrong, never echoes a value
+        // longer than a type name; it is safe to return to the client.
+        let msg = e.to_string();
+        let msg = match msg.find(" at line ") {
+            Some(i) => msg[..i].to_owned(),
+            None => msg,
+        };
+        FrameError::new(ErrorCode::BadRequest, msg)
+    })
+}
+
+impl Request {
+    /// Parses one client frame. `raw` is the WebSocket text as API Gateway
+    /// passed it (the event's `body`).
+    pub fn parse(raw: &str) -> Result<Request, FrameError> {
+        let env: Envelope = serde_json::from_str(raw).map_err(|_| {
+            FrameError::new(ErrorCode::BadRequest, "frame is not a JSON object")
+        })?;
+        let request_id = request_id_of(&env)?;
+        let action = match &env.action {
+            Some(serde_json::Value::String(s)) => s.as_str(),
+            Some(_) => {
+                return Err(FrameError::new(ErrorCode::BadRequest, "action must be a string")
+                    .with_request_id(request_id));
+            }
+            None => {
+                return Err(FrameError::new(ErrorCode::BadRequest, "frame has no action")
+                    .with_request_id(request_id));
+            }
+        };
+        let frame = Self::parse_action(action, raw).map_err(|e| {
+            let e = e.with_request_id(request_id.clone());
+            if action == "sendMessage" {
+                let cmid = serde_json::from_str::<serde_json::Value>(raw)
+                    .ok()
+                    .and_then(|v| v.get("client_msg_id")?.as_str().map(str::to_owned))
+                    .filter(|s| s.len() <= ClientMsgId::MAX_LEN);
+                e.with_client_msg_id(cmid)
+            } else {
+                e
+            }
+        })?;
+        Ok(Request { request_id, frame })
+    }
+
+    fn parse_action(action: &str, raw: &str) -> Result<ClientFrame, FrameError> {
+        match action {
+            "sendMessage" => {
+                let f: SendMessageFields = fields(raw)?;
+                Ok(ClientFrame::SendMessage {
+                    conversation_id: f.conversation_id,
+                    client_msg_id: f.client_msg_id,
+                    body: f.body,
+                })
+            }
+            "ack" => {
+                let f: AckFields = fields(raw)?;
+                if f.acks.is_empty() {
+                    return Err(FrameError::new(ErrorCode::BadRequest, "acks must not be empty"));
+                }
+                if f.acks.len() > MAX_ACKS_PER_FRAME {
+                    return Err(FrameError::new(
+                        ErrorCode::BadRequest,
+                        format!("at most {MAX_ACKS_PER_FRAME} acks per frame"),
+                    ));
+                }
+                Ok(ClientFrame::Ack { acks: f.acks })
+            }
+            "sync" => {
+                let f: SyncFields = fields(raw)?;
+                match (f.conversation_id, f.after_seq, f.limit) {
+                    (None, None, None) => Ok(ClientFrame::Sync(SyncRequest::Full)),
+                    (Some(conversation_id), after_seq, limit) => {
+                        if let Some(l) = limit {
+                            if l == 0 || l > MAX_SYNC_LIMIT {
+                                return Err(FrameError::new(
+                                    ErrorCode::BadRequest,
+                                    format!("limit must be between 1 and {MAX_SYNC_LIMIT}"),
+                                ));
+                            }
+                        }
+                        Ok(ClientFrame::Sync(SyncRequest::Range {
+                            conversation_id,
+                            after_seq: after_seq.unwrap_or(Seq::ZERO),
+                            limit,
+                        }))
+                    }
+                    (None, _, _) => Err(FrameError::new(
+                        ErrorCode::BadRequest,
+                        "after_seq and limit need a conversation_id",
+                    )),
+                }
+            }
+            "createConversation" => {
+                let f: CreateConversationFields = fields(raw)?;
+                Ok(ClientFrame::CreateConversation { members: f.members })
+            }
+            "registerDevice" => {
+                let f: RegisterDeviceFields = fields(raw)?;
+                let platform = Platform::parse(&f.platform)?;
+                if f.token.is_empty() || f.token.len() > MAX_DEVICE_TOKEN_LEN {
+                    return Err(FrameError::new(
+                        ErrorCode::BadRequest,
+                        "token must be between 1 and 4096 characters",
+                    ));
+                }
+                if f.token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                    return Err(FrameError::new(
+                        ErrorCode::BadRequest,
+                        "token must not contain whitespace",
+                    ));
+                }
+                Ok(ClientFrame::RegisterDevice {
+                    platform,
+                    token: f.token,
+                })
+            }
+            "ping" => Ok(ClientFrame::Ping),
+            other => Err(FrameError::new(
+                ErrorCode::UnknownAction,
+                format!("unknown action {:?}", truncate(other, 64)),
+            )),
+        }
+    }
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+/// A message as it travels to a client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireMessage {
+    pub seq: Seq,
+    pub message_id: String,
+    pub sender_id: UserId,
+    pub body: String,
+    pub sent_at: Millis,
+}
+
+impl From<&Message> for WireMessage {
+    fn from(m: &Message) -> Self {
+        WireMessage {
+            seq: m.seq,
+            message_id: m.message_id.clone(),
+            sender_id: m.sender_id.clone(),
+            body: m.body.clone(),
+            sent_at: m.sent_at,
+        }
+    }
+}
+
+/// Every frame Courier sends to a client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerFrame {
+    Messages {
+        conversation_id: ConversationId,
+        messages: Vec<WireMessage>,
+    },
+    More {
+        conversation_id: ConversationId,
+        next_seq: Seq,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        request_id: Option<String>,
+    },
+    CaughtUp {
+        conversations: usize,
+        messages: usize,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        request_id: Option<String>,
+    },
+    Synced {
+        conversation_id: ConversationId,
+        through_seq: Seq,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        request_id: Option<String>,
+    },
+    Sent {
+        conversation_id: ConversationId,
+        client_msg_id: ClientMsgId,
+        seq: Seq,
+        sent_at: Millis,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        request_id: Option<String>,
+    },
+    Receipt {
+        conversation_id: ConversationId,
+        user_id: UserId,
+        delivered_through_seq: Seq,
+    },
+    Conversation {
+        conversation_id: ConversationId,
+        members: Vec<UserId>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        request_id: Option<String>,
+    },
+    DeviceRegistered {
+        platform: Platform,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        request_id: Option<String>,
+    },
+    Pong {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        request_id: Option<String>,
+    },
+    Error {
+        code: ErrorCode,
+        message: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client_msg_id: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        request_id: Option<String>,
+    },
+}
+
+impl ServerFrame {
+    pub fn to_json(&self) -> String {
+        // Serializing these types cannot fail: every field is a string, an
+        // integer or a Vec of them.
+        serde_json::to_string(self).unwrap_or_else(|_| {
+            r#"{"type":"error","code":"internal","message":"serialization failed"}"#.to_owned()
+        })
+    }
+}
+
+/// Default largest frame: API Gateway bills messages per 32 KB.
+pub const DEFAULT_FRAME_BYTES: usize = 32 * 1024;
+/// API Gateway's hard limit for a post to a connection.
+pub const MAX_POST_BYTES: usize = 128 * 1024;
+
+/// Packs one conversation's messages, already in seq order, into `messages`
+/// frames of at most `max_frame_bytes` each, keeping seq order across frames.
+/// A single message too large for `max_frame_bytes` travels alone (the body
+/// limit keeps it under API Gateway's 128 KB).
+pub fn pack_messages(
+    conversation_id: &ConversationId,
+    messages: &[Message],
+    max_frame_bytes: usize,
+) -> Vec<String> {
+    // `{"type":"messages","conversation_id":"…","messages":[` + `]}`
+    let overhead = serde_json::to_string(conversation_id).map_or(64, |s| s.len()) + 48;
+    let mut frames = Vec::new();
+    let mut batch: Vec<String> = Vec::new();
+    let mut size = overhead;
+    for m in messages {
+        let one = serde_json::to_string(&WireMessage::from(m)).unwrap_or_default();
+        let extra = one.len() + usize::from(!batch.is_empty());
+        if !batch.is_empty() && size + extra > max_frame_bytes {
+            frames.push(finish_frame(conversation_id, &batch));
+            batch.clear();
+            size = overhead;
+        }
+        size += one.len() + usize::from(!batch.is_empty());
+        batch.push(one);
+    }
+    if !batch.is_empty() {
+        frames.push(finish_frame(conversation_id, &batch));
+    }
+    frames
+}
+
+fn finish_frame(conversation_id: &ConversationId, batch: &[String]) -> String {
+    let cid = serde_json::to_string(conversation_id).unwrap_or_default();
+    let mut out = String::with_capacity(batch.iter().map(|s| s.len() + 1).sum::<usize>() + 64);
+    out.push_str(r#"{"type":"messages","conversation_id":"#);
+    out.push_str(&cid);
+    out.push_str(r#","messages":["#);
+    out.push_str(&batch.join(","));
+    out.push_str("]}");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(seq: u64, body: &str) -> Message {
+        Message {
+            conversation_id: ConversationId::parse("c1").unwrap(),
+            seq: Seq(seq),
+            message_id: format!("m{seq}"),
+            client_msg_id: ClientMsgId::parse(&format!("k{seq}")).unwrap(),
+            sender_id: UserId::parse("alice").unwrap(),
+            body: body.to_owned(),
+            sent_at: 1_795_000_000_000,
+        }
+    }
+
+    #[test]
+    fn parses_every_action_of_the_protocol() {
+        let send = Request::parse(
+            r#"{"action":"sendMessage","conversation_id":"c1","client_msg_id":"u1","body":"hello??","sender_id":"mallory"}"#,
+        )
+        .unwrap();
+        assert!(matches!(send.frame, ClientFrame::SendMessage { ref body, .. } if body == "hello??"));
+        let ack = Request::parse(r#"{"action":"ack","acks":[{"conversation_id":"c1","seq":44}]}"#)
+            .unwrap();
+        assert_eq!(
+            ack.frame,
+            ClientFrame::Ack {
+                acks: vec![AckItem {
+                    conversation_id: ConversationId::parse("c1").unwrap(),
+                    seq: Seq(44)
+                }]
+            }
+        );
+        assert_eq!(
+            Request::parse(r#"{"action":"sync"}"#).unwrap().frame,
+            ClientFrame::Sync(SyncRequest::Full)
+        );
+        assert_eq!(
+            Request::parse(r#"{"action":"sync","conversation_id":"c1","after_seq":41,"limit":200,"request_id":"r1"}"#)
+                .unwrap(),
+            Request {
+                request_id: Some("r1".into()),
+                frame: ClientFrame::Sync(SyncRequest::Range {
+                    conversation_id: ConversationId::parse("c1").unwrap(),
+                    after_seq: Seq(41),
+                    limit: Some(200)
+                })
+            }
+        );
+        assert!(matches!(
+            Request::parse(r#"{"action":"createConversation","members":["alice","bob"]}"#).unwrap().frame,
+            ClientFrame::CreateConversation { ref members } if members.len() == 2
+        ));
+        assert!(matches!(
+            Request::parse(r#"{"action":"registerDevice","platform":"fcm","token":"abc"}"#).unwrap().frame,
+            ClientFrame::RegisterDevice { platform: Platform::Fcm, .. }
+        ));
+    }
+
+    #[test]
+    fn bad_frames_are_errors_that_echo_request_id() {
+        let e = Request::parse("not json").unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadRequest);
+        let e = Request::parse(r#"{"action":"fly","request_id":"r9"}"#).unwrap_err();
+        assert_eq!(e.code, ErrorCode::UnknownAction);
+        assert_eq!(e.request_id.as_deref(), Some("r9"));
+        let e = Request::parse(
+            r#"{"action":"sendMessage","conversation_id":"c 1","client_msg_id":"u1","body":"x","request_id":"r2"}"#,
+        )
+        .unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadRequest);
+        assert_eq!(e.request_id.as_deref(), Some("r2"));
+        assert_eq!(e.client_msg_id.as_deref(), Some("u1"));
+        let long = "x".repeat(65);
+        let e = Request::parse(&format!(r#"{{"action":"sync","request_id":"{long}"}}"#)).unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadRequest);
+        let e = Request::parse(r#"{"action":"ack","acks":[]}"#).unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadRequest);
+        let e = Request::parse(r#"{"action":"sync","after_seq":3}"#).unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadRequest);
+        let e = Request::parse(r#"{"action":"ack","acks":[{"conversation_id":"c1","seq":-1}]}"#)
+            .unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadRequest);
+        assert!(Request::parse("[]").is_err());
+        assert!(Request::parse("null").is_err());
+    }
+
+    #[test]
+    fn frames_serialize_as_the_design_shows() {
+        let f = ServerFrame::CaughtUp {
+            conversations: 2,
+            messages: 6,
+            request_id: None,
+        };
+        assert_eq!(f.to_json(), r#"{"type":"caught_up","conversations":2,"messages":6}"#);
+        let e = FrameError::new(ErrorCode::NotAMember, "no").to_frame().to_json();
+        assert_eq!(e, r#"{"type":"error","code":"not_a_member","message":"no"}"#);
+    }
+
+    #[test]
+    fn packing_keeps_order_and_frame_bound() {
+        let cid = ConversationId::parse("c1").unwrap();
+        let msgs: Vec<Message> = (1..=300).map(|s| msg(s, &"x".repeat(300))).collect();
+        let frames = pack_messages(&cid, &msgs, DEFAULT_FRAME_BYTES);
+        assert!(frames.len() > 1);
+        let mut seqs = Vec::new();
+        for f in &frames {
+            assert!(f.len() <= DEFAULT_FRAME_BYTES, "frame of {} bytes", f.len());
+            let parsed: ServerFrame = serde_json::from_str(f).unwrap();
+            let ServerFrame::Messages { messages, .. } = parsed else {
+                panic!("not a messages frame")
+            };
+            seqs.extend(messages.iter().map(|m| m.seq.get()));
+        }
+        assert_eq!(seqs, (1..=300).collect::<Vec<_>>());
+        let total: usize = frames.iter().map(String::len).sum();
+        assert!(frames.len() <= 1 + total.div_ceil(DEFAULT_FRAME_BYTES));
+    }
+
+    #[test]
+    fn oversized_message_travels_alone() {
+        let cid = ConversationId::parse("c1").unwrap();
+        let msgs = vec![msg(1, "a"), msg(2, &"b".repeat(40_000)), msg(3, "c")];
+        let frames = pack_messages(&cid, &msgs, DEFAULT_FRAME_BYTES);
+        assert_eq!(frames.len(), 3);
+    }
+}
