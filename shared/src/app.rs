@@ -65,3 +65,45 @@ impl Ports {
         (handles.ports(), handles)
     }
 }
+
+/// Every service setting, with the documented defaults.
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    pub delivery: crate::config::DeliveryConfig,
+    pub catch_up: crate::config::CatchUpConfig,
+    pub send: crate::config::SendConfig,
+    pub push: crate::config::PushConfig,
+}
+
+impl Settings {
+    pub fn from_env<F: Fn(&str) -> Option<String>>(
+        env: &crate::config::Env<F>,
+    ) -> Result<Self, crate::config::ConfigError> {
+        Ok(Self {
+            delivery: crate::config::DeliveryConfig::from_env(env)?,
+            catch_up: crate::config::CatchUpConfig::from_env(env)?,
+            send: crate::config::SendConfig::from_env(env)?,
+            push: crate::config::PushConfig::from_env(env)?,
+        })
+    }
+}
+
+/// What a handler borrows: the ports and the settings, built once.
+#[derive(Clone)]
+pub struct App {
+    pub ports: Ports,
+    pub settings: Settings,
+}
+
+impl App {
+    pub fn new(ports: Ports, settings: Settings) -> Self {
+        Self { ports, settings }
+    }
+
+    /// Everything in memory with default settings; the handles reach into
+    /// the adapters.
+    pub fn in_memory() -> (App, MemoryHandles) {
+        let (ports, handles) = Ports::in_memory();
+        (App::new(ports, Settings::default()), handles)
+    }
+}

@@ -232,6 +232,104 @@ impl RegistryConfig {
     }
 }
 
+/// Send-path limits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SendConfig {
+    /// Largest message body in bytes (UTF-8).
+    pub max_body_bytes: usize,
+    /// How long a `client_msg_id` is remembered: far longer than any client
+    /// retries, not just DynamoDB's 10-minute transaction token.
+    pub idempotency_ttl: Duration,
+    /// Most members of a conversation, creator included. The append
+    /// transaction writes one pending row per recipient plus three items, and
+    /// DynamoDB allows 100 actions per transaction.
+    pub max_members: usize,
+}
+
+/// Members one append transaction can carry: 100 actions less the counter,
+/// the message and the idempotency record; the sender needs no row.
+pub const MAX_MEMBERS_LIMIT: usize = 98;
+
+impl Default for SendConfig {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 16 * 1024,
+            idempotency_ttl: Duration::from_secs(7 * 24 * 3600),
+            max_members: 50,
+        }
+    }
+}
+
+impl SendConfig {
+    pub fn from_env<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<Self, ConfigError> {
+        let d = Self::default();
+        let max_body_bytes = env.parsed("MAX_BODY_BYTES", d.max_body_bytes)?;
+        // A message travels alone in the worst case; leave room for its frame.
+        if max_body_bytes == 0 || max_body_bytes > MAX_POST_BYTES - 4096 {
+            return Err(ConfigError::Invalid {
+                name: "MAX_BODY_BYTES",
+                reason: format!("must be between 1 and {}", MAX_POST_BYTES - 4096),
+            });
+        }
+        let max_members = env.parsed("MAX_MEMBERS", d.max_members)?;
+        if !(2..=MAX_MEMBERS_LIMIT).contains(&max_members) {
+            return Err(ConfigError::Invalid {
+                name: "MAX_MEMBERS",
+                reason: format!("must be between 2 and {MAX_MEMBERS_LIMIT}"),
+            });
+        }
+        Ok(Self {
+            max_body_bytes,
+            idempotency_ttl: Duration::from_secs(
+                env.parsed("IDEMPOTENCY_TTL_SECS", d.idempotency_ttl.as_secs())?,
+            ),
+            max_members,
+        })
+    }
+}
+
+/// What a push notification may reveal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PushPreview {
+    /// "alice: hello??", truncated.
+    #[default]
+    Full,
+    /// No message text at all.
+    None,
+}
+
+impl std::str::FromStr for PushPreview {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "full" => Ok(PushPreview::Full),
+            "none" => Ok(PushPreview::None),
+            other => Err(format!("expected full or none, got {other:?}")),
+        }
+    }
+}
+
+/// Push notification settings.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PushConfig {
+    pub preview: PushPreview,
+    /// SNS platform application ARNs; a platform without one gets no pushes.
+    pub apns_app_arn: Option<String>,
+    pub apns_sandbox_app_arn: Option<String>,
+    pub fcm_app_arn: Option<String>,
+}
+
+impl PushConfig {
+    pub fn from_env<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<Self, ConfigError> {
+        Ok(Self {
+            preview: env.parsed("PUSH_PREVIEW", PushPreview::Full)?,
+            apns_app_arn: env.optional("SNS_APNS_APP_ARN"),
+            apns_sandbox_app_arn: env.optional("SNS_APNS_SANDBOX_APP_ARN"),
+            fcm_app_arn: env.optional("SNS_FCM_APP_ARN"),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
