@@ -196,7 +196,9 @@ impl CatchUpConfig {
         Ok(Self {
             per_conversation_cap: cap,
             concurrency,
-            deadline_margin: Duration::from_millis(env.parsed("CATCH_UP_DEADLINE_MARGIN_MS", 1500u64)?),
+            deadline_margin: Duration::from_millis(
+                env.parsed("CATCH_UP_DEADLINE_MARGIN_MS", 1500u64)?,
+            ),
         })
     }
 }
@@ -335,7 +337,12 @@ mod tests {
     use super::*;
 
     fn env(pairs: &'static [(&'static str, &'static str)]) -> Env<impl Fn(&str) -> Option<String>> {
-        Env(move |k: &str| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string()))
+        Env(move |k: &str| {
+            pairs
+                .iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        })
     }
 
     #[test]
@@ -350,8 +357,20 @@ mod tests {
         let d = DeliveryConfig::from_env(&env(&[("PENDING_CLEAR", "post")])).unwrap();
         assert_eq!(d.pending_clear, PendingClear::Post);
         let e = DeliveryConfig::from_env(&env(&[("PENDING_CLEAR", "never")])).unwrap_err();
-        assert!(matches!(e, ConfigError::Invalid { name: "PENDING_CLEAR", .. }));
+        assert!(matches!(
+            e,
+            ConfigError::Invalid {
+                name: "PENDING_CLEAR",
+                ..
+            }
+        ));
         let e = DeliveryConfig::from_env(&env(&[("FRAME_BYTES", "999999")])).unwrap_err();
-        assert!(matches!(e, ConfigError::Invalid { name: "FRAME_BYTES", .. }));
+        assert!(matches!(
+            e,
+            ConfigError::Invalid {
+                name: "FRAME_BYTES",
+                ..
+            }
+        ));
     }
 }

@@ -297,7 +297,10 @@ mod tests {
             Body::parse("hello world", 5),
             Err(BodyError::TooLarge { max_bytes: 5 })
         );
-        assert_eq!(Body::parse("hé", 3).map(|b| b.as_str().to_owned()), Ok("hé".into()));
+        assert_eq!(
+            Body::parse("hé", 3).map(|b| b.as_str().to_owned()),
+            Ok("hé".into())
+        );
     }
 
     #[test]

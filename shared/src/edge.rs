@@ -111,7 +111,7 @@ mod tests {
     #[test]
     fn identity_comes_from_the_authorizer_context_only() {
         let e = event(
-            r#"{"requestContext":{"routeKey":"sendMessage","connectionId":"abc=","connectedAt":1795000000000,
+            r#"{"requestContext":{"routeKey":"sendMessage","connectionId":"abc=","connectedAt":1795000000000,"requestTimeEpoch":1795000000100,
                 "authorizer":{"user_id":"bob","principalId":"bob"}},
                 "body":"{\"action\":\"sendMessage\",\"user_id\":\"mallory\"}","isBase64Encoded":false}"#,
         );
@@ -124,7 +124,9 @@ mod tests {
 
     #[test]
     fn missing_context_is_a_server_fault() {
-        let e = event(r#"{"requestContext":{"connectionId":"abc="},"isBase64Encoded":false}"#);
+        let e = event(
+            r#"{"requestContext":{"connectionId":"abc=","connectedAt":1,"requestTimeEpoch":1},"isBase64Encoded":false}"#,
+        );
         assert_eq!(WsRequest::from_event(&e), Err(EdgeError::MissingIdentity));
     }
 }

@@ -232,19 +232,22 @@ impl Request {
     /// Parses one client frame. `raw` is the WebSocket text as API Gateway
     /// passed it (the event's `body`).
     pub fn parse(raw: &str) -> Result<Request, FrameError> {
-        let env: Envelope = serde_json::from_str(raw).map_err(|_| {
-            FrameError::new(ErrorCode::BadRequest, "frame is not a JSON object")
-        })?;
+        let env: Envelope = serde_json::from_str(raw)
+            .map_err(|_| FrameError::new(ErrorCode::BadRequest, "frame is not a JSON object"))?;
         let request_id = request_id_of(&env)?;
         let action = match &env.action {
             Some(serde_json::Value::String(s)) => s.as_str(),
             Some(_) => {
-                return Err(FrameError::new(ErrorCode::BadRequest, "action must be a string")
-                    .with_request_id(request_id));
+                return Err(
+                    FrameError::new(ErrorCode::BadRequest, "action must be a string")
+                        .with_request_id(request_id),
+                );
             }
             None => {
-                return Err(FrameError::new(ErrorCode::BadRequest, "frame has no action")
-                    .with_request_id(request_id));
+                return Err(
+                    FrameError::new(ErrorCode::BadRequest, "frame has no action")
+                        .with_request_id(request_id),
+                );
             }
         };
         let frame = Self::parse_action(action, raw).map_err(|e| {
@@ -275,7 +278,10 @@ impl Request {
             "ack" => {
                 let f: AckFields = fields(raw)?;
                 if f.acks.is_empty() {
-                    return Err(FrameError::new(ErrorCode::BadRequest, "acks must not be empty"));
+                    return Err(FrameError::new(
+                        ErrorCode::BadRequest,
+                        "acks must not be empty",
+                    ));
                 }
                 if f.acks.len() > MAX_ACKS_PER_FRAME {
                     return Err(FrameError::new(
@@ -515,7 +521,9 @@ mod tests {
             r#"{"action":"sendMessage","conversation_id":"c1","client_msg_id":"u1","body":"hello??","sender_id":"mallory"}"#,
         )
         .unwrap();
-        assert!(matches!(send.frame, ClientFrame::SendMessage { ref body, .. } if body == "hello??"));
+        assert!(
+            matches!(send.frame, ClientFrame::SendMessage { ref body, .. } if body == "hello??")
+        );
         let ack = Request::parse(r#"{"action":"ack","acks":[{"conversation_id":"c1","seq":44}]}"#)
             .unwrap();
         assert_eq!(
@@ -548,8 +556,13 @@ mod tests {
             ClientFrame::CreateConversation { ref members } if members.len() == 2
         ));
         assert!(matches!(
-            Request::parse(r#"{"action":"registerDevice","platform":"fcm","token":"abc"}"#).unwrap().frame,
-            ClientFrame::RegisterDevice { platform: Platform::Fcm, .. }
+            Request::parse(r#"{"action":"registerDevice","platform":"fcm","token":"abc"}"#)
+                .unwrap()
+                .frame,
+            ClientFrame::RegisterDevice {
+                platform: Platform::Fcm,
+                ..
+            }
         ));
     }
 
@@ -568,7 +581,8 @@ mod tests {
         assert_eq!(e.request_id.as_deref(), Some("r2"));
         assert_eq!(e.client_msg_id.as_deref(), Some("u1"));
         let long = "x".repeat(65);
-        let e = Request::parse(&format!(r#"{{"action":"sync","request_id":"{long}"}}"#)).unwrap_err();
+        let e =
+            Request::parse(&format!(r#"{{"action":"sync","request_id":"{long}"}}"#)).unwrap_err();
         assert_eq!(e.code, ErrorCode::BadRequest);
         let e = Request::parse(r#"{"action":"ack","acks":[]}"#).unwrap_err();
         assert_eq!(e.code, ErrorCode::BadRequest);
@@ -588,9 +602,17 @@ mod tests {
             messages: 6,
             request_id: None,
         };
-        assert_eq!(f.to_json(), r#"{"type":"caught_up","conversations":2,"messages":6}"#);
-        let e = FrameError::new(ErrorCode::NotAMember, "no").to_frame().to_json();
-        assert_eq!(e, r#"{"type":"error","code":"not_a_member","message":"no"}"#);
+        assert_eq!(
+            f.to_json(),
+            r#"{"type":"caught_up","conversations":2,"messages":6}"#
+        );
+        let e = FrameError::new(ErrorCode::NotAMember, "no")
+            .to_frame()
+            .to_json();
+        assert_eq!(
+            e,
+            r#"{"type":"error","code":"not_a_member","message":"no"}"#
+        );
     }
 
     #[test]

@@ -22,10 +22,9 @@ use crate::domain::{
     PendingDelivery, Platform, Seq, UserId, now_millis,
 };
 use crate::ports::{
-    AckOutcome, AppendOutcome, CatchUpRequest, CatchUpTrigger, ConnectionInfo,
-    ConnectionRegistry, ConversationStore, DeviceStore, Gateway, MessageStore, NewMessage,
-    Notifier, PendingStore, PostError, PushError, PushMessage, RegistryError, StoreError,
-    TriggerError,
+    AckOutcome, AppendOutcome, CatchUpRequest, CatchUpTrigger, ConnectionInfo, ConnectionRegistry,
+    ConversationStore, DeviceStore, Gateway, MessageStore, NewMessage, Notifier, PendingStore,
+    PostError, PushError, PushMessage, RegistryError, StoreError, TriggerError,
 };
 
 /// Locks a mutex, recovering the data if a panicking test poisoned it.
@@ -62,7 +61,9 @@ impl MemoryStore {
 
     fn check(&self) -> Result<(), StoreError> {
         if self.down.load(Ordering::SeqCst) {
-            Err(StoreError::Unavailable("memory store is down (injected)".into()))
+            Err(StoreError::Unavailable(
+                "memory store is down (injected)".into(),
+            ))
         } else {
             Ok(())
         }
@@ -444,7 +445,9 @@ impl Gateway for MemoryGateway {
     async fn post(&self, connection: &ConnectionId, data: &[u8]) -> Result<(), PostError> {
         self.posts.fetch_add(1, Ordering::SeqCst);
         if self.down.load(Ordering::SeqCst) {
-            return Err(PostError::Unavailable("memory gateway is down (injected)".into()));
+            return Err(PostError::Unavailable(
+                "memory gateway is down (injected)".into(),
+            ));
         }
         if data.len() > crate::protocol::MAX_POST_BYTES {
             return Err(PostError::PayloadTooLarge);
@@ -592,18 +595,23 @@ impl Notifier for MemoryNotifier {
         _user: &UserId,
     ) -> Result<String, PushError> {
         if self.down.load(Ordering::SeqCst) {
-            return Err(PushError::Unavailable("memory notifier is down (injected)".into()));
+            return Err(PushError::Unavailable(
+                "memory notifier is down (injected)".into(),
+            ));
         }
         let mut s = lock(&self.state);
         // Same token, same endpoint, as SNS CreatePlatformEndpoint is idempotent.
         let arn = format!("arn:memory:sns:endpoint/{}/{}", platform.as_str(), token);
-        s.endpoints.insert(arn.clone(), (platform, token.to_owned(), true));
+        s.endpoints
+            .insert(arn.clone(), (platform, token.to_owned(), true));
         Ok(arn)
     }
 
     async fn publish(&self, endpoint_arn: &str, message: &PushMessage) -> Result<(), PushError> {
         if self.down.load(Ordering::SeqCst) {
-            return Err(PushError::Unavailable("memory notifier is down (injected)".into()));
+            return Err(PushError::Unavailable(
+                "memory notifier is down (injected)".into(),
+            ));
         }
         let mut s = lock(&self.state);
         let Some((platform, token, enabled)) = s.endpoints.get(endpoint_arn).cloned() else {

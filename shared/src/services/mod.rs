@@ -3,3 +3,5 @@
 //! A service takes `&Ports` and typed inputs and returns typed outcomes; it
 //! never sees an API Gateway event or an SDK type. Handlers (in `functions/`)
 //! and the local gateway call the same services.
+
+pub mod delivery;

@@ -1,0 +1,248 @@
+//! Posting frames to a user's live connection, with DESIGN §4's 410 rule.
+//!
+//! API Gateway answers 410 both for a connection that is gone and for one
+//! whose `$connect` has not returned yet — and a sender (or catch-up) can find
+//! a connection in the registry in exactly that moment. So a 410 from a
+//! connection younger than the open window is retried with jittered,
+//! doubling backoff; only a 410 past the window means gone, and then the
+//! registry entry is removed *if it still holds that connection* (a newer
+//! connection of the same user is never touched).
+//!
+//! Every path that posts (catch-up, live delivery on send, receipts) goes
+//! through [`post_frames`], so the rule lives in one place.
+
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use tracing::{debug, warn};
+
+use crate::app::Ports;
+use crate::config::DeliveryConfig;
+use crate::domain::{Connection, UserId, now_millis};
+use crate::ports::PostError;
+
+/// Longest pause between two attempts at a not-yet-open connection.
+const MAX_RETRY_DELAY: Duration = Duration::from_millis(400);
+
+/// How a post of frames ended, when it did not fail outright.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Posted {
+    /// Every frame was accepted by API Gateway (not proof the client got it).
+    All,
+    /// The connection is gone (410 past the open window) after `delivered`
+    /// frames. The registry entry was removed if it still held it.
+    Gone { delivered: usize },
+}
+
+/// Posting failed for a reason other than a gone connection.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("post failed after {delivered} frame(s): {error}")]
+pub struct PostFailed {
+    pub delivered: usize,
+    pub error: PostError,
+}
+
+/// When a 410 stops meaning "not open yet" for `connection`.
+fn open_deadline(connection: &Connection, window: Duration, first_attempt: Instant) -> Instant {
+    if connection.connected_at <= 0 {
+        // No connectedAt: measure the window from our first attempt.
+        return first_attempt + window;
+    }
+    let age_ms = (now_millis() - connection.connected_at).max(0);
+    let age = Duration::from_millis(u64::try_from(age_ms).unwrap_or(0));
+    match window.checked_sub(age) {
+        Some(left) => first_attempt + left,
+        None => first_attempt,
+    }
+}
+
+fn backoff(base: Duration, attempt: u32) -> Duration {
+    let exp = base
+        .saturating_mul(1u32 << attempt.min(8))
+        .min(MAX_RETRY_DELAY);
+    // Full jitter on the upper half: spreads retries of concurrent posters.
+    let half = exp / 2;
+    half + Duration::from_micros(rand::rng().random_range(0..=half.as_micros() as u64))
+}
+
+/// Posts `frames` in order to `user`'s `connection`.
+pub async fn post_frames(
+    ports: &Ports,
+    config: &DeliveryConfig,
+    user: &UserId,
+    connection: &Connection,
+    frames: &[String],
+) -> Result<Posted, PostFailed> {
+    let first_attempt = Instant::now();
+    let deadline = open_deadline(connection, config.open_window, first_attempt);
+    let mut attempt = 0u32;
+    let mut delivered = 0usize;
+    while delivered < frames.len() {
+        match ports
+            .gateway
+            .post(&connection.connection_id, frames[delivered].as_bytes())
+            .await
+        {
+            Ok(()) => {
+                delivered += 1;
+                attempt = 0;
+            }
+            Err(PostError::Gone) if Instant::now() < deadline => {
+                let pause = backoff(config.open_retry_base, attempt).min(
+                    deadline
+                        .saturating_duration_since(Instant::now())
+                        .max(Duration::from_millis(1)),
+                );
+                debug!(connection_id = %connection.connection_id, attempt, ?pause, "410 inside the open window; retrying");
+                attempt += 1;
+                tokio::time::sleep(pause).await;
+            }
+            Err(PostError::Gone) => {
+                forget_connection(ports, user, connection).await;
+                return Ok(Posted::Gone { delivered });
+            }
+            Err(error) => return Err(PostFailed { delivered, error }),
+        }
+    }
+    Ok(Posted::All)
+}
+
+/// Removes the registry entry if it still holds `connection`. Failures are
+/// logged: the registry is a hint, and a stale entry costs one more 410.
+pub async fn forget_connection(ports: &Ports, user: &UserId, connection: &Connection) {
+    match ports
+        .registry
+        .remove_if(user, &connection.connection_id)
+        .await
+    {
+        Ok(removed) => {
+            debug!(user_id = %user, connection_id = %connection.connection_id, removed, "connection gone")
+        }
+        Err(e) => {
+            warn!(user_id = %user, connection_id = %connection.connection_id, error = %e, "could not remove gone connection from the registry")
+        }
+    }
+}
+
+/// How a live delivery attempt to a user ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Live {
+    /// API Gateway accepted every frame.
+    Delivered,
+    /// The registry has no connection for the user.
+    Offline,
+    /// The registry's connection was gone (410 past the open window).
+    Gone,
+    /// The registry could not be read: treated as offline (Redis is a hint).
+    RegistryUnavailable,
+    /// Posting failed for another reason (throttled, 5xx): not delivered.
+    Failed(PostError),
+}
+
+impl Live {
+    pub fn delivered(&self) -> bool {
+        matches!(self, Live::Delivered)
+    }
+}
+
+/// Looks the user up in the registry and posts `frames` to their connection.
+pub async fn deliver_live(
+    ports: &Ports,
+    config: &DeliveryConfig,
+    user: &UserId,
+    frames: &[String],
+) -> Live {
+    let connection = match ports.registry.lookup(user).await {
+        Ok(Some(c)) => c,
+        Ok(None) => return Live::Offline,
+        Err(e) => {
+            warn!(user_id = %user, error = %e, "registry unavailable; treating user as offline");
+            return Live::RegistryUnavailable;
+        }
+    };
+    match post_frames(ports, config, user, &connection, frames).await {
+        Ok(Posted::All) => Live::Delivered,
+        Ok(Posted::Gone { .. }) => Live::Gone,
+        Err(f) => {
+            warn!(user_id = %user, error = %f, "live delivery failed");
+            Live::Failed(f.error)
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::domain::ConnectionId;
+
+    fn setup() -> (Ports, crate::app::MemoryHandles, DeliveryConfig) {
+        let (ports, handles) = Ports::in_memory();
+        let config = DeliveryConfig {
+            open_window: Duration::from_millis(600),
+            open_retry_base: Duration::from_millis(10),
+            ..DeliveryConfig::default()
+        };
+        (ports, handles, config)
+    }
+
+    fn conn(id: &str, connected_at: i64) -> Connection {
+        Connection {
+            connection_id: ConnectionId::parse(id).unwrap(),
+            connected_at,
+        }
+    }
+
+    #[tokio::test]
+    async fn gone_inside_open_window_is_retried_until_open() {
+        let (ports, h, config) = setup();
+        let c = conn("c1", now_millis());
+        h.gateway
+            .open_after(&c.connection_id, Duration::from_millis(200));
+        let user = UserId::parse("bob").unwrap();
+        let frames = vec!["a".to_owned(), "b".to_owned()];
+        let r = post_frames(&ports, &config, &user, &c, &frames)
+            .await
+            .unwrap();
+        assert_eq!(r, Posted::All);
+        assert_eq!(h.gateway.frames(&c.connection_id), frames);
+    }
+
+    #[tokio::test]
+    async fn gone_past_open_window_removes_only_that_connection() {
+        let (ports, h, config) = setup();
+        let user = UserId::parse("bob").unwrap();
+        let old = conn("old", now_millis() - 10_000);
+        let newer = conn("new", now_millis());
+        h.registry_register(&user, &old).await;
+        let r = post_frames(&ports, &config, &user, &old, &["x".into()])
+            .await
+            .unwrap();
+        assert_eq!(r, Posted::Gone { delivered: 0 });
+        assert_eq!(ports.registry.lookup(&user).await.unwrap(), None);
+
+        // A 410 for the old connection must not remove a newer one.
+        h.registry_register(&user, &newer).await;
+        let r = post_frames(&ports, &config, &user, &old, &["x".into()])
+            .await
+            .unwrap();
+        assert_eq!(r, Posted::Gone { delivered: 0 });
+        assert_eq!(ports.registry.lookup(&user).await.unwrap(), Some(newer));
+    }
+
+    #[tokio::test]
+    async fn registry_down_means_offline_not_failure() {
+        let (ports, h, config) = setup();
+        h.registry.set_down(true);
+        let user = UserId::parse("bob").unwrap();
+        let live = deliver_live(&ports, &config, &user, &["x".into()]).await;
+        assert_eq!(live, Live::RegistryUnavailable);
+    }
+
+    impl crate::app::MemoryHandles {
+        async fn registry_register(&self, user: &UserId, c: &Connection) {
+            use crate::ports::ConnectionRegistry;
+            self.registry.register(user, c).await.unwrap();
+        }
+    }
+}
