@@ -1,1 +1,302 @@
+//! The test harness: real Redis and a real DynamoDB API (moto's server) for
+//! every integration and conformance test.
+//!
+//! `scripts/test` starts both servers once and names them in `REDIS_URL` and
+//! `DYNAMODB_ENDPOINT`; the helpers here use those when set. When they are
+//! not (a plain `cargo test`), the first test that asks starts its own
+//! `redis-server` or `moto_server` on a free loopback port, once per test
+//! process, and waits until it answers. A binary that cannot be found is a
+//! panic that says how to get it: a test that silently skips proves nothing.
+//!
+//! A test process can end without running destructors (the harness calls
+//! `exit`), so every server started here gets a watchdog shell that polls the
+//! test process and kills the server once it is gone.
+//!
+//! Isolation is by table name, not by server: [`fresh_tables`] creates a new
+//! set of tables under a unique prefix for each test, so tests run in
+//! parallel against one moto without seeing each other's items.
 
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
+use courier::adapters::dynamo::create_tables;
+use courier::config::TableNames;
+
+/// The region every fake AWS client uses; moto keeps state per region.
+pub const TEST_REGION: &str = "us-east-1";
+
+/// How long a freshly started server gets to answer.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Where to get the servers, for the panic messages.
+const HOW_TO_GET: &str = "run `bash scripts/test` (it installs redis-server with apt-get and \
+     moto[server] into .venv, then runs the tests), or set REDIS_URL / DYNAMODB_ENDPOINT \
+     to running servers";
+
+/// Logs go to the test output only when `TEST_LOG` is set (its value is an
+/// `EnvFilter`, e.g. `TEST_LOG=debug` or `TEST_LOG=courier=trace`); silent
+/// otherwise. Safe to call from every test.
+pub fn init_test_logging() {
+    static INIT: OnceLock<()> = OnceLock::new();
+    INIT.get_or_init(|| {
+        let Some(filter) = env_var("TEST_LOG") else {
+            return;
+        };
+        let filter = tracing_subscriber::EnvFilter::try_new(&filter)
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("debug"));
+        // Another subscriber may already be set by the test itself: fine.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_test_writer()
+            .try_init();
+    });
+}
+
+fn env_var(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+/// `redis://127.0.0.1:PORT` of a running redis-server.
+pub async fn redis_url() -> String {
+    init_test_logging();
+    if let Some(url) = env_var("REDIS_URL") {
+        return url;
+    }
+    static REDIS: OnceLock<String> = OnceLock::new();
+    blocking(|| REDIS.get_or_init(start_redis).clone()).await
+}
+
+/// `http://127.0.0.1:PORT` of moto's server (DynamoDB, SNS, …).
+pub async fn dynamodb_endpoint() -> String {
+    init_test_logging();
+    if let Some(url) = env_var("DYNAMODB_ENDPOINT") {
+        return url;
+    }
+    static MOTO: OnceLock<String> = OnceLock::new();
+    blocking(|| MOTO.get_or_init(start_moto).clone()).await
+}
+
+/// SNS is served by the same moto server unless `SNS_ENDPOINT` says
+/// otherwise.
+pub async fn sns_endpoint() -> String {
+    match env_var("SNS_ENDPOINT") {
+        Some(url) => url,
+        None => dynamodb_endpoint().await,
+    }
+}
+
+/// A DynamoDB client pointed at [`dynamodb_endpoint`] with fake credentials.
+pub async fn dynamo_client() -> Client {
+    dynamo_client_for(&dynamodb_endpoint().await)
+}
+
+/// A DynamoDB client for `endpoint` with fake credentials and region.
+pub fn dynamo_client_for(endpoint: &str) -> Client {
+    let config = aws_sdk_dynamodb::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .endpoint_url(endpoint)
+        .region(Region::new(TEST_REGION))
+        .credentials_provider(Credentials::new(
+            "testing",
+            "testing",
+            None,
+            None,
+            "courier-tests",
+        ))
+        .build();
+    Client::from_conf(config)
+}
+
+/// A new, empty set of Courier's tables under a unique prefix.
+pub async fn fresh_tables() -> TableNames {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let names = TableNames::with_prefix(&format!("t{}", &id[..16]));
+    create_tables(&dynamo_client().await, &names)
+        .await
+        .unwrap_or_else(|e| panic!("creating test tables {names:?} failed: {e}"));
+    names
+}
+
+/// Runs a server start (blocking: processes, sockets, sleeps) off the async
+/// runtime, so a current-thread test runtime keeps its timers going.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(v) => v,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}
+
+fn start_redis() -> String {
+    let bin = find_on_path(
+        "redis-server",
+        &[Path::new("/usr/bin"), Path::new("/usr/sbin")],
+    )
+    .unwrap_or_else(|| panic!("redis-server not found on PATH: {HOW_TO_GET}"));
+    let port = start_server(
+        "redis-server",
+        |port| {
+            let mut cmd = Command::new(&bin);
+            cmd.args([
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--protected-mode",
+                "yes",
+            ]);
+            cmd
+        },
+        redis_answers,
+    );
+    format!("redis://127.0.0.1:{port}")
+}
+
+fn start_moto() -> String {
+    let venv = workspace_root().join(".venv/bin");
+    let bin = find_on_path("moto_server", &[venv.as_path()])
+        .unwrap_or_else(|| panic!("moto_server not found in .venv/bin or on PATH: {HOW_TO_GET}"));
+    let port = start_server(
+        "moto_server",
+        |port| {
+            let mut cmd = Command::new(&bin);
+            cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
+            cmd
+        },
+        http_answers,
+    );
+    format!("http://127.0.0.1:{port}")
+}
+
+/// The workspace root (the parent of this crate).
+fn workspace_root() -> PathBuf {
+    let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    here.parent().map(Path::to_path_buf).unwrap_or(here)
+}
+
+/// `preferred` directories first (the project's own pinned install), then
+/// `PATH`.
+fn find_on_path(name: &str, preferred: &[&Path]) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    preferred
+        .iter()
+        .map(|p| p.to_path_buf())
+        .chain(std::env::split_paths(&path))
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+}
+
+/// Starts a server on a free port (a few tries: another process may take the
+/// port between our probe and the server's bind), ties its life to this
+/// process, and waits until `ready` says it answers. Returns the port.
+fn start_server(name: &str, command: impl Fn(u16) -> Command, ready: fn(u16) -> bool) -> u16 {
+    let mut last_log = String::new();
+    for _attempt in 0..3 {
+        let port = free_port();
+        let log_path = std::env::temp_dir().join(format!(
+            "courier-tests-{}-{name}-{port}.log",
+            std::process::id()
+        ));
+        let log = File::create(&log_path)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", log_path.display()));
+        let log_err = log
+            .try_clone()
+            .unwrap_or_else(|e| panic!("cannot clone log handle: {e}"));
+        let mut child = command(port)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}; {HOW_TO_GET}"));
+        kill_with_this_process(&child);
+        if wait_ready(&mut child, port, ready) {
+            return port;
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        last_log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    }
+    panic!("{name} did not start answering within {START_TIMEOUT:?}; its output:\n{last_log}");
+}
+
+fn wait_ready(child: &mut Child, port: u16, ready: fn(u16) -> bool) -> bool {
+    let deadline = Instant::now() + START_TIMEOUT;
+    while Instant::now() < deadline {
+        if let Ok(Some(_status)) = child.try_wait() {
+            return false;
+        }
+        if ready(port) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("no free loopback port: {e}"))
+}
+
+/// A shell that waits for this test process to end, then kills the server.
+/// Its own output goes nowhere, so it never holds a pipe of `cargo test` open.
+fn kill_with_this_process(child: &Child) {
+    let script = "while kill -0 \"$0\" 2>/dev/null; do sleep 0.5; done; \
+                  kill \"$1\" 2>/dev/null; sleep 2; kill -9 \"$1\" 2>/dev/null; true";
+    let spawned = Command::new("sh")
+        .args([
+            "-c",
+            script,
+            &std::process::id().to_string(),
+            &child.id().to_string(),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
+    if let Err(e) = spawned {
+        panic!("cannot start the watchdog shell that stops test servers: {e}");
+    }
+}
+
+fn connect(port: u16) -> Option<TcpStream> {
+    let stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    stream
+        .set_write_timeout(Some(Duration::from_secs(2)))
+        .ok()?;
+    Some(stream)
+}
+
+fn redis_answers(port: u16) -> bool {
+    let Some(mut s) = connect(port) else {
+        return false;
+    };
+    let mut buf = [0u8; 16];
+    s.write_all(b"PING\r\n").is_ok()
+        && s.read(&mut buf)
+            .is_ok_and(|n| buf[..n].starts_with(b"+PONG"))
+}
+
+fn http_answers(port: u16) -> bool {
+    let Some(mut s) = connect(port) else {
+        return false;
+    };
+    let mut buf = [0u8; 16];
+    s.write_all(b"GET /moto-api/ HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .is_ok()
+        && s.read(&mut buf)
+            .is_ok_and(|n| buf[..n].starts_with(b"HTTP/1."))
+}

@@ -3,4 +3,5 @@
 //! Real adapters translate SDK and driver errors into the port's error types
 //! here, at the boundary, so no service ever sees an SDK type.
 
+pub mod dynamo;
 pub mod memory;
