@@ -5,3 +5,7 @@
 
 pub mod dynamo;
 pub mod memory;
+pub mod redis;
+pub mod apigw;
+pub mod lambda;
+pub mod sns;
