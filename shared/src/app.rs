@@ -107,3 +107,26 @@ impl App {
         (App::new(ports, Settings::default()), handles)
     }
 }
+
+/// A Lambda function's start-up: settings and the ports `needs` asks for,
+/// from the process environment, clients built once.
+pub async fn app_from_env(
+    needs: crate::adapters::aws::Needs,
+) -> Result<App, crate::config::ConfigError> {
+    let env = crate::config::process_env();
+    let settings = Settings::from_env(&env)?;
+    let ports = crate::adapters::aws::ports_from_env(&env, needs).await?;
+    Ok(App::new(ports, settings))
+}
+
+/// Parses every variable a function with `needs` reads at start-up, without
+/// touching the network (the SAM template test calls this with the
+/// template's variables).
+pub fn check_env<F: Fn(&str) -> Option<String>>(
+    env: &crate::config::Env<F>,
+    needs: crate::adapters::aws::Needs,
+) -> Result<(), crate::config::ConfigError> {
+    Settings::from_env(env)?;
+    crate::adapters::aws::PortsConfig::from_env(env, needs)?;
+    Ok(())
+}

@@ -296,13 +296,11 @@ impl Request {
                 match (f.conversation_id, f.after_seq, f.limit) {
                     (None, None, None) => Ok(ClientFrame::Sync(SyncRequest::Full)),
                     (Some(conversation_id), after_seq, limit) => {
-                        if let Some(l) = limit {
-                            if l == 0 || l > MAX_SYNC_LIMIT {
-                                return Err(FrameError::new(
-                                    ErrorCode::BadRequest,
-                                    format!("limit must be between 1 and {MAX_SYNC_LIMIT}"),
-                                ));
-                            }
+                        if limit.is_some_and(|l| l == 0 || l > MAX_SYNC_LIMIT) {
+                            return Err(FrameError::new(
+                                ErrorCode::BadRequest,
+                                format!("limit must be between 1 and {MAX_SYNC_LIMIT}"),
+                            ));
                         }
                         Ok(ClientFrame::Sync(SyncRequest::Range {
                             conversation_id,

@@ -1,0 +1,121 @@
+//! catch-up: invoked asynchronously by `$connect` with
+//! `{user_id, connection_id, connected_at}`, and synchronously by the `sync`
+//! route (a full catch-up, or a range of one conversation).
+//!
+//! One crate serves both because they are the same work; the payload says
+//! which: a route event has a `requestContext`. Direct invocations are
+//! retried by Lambda on error, which is safe because catch-up is idempotent.
+
+use std::time::{Duration, Instant};
+
+use aws_lambda_events::apigw::ApiGatewayWebsocketProxyRequest;
+use courier::app::App;
+use courier::domain::{Connection, now_millis};
+use courier::edge::{self, WsRequest};
+use courier::ports::CatchUpRequest;
+use courier::protocol::{ClientFrame, ErrorCode, FrameError, Request, SyncRequest};
+use courier::services::catch_up::{self, Ending, RangeRefusal, Report};
+use lambda_runtime::{Error, LambdaEvent};
+use serde_json::{Value, json};
+
+pub async fn handle(app: &App, event: LambdaEvent<Value>) -> Result<Value, Error> {
+    let deadline = deadline_of(&event.context);
+    if event.payload.get("requestContext").is_some() {
+        let route: ApiGatewayWebsocketProxyRequest = serde_json::from_value(event.payload)?;
+        let response = sync_route(app, &route, deadline).await?;
+        return Ok(serde_json::to_value(response)?);
+    }
+    let request: CatchUpRequest = serde_json::from_value(event.payload)?;
+    let report = catch_up::catch_up(app, &request, deadline, None).await?;
+    Ok(report_json(&report))
+}
+
+/// Lambda's deadline (epoch ms) as an `Instant`; none when the context has
+/// none (a local invoke without one).
+fn deadline_of(context: &lambda_runtime::Context) -> Option<Instant> {
+    let deadline = i64::try_from(context.deadline).ok().filter(|d| *d > 0)?;
+    let left = u64::try_from(deadline - now_millis()).unwrap_or(0);
+    Some(Instant::now() + Duration::from_millis(left))
+}
+
+async fn sync_route(
+    app: &App,
+    route: &ApiGatewayWebsocketProxyRequest,
+    deadline: Option<Instant>,
+) -> Result<aws_lambda_events::apigw::ApiGatewayProxyResponse, Error> {
+    let ws = WsRequest::from_event(route)?;
+    let request = match Request::parse(ws.body.as_deref().unwrap_or_default()) {
+        Ok(r) => r,
+        Err(e) => return Ok(edge::reply(Some(&e.to_frame()))),
+    };
+    let ClientFrame::Sync(sync) = request.frame else {
+        let e = FrameError::new(ErrorCode::BadRequest, "this route takes sync frames only")
+            .with_request_id(request.request_id);
+        return Ok(edge::reply(Some(&e.to_frame())));
+    };
+    match sync {
+        SyncRequest::Full => {
+            let req = CatchUpRequest {
+                user_id: ws.user_id,
+                connection_id: ws.connection_id,
+                connected_at: (ws.connected_at > 0).then_some(ws.connected_at),
+            };
+            catch_up::catch_up(app, &req, deadline, request.request_id).await?;
+            Ok(edge::reply(None))
+        }
+        SyncRequest::Range {
+            conversation_id,
+            after_seq,
+            limit,
+        } => {
+            let connection = Connection {
+                connection_id: ws.connection_id,
+                connected_at: ws.connected_at,
+            };
+            let outcome = catch_up::sync_range(
+                app,
+                &ws.user_id,
+                &connection,
+                &conversation_id,
+                after_seq,
+                limit,
+                request.request_id.clone(),
+            )
+            .await?;
+            let refusal = match outcome {
+                Ok(_) => return Ok(edge::reply(None)),
+                Err(RangeRefusal::ConversationNotFound) => FrameError::new(
+                    ErrorCode::ConversationNotFound,
+                    format!("conversation {conversation_id} does not exist"),
+                ),
+                Err(RangeRefusal::NotAMember) => FrameError::new(
+                    ErrorCode::NotAMember,
+                    format!("not a member of {conversation_id}"),
+                ),
+            };
+            Ok(edge::reply(Some(
+                &refusal.with_request_id(request.request_id).to_frame(),
+            )))
+        }
+    }
+}
+
+fn report_json(report: &Report) -> Value {
+    json!({
+        "ending": match report.ending { Ending::CaughtUp => "caught_up", Ending::Gone => "gone" },
+        "conversations": report.conversations,
+        "messages": report.messages,
+        "frames": report.frames,
+        "more": report.more,
+    })
+}
+
+/// The ports this function uses.
+pub const NEEDS: courier::adapters::aws::Needs = courier::adapters::aws::Needs::CATCH_UP;
+
+/// Parses every variable this function reads at start-up (no network).
+pub fn check_env<F: Fn(&str) -> Option<String>>(
+    env: &courier::config::Env<F>,
+) -> Result<(), courier::config::ConfigError> {
+    courier::app::check_env(env, NEEDS)
+}

@@ -1,0 +1,439 @@
+//! Catch-up: everything a user missed, in one round of parallel reads.
+//!
+//! The critical path is three sequential round trips whatever the number of
+//! conversations (DESIGN §1): the pending query, then every conversation's
+//! range query at once, then every conversation's posts at once. Inside one
+//! conversation frames go out strictly in seq order; across conversations
+//! there is no order to keep, so they run concurrently (bounded by
+//! `CatchUpConfig::concurrency`).
+//!
+//! Safety properties, and where they come from:
+//! - *Nothing lost.* In `PENDING_CLEAR=ack` catch-up never deletes anything;
+//!   the client's ack does. In `post` it deletes a row only on condition that
+//!   its `last_seq` is the one it read (else it delivers the newer messages
+//!   first), and advances the cursor only to what it posted.
+//! - *Idempotent.* Running twice (Lambda may) posts the same frames twice; the
+//!   client drops duplicates by `(conversation_id, seq)`.
+//! - *Bounded.* At most `per_conversation_cap` messages per conversation (the
+//!   rest announced by a `more` frame); no new work once the invocation's
+//!   deadline minus a margin has come — unfinished conversations get a `more`
+//!   frame instead, so the client pulls them with `sync`.
+//! - *410 is not gone too early.* Posting goes through
+//!   [`delivery::post_frames`], which retries a 410 inside the open window.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use futures::StreamExt;
+use tracing::{info, instrument, warn};
+
+use crate::app::App;
+use crate::config::PendingClear;
+use crate::domain::{Connection, ConversationId, PendingDelivery, Seq, UserId};
+use crate::ports::{CatchUpRequest, StoreError};
+use crate::protocol::{ServerFrame, pack_messages};
+use crate::services::delivery::{self, PostFailed, Posted};
+
+/// Rounds of "post, then find the row grew meanwhile" one conversation may
+/// take in `post` mode before leaving the rest to the next catch-up.
+const MAX_POST_MODE_ROUNDS: usize = 4;
+
+/// A catch-up that could not run to its end because of a fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CatchUpError {
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error("gateway: {0}")]
+    Post(#[from] PostFailed),
+}
+
+/// How a catch-up ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// Every pending conversation was delivered (or announced with `more`)
+    /// and `caught_up` was posted.
+    CaughtUp,
+    /// The connection is gone; nothing was deleted, the rows wait for the
+    /// next connection.
+    Gone,
+}
+
+/// What one catch-up did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    pub ending: Ending,
+    pub conversations: usize,
+    pub messages: usize,
+    pub frames: usize,
+    /// Conversations that ended with a `more` frame (cap or deadline).
+    pub more: usize,
+}
+
+/// Runs a catch-up for `request.user_id` on `request.connection_id`.
+///
+/// `deadline` is the invocation's (Lambda's) deadline; `request_id` is
+/// echoed on `caught_up` and `more` when the client asked with `sync`.
+#[instrument(skip_all, fields(user_id = %request.user_id, connection_id = %request.connection_id))]
+pub async fn catch_up(
+    app: &App,
+    request: &CatchUpRequest,
+    deadline: Option<Instant>,
+    request_id: Option<String>,
+) -> Result<Report, CatchUpError> {
+    let started = Instant::now();
+    let user = &request.user_id;
+    let connection = Connection {
+        connection_id: request.connection_id.clone(),
+        connected_at: request.connected_at.unwrap_or(0),
+    };
+    let stop_at = deadline.map(|d| {
+        d.checked_sub(app.settings.catch_up.deadline_margin)
+            .unwrap_or(started)
+    });
+
+    let rows = app.ports.pending.list(user).await?;
+    let gone = Arc::new(AtomicBool::new(false));
+    let conversations = rows.len();
+
+    let results: Vec<Result<Delivered, CatchUpError>> = futures::stream::iter(rows)
+        .map(|row| {
+            let gone = Arc::clone(&gone);
+            let connection = &connection;
+            let request_id = request_id.clone();
+            async move {
+                if gone.load(Ordering::SeqCst) {
+                    return Ok(Delivered::gone());
+                }
+                if stop_at.is_some_and(|s| Instant::now() >= s) {
+                    // Out of time: announce instead of deliver.
+                    return announce_more(
+                        app,
+                        user,
+                        connection,
+                        &row.conversation_id,
+                        row.first_undelivered_seq,
+                        request_id,
+                    )
+                    .await;
+                }
+                let d =
+                    deliver_conversation(app, user, connection, row, stop_at, request_id).await?;
+                if d.gone {
+                    gone.store(true, Ordering::SeqCst);
+                }
+                Ok(d)
+            }
+        })
+        .buffer_unordered(app.settings.catch_up.concurrency)
+        .collect()
+        .await;
+
+    let mut total = Delivered::default();
+    let mut first_error = None;
+    for r in results {
+        match r {
+            Ok(d) => total.add(&d),
+            Err(e) => {
+                warn!(error = %e, "conversation catch-up failed");
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    if let Some(e) = first_error {
+        // Nothing was deleted for the failed conversation; the client's `sync`
+        // (sent when `caught_up` does not come) or the next connect retries it.
+        return Err(e);
+    }
+    if total.gone {
+        info!(
+            messages = total.messages,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "connection gone during catch-up"
+        );
+        return Ok(Report {
+            ending: Ending::Gone,
+            conversations,
+            messages: total.messages,
+            frames: total.frames,
+            more: total.more,
+        });
+    }
+
+    let done = ServerFrame::CaughtUp {
+        conversations,
+        messages: total.messages,
+        request_id,
+    }
+    .to_json();
+    let ending = match delivery::post_frames(
+        &app.ports,
+        &app.settings.delivery,
+        user,
+        &connection,
+        &[done],
+    )
+    .await?
+    {
+        Posted::All => {
+            total.frames += 1;
+            Ending::CaughtUp
+        }
+        Posted::Gone { .. } => Ending::Gone,
+    };
+    info!(
+        conversations,
+        messages = total.messages,
+        frames = total.frames,
+        more = total.more,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "catch-up done"
+    );
+    Ok(Report {
+        ending,
+        conversations,
+        messages: total.messages,
+        frames: total.frames,
+        more: total.more,
+    })
+}
+
+#[derive(Debug, Default, Clone)]
+struct Delivered {
+    messages: usize,
+    frames: usize,
+    more: usize,
+    gone: bool,
+}
+
+impl Delivered {
+    fn gone() -> Self {
+        Self {
+            gone: true,
+            ..Self::default()
+        }
+    }
+
+    fn add(&mut self, other: &Delivered) {
+        self.messages += other.messages;
+        self.frames += other.frames;
+        self.more += other.more;
+        self.gone |= other.gone;
+    }
+}
+
+async fn announce_more(
+    app: &App,
+    user: &UserId,
+    connection: &Connection,
+    conversation_id: &ConversationId,
+    next_seq: Seq,
+    request_id: Option<String>,
+) -> Result<Delivered, CatchUpError> {
+    let more = ServerFrame::More {
+        conversation_id: conversation_id.clone(),
+        next_seq,
+        request_id,
+    }
+    .to_json();
+    Ok(
+        match delivery::post_frames(
+            &app.ports,
+            &app.settings.delivery,
+            user,
+            connection,
+            &[more],
+        )
+        .await?
+        {
+            Posted::All => Delivered {
+                frames: 1,
+                more: 1,
+                ..Delivered::default()
+            },
+            Posted::Gone { .. } => Delivered::gone(),
+        },
+    )
+}
+
+/// Delivers one conversation's pending messages, in seq order.
+async fn deliver_conversation(
+    app: &App,
+    user: &UserId,
+    connection: &Connection,
+    mut row: PendingDelivery,
+    stop_at: Option<Instant>,
+    request_id: Option<String>,
+) -> Result<Delivered, CatchUpError> {
+    let cap = app.settings.catch_up.per_conversation_cap;
+    let conversation = row.conversation_id.clone();
+    let mut out = Delivered::default();
+    let mut from = row.first_undelivered_seq;
+
+    for _round in 0..MAX_POST_MODE_ROUNDS {
+        let budget = cap.saturating_sub(out.messages);
+        // One more than the budget tells whether a `more` frame is needed.
+        let mut messages = app
+            .ports
+            .messages
+            .range(&conversation, from, budget + 1)
+            .await?;
+        let capped = messages.len() > budget;
+        let next_seq = capped.then(|| messages[budget].seq);
+        messages.truncate(budget);
+
+        let frames = pack_messages(
+            &conversation,
+            &messages,
+            app.settings.delivery.max_frame_bytes,
+        );
+        match delivery::post_frames(
+            &app.ports,
+            &app.settings.delivery,
+            user,
+            connection,
+            &frames,
+        )
+        .await?
+        {
+            Posted::All => {}
+            Posted::Gone { delivered } => {
+                out.frames += delivered;
+                out.gone = true;
+                return Ok(out);
+            }
+        }
+        out.frames += frames.len();
+        out.messages += messages.len();
+        let through = messages.last().map(|m| m.seq);
+
+        if let Some(next_seq) = next_seq {
+            if let (PendingClear::Post, Some(through)) =
+                (app.settings.delivery.pending_clear, through)
+            {
+                // Posted counts as delivered in this mode: move the cursor,
+                // never past what was posted.
+                app.ports.pending.ack(user, &conversation, through).await?;
+            }
+            let more =
+                announce_more(app, user, connection, &conversation, next_seq, request_id).await?;
+            out.add(&more);
+            return Ok(out);
+        }
+
+        if app.settings.delivery.pending_clear == PendingClear::Ack {
+            return Ok(out);
+        }
+        // Post mode: delete the row only if nothing newer arrived since we read it.
+        let through = through.unwrap_or(row.last_seq);
+        if through >= row.last_seq
+            && app
+                .ports
+                .pending
+                .clear_if_unchanged(user, &conversation, row.last_seq)
+                .await?
+        {
+            return Ok(out);
+        }
+        // It grew (or we read past it): re-read and deliver what is newer.
+        match app.ports.pending.get(user, &conversation).await? {
+            None => return Ok(out),
+            Some(newer) if newer.last_seq <= through => {
+                app.ports.pending.ack(user, &conversation, through).await?;
+                return Ok(out);
+            }
+            Some(newer) => {
+                from = through.next().max(newer.first_undelivered_seq);
+                row = newer;
+            }
+        }
+        if stop_at.is_some_and(|s| Instant::now() >= s) || out.messages >= cap {
+            let more =
+                announce_more(app, user, connection, &conversation, from, request_id).await?;
+            out.add(&more);
+            return Ok(out);
+        }
+    }
+    // Still growing after several rounds: a busy conversation. The row stays,
+    // announced so the client pulls the rest.
+    let more = announce_more(app, user, connection, &conversation, from, request_id).await?;
+    out.add(&more);
+    Ok(out)
+}
+
+/// A range `sync` that failed on the client's side of the contract.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RangeRefusal {
+    ConversationNotFound,
+    NotAMember,
+}
+
+/// Serves `{"action":"sync","conversation_id":…,"after_seq":…,"limit":…}`:
+/// posts messages after `after_seq` (at most `limit`), then `more` if the
+/// limit cut them short, else `synced`.
+#[instrument(skip_all, fields(user_id = %user, conversation_id = %conversation))]
+#[allow(clippy::too_many_arguments)]
+pub async fn sync_range(
+    app: &App,
+    user: &UserId,
+    connection: &Connection,
+    conversation: &ConversationId,
+    after_seq: Seq,
+    limit: Option<u32>,
+    request_id: Option<String>,
+) -> Result<Result<Report, RangeRefusal>, CatchUpError> {
+    let Some(conv) = app.ports.conversations.get(conversation).await? else {
+        return Ok(Err(RangeRefusal::ConversationNotFound));
+    };
+    if !conv.is_member(user) {
+        return Ok(Err(RangeRefusal::NotAMember));
+    }
+    let limit = limit.map_or(app.settings.catch_up.per_conversation_cap, |l| l as usize);
+    let mut messages = app
+        .ports
+        .messages
+        .range(conversation, after_seq.next(), limit + 1)
+        .await?;
+    let next_seq = (messages.len() > limit).then(|| messages[limit].seq);
+    messages.truncate(limit);
+    let mut frames = pack_messages(
+        conversation,
+        &messages,
+        app.settings.delivery.max_frame_bytes,
+    );
+    let through = messages
+        .last()
+        .map_or(after_seq.min(conv.last_seq), |m| m.seq);
+    let last = match next_seq {
+        Some(next_seq) => ServerFrame::More {
+            conversation_id: conversation.clone(),
+            next_seq,
+            request_id,
+        },
+        None => ServerFrame::Synced {
+            conversation_id: conversation.clone(),
+            through_seq: through,
+            request_id,
+        },
+    };
+    frames.push(last.to_json());
+    let ending = match delivery::post_frames(
+        &app.ports,
+        &app.settings.delivery,
+        user,
+        connection,
+        &frames,
+    )
+    .await?
+    {
+        Posted::All => Ending::CaughtUp,
+        Posted::Gone { .. } => Ending::Gone,
+    };
+    Ok(Ok(Report {
+        ending,
+        conversations: 1,
+        messages: messages.len(),
+        frames: frames.len(),
+        more: usize::from(next_seq.is_some()),
+    }))
+}
