@@ -1,0 +1,340 @@
+//! The connection registry's contract, run against the in-memory registry
+//! and the Redis one on a real `redis-server`: the same cases, the same
+//! outcomes. Then what only the real one can show: the TTL really set on the
+//! key, and Redis being down (a closed port, a server that never answers, a
+//! server that goes away and comes back) costing a bounded, fast
+//! `RegistryError` instead of a hang, with recovery once it is back.
+
+#![allow(clippy::unwrap_used)]
+
+use std::net::TcpListener as StdListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use courier::adapters::memory::MemoryRegistry;
+use courier::adapters::redis::RedisRegistry;
+use courier::config::RegistryConfig;
+use courier::domain::{Connection, ConnectionId, UserId};
+use courier::ports::ConnectionRegistry;
+
+fn user() -> UserId {
+    UserId::parse(&format!("u-{}", uuid::Uuid::new_v4().simple())).unwrap()
+}
+
+fn conn(id: &str, at: i64) -> Connection {
+    Connection {
+        connection_id: ConnectionId::parse(id).unwrap(),
+        connected_at: at,
+    }
+}
+
+async fn redis_registry(ttl: Duration) -> RedisRegistry {
+    let mut config = RegistryConfig::new(courier_tests::redis_url().await);
+    config.ttl = ttl;
+    // Generous for a loaded CI machine; the down-cases below use short ones.
+    config.timeout = Duration::from_secs(2);
+    RedisRegistry::new(config).unwrap()
+}
+
+// ---- the shared cases ------------------------------------------------------
+
+async fn register_then_lookup_then_replace(r: &dyn ConnectionRegistry) {
+    let u = user();
+    assert_eq!(r.lookup(&u).await.unwrap(), None);
+    let first = conn("AbC123=", 1_795_000_000_000);
+    r.register(&u, &first).await.unwrap();
+    assert_eq!(r.lookup(&u).await.unwrap(), Some(first));
+    // A newer connection replaces the older one, connected_at included.
+    let second = conn("XyZ789=", 1_795_000_005_000);
+    r.register(&u, &second).await.unwrap();
+    assert_eq!(r.lookup(&u).await.unwrap(), Some(second));
+    // Users do not see each other's entries.
+    assert_eq!(r.lookup(&user()).await.unwrap(), None);
+}
+
+async fn remove_if_deletes_only_while_the_entry_holds_that_id(r: &dyn ConnectionRegistry) {
+    let u = user();
+    let old = conn("old-conn", 1);
+    let new = conn("new-conn", 2);
+    // Nothing there: nothing deleted.
+    assert!(!r.remove_if(&u, &old.connection_id).await.unwrap());
+
+    r.register(&u, &old).await.unwrap();
+    r.register(&u, &new).await.unwrap();
+    // A stale $disconnect (or a late 410) of the old connection must not
+    // delete the new one.
+    assert!(!r.remove_if(&u, &old.connection_id).await.unwrap());
+    assert_eq!(r.lookup(&u).await.unwrap(), Some(new.clone()));
+
+    assert!(r.remove_if(&u, &new.connection_id).await.unwrap());
+    assert_eq!(r.lookup(&u).await.unwrap(), None);
+    // Twice is harmless.
+    assert!(!r.remove_if(&u, &new.connection_id).await.unwrap());
+}
+
+async fn an_id_that_is_a_prefix_of_the_stored_one_does_not_match(r: &dyn ConnectionRegistry) {
+    let u = user();
+    r.register(&u, &conn("abc=", 7)).await.unwrap();
+    assert!(
+        !r.remove_if(&u, &ConnectionId::parse("abc").unwrap())
+            .await
+            .unwrap()
+    );
+    assert!(
+        !r.remove_if(&u, &ConnectionId::parse("abc==").unwrap())
+            .await
+            .unwrap()
+    );
+    assert!(r.lookup(&u).await.unwrap().is_some());
+}
+
+/// `r` must have been built with a 600 ms TTL.
+async fn entries_expire_after_the_ttl_and_reregistering_restarts_it(r: &dyn ConnectionRegistry) {
+    let u = user();
+    let c = conn("ttl-conn", 3);
+    r.register(&u, &c).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    r.register(&u, &c).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    // 800 ms after the first write, 400 after the second: still there.
+    assert_eq!(r.lookup(&u).await.unwrap(), Some(c));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(r.lookup(&u).await.unwrap(), None);
+}
+
+const SHORT_TTL: Duration = Duration::from_millis(600);
+
+macro_rules! conformance {
+    ($case:ident) => {
+        mod $case {
+            use super::*;
+
+            #[tokio::test]
+            async fn memory() {
+                super::$case(&MemoryRegistry::new()).await;
+            }
+
+            #[tokio::test]
+            async fn redis() {
+                super::$case(&redis_registry(RegistryConfig::DEFAULT_TTL).await).await;
+            }
+        }
+    };
+}
+
+conformance!(register_then_lookup_then_replace);
+conformance!(remove_if_deletes_only_while_the_entry_holds_that_id);
+conformance!(an_id_that_is_a_prefix_of_the_stored_one_does_not_match);
+
+mod entries_expire_after_the_ttl_and_reregistering_restarts_it {
+    use super::*;
+
+    #[tokio::test]
+    async fn memory() {
+        super::entries_expire_after_the_ttl_and_reregistering_restarts_it(
+            &MemoryRegistry::with_ttl(SHORT_TTL),
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn redis() {
+        super::entries_expire_after_the_ttl_and_reregistering_restarts_it(
+            &redis_registry(SHORT_TTL).await,
+        )
+        .await;
+    }
+}
+
+// ---- Redis only -------------------------------------------------------------
+
+#[tokio::test]
+async fn redis_key_is_ws_user_with_the_configured_ttl() {
+    let url = courier_tests::redis_url().await;
+    let registry = redis_registry(RegistryConfig::DEFAULT_TTL).await;
+    let u = user();
+    registry
+        .register(&u, &conn("L0SM9cOFvHcCIhw=", 1_795_000_000_000))
+        .await
+        .unwrap();
+
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut raw = client.get_multiplexed_async_connection().await.unwrap();
+    let key = format!("ws:{u}");
+    let value: String = redis::cmd("GET")
+        .arg(&key)
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(value, "L0SM9cOFvHcCIhw=|1795000000000");
+    let pttl: i64 = redis::cmd("PTTL")
+        .arg(&key)
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    let ttl = RegistryConfig::DEFAULT_TTL.as_millis() as i64;
+    assert!(
+        pttl > ttl - 60_000 && pttl <= ttl,
+        "PTTL {pttl}, configured {ttl}"
+    );
+}
+
+#[tokio::test]
+async fn a_garbled_value_is_an_error_not_a_panic() {
+    let url = courier_tests::redis_url().await;
+    let registry = redis_registry(RegistryConfig::DEFAULT_TTL).await;
+    let u = user();
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut raw = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("SET")
+        .arg(format!("ws:{u}"))
+        .arg("no separator here")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert!(registry.lookup(&u).await.is_err());
+    // The registry is still usable afterwards.
+    registry.register(&u, &conn("fresh", 1)).await.unwrap();
+    assert!(registry.lookup(&u).await.unwrap().is_some());
+}
+
+fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn down_registry(port: u16, timeout: Duration) -> RedisRegistry {
+    let mut config = RegistryConfig::new(format!("redis://127.0.0.1:{port}"));
+    config.timeout = timeout;
+    RedisRegistry::new(config).unwrap()
+}
+
+/// Every operation fails with a `RegistryError`, each within `bound`.
+async fn every_call_fails_within(r: &RedisRegistry, bound: Duration) {
+    let u = user();
+    let c = conn("c", 1);
+    let started = Instant::now();
+    assert!(r.register(&u, &c).await.is_err());
+    assert!(
+        started.elapsed() < bound,
+        "register took {:?}",
+        started.elapsed()
+    );
+    let started = Instant::now();
+    assert!(r.lookup(&u).await.is_err());
+    assert!(
+        started.elapsed() < bound,
+        "lookup took {:?}",
+        started.elapsed()
+    );
+    let started = Instant::now();
+    assert!(r.remove_if(&u, &c.connection_id).await.is_err());
+    assert!(
+        started.elapsed() < bound,
+        "remove_if took {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn a_closed_port_fails_fast_with_a_registry_error() {
+    let r = down_registry(free_port(), Duration::from_millis(300));
+    every_call_fails_within(&r, Duration::from_millis(1000)).await;
+}
+
+#[tokio::test]
+async fn a_server_that_never_answers_costs_at_most_the_timeout() {
+    // Accepts connections and reads nothing, like a blackholed cache node.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let hold = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            held.push(s);
+        }
+    });
+    let r = down_registry(port, Duration::from_millis(300));
+    every_call_fails_within(&r, Duration::from_millis(1000)).await;
+    hold.abort();
+}
+
+/// A redis-server of this test's own, on a port of its choosing.
+struct OwnRedis(Child);
+
+impl OwnRedis {
+    fn start(port: u16) -> Self {
+        let child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start redis-server ({e}); install it (apt-get install redis-server) or run scripts/test")
+            });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not listen on {port}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self(child)
+    }
+
+    fn stop(mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Retries `register` until it succeeds; panics past `within`.
+async fn until_registered(r: &RedisRegistry, u: &UserId, c: &Connection, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        match r.register(u, c).await {
+            Ok(()) => return,
+            Err(e) => assert!(Instant::now() < deadline, "registry did not recover: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn recovers_when_redis_comes_back_and_again_after_it_restarts() {
+    let port = free_port();
+    let r = down_registry(port, Duration::from_millis(300));
+    let u = user();
+    let c = conn("back-again", 9);
+
+    // Down from the start: the registry was built anyway, calls fail fast.
+    every_call_fails_within(&r, Duration::from_millis(1000)).await;
+
+    // Up: the same registry starts working without being rebuilt.
+    let server = OwnRedis::start(port);
+    until_registered(&r, &u, &c, Duration::from_secs(5)).await;
+    assert_eq!(r.lookup(&u).await.unwrap(), Some(c.clone()));
+
+    // Gone while connected: errors, fast.
+    server.stop();
+    every_call_fails_within(&r, Duration::from_millis(1000)).await;
+
+    // Back (empty: no persistence): the established-then-dropped connection
+    // is replaced and the registry works again.
+    let _server = OwnRedis::start(port);
+    until_registered(&r, &u, &c, Duration::from_secs(5)).await;
+    assert_eq!(r.lookup(&u).await.unwrap(), Some(c.clone()));
+    assert!(r.remove_if(&u, &c.connection_id).await.unwrap());
+}
