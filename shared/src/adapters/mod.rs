@@ -9,3 +9,4 @@ pub mod redis;
 pub mod apigw;
 pub mod lambda;
 pub mod sns;
+pub mod aws;

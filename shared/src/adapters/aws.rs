@@ -1,0 +1,695 @@
+//! AWS wiring: from environment variables to a [`Ports`] of real adapters.
+//!
+//! Two steps, kept apart so a test can check a set of variables without a
+//! network:
+//!
+//! 1. [`PortsConfig`]: pure parsing. A function asks for the ports it uses,
+//!    either with [`Needs`] or with explicit `with_*` steps, and a missing
+//!    required variable is a [`ConfigError`] that names it. The authorizer
+//!    needs nothing, `connect` needs no table, and so on.
+//! 2. [`AwsClients`]: the SDK config is loaded once
+//!    (`aws_config::load_defaults`), every client is built from it, and
+//!    [`AwsClients::ports`] builds the adapters the config names. Nothing
+//!    here connects: Redis connects on first use, SDK clients on first call.
+//!
+//! A port the function did not ask for is filled with [`Unwired`], whose
+//! every call fails with an error naming the port: a handler that reaches for
+//! it fails loudly on its first call instead of silently using a stand-in.
+//!
+//! Endpoint overrides (`DYNAMODB_ENDPOINT`, `SNS_ENDPOINT`, `LAMBDA_ENDPOINT`)
+//! point one client at moto or the local gateway; `MANAGEMENT_ENDPOINT` is
+//! required for the Management API, whose endpoint is per API and stage.
+//!
+//! Client settings, chosen for functions with short deadlines:
+//! every client fails a connect after 3 s and an attempt after 10 s (the SDK
+//! has no attempt timeout by default, and a hung call would otherwise eat
+//! the whole invocation). The Management API client has the SDK's retries
+//! off: [`ApiGatewayManagement`] retries 429/5xx itself with a shorter,
+//! bounded backoff, and the two must not multiply.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_config::{BehaviorVersion, SdkConfig};
+use aws_smithy_types::retry::RetryConfig;
+use aws_smithy_types::timeout::TimeoutConfig;
+
+use crate::adapters::apigw::ApiGatewayManagement;
+use crate::adapters::dynamo::DynamoStore;
+use crate::adapters::lambda::LambdaTrigger;
+use crate::adapters::redis::RedisRegistry;
+use crate::adapters::sns::SnsNotifier;
+use crate::app::Ports;
+use crate::config::{ConfigError, Env, PushConfig, RegistryConfig, TableNames};
+use crate::domain::{
+    ClientMsgId, Connection, ConnectionId, Conversation, ConversationId, Device, Message,
+    PendingDelivery, Platform, Seq, UserId,
+};
+use crate::ports::{
+    AckOutcome, AppendOutcome, CatchUpRequest, CatchUpTrigger, ConnectionInfo, ConnectionRegistry,
+    ConversationStore, DeviceStore, Gateway, MessageStore, NewMessage, Notifier, PendingStore,
+    PostError, PushError, PushMessage, RegistryError, StoreError, TriggerError,
+};
+
+/// An `http://` or `https://` URL from variable `name`.
+fn url_var<F: Fn(&str) -> Option<String>>(
+    env: &Env<F>,
+    name: &'static str,
+) -> Result<Option<String>, ConfigError> {
+    match env.optional(name) {
+        None => Ok(None),
+        Some(v) => {
+            let v = v.trim().trim_end_matches('/').to_owned();
+            let rest = v
+                .strip_prefix("https://")
+                .or_else(|| v.strip_prefix("http://"));
+            match rest {
+                Some(host) if !host.is_empty() => Ok(Some(v)),
+                _ => Err(ConfigError::Invalid {
+                    name,
+                    reason: "must be an http:// or https:// URL".into(),
+                }),
+            }
+        }
+    }
+}
+
+/// Optional endpoint overrides for moto and the local gateway.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AwsEndpoints {
+    pub dynamodb: Option<String>,
+    pub sns: Option<String>,
+    pub lambda: Option<String>,
+}
+
+impl AwsEndpoints {
+    pub fn from_env<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<Self, ConfigError> {
+        Ok(Self {
+            dynamodb: url_var(env, "DYNAMODB_ENDPOINT")?,
+            sns: url_var(env, "SNS_ENDPOINT")?,
+            lambda: url_var(env, "LAMBDA_ENDPOINT")?,
+        })
+    }
+}
+
+/// The Management API endpoint of one API stage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManagementConfig {
+    /// `https://{api}.execute-api.{region}.amazonaws.com/{stage}`.
+    pub endpoint: String,
+}
+
+impl ManagementConfig {
+    pub fn from_env<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<Self, ConfigError> {
+        url_var(env, "MANAGEMENT_ENDPOINT")?
+            .map(|endpoint| Self { endpoint })
+            .ok_or(ConfigError::Missing("MANAGEMENT_ENDPOINT"))
+    }
+}
+
+/// The function `connect` invokes for catch-up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TriggerConfig {
+    /// Name or ARN (`CATCH_UP_FUNCTION`).
+    pub function: String,
+}
+
+impl TriggerConfig {
+    pub fn from_env<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<Self, ConfigError> {
+        Ok(Self {
+            function: env.required("CATCH_UP_FUNCTION")?,
+        })
+    }
+}
+
+/// Which ports a function uses. The constants are the functions of DESIGN §2
+/// as their services stand; a function may ask for more.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Needs {
+    /// Every DynamoDB table (messages, pending, conversations, idempotency,
+    /// devices): one store serves them all.
+    pub stores: bool,
+    pub registry: bool,
+    pub gateway: bool,
+    pub trigger: bool,
+    pub notifier: bool,
+}
+
+impl Needs {
+    pub const NONE: Needs = Needs {
+        stores: false,
+        registry: false,
+        gateway: false,
+        trigger: false,
+        notifier: false,
+    };
+    pub const ALL: Needs = Needs {
+        stores: true,
+        registry: true,
+        gateway: true,
+        trigger: true,
+        notifier: true,
+    };
+    /// Registry SET, then the async invoke of catch-up.
+    pub const CONNECT: Needs = Needs {
+        registry: true,
+        trigger: true,
+        ..Needs::NONE
+    };
+    /// Compare-and-delete of the registry entry.
+    pub const DISCONNECT: Needs = Needs {
+        registry: true,
+        ..Needs::NONE
+    };
+    /// Pending and range reads, posts, and the registry on a final 410.
+    pub const CATCH_UP: Needs = Needs {
+        stores: true,
+        gateway: true,
+        registry: true,
+        ..Needs::NONE
+    };
+    /// Store, deliver live, push the unreachable.
+    pub const SEND: Needs = Needs {
+        stores: true,
+        registry: true,
+        gateway: true,
+        notifier: true,
+        ..Needs::NONE
+    };
+    /// Pending writes, and receipts to online members.
+    pub const ACK: Needs = Needs {
+        stores: true,
+        registry: true,
+        gateway: true,
+        ..Needs::NONE
+    };
+    pub const DEVICES: Needs = Needs {
+        stores: true,
+        notifier: true,
+        ..Needs::NONE
+    };
+    pub const CONVERSATIONS: Needs = Needs {
+        stores: true,
+        ..Needs::NONE
+    };
+}
+
+/// What [`AwsClients::ports`] builds, parsed from the environment.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PortsConfig {
+    pub endpoints: AwsEndpoints,
+    pub tables: Option<TableNames>,
+    pub registry: Option<RegistryConfig>,
+    pub management: Option<ManagementConfig>,
+    pub trigger: Option<TriggerConfig>,
+    pub push: Option<PushConfig>,
+}
+
+impl PortsConfig {
+    /// The endpoint overrides only; add ports with the `with_*` steps.
+    pub fn new<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<Self, ConfigError> {
+        Ok(Self {
+            endpoints: AwsEndpoints::from_env(env)?,
+            ..Self::default()
+        })
+    }
+
+    /// Everything `needs` asks for.
+    pub fn from_env<F: Fn(&str) -> Option<String>>(
+        env: &Env<F>,
+        needs: Needs,
+    ) -> Result<Self, ConfigError> {
+        let mut c = Self::new(env)?;
+        if needs.stores {
+            c = c.with_stores(env)?;
+        }
+        if needs.registry {
+            c = c.with_registry(env)?;
+        }
+        if needs.gateway {
+            c = c.with_gateway(env)?;
+        }
+        if needs.trigger {
+            c = c.with_trigger(env)?;
+        }
+        if needs.notifier {
+            c = c.with_notifier(env)?;
+        }
+        Ok(c)
+    }
+
+    /// The DynamoDB store: every `*_TABLE` variable.
+    pub fn with_stores<F: Fn(&str) -> Option<String>>(
+        mut self,
+        env: &Env<F>,
+    ) -> Result<Self, ConfigError> {
+        self.tables = Some(TableNames::from_env(env)?);
+        Ok(self)
+    }
+
+    /// The Redis registry: `REDIS_URL` (checked, not connected),
+    /// `REGISTRY_TTL_SECS`, `REDIS_TIMEOUT_MS`.
+    pub fn with_registry<F: Fn(&str) -> Option<String>>(
+        mut self,
+        env: &Env<F>,
+    ) -> Result<Self, ConfigError> {
+        let config = RegistryConfig::from_env(env)?;
+        RedisRegistry::check_url(&config.url).map_err(|e| ConfigError::Invalid {
+            name: "REDIS_URL",
+            reason: e.0,
+        })?;
+        if config.timeout.is_zero() {
+            return Err(ConfigError::Invalid {
+                name: "REDIS_TIMEOUT_MS",
+                reason: "must be at least 1".into(),
+            });
+        }
+        self.registry = Some(config);
+        Ok(self)
+    }
+
+    /// The Management API: `MANAGEMENT_ENDPOINT`.
+    pub fn with_gateway<F: Fn(&str) -> Option<String>>(
+        mut self,
+        env: &Env<F>,
+    ) -> Result<Self, ConfigError> {
+        self.management = Some(ManagementConfig::from_env(env)?);
+        Ok(self)
+    }
+
+    /// The catch-up trigger: `CATCH_UP_FUNCTION`.
+    pub fn with_trigger<F: Fn(&str) -> Option<String>>(
+        mut self,
+        env: &Env<F>,
+    ) -> Result<Self, ConfigError> {
+        self.trigger = Some(TriggerConfig::from_env(env)?);
+        Ok(self)
+    }
+
+    /// SNS mobile push: `PUSH_PREVIEW` and the `SNS_*_APP_ARN`s (each
+    /// optional: a platform without one answers `PlatformNotConfigured`).
+    pub fn with_notifier<F: Fn(&str) -> Option<String>>(
+        mut self,
+        env: &Env<F>,
+    ) -> Result<Self, ConfigError> {
+        self.push = Some(PushConfig::from_env(env)?);
+        Ok(self)
+    }
+}
+
+/// The AWS SDK config, loaded once, and every client built from it.
+#[derive(Debug, Clone)]
+pub struct AwsClients {
+    sdk: SdkConfig,
+    endpoints: AwsEndpoints,
+}
+
+impl AwsClients {
+    /// Loads region and credentials the standard way (environment, profile,
+    /// Lambda's role).
+    pub async fn load(endpoints: AwsEndpoints) -> Self {
+        let sdk = aws_config::load_defaults(BehaviorVersion::latest()).await;
+        Self::from_sdk_config(sdk, endpoints)
+    }
+
+    /// From an SDK config built elsewhere (tests: fixed region and
+    /// credentials, nothing read from the machine).
+    pub fn from_sdk_config(sdk: SdkConfig, endpoints: AwsEndpoints) -> Self {
+        Self { sdk, endpoints }
+    }
+
+    pub fn sdk_config(&self) -> &SdkConfig {
+        &self.sdk
+    }
+
+    fn timeouts() -> TimeoutConfig {
+        TimeoutConfig::builder()
+            .connect_timeout(Duration::from_secs(3))
+            .operation_attempt_timeout(Duration::from_secs(10))
+            .build()
+    }
+
+    pub fn dynamodb(&self) -> aws_sdk_dynamodb::Client {
+        let mut b =
+            aws_sdk_dynamodb::config::Builder::from(&self.sdk).timeout_config(Self::timeouts());
+        if let Some(url) = &self.endpoints.dynamodb {
+            b = b.endpoint_url(url);
+        }
+        aws_sdk_dynamodb::Client::from_conf(b.build())
+    }
+
+    pub fn sns(&self) -> aws_sdk_sns::Client {
+        let mut b = aws_sdk_sns::config::Builder::from(&self.sdk).timeout_config(Self::timeouts());
+        if let Some(url) = &self.endpoints.sns {
+            b = b.endpoint_url(url);
+        }
+        aws_sdk_sns::Client::from_conf(b.build())
+    }
+
+    pub fn lambda(&self) -> aws_sdk_lambda::Client {
+        let mut b =
+            aws_sdk_lambda::config::Builder::from(&self.sdk).timeout_config(Self::timeouts());
+        if let Some(url) = &self.endpoints.lambda {
+            b = b.endpoint_url(url);
+        }
+        aws_sdk_lambda::Client::from_conf(b.build())
+    }
+
+    /// The Management API client of one stage; SDK retries off (see the
+    /// module doc).
+    pub fn management(&self, endpoint: &str) -> aws_sdk_apigatewaymanagement::Client {
+        let conf = aws_sdk_apigatewaymanagement::config::Builder::from(&self.sdk)
+            .endpoint_url(endpoint)
+            .timeout_config(Self::timeouts())
+            .retry_config(RetryConfig::disabled())
+            .build();
+        aws_sdk_apigatewaymanagement::Client::from_conf(conf)
+    }
+
+    /// The adapters `config` names; [`Unwired`] for the rest.
+    pub fn ports(&self, config: &PortsConfig) -> Result<Ports, ConfigError> {
+        let unwired = Arc::new(Unwired);
+        let mut ports = Ports {
+            registry: unwired.clone(),
+            messages: unwired.clone(),
+            conversations: unwired.clone(),
+            pending: unwired.clone(),
+            devices: unwired.clone(),
+            gateway: unwired.clone(),
+            trigger: unwired.clone(),
+            notifier: unwired,
+        };
+        if let Some(tables) = &config.tables {
+            let store = Arc::new(DynamoStore::new(self.dynamodb(), tables.clone()));
+            ports.messages = store.clone();
+            ports.conversations = store.clone();
+            ports.pending = store.clone();
+            ports.devices = store;
+        }
+        if let Some(registry) = &config.registry {
+            let registry =
+                RedisRegistry::new(registry.clone()).map_err(|e| ConfigError::Invalid {
+                    name: "REDIS_URL",
+                    reason: e.0,
+                })?;
+            ports.registry = Arc::new(registry);
+        }
+        if let Some(management) = &config.management {
+            ports.gateway = Arc::new(ApiGatewayManagement::new(
+                self.management(&management.endpoint),
+            ));
+        }
+        if let Some(trigger) = &config.trigger {
+            ports.trigger = Arc::new(LambdaTrigger::new(self.lambda(), trigger.function.clone()));
+        }
+        if let Some(push) = &config.push {
+            ports.notifier = Arc::new(SnsNotifier::new(self.sns(), push.clone()));
+        }
+        Ok(ports)
+    }
+}
+
+/// The whole wiring of a Lambda `main`: parse what `needs` asks for, load
+/// the SDK config once, build the adapters.
+pub async fn ports_from_env<F: Fn(&str) -> Option<String>>(
+    env: &Env<F>,
+    needs: Needs,
+) -> Result<Ports, ConfigError> {
+    let config = PortsConfig::from_env(env, needs)?;
+    AwsClients::load(config.endpoints.clone())
+        .await
+        .ports(&config)
+}
+
+/// Stands in for a port the function did not ask for; every call fails.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Unwired;
+
+const UNWIRED: &str = "not wired in this function (see adapters::aws::Needs)";
+
+fn store_unwired<T>(port: &str) -> Result<T, StoreError> {
+    Err(StoreError::Unavailable(format!("{port} {UNWIRED}")))
+}
+
+#[async_trait]
+impl ConnectionRegistry for Unwired {
+    async fn register(&self, _: &UserId, _: &Connection) -> Result<(), RegistryError> {
+        Err(RegistryError(format!("registry {UNWIRED}")))
+    }
+    async fn lookup(&self, _: &UserId) -> Result<Option<Connection>, RegistryError> {
+        Err(RegistryError(format!("registry {UNWIRED}")))
+    }
+    async fn remove_if(&self, _: &UserId, _: &ConnectionId) -> Result<bool, RegistryError> {
+        Err(RegistryError(format!("registry {UNWIRED}")))
+    }
+}
+
+#[async_trait]
+impl MessageStore for Unwired {
+    async fn append(&self, _: &NewMessage) -> Result<AppendOutcome, StoreError> {
+        store_unwired("message store")
+    }
+    async fn find_sent(
+        &self,
+        _: &ConversationId,
+        _: &UserId,
+        _: &ClientMsgId,
+    ) -> Result<Option<Message>, StoreError> {
+        store_unwired("message store")
+    }
+    async fn range(
+        &self,
+        _: &ConversationId,
+        _: Seq,
+        _: usize,
+    ) -> Result<Vec<Message>, StoreError> {
+        store_unwired("message store")
+    }
+}
+
+#[async_trait]
+impl ConversationStore for Unwired {
+    async fn create(&self, _: &Conversation) -> Result<bool, StoreError> {
+        store_unwired("conversation store")
+    }
+    async fn get(&self, _: &ConversationId) -> Result<Option<Conversation>, StoreError> {
+        store_unwired("conversation store")
+    }
+}
+
+#[async_trait]
+impl PendingStore for Unwired {
+    async fn list(&self, _: &UserId) -> Result<Vec<PendingDelivery>, StoreError> {
+        store_unwired("pending store")
+    }
+    async fn get(
+        &self,
+        _: &UserId,
+        _: &ConversationId,
+    ) -> Result<Option<PendingDelivery>, StoreError> {
+        store_unwired("pending store")
+    }
+    async fn record(&self, _: &UserId, _: &ConversationId, _: Seq) -> Result<(), StoreError> {
+        store_unwired("pending store")
+    }
+    async fn ack(&self, _: &UserId, _: &ConversationId, _: Seq) -> Result<AckOutcome, StoreError> {
+        store_unwired("pending store")
+    }
+    async fn clear_if_unchanged(
+        &self,
+        _: &UserId,
+        _: &ConversationId,
+        _: Seq,
+    ) -> Result<bool, StoreError> {
+        store_unwired("pending store")
+    }
+}
+
+#[async_trait]
+impl DeviceStore for Unwired {
+    async fn put(&self, _: &Device) -> Result<(), StoreError> {
+        store_unwired("device store")
+    }
+    async fn by_token(&self, _: &str) -> Result<Option<Device>, StoreError> {
+        store_unwired("device store")
+    }
+    async fn for_user(&self, _: &UserId) -> Result<Vec<Device>, StoreError> {
+        store_unwired("device store")
+    }
+    async fn delete(&self, _: &str) -> Result<(), StoreError> {
+        store_unwired("device store")
+    }
+}
+
+#[async_trait]
+impl Gateway for Unwired {
+    async fn post(&self, _: &ConnectionId, _: &[u8]) -> Result<(), PostError> {
+        Err(PostError::Unavailable(format!("gateway {UNWIRED}")))
+    }
+    async fn get(&self, _: &ConnectionId) -> Result<Option<ConnectionInfo>, PostError> {
+        Err(PostError::Unavailable(format!("gateway {UNWIRED}")))
+    }
+    async fn delete(&self, _: &ConnectionId) -> Result<(), PostError> {
+        Err(PostError::Unavailable(format!("gateway {UNWIRED}")))
+    }
+}
+
+#[async_trait]
+impl CatchUpTrigger for Unwired {
+    async fn trigger(&self, _: &CatchUpRequest) -> Result<(), TriggerError> {
+        Err(TriggerError(format!("catch-up trigger {UNWIRED}")))
+    }
+}
+
+#[async_trait]
+impl Notifier for Unwired {
+    async fn create_endpoint(&self, _: Platform, _: &str, _: &UserId) -> Result<String, PushError> {
+        Err(PushError::Unavailable(format!("notifier {UNWIRED}")))
+    }
+    async fn publish(&self, _: &str, _: &PushMessage) -> Result<(), PushError> {
+        Err(PushError::Unavailable(format!("notifier {UNWIRED}")))
+    }
+    async fn delete_endpoint(&self, _: &str) -> Result<(), PushError> {
+        Err(PushError::Unavailable(format!("notifier {UNWIRED}")))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &'static [(&'static str, &'static str)]) -> Env<impl Fn(&str) -> Option<String>> {
+        Env(move |k: &str| {
+            pairs
+                .iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        })
+    }
+
+    const TABLES: &[(&str, &str)] = &[
+        ("MESSAGES_TABLE", "m"),
+        ("PENDING_TABLE", "p"),
+        ("CONVERSATIONS_TABLE", "c"),
+        ("IDEMPOTENCY_TABLE", "i"),
+        ("DEVICES_TABLE", "d"),
+    ];
+
+    #[test]
+    fn authorizer_needs_nothing() {
+        let c = PortsConfig::from_env(&env(&[]), Needs::NONE).unwrap();
+        assert_eq!(c, PortsConfig::default());
+    }
+
+    #[test]
+    fn connect_needs_redis_and_the_catch_up_function_but_no_table() {
+        let e = PortsConfig::from_env(
+            &env(&[("REDIS_URL", "redis://127.0.0.1:6379")]),
+            Needs::CONNECT,
+        )
+        .unwrap_err();
+        assert_eq!(e, ConfigError::Missing("CATCH_UP_FUNCTION"));
+        let e = PortsConfig::from_env(&env(&[("CATCH_UP_FUNCTION", "catch-up")]), Needs::CONNECT)
+            .unwrap_err();
+        assert_eq!(e, ConfigError::Missing("REDIS_URL"));
+        let c = PortsConfig::from_env(
+            &env(&[
+                ("REDIS_URL", "rediss://cache.example:6379"),
+                ("CATCH_UP_FUNCTION", "catch-up"),
+                ("LAMBDA_ENDPOINT", "http://127.0.0.1:9000/"),
+            ]),
+            Needs::CONNECT,
+        )
+        .unwrap();
+        assert!(c.tables.is_none() && c.management.is_none() && c.push.is_none());
+        assert_eq!(c.trigger.unwrap().function, "catch-up");
+        assert_eq!(c.endpoints.lambda.as_deref(), Some("http://127.0.0.1:9000"));
+    }
+
+    #[test]
+    fn catch_up_names_the_missing_management_endpoint() {
+        let mut pairs = TABLES.to_vec();
+        pairs.push(("REDIS_URL", "redis://127.0.0.1:6379"));
+        let pairs: &'static [(&str, &str)] = Box::leak(pairs.into_boxed_slice());
+        let e = PortsConfig::from_env(&env(pairs), Needs::CATCH_UP).unwrap_err();
+        assert_eq!(e, ConfigError::Missing("MANAGEMENT_ENDPOINT"));
+        assert!(e.to_string().contains("MANAGEMENT_ENDPOINT"));
+    }
+
+    #[test]
+    fn bad_urls_are_refused_by_name() {
+        let e = PortsConfig::new(&env(&[("SNS_ENDPOINT", "localhost:5000")])).unwrap_err();
+        assert!(matches!(
+            e,
+            ConfigError::Invalid {
+                name: "SNS_ENDPOINT",
+                ..
+            }
+        ));
+        let e = PortsConfig::from_env(&env(&[("REDIS_URL", "http://x")]), Needs::DISCONNECT)
+            .unwrap_err();
+        assert!(matches!(
+            e,
+            ConfigError::Invalid {
+                name: "REDIS_URL",
+                ..
+            }
+        ));
+        let e = PortsConfig::from_env(
+            &env(&[("MANAGEMENT_ENDPOINT", "ftp://x")]),
+            Needs {
+                gateway: true,
+                ..Needs::NONE
+            },
+        )
+        .unwrap_err();
+        assert!(matches!(
+            e,
+            ConfigError::Invalid {
+                name: "MANAGEMENT_ENDPOINT",
+                ..
+            }
+        ));
+    }
+
+    fn offline_clients() -> AwsClients {
+        let sdk = SdkConfig::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(aws_config::Region::new("us-east-1"))
+            .build();
+        AwsClients::from_sdk_config(sdk, AwsEndpoints::default())
+    }
+
+    #[tokio::test]
+    async fn unasked_ports_fail_loudly_and_asked_ones_are_built_offline() {
+        let config = PortsConfig::from_env(
+            &env(&[
+                ("REDIS_URL", "redis://127.0.0.1:1"),
+                ("MANAGEMENT_ENDPOINT", "http://127.0.0.1:1/dev"),
+            ]),
+            Needs::DISCONNECT,
+        )
+        .unwrap()
+        .with_gateway(&env(&[("MANAGEMENT_ENDPOINT", "http://127.0.0.1:1/dev")]))
+        .unwrap();
+        let ports = offline_clients().ports(&config).unwrap();
+        let user = UserId::parse("bob").unwrap();
+        let e = ports.pending.list(&user).await.unwrap_err();
+        assert!(e.to_string().contains("not wired"), "{e}");
+        let e = ports
+            .trigger
+            .trigger(&CatchUpRequest {
+                user_id: user.clone(),
+                connection_id: ConnectionId::parse("c1").unwrap(),
+                connected_at: None,
+            })
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("not wired"), "{e}");
+        // The registry was built without a server; using it fails as a
+        // RegistryError, not a panic or a hang.
+        assert!(ports.registry.lookup(&user).await.is_err());
+    }
+}
