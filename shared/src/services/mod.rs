@@ -5,3 +5,8 @@
 //! and the local gateway call the same services.
 
 pub mod delivery;
+pub mod conversations;
+pub mod devices;
+pub mod fault;
+pub mod push;
+pub mod send;

@@ -1,0 +1,919 @@
+//! Sending a message: validate, assign the next seq, store, deliver or push.
+//!
+//! The order of steps is the contract of DESIGN §4, and each one is here for
+//! a failure it prevents:
+//!
+//! 1. **Idempotency first.** A `client_msg_id` this sender already used in
+//!    this conversation answers the original seq and *re-runs delivery*. That
+//!    is what makes a crash anywhere after the store harmless: the client
+//!    retries (it has no `sent` yet) and the retry finishes the job — live
+//!    frame, pending rows in `post` mode, push.
+//! 2. **Strongly consistent conversation read**: membership, and the
+//!    `last_seq` the next seq is computed from.
+//! 3. **One atomic append** ([`MessageStore::append`]): counter
+//!    `last_seq → last_seq+1` on condition, message, idempotency record and,
+//!    in `PENDING_CLEAR=ack`, a pending row for every other member. A lost
+//!    race (`SeqConflict`) re-reads and retries with jittered backoff, a
+//!    bounded number of times, so seqs stay gap-free under any concurrency.
+//! 4. **Delivery, every recipient at once**: a `messages` frame of one
+//!    message through [`delivery::deliver_live`] (which owns the 410 rule).
+//!    In `post` mode a recipient not reached gets a pending row, and *after*
+//!    that row is durable the registry is read again: a recipient whose
+//!    connect landed in between either shows up there (delivered live now) or
+//!    their catch-up, which reads pending after connect wrote the registry,
+//!    finds the row. Either way nothing is lost.
+//! 5. **Push** for every recipient not reached live. A push failure never
+//!    fails a send.
+//! 6. Only then `sent`: the sender is never told "sent" before the message
+//!    and every pending row it needs are durable.
+//!
+//! Client mistakes (bad body, not a member, no such conversation) are
+//! `Ok(error frame)`; only server faults are `Err`.
+
+use std::time::Duration;
+
+use futures::future::join_all;
+use rand::Rng;
+use tracing::{debug, info, instrument, warn};
+
+use crate::app::App;
+use crate::config::PendingClear;
+use crate::domain::{
+    Body, BodyError, ClientMsgId, Conversation, ConversationId, Message, UserId, now_millis,
+};
+use crate::ports::{AppendOutcome, NewMessage, PushMessage, StoreError};
+use crate::protocol::{ErrorCode, FrameError, ServerFrame, pack_messages};
+use crate::services::delivery::{self, Live};
+use crate::services::push::{self, PushReport};
+
+/// Appends tried before a send gives up on a hot conversation. Each conflict
+/// means another send won, so 8 senders hammering one conversation finish
+/// well inside this; the bound keeps a pathological pile-up inside API
+/// Gateway's 29 s integration timeout (64 × at most 100 ms of backoff).
+pub const MAX_APPEND_ATTEMPTS: u32 = 64;
+/// First backoff after a conflict; doubles per conflict up to the cap.
+const CONFLICT_BACKOFF_BASE: Duration = Duration::from_millis(2);
+const CONFLICT_BACKOFF_CAP: Duration = Duration::from_millis(100);
+
+/// A server fault: the send may or may not have been stored, and the client
+/// should retry with the same `client_msg_id` (which is safe).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error("gave up after {attempts} seq conflicts")]
+    Contention { attempts: u32 },
+}
+
+/// Sends `body` from `sender` to the conversation; answers `sent` or an
+/// `error` frame (client mistakes). See the module doc for the steps.
+#[instrument(skip_all, fields(user_id = %sender, conversation_id = %conversation_id, client_msg_id = %client_msg_id))]
+pub async fn send_message(
+    app: &App,
+    sender: &UserId,
+    conversation_id: &ConversationId,
+    client_msg_id: &ClientMsgId,
+    body: &str,
+    request_id: Option<String>,
+) -> Result<ServerFrame, SendError> {
+    let reject = |code: ErrorCode, message: &str| {
+        Ok(FrameError::new(code, message)
+            .with_client_msg_id(Some(client_msg_id.to_string()))
+            .with_request_id(request_id.clone())
+            .to_frame())
+    };
+    let body = match Body::parse(body, app.settings.send.max_body_bytes) {
+        Ok(b) => b,
+        Err(e @ BodyError::Empty) => return reject(ErrorCode::BadRequest, &e.to_string()),
+        Err(e @ BodyError::TooLarge { .. }) => {
+            return reject(ErrorCode::PayloadTooLarge, &e.to_string());
+        }
+    };
+    let ports = &app.ports;
+
+    if let Some(original) = ports
+        .messages
+        .find_sent(conversation_id, sender, client_msg_id)
+        .await?
+    {
+        return replay(app, original, request_id).await;
+    }
+
+    let mut conflicts = 0u32;
+    let (conversation, message) = loop {
+        let conversation = match ports.conversations.get(conversation_id).await? {
+            None => {
+                return reject(
+                    ErrorCode::ConversationNotFound,
+                    "conversation does not exist",
+                );
+            }
+            Some(c) if !c.is_member(sender) => {
+                return reject(
+                    ErrorCode::NotAMember,
+                    "you are not a member of this conversation",
+                );
+            }
+            Some(c) => c,
+        };
+        let new = new_message(app, &conversation, sender, client_msg_id, &body);
+        match ports.messages.append(&new).await? {
+            AppendOutcome::Stored => break (conversation, new.message),
+            // A concurrent send of the same client_msg_id won the race.
+            AppendOutcome::Duplicate(original) => return replay(app, original, request_id).await,
+            AppendOutcome::NotAMember => {
+                return reject(
+                    ErrorCode::NotAMember,
+                    "you are not a member of this conversation",
+                );
+            }
+            AppendOutcome::SeqConflict => {
+                conflicts += 1;
+                if conflicts >= MAX_APPEND_ATTEMPTS {
+                    warn!(conflicts, "giving up on a contended conversation");
+                    return Err(SendError::Contention {
+                        attempts: conflicts,
+                    });
+                }
+                tokio::time::sleep(conflict_backoff(conflicts)).await;
+            }
+        }
+    };
+    debug!(seq = %message.seq, conflicts, "stored");
+    deliver(app, &conversation, &message).await?;
+    Ok(sent(&message, request_id))
+}
+
+fn new_message(
+    app: &App,
+    conversation: &Conversation,
+    sender: &UserId,
+    client_msg_id: &ClientMsgId,
+    body: &Body,
+) -> NewMessage {
+    let sent_at = now_millis();
+    let ttl = i64::try_from(app.settings.send.idempotency_ttl.as_secs()).unwrap_or(i64::MAX);
+    NewMessage {
+        message: Message {
+            conversation_id: conversation.conversation_id.clone(),
+            seq: conversation.last_seq.next(),
+            message_id: uuid::Uuid::new_v4().to_string(),
+            client_msg_id: client_msg_id.clone(),
+            sender_id: sender.clone(),
+            body: body.as_str().to_owned(),
+            sent_at,
+        },
+        pending_for: match app.settings.delivery.pending_clear {
+            PendingClear::Ack => conversation.others(sender).cloned().collect(),
+            PendingClear::Post => Vec::new(),
+        },
+        idempotency_expires_at: (sent_at / 1000).saturating_add(ttl),
+    }
+}
+
+/// Full jitter over a doubling window: concurrent losers spread out instead
+/// of colliding again on the next seq.
+fn conflict_backoff(conflicts: u32) -> Duration {
+    let window = CONFLICT_BACKOFF_BASE
+        .saturating_mul(1u32 << conflicts.min(10))
+        .min(CONFLICT_BACKOFF_CAP);
+    let micros = u64::try_from(window.as_micros()).unwrap_or(u64::MAX);
+    Duration::from_micros(rand::rng().random_range(0..=micros))
+}
+
+fn sent(message: &Message, request_id: Option<String>) -> ServerFrame {
+    ServerFrame::Sent {
+        conversation_id: message.conversation_id.clone(),
+        client_msg_id: message.client_msg_id.clone(),
+        seq: message.seq,
+        sent_at: message.sent_at,
+        request_id,
+    }
+}
+
+/// A send of an already stored message: answer the original seq, and
+/// deliver again, because the first attempt may have died before (or while)
+/// delivering. Extra live frames are dropped by the client by seq; an extra
+/// push collapses into the same banner (collapse id = conversation).
+async fn replay(
+    app: &App,
+    original: Message,
+    request_id: Option<String>,
+) -> Result<ServerFrame, SendError> {
+    info!(seq = %original.seq, "duplicate send; answering the original seq");
+    match app
+        .ports
+        .conversations
+        .get(&original.conversation_id)
+        .await?
+    {
+        Some(conversation) => {
+            deliver(app, &conversation, &original).await?;
+        }
+        None => {
+            warn!(seq = %original.seq, "message stored for a conversation that no longer exists")
+        }
+    }
+    Ok(sent(&original, request_id))
+}
+
+/// What delivering a message did for one recipient.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecipientOutcome {
+    pub user_id: UserId,
+    /// The live attempt that counts: the re-check's if it delivered, else
+    /// the first one.
+    pub live: Live,
+    /// `post` mode only: a pending row was written for this recipient.
+    pub pending_recorded: bool,
+    /// The push, when the recipient was not reached live.
+    pub push: Option<PushReport>,
+}
+
+/// Delivers `message` to every member but its sender, concurrently: live,
+/// pending rows in `post` mode, pushes. `Err` only when a `post`-mode pending
+/// row could not be written — then the sender must not be told `sent`.
+#[instrument(skip_all, fields(conversation_id = %conversation.conversation_id, seq = %message.seq))]
+pub async fn deliver(
+    app: &App,
+    conversation: &Conversation,
+    message: &Message,
+) -> Result<Vec<RecipientOutcome>, StoreError> {
+    let frames = pack_messages(
+        &message.conversation_id,
+        std::slice::from_ref(message),
+        app.settings.delivery.max_frame_bytes,
+    );
+    let push = push::push_message(&app.settings.push, message);
+    let results = join_all(
+        conversation
+            .others(&message.sender_id)
+            .map(|user| deliver_to(app, user, message, &frames, &push)),
+    )
+    .await;
+
+    let mut outcomes = Vec::with_capacity(results.len());
+    let mut fault = None;
+    for (outcome, error) in results {
+        outcomes.push(outcome);
+        if let Some(e) = error {
+            fault.get_or_insert(e);
+        }
+    }
+    let live = outcomes.iter().filter(|o| o.live.delivered()).count();
+    info!(
+        recipients = outcomes.len(),
+        live,
+        pushed = outcomes.len() - live,
+        "delivered"
+    );
+    match fault {
+        Some(e) => Err(e),
+        None => Ok(outcomes),
+    }
+}
+
+async fn deliver_to(
+    app: &App,
+    user: &UserId,
+    message: &Message,
+    frames: &[String],
+    push: &PushMessage,
+) -> (RecipientOutcome, Option<StoreError>) {
+    let ports = &app.ports;
+    let config = &app.settings.delivery;
+    let mut live = delivery::deliver_live(ports, config, user, frames).await;
+    let mut pending_recorded = false;
+    let mut fault = None;
+    if config.pending_clear == PendingClear::Post && !live.delivered() {
+        match ports
+            .pending
+            .record(user, &message.conversation_id, message.seq)
+            .await
+        {
+            Ok(()) => {
+                pending_recorded = true;
+                // The no-lost-race re-check: only now that the row is durable
+                // may the registry be trusted to be read a second time.
+                let again = delivery::deliver_live(ports, config, user, frames).await;
+                if again.delivered() {
+                    live = again;
+                }
+            }
+            Err(e) => {
+                warn!(user_id = %user, error = %e, "could not record pending row");
+                fault = Some(e);
+            }
+        }
+    }
+    let push = if live.delivered() {
+        None
+    } else {
+        Some(push::push_to_user(ports, user, push).await)
+    };
+    (
+        RecipientOutcome {
+            user_id: user.clone(),
+            live,
+            pending_recorded,
+            push,
+        },
+        fault,
+    )
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use async_trait::async_trait;
+
+    use super::*;
+    use crate::app::{MemoryHandles, Ports, Settings};
+    use crate::domain::{Connection, ConnectionId, Device, Platform, Seq};
+    use crate::ports::{ConnectionRegistry, MessageStore, Notifier, RegistryError};
+    use crate::protocol::WireMessage;
+
+    fn user(s: &str) -> UserId {
+        UserId::parse(s).unwrap()
+    }
+    fn cid(s: &str) -> ConversationId {
+        ConversationId::parse(s).unwrap()
+    }
+    fn cmid(s: &str) -> ClientMsgId {
+        ClientMsgId::parse(s).unwrap()
+    }
+
+    fn settings(mode: PendingClear) -> Settings {
+        let mut s = Settings::default();
+        s.delivery.pending_clear = mode;
+        s.delivery.open_window = Duration::from_millis(600);
+        s.delivery.open_retry_base = Duration::from_millis(10);
+        s
+    }
+
+    /// alice, bob and carol in `c1`; bob and carol each have one device.
+    async fn setup(mode: PendingClear) -> (App, MemoryHandles) {
+        let h = MemoryHandles::new();
+        let app = App::new(h.ports(), settings(mode));
+        seed(&app.ports, &h).await;
+        (app, h)
+    }
+
+    async fn seed(ports: &Ports, h: &MemoryHandles) {
+        ports
+            .conversations
+            .create(&Conversation {
+                conversation_id: cid("c1"),
+                members: vec![user("alice"), user("bob"), user("carol")],
+                last_seq: Seq::ZERO,
+                created_at: now_millis(),
+            })
+            .await
+            .unwrap();
+        for u in ["bob", "carol"] {
+            let token = format!("tok-{u}");
+            let arn = h
+                .notifier
+                .create_endpoint(Platform::Fcm, &token, &user(u))
+                .await
+                .unwrap();
+            ports
+                .devices
+                .put(&Device {
+                    user_id: user(u),
+                    platform: Platform::Fcm,
+                    token,
+                    endpoint_arn: arn,
+                    updated_at: now_millis(),
+                })
+                .await
+                .unwrap();
+        }
+    }
+
+    async fn online(h: &MemoryHandles, u: &str, conn: &str) -> ConnectionId {
+        let c = ConnectionId::parse(conn).unwrap();
+        h.gateway.open(&c);
+        h.registry
+            .register(
+                &user(u),
+                &Connection {
+                    connection_id: c.clone(),
+                    connected_at: now_millis() - 60_000,
+                },
+            )
+            .await
+            .unwrap();
+        c
+    }
+
+    async fn send(app: &App, from: &str, key: &str, body: &str) -> ServerFrame {
+        send_message(
+            app,
+            &user(from),
+            &cid("c1"),
+            &cmid(key),
+            body,
+            Some("r1".into()),
+        )
+        .await
+        .unwrap()
+    }
+
+    fn seq_of(frame: &ServerFrame) -> u64 {
+        match frame {
+            ServerFrame::Sent { seq, .. } => seq.get(),
+            other => panic!("expected sent, got {other:?}"),
+        }
+    }
+
+    fn error_code(frame: &ServerFrame) -> ErrorCode {
+        match frame {
+            ServerFrame::Error { code, .. } => *code,
+            other => panic!("expected error, got {other:?}"),
+        }
+    }
+
+    async fn stored(app: &App) -> Vec<Message> {
+        app.ports
+            .messages
+            .range(&cid("c1"), Seq(1), 10_000)
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn sent_echoes_ids_and_request_id() {
+        let (app, _h) = setup(PendingClear::Ack).await;
+        let f = send(&app, "alice", "m1", "hello??").await;
+        let ServerFrame::Sent {
+            conversation_id,
+            client_msg_id,
+            seq,
+            sent_at,
+            request_id,
+        } = f
+        else {
+            panic!("not sent")
+        };
+        assert_eq!(conversation_id, cid("c1"));
+        assert_eq!(client_msg_id, cmid("m1"));
+        assert_eq!(seq, Seq(1));
+        assert_eq!(request_id.as_deref(), Some("r1"));
+        let m = &stored(&app).await[0];
+        assert_eq!(m.sent_at, sent_at);
+        assert_eq!(m.body, "hello??");
+        assert!(uuid::Uuid::parse_str(&m.message_id).is_ok());
+    }
+
+    #[tokio::test]
+    async fn concurrent_senders_get_gap_free_seqs() {
+        let (app, _h) = setup(PendingClear::Ack).await;
+        let tasks: Vec<_> = (0..8)
+            .map(|t| {
+                let app = app.clone();
+                tokio::spawn(async move {
+                    let from = ["alice", "bob", "carol"][t % 3];
+                    let mut seqs = Vec::new();
+                    for i in 0..50 {
+                        let f = send(&app, from, &format!("t{t}-m{i}"), "x").await;
+                        seqs.push(seq_of(&f));
+                    }
+                    seqs
+                })
+            })
+            .collect();
+        let mut all: Vec<u64> = Vec::new();
+        for t in tasks {
+            all.extend(t.await.unwrap());
+        }
+        all.sort_unstable();
+        assert_eq!(all, (1..=400).collect::<Vec<_>>());
+        let seqs: Vec<u64> = stored(&app).await.iter().map(|m| m.seq.get()).collect();
+        assert_eq!(seqs, (1..=400).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn same_client_msg_id_stores_once_and_answers_its_seq() {
+        let (app, h) = setup(PendingClear::Ack).await;
+        send(&app, "alice", "other", "first").await;
+        let mut answers = Vec::new();
+        for _ in 0..5 {
+            answers.push(seq_of(&send(&app, "alice", "dup", "hello").await));
+        }
+        let concurrent = join_all((0..5).map(|_| send(&app, "alice", "dup", "hello"))).await;
+        answers.extend(concurrent.iter().map(seq_of));
+        // A fresh App over the same stores: a new execution environment.
+        let fresh = App::new(h.ports(), settings(PendingClear::Ack));
+        answers.push(seq_of(&send(&fresh, "alice", "dup", "hello").await));
+        assert!(answers.iter().all(|s| *s == 2), "{answers:?}");
+        assert_eq!(stored(&app).await.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn concurrent_duplicates_all_answer_the_one_stored_seq() {
+        let (app, _h) = setup(PendingClear::Ack).await;
+        let answers = join_all((0..5).map(|_| send(&app, "alice", "dup", "hello"))).await;
+        assert!(answers.iter().all(|f| seq_of(f) == 1));
+        assert_eq!(stored(&app).await.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn offline_recipient_gets_pending_row_and_one_push() {
+        let (app, h) = setup(PendingClear::Ack).await;
+        send(&app, "alice", "m1", "hello??").await;
+        let row = app
+            .ports
+            .pending
+            .get(&user("bob"), &cid("c1"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((row.first_undelivered_seq, row.last_seq), (Seq(1), Seq(1)));
+        assert!(
+            app.ports
+                .pending
+                .get(&user("alice"), &cid("c1"))
+                .await
+                .unwrap()
+                .is_none()
+        );
+        let to_bob: Vec<_> = h
+            .notifier
+            .sent()
+            .into_iter()
+            .filter(|p| p.token == "tok-bob")
+            .collect();
+        assert_eq!(to_bob.len(), 1);
+        assert_eq!(
+            to_bob[0].message,
+            PushMessage {
+                conversation_id: cid("c1"),
+                sender_id: user("alice"),
+                seq: Seq(1),
+                preview: Some("alice: hello??".into()),
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn online_recipient_gets_one_frame_and_no_push() {
+        let (app, h) = setup(PendingClear::Ack).await;
+        let bob = online(&h, "bob", "conn-bob").await;
+        send(&app, "alice", "m1", "hello??").await;
+        let frames = h.gateway.frames(&bob);
+        assert_eq!(frames.len(), 1);
+        let ServerFrame::Messages {
+            conversation_id,
+            messages,
+        } = serde_json::from_str(&frames[0]).unwrap()
+        else {
+            panic!("not a messages frame")
+        };
+        assert_eq!(conversation_id, cid("c1"));
+        assert_eq!(messages.len(), 1);
+        let WireMessage {
+            seq,
+            sender_id,
+            body,
+            ..
+        } = &messages[0];
+        assert_eq!(
+            (*seq, sender_id.as_str(), body.as_str()),
+            (Seq(1), "alice", "hello??")
+        );
+        assert!(h.notifier.sent().iter().all(|p| p.token != "tok-bob"));
+        // ack mode: the row stays until bob acks (a 200 proves nothing).
+        assert!(
+            app.ports
+                .pending
+                .get(&user("bob"), &cid("c1"))
+                .await
+                .unwrap()
+                .is_some()
+        );
+    }
+
+    #[tokio::test]
+    async fn gone_connection_is_forgotten_pending_kept_push_sent() {
+        let (app, h) = setup(PendingClear::Ack).await;
+        let bob = online(&h, "bob", "conn-bob").await;
+        h.gateway.close(&bob);
+        send(&app, "alice", "m1", "hello??").await;
+        assert_eq!(app.ports.registry.lookup(&user("bob")).await.unwrap(), None);
+        assert!(
+            app.ports
+                .pending
+                .get(&user("bob"), &cid("c1"))
+                .await
+                .unwrap()
+                .is_some()
+        );
+        assert_eq!(
+            h.notifier
+                .sent()
+                .iter()
+                .filter(|p| p.token == "tok-bob")
+                .count(),
+            1
+        );
+    }
+
+    #[tokio::test]
+    async fn recipient_still_connecting_gets_the_frame_inside_the_open_window() {
+        let (app, h) = setup(PendingClear::Ack).await;
+        let c = ConnectionId::parse("conn-new").unwrap();
+        // Registry written, $connect not returned yet: 410 for 200 ms.
+        h.registry
+            .register(
+                &user("bob"),
+                &Connection {
+                    connection_id: c.clone(),
+                    connected_at: now_millis(),
+                },
+            )
+            .await
+            .unwrap();
+        h.gateway.open_after(&c, Duration::from_millis(200));
+        send(&app, "alice", "m1", "hello??").await;
+        assert_eq!(h.gateway.frames(&c).len(), 1);
+        assert!(
+            app.ports
+                .pending
+                .get(&user("bob"), &cid("c1"))
+                .await
+                .unwrap()
+                .is_some()
+        );
+        assert!(h.notifier.sent().iter().all(|p| p.token != "tok-bob"));
+    }
+
+    #[tokio::test]
+    async fn registry_down_still_stores_records_and_pushes() {
+        for mode in [PendingClear::Ack, PendingClear::Post] {
+            let (app, h) = setup(mode).await;
+            h.registry.set_down(true);
+            assert_eq!(seq_of(&send(&app, "alice", "m1", "hi").await), 1);
+            for u in ["bob", "carol"] {
+                assert!(
+                    app.ports
+                        .pending
+                        .get(&user(u), &cid("c1"))
+                        .await
+                        .unwrap()
+                        .is_some()
+                );
+            }
+            assert_eq!(h.notifier.sent().len(), 2, "{mode:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn push_failure_never_fails_the_send() {
+        let (app, h) = setup(PendingClear::Ack).await;
+        h.notifier.set_down(true);
+        assert_eq!(seq_of(&send(&app, "alice", "m1", "hi").await), 1);
+    }
+
+    #[tokio::test]
+    async fn post_mode_records_only_recipients_not_reached() {
+        let (app, h) = setup(PendingClear::Post).await;
+        let bob = online(&h, "bob", "conn-bob").await;
+        send(&app, "alice", "m1", "hi").await;
+        assert_eq!(h.gateway.frames(&bob).len(), 1);
+        assert!(
+            app.ports
+                .pending
+                .get(&user("bob"), &cid("c1"))
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            app.ports
+                .pending
+                .get(&user("carol"), &cid("c1"))
+                .await
+                .unwrap()
+                .is_some()
+        );
+        let pushed: Vec<String> = h.notifier.sent().into_iter().map(|p| p.token).collect();
+        assert_eq!(pushed, vec!["tok-carol"]);
+    }
+
+    /// A registry whose first lookup misses and then lets `connect` land:
+    /// the recipient comes online between the first read and the row write.
+    struct ConnectsDuringSend {
+        inner: crate::adapters::memory::MemoryRegistry,
+        gateway: crate::adapters::memory::MemoryGateway,
+        connected: AtomicBool,
+    }
+
+    #[async_trait]
+    impl ConnectionRegistry for ConnectsDuringSend {
+        async fn register(&self, u: &UserId, c: &Connection) -> Result<(), RegistryError> {
+            self.inner.register(u, c).await
+        }
+        async fn lookup(&self, u: &UserId) -> Result<Option<Connection>, RegistryError> {
+            let first = self.inner.lookup(u).await;
+            if u.as_str() == "bob" && !self.connected.swap(true, Ordering::SeqCst) {
+                let c = ConnectionId::parse("conn-late").unwrap();
+                self.gateway.open(&c);
+                self.inner
+                    .register(
+                        u,
+                        &Connection {
+                            connection_id: c,
+                            connected_at: now_millis(),
+                        },
+                    )
+                    .await?;
+            }
+            first
+        }
+        async fn remove_if(&self, u: &UserId, c: &ConnectionId) -> Result<bool, RegistryError> {
+            self.inner.remove_if(u, c).await
+        }
+    }
+
+    #[tokio::test]
+    async fn post_mode_rechecks_the_registry_after_writing_the_row() {
+        let h = MemoryHandles::new();
+        let mut ports = h.ports();
+        ports.registry = Arc::new(ConnectsDuringSend {
+            inner: h.registry.clone(),
+            gateway: h.gateway.clone(),
+            connected: AtomicBool::new(false),
+        });
+        let app = App::new(ports, settings(PendingClear::Post));
+        seed(&app.ports, &h).await;
+        send(&app, "alice", "m1", "hi").await;
+        let late = ConnectionId::parse("conn-late").unwrap();
+        assert_eq!(
+            h.gateway.frames(&late).len(),
+            1,
+            "delivered live on the re-check"
+        );
+        assert!(
+            app.ports
+                .pending
+                .get(&user("bob"), &cid("c1"))
+                .await
+                .unwrap()
+                .is_some()
+        );
+        assert!(h.notifier.sent().iter().all(|p| p.token != "tok-bob"));
+    }
+
+    /// A store whose append commits and then reports a fault: the crash
+    /// between storing and answering.
+    struct CrashAfterStore(crate::adapters::memory::MemoryStore);
+
+    #[async_trait]
+    impl MessageStore for CrashAfterStore {
+        async fn append(&self, new: &NewMessage) -> Result<AppendOutcome, StoreError> {
+            self.0.append(new).await?;
+            Err(StoreError::Unavailable(
+                "crashed after commit (injected)".into(),
+            ))
+        }
+        async fn find_sent(
+            &self,
+            c: &ConversationId,
+            s: &UserId,
+            k: &ClientMsgId,
+        ) -> Result<Option<Message>, StoreError> {
+            self.0.find_sent(c, s, k).await
+        }
+        async fn range(
+            &self,
+            c: &ConversationId,
+            from: Seq,
+            limit: usize,
+        ) -> Result<Vec<Message>, StoreError> {
+            self.0.range(c, from, limit).await
+        }
+    }
+
+    #[tokio::test]
+    async fn retry_after_crash_between_store_and_answer_completes_delivery() {
+        for mode in [PendingClear::Ack, PendingClear::Post] {
+            let h = MemoryHandles::new();
+            let mut crashing = h.ports();
+            crashing.messages = Arc::new(CrashAfterStore(h.store.clone()));
+            let app = App::new(crashing, settings(mode));
+            seed(&app.ports, &h).await;
+            let first =
+                send_message(&app, &user("alice"), &cid("c1"), &cmid("m1"), "hi", None).await;
+            assert!(matches!(first, Err(SendError::Store(_))), "{mode:?}");
+            assert!(h.notifier.sent().is_empty(), "crashed before delivering");
+
+            let retry_app = App::new(h.ports(), settings(mode));
+            assert_eq!(seq_of(&send(&retry_app, "alice", "m1", "hi").await), 1);
+            assert_eq!(stored(&retry_app).await.len(), 1);
+            for u in ["bob", "carol"] {
+                let row = retry_app
+                    .ports
+                    .pending
+                    .get(&user(u), &cid("c1"))
+                    .await
+                    .unwrap();
+                assert_eq!(row.map(|r| r.last_seq), Some(Seq(1)), "{mode:?} {u}");
+            }
+            assert_eq!(h.notifier.sent().len(), 2, "{mode:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn post_mode_pending_write_failure_is_a_fault_not_sent() {
+        let (app, h) = setup(PendingClear::Post).await;
+        let mut broken = app.ports.clone();
+        // Pending writes fail while the message store still works.
+        let down = crate::adapters::memory::MemoryStore::new();
+        down.set_down(true);
+        broken.pending = Arc::new(down);
+        let broken = App::new(broken, settings(PendingClear::Post));
+        let r = send_message(&broken, &user("alice"), &cid("c1"), &cmid("m1"), "hi", None).await;
+        assert!(matches!(r, Err(SendError::Store(_))));
+        // Offline recipients are still pushed; the retry writes the rows.
+        assert_eq!(h.notifier.sent().len(), 2);
+        assert_eq!(seq_of(&send(&app, "alice", "m1", "hi").await), 1);
+        assert!(
+            app.ports
+                .pending
+                .get(&user("bob"), &cid("c1"))
+                .await
+                .unwrap()
+                .is_some()
+        );
+    }
+
+    #[tokio::test]
+    async fn client_mistakes_are_error_frames_and_store_nothing() {
+        let (app, h) = setup(PendingClear::Ack).await;
+        let big = "x".repeat(app.settings.send.max_body_bytes + 1);
+        let cases = [
+            ("mallory", "c1", "   ", ErrorCode::BadRequest),
+            ("alice", "c1", "", ErrorCode::BadRequest),
+            ("alice", "c1", big.as_str(), ErrorCode::PayloadTooLarge),
+            ("mallory", "c1", "hi", ErrorCode::NotAMember),
+            ("alice", "nope", "hi", ErrorCode::ConversationNotFound),
+        ];
+        for (from, conv, body, code) in cases {
+            let f = send_message(
+                &app,
+                &user(from),
+                &cid(conv),
+                &cmid("k"),
+                body,
+                Some("r".into()),
+            )
+            .await
+            .unwrap();
+            assert_eq!(error_code(&f), code, "{from} {conv}");
+            let ServerFrame::Error {
+                client_msg_id,
+                request_id,
+                ..
+            } = f
+            else {
+                unreachable!()
+            };
+            assert_eq!(
+                (client_msg_id.as_deref(), request_id.as_deref()),
+                (Some("k"), Some("r"))
+            );
+        }
+        assert!(stored(&app).await.is_empty());
+        assert!(
+            app.ports
+                .pending
+                .list(&user("bob"))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert!(h.notifier.sent().is_empty());
+    }
+
+    #[tokio::test]
+    async fn store_down_is_a_fault() {
+        let (app, h) = setup(PendingClear::Ack).await;
+        h.store.set_down(true);
+        let r = send_message(&app, &user("alice"), &cid("c1"), &cmid("k"), "hi", None).await;
+        assert!(matches!(
+            r,
+            Err(SendError::Store(StoreError::Unavailable(_)))
+        ));
+    }
+
+    #[test]
+    fn conflict_backoff_stays_under_its_cap() {
+        for n in 0..100 {
+            assert!(conflict_backoff(n) <= CONFLICT_BACKOFF_CAP);
+        }
+    }
+}
