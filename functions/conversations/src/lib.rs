@@ -1,0 +1,137 @@
+//! `createConversation` route: create a conversation of the caller and the
+//! members named, answer `conversation`.
+//!
+//! The creator is the authorizer context's `user_id`. A refused member list
+//! is a `bad_request` frame and `Ok`; a store fault is `Err` (Lambda counts
+//! it), after an `internal` error frame naming the `request_id` is posted to
+//! the caller (see `courier::services::fault`). Retrying a create that
+//! faulted may create a second conversation; the orphan is harmless (nobody
+//! learnt its id).
+
+use aws_lambda_events::apigw::{ApiGatewayProxyResponse, ApiGatewayWebsocketProxyRequest};
+use courier::adapters::aws::Needs;
+use courier::app::App;
+use courier::config::{ConfigError, Env};
+use courier::edge::{self, WsRequest};
+use courier::protocol::{ClientFrame, ErrorCode, FrameError, Request};
+use courier::services::{conversations, fault};
+use lambda_runtime::{Error, LambdaEvent};
+use tracing::error;
+
+/// The ports this function uses.
+pub const NEEDS: Needs = Needs::CONVERSATIONS;
+
+/// Parses every variable the function reads at start-up.
+pub fn check_env<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<(), ConfigError> {
+    courier::app::check_env(env, NEEDS)
+}
+
+pub async fn handle(
+    app: &App,
+    event: LambdaEvent<ApiGatewayWebsocketProxyRequest>,
+) -> Result<ApiGatewayProxyResponse, Error> {
+    let ws = WsRequest::from_event(&event.payload)?;
+    let request = match Request::parse(ws.body.as_deref().unwrap_or_default()) {
+        Ok(r) => r,
+        Err(e) => return Ok(edge::reply(Some(&e.to_frame()))),
+    };
+    let ClientFrame::CreateConversation { members } = request.frame else {
+        let e = FrameError::new(
+            ErrorCode::BadRequest,
+            "this route takes createConversation frames only",
+        )
+        .with_request_id(request.request_id);
+        return Ok(edge::reply(Some(&e.to_frame())));
+    };
+    match conversations::create_conversation(app, &ws.user_id, &members, request.request_id.clone())
+        .await
+    {
+        Ok(frame) => Ok(edge::reply(Some(&frame))),
+        Err(e) => {
+            error!(error = %e, user_id = %ws.user_id, "create conversation failed");
+            fault::report_fault(&app.ports, &ws.connection_id, None, request.request_id).await;
+            Err(e.into())
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use aws_lambda_events::encodings::Body;
+    use courier::protocol::ServerFrame;
+    use lambda_runtime::Context;
+
+    use super::*;
+
+    const EVENT: &str = include_str!("../../../events/conversations.json");
+
+    fn event(body: Option<&str>) -> LambdaEvent<ApiGatewayWebsocketProxyRequest> {
+        let mut e: ApiGatewayWebsocketProxyRequest = serde_json::from_str(EVENT).unwrap();
+        if let Some(b) = body {
+            e.body = Some(b.to_owned());
+        }
+        LambdaEvent::new(e, Context::default())
+    }
+
+    fn frame(r: &ApiGatewayProxyResponse) -> ServerFrame {
+        assert_eq!(r.status_code, 200);
+        match &r.body {
+            Some(Body::Text(t)) => serde_json::from_str(t).unwrap(),
+            other => panic!("no text body: {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn sample_event_creates_a_conversation_with_the_caller_first() {
+        let (app, _h) = App::in_memory();
+        let r = handle(&app, event(None)).await.unwrap();
+        let ServerFrame::Conversation {
+            conversation_id,
+            members,
+            ..
+        } = frame(&r)
+        else {
+            panic!("not a conversation frame")
+        };
+        assert_eq!(members[0].as_str(), "alice");
+        let stored = app
+            .ports
+            .conversations
+            .get(&conversation_id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(stored.members, members);
+    }
+
+    #[tokio::test]
+    async fn bad_member_lists_are_error_frames() {
+        let (app, _h) = App::in_memory();
+        for body in [
+            r#"{"action":"createConversation","members":[]}"#,
+            r#"{"action":"createConversation","members":["alice"]}"#,
+            r#"{"action":"createConversation","members":["b o b"]}"#,
+            r#"{"action":"createConversation","members":"bob"}"#,
+            r#"{"action":"ping"}"#,
+        ] {
+            let r = handle(&app, event(Some(body))).await.unwrap();
+            assert!(
+                matches!(
+                    frame(&r),
+                    ServerFrame::Error {
+                        code: ErrorCode::BadRequest,
+                        ..
+                    }
+                ),
+                "{body}"
+            );
+        }
+    }
+
+    #[test]
+    fn check_env_needs_the_tables() {
+        let e = check_env(&Env(|_: &str| None)).unwrap_err();
+        assert!(matches!(e, ConfigError::Missing(name) if name.ends_with("_TABLE")));
+    }
+}

@@ -1,0 +1,12 @@
+//! The default Lambda binary: configuration read and the AWS clients built
+//! once per execution environment, then one handler call per
+//! `$default` or `ping` frame.
+
+use lambda_runtime::{Error, service_fn};
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    courier::edge::init_tracing();
+    let app = courier::app::app_from_env(default::NEEDS).await?;
+    lambda_runtime::run(service_fn(|event| default::handle(&app, event))).await
+}

@@ -1,0 +1,12 @@
+//! The devices Lambda binary: configuration read and the AWS clients built
+//! once per execution environment, then one handler call per
+//! `registerDevice` frame.
+
+use lambda_runtime::{Error, service_fn};
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    courier::edge::init_tracing();
+    let app = courier::app::app_from_env(devices::NEEDS).await?;
+    lambda_runtime::run(service_fn(|event| devices::handle(&app, event))).await
+}

@@ -1,0 +1,226 @@
+//! `sendMessage` route: store the message, deliver or push it, answer `sent`.
+//!
+//! The sender is the authorizer context's `user_id`; a `sender_id` or
+//! `user_id` in the frame is never read. A client mistake (bad frame, not a
+//! member, body too large, …) is an `error` frame in the route response and
+//! `Ok`. A server fault is `Err`, so Lambda counts it; because API Gateway
+//! then sends the client only an untyped "Internal server error", the
+//! handler first posts an `internal` error frame naming the `client_msg_id`
+//! (see `courier::services::fault`), and the client retries that send —
+//! safely, since sends are idempotent.
+
+use aws_lambda_events::apigw::{ApiGatewayProxyResponse, ApiGatewayWebsocketProxyRequest};
+use courier::adapters::aws::Needs;
+use courier::app::App;
+use courier::config::{ConfigError, Env};
+use courier::edge::{self, WsRequest};
+use courier::protocol::{ClientFrame, ErrorCode, FrameError, Request};
+use courier::services::{fault, send};
+use lambda_runtime::{Error, LambdaEvent};
+use tracing::error;
+
+/// The ports this function uses.
+pub const NEEDS: Needs = Needs::SEND;
+
+/// Parses every variable the function reads at start-up, so a bad
+/// deployment fails its init phase with the variable's name.
+pub fn check_env<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<(), ConfigError> {
+    courier::app::check_env(env, NEEDS)
+}
+
+pub async fn handle(
+    app: &App,
+    event: LambdaEvent<ApiGatewayWebsocketProxyRequest>,
+) -> Result<ApiGatewayProxyResponse, Error> {
+    let ws = WsRequest::from_event(&event.payload)?;
+    let request = match Request::parse(ws.body.as_deref().unwrap_or_default()) {
+        Ok(r) => r,
+        Err(e) => return Ok(edge::reply(Some(&e.to_frame()))),
+    };
+    let ClientFrame::SendMessage {
+        conversation_id,
+        client_msg_id,
+        body,
+    } = request.frame
+    else {
+        let e = FrameError::new(
+            ErrorCode::BadRequest,
+            "this route takes sendMessage frames only",
+        )
+        .with_request_id(request.request_id);
+        return Ok(edge::reply(Some(&e.to_frame())));
+    };
+    match send::send_message(
+        app,
+        &ws.user_id,
+        &conversation_id,
+        &client_msg_id,
+        &body,
+        request.request_id.clone(),
+    )
+    .await
+    {
+        Ok(frame) => Ok(edge::reply(Some(&frame))),
+        Err(e) => {
+            error!(error = %e, user_id = %ws.user_id, conversation_id = %conversation_id, "send failed");
+            fault::report_fault(
+                &app.ports,
+                &ws.connection_id,
+                Some(client_msg_id.to_string()),
+                request.request_id,
+            )
+            .await;
+            Err(e.into())
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use aws_lambda_events::encodings::Body;
+    use courier::app::MemoryHandles;
+    use courier::domain::{Conversation, ConversationId, Seq, UserId, now_millis};
+    use courier::protocol::ServerFrame;
+    use lambda_runtime::Context;
+
+    use super::*;
+
+    const EVENT: &str = include_str!("../../../events/send-message.json");
+
+    fn event_with_body(body: Option<&str>) -> LambdaEvent<ApiGatewayWebsocketProxyRequest> {
+        let mut e: ApiGatewayWebsocketProxyRequest = serde_json::from_str(EVENT).unwrap();
+        if let Some(b) = body {
+            e.body = Some(b.to_owned());
+        }
+        LambdaEvent::new(e, Context::default())
+    }
+
+    async fn app() -> (App, MemoryHandles) {
+        let (app, h) = App::in_memory();
+        app.ports
+            .conversations
+            .create(&Conversation {
+                conversation_id: ConversationId::parse("c1").unwrap(),
+                members: vec![
+                    UserId::parse("alice").unwrap(),
+                    UserId::parse("bob").unwrap(),
+                ],
+                last_seq: Seq::ZERO,
+                created_at: now_millis(),
+            })
+            .await
+            .unwrap();
+        (app, h)
+    }
+
+    fn frame(r: &ApiGatewayProxyResponse) -> ServerFrame {
+        assert_eq!(r.status_code, 200);
+        match &r.body {
+            Some(Body::Text(t)) => serde_json::from_str(t).unwrap(),
+            other => panic!("no text body: {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn sample_event_sends_and_answers_sent() {
+        let (app, _h) = app().await;
+        let r = handle(&app, event_with_body(None)).await.unwrap();
+        assert!(matches!(frame(&r), ServerFrame::Sent { seq: Seq(1), .. }));
+    }
+
+    #[tokio::test]
+    async fn a_spoofed_sender_in_the_body_is_ignored() {
+        let (app, _h) = app().await;
+        let body = r#"{"action":"sendMessage","conversation_id":"c1","client_msg_id":"k1","body":"hi","sender_id":"mallory","user_id":"mallory"}"#;
+        let r = handle(&app, event_with_body(Some(body))).await.unwrap();
+        assert!(matches!(frame(&r), ServerFrame::Sent { .. }));
+        let stored = app
+            .ports
+            .messages
+            .range(&ConversationId::parse("c1").unwrap(), Seq(1), 10)
+            .await
+            .unwrap();
+        assert_eq!(stored[0].sender_id.as_str(), "alice");
+    }
+
+    #[tokio::test]
+    async fn malformed_or_foreign_frames_are_error_frames_not_errs() {
+        let (app, _h) = app().await;
+        for (body, code) in [
+            ("not json", ErrorCode::BadRequest),
+            (
+                r#"{"action":"sendMessage","conversation_id":"c1","request_id":"r"}"#,
+                ErrorCode::BadRequest,
+            ),
+            (
+                r#"{"action":"sync","request_id":"r"}"#,
+                ErrorCode::BadRequest,
+            ),
+            (
+                r#"{"action":"sendMessage","conversation_id":"c1","client_msg_id":"k","body":""}"#,
+                ErrorCode::BadRequest,
+            ),
+        ] {
+            let r = handle(&app, event_with_body(Some(body))).await.unwrap();
+            assert!(
+                matches!(frame(&r), ServerFrame::Error { code: c, .. } if c == code),
+                "{body}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_fault_is_err_and_the_client_gets_an_internal_frame() {
+        let (app, h) = app().await;
+        let ws = WsRequest::from_event(&event_with_body(None).payload).unwrap();
+        h.gateway.open(&ws.connection_id);
+        h.store.set_down(true);
+        assert!(handle(&app, event_with_body(None)).await.is_err());
+        let posted = h.gateway.frames(&ws.connection_id);
+        assert_eq!(posted.len(), 1);
+        let f: ServerFrame = serde_json::from_str(&posted[0]).unwrap();
+        assert!(matches!(
+            f,
+            ServerFrame::Error {
+                code: ErrorCode::Internal,
+                client_msg_id: Some(_),
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn check_env_names_what_is_missing() {
+        let e = check_env(&Env(|_: &str| None)).unwrap_err();
+        assert!(matches!(e, ConfigError::Missing(_)));
+        let full = |k: &str| -> Option<String> {
+            Some(
+                match k {
+                    "REDIS_URL" => "redis://127.0.0.1:6379",
+                    "MANAGEMENT_ENDPOINT" => {
+                        "https://abc.execute-api.us-east-1.amazonaws.com/local"
+                    }
+                    k if k.ends_with("_TABLE") => "t",
+                    _ => return None,
+                }
+                .to_owned(),
+            )
+        };
+        check_env(&Env(full)).unwrap();
+        let bad = move |k: &str| {
+            if k == "MAX_BODY_BYTES" {
+                Some("lots".into())
+            } else {
+                full(k)
+            }
+        };
+        assert!(matches!(
+            check_env(&Env(bad)),
+            Err(ConfigError::Invalid {
+                name: "MAX_BODY_BYTES",
+                ..
+            })
+        ));
+    }
+}
