@@ -16,6 +16,8 @@
 //! set of tables under a unique prefix for each test, so tests run in
 //! parallel against one moto without seeing each other's items.
 
+pub mod proxy;
+
 use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -163,19 +165,52 @@ fn start_redis() -> String {
 }
 
 fn start_moto() -> String {
-    let venv = workspace_root().join(".venv/bin");
-    let bin = find_on_path("moto_server", &[venv.as_path()])
-        .unwrap_or_else(|| panic!("moto_server not found in .venv/bin or on PATH: {HOW_TO_GET}"));
+    let command = moto_command();
     let port = start_server(
         "moto_server",
         |port| {
-            let mut cmd = Command::new(&bin);
-            cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
+            let mut cmd = Command::new(&command[0]);
+            cmd.args(&command[1..])
+                .args(["-H", "127.0.0.1", "-p", &port.to_string()]);
             cmd
         },
         http_answers,
     );
     format!("http://127.0.0.1:{port}")
+}
+
+/// How to run moto's server: `scripts/moto_server.py` (moto with requests
+/// serialized, see that file for why) under a Python that has moto — the
+/// project's `.venv` first — else a bare `moto_server` from `PATH`.
+fn moto_command() -> Vec<PathBuf> {
+    let root = workspace_root();
+    let launcher = root.join("scripts/moto_server.py");
+    let venv_python = root.join(".venv/bin/python");
+    if venv_python.is_file() && launcher.is_file() {
+        return vec![venv_python, launcher];
+    }
+    if let Some(python) = find_on_path("python3", &[]) {
+        let has_moto = Command::new(&python)
+            .args(["-c", "import moto.server"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if has_moto && launcher.is_file() {
+            return vec![python, launcher];
+        }
+    }
+    match find_on_path("moto_server", &[]) {
+        Some(bin) => {
+            eprintln!(
+                "courier-tests: using {} without request serialization; concurrent \
+                 transaction tests may fail on moto ({HOW_TO_GET})",
+                bin.display()
+            );
+            vec![bin]
+        }
+        None => panic!("moto (moto_server) not found in .venv or on PATH: {HOW_TO_GET}"),
+    }
 }
 
 /// The workspace root (the parent of this crate).
