@@ -26,5 +26,6 @@ pub mod invoke;
 pub mod pushes;
 pub mod routes;
 pub mod server;
+pub mod wiring;
 
 pub use server::{Core, GatewayConfig, Inspect, RunningGateway, serve};

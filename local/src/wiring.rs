@@ -1,0 +1,276 @@
+//! Courier itself behind the gateway: the backends and the real handlers.
+//!
+//! [`courier_routes`] puts each function crate's `handle` on the route and
+//! function name the SAM template gives it, with the template's timeouts, so
+//! the gateway runs exactly the code the Lambda binaries run.
+//!
+//! [`start`] builds the ports:
+//!
+//! - stores: in memory by default, DynamoDB (`--dynamodb-endpoint`, tables
+//!   created if missing) otherwise;
+//! - registry: in memory by default, Redis (`--redis-url`) otherwise;
+//! - gateway and catch-up trigger: **in process** by default
+//!   ([`crate::connections::LocalGateway`], [`crate::invoke::LocalTrigger`]):
+//!   posts go straight to the sockets and catch-up runs as an `Event`
+//!   invocation of the `catch-up` function. With `via_aws_apis`, the real
+//!   `ApiGatewayManagement` and `LambdaTrigger` adapters are used instead,
+//!   pointed at this gateway's own `@connections` and Invoke APIs, so the
+//!   SDK path of production is exercised end to end;
+//! - notifier: always the [`RecordingNotifier`] (no APNs/FCM here).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use aws_lambda_events::apigw::{
+    ApiGatewayCustomAuthorizerRequestTypeRequest, ApiGatewayWebsocketProxyRequest,
+};
+use courier::adapters::apigw::ApiGatewayManagement;
+use courier::adapters::aws::{AwsClients, AwsEndpoints};
+use courier::adapters::dynamo::DynamoStore;
+use courier::adapters::lambda::LambdaTrigger;
+use courier::adapters::memory::{MemoryRegistry, MemoryStore};
+use courier::adapters::redis::RedisRegistry;
+use courier::app::{App, Ports, Settings};
+use courier::auth::AuthConfig;
+use courier::config::{RegistryConfig, TableNames};
+use courier::ports::{
+    CatchUpTrigger, ConnectionRegistry, ConversationStore, DeviceStore, Gateway, MessageStore,
+    PendingStore,
+};
+use lambda_runtime::LambdaEvent;
+use serde_json::Value;
+
+use crate::pushes::RecordingNotifier;
+use crate::routes::{CONNECT, DEFAULT, DISCONNECT, Routes};
+use crate::server::{Core, GatewayConfig, Inspect, RunningGateway, serve};
+
+/// The HS256 secret of local runs when none is given: local tokens are
+/// minted with it (`courier-local token`, the client's `--as`).
+pub const LOCAL_JWT_SECRET: &str = "courier-local-dev-secret";
+
+/// Table prefix of local runs on DynamoDB.
+pub const LOCAL_TABLE_PREFIX: &str = "courier-local";
+
+/// The function names (as the SAM template's `FunctionName`s would be
+/// referred to by `CATCH_UP_FUNCTION` and the Invoke API).
+pub mod functions {
+    pub const AUTHORIZER: &str = "authorizer";
+    pub const CONNECT: &str = "connect";
+    pub const DISCONNECT: &str = "disconnect";
+    pub const CATCH_UP: &str = "catch-up";
+    pub const SEND_MESSAGE: &str = "send-message";
+    pub const ACK: &str = "ack";
+    pub const CONVERSATIONS: &str = "conversations";
+    pub const DEVICES: &str = "devices";
+    pub const DEFAULT: &str = "default";
+}
+
+/// Every function on its route, with the SAM template's timeouts.
+pub fn courier_routes(app: App, auth: Arc<authorizer::AuthorizerState>) -> Routes {
+    use functions as f;
+    let app = Arc::new(app);
+    macro_rules! ws {
+        ($handler:path) => {{
+            let app = app.clone();
+            move |e: LambdaEvent<ApiGatewayWebsocketProxyRequest>| {
+                let app = app.clone();
+                async move { $handler(&app, e).await }
+            }
+        }};
+    }
+    let catch_up_app = app.clone();
+    Routes::new()
+        .authorizer(
+            f::AUTHORIZER,
+            move |e: LambdaEvent<ApiGatewayCustomAuthorizerRequestTypeRequest>| {
+                let auth = auth.clone();
+                async move { authorizer::handle(&auth, e).await }
+            },
+        )
+        .route(CONNECT, f::CONNECT, ws!(connect::handle))
+        .route(DISCONNECT, f::DISCONNECT, ws!(disconnect::handle))
+        .route("sendMessage", f::SEND_MESSAGE, ws!(send_message::handle))
+        .route("ack", f::ACK, ws!(ack::handle))
+        .route(
+            "createConversation",
+            f::CONVERSATIONS,
+            ws!(conversations::handle),
+        )
+        .route("registerDevice", f::DEVICES, ws!(devices::handle))
+        .route(DEFAULT, f::DEFAULT, ws!(default::handle))
+        .route("ping", f::DEFAULT, ws!(default::handle))
+        .function(f::CATCH_UP, move |e: LambdaEvent<Value>| {
+            let app = catch_up_app.clone();
+            async move { catch_up::handle(&app, e).await }
+        })
+        .route_to_function("sync", f::CATCH_UP)
+        .timeout(f::AUTHORIZER, Duration::from_secs(10))
+        .timeout(f::CONNECT, Duration::from_secs(10))
+        .timeout(f::DISCONNECT, Duration::from_secs(10))
+        .timeout(f::CATCH_UP, Duration::from_secs(28))
+        .timeout(f::SEND_MESSAGE, Duration::from_secs(20))
+        .timeout(f::ACK, Duration::from_secs(15))
+        .timeout(f::CONVERSATIONS, Duration::from_secs(10))
+        .timeout(f::DEVICES, Duration::from_secs(10))
+        .timeout(f::DEFAULT, Duration::from_secs(5))
+}
+
+/// How to run Courier locally.
+#[derive(Debug, Clone)]
+pub struct LocalOptions {
+    pub gateway: GatewayConfig,
+    /// Redis for the registry; in memory without.
+    pub redis_url: Option<String>,
+    /// DynamoDB (moto, DynamoDB Local) for the stores; in memory without.
+    pub dynamodb_endpoint: Option<String>,
+    pub tables: TableNames,
+    pub auth: AuthConfig,
+    pub settings: Settings,
+    /// Post and trigger through this gateway's own HTTP APIs with the real
+    /// AWS adapters instead of in process.
+    pub via_aws_apis: bool,
+}
+
+impl Default for LocalOptions {
+    fn default() -> Self {
+        Self {
+            gateway: GatewayConfig::default(),
+            redis_url: None,
+            dynamodb_endpoint: None,
+            tables: TableNames::with_prefix(LOCAL_TABLE_PREFIX),
+            auth: AuthConfig::hs256(LOCAL_JWT_SECRET),
+            settings: Settings::default(),
+            via_aws_apis: false,
+        }
+    }
+}
+
+/// A running local Courier and what tests reach into.
+pub struct Started {
+    pub gateway: RunningGateway,
+    pub pushes: RecordingNotifier,
+    pub pending: Arc<dyn PendingStore>,
+    pub registry: Arc<dyn ConnectionRegistry>,
+}
+
+/// An SDK config for local endpoints: region and keys from the environment
+/// if set, else fixed fakes (moto and this gateway accept any).
+pub fn local_sdk_config() -> aws_config::SdkConfig {
+    use aws_sdk_dynamodb::config::{Credentials, SharedCredentialsProvider};
+    let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let region = var("AWS_REGION").unwrap_or_else(|| "us-east-1".into());
+    let key = var("AWS_ACCESS_KEY_ID").unwrap_or_else(|| "local".into());
+    let secret = var("AWS_SECRET_ACCESS_KEY").unwrap_or_else(|| "local".into());
+    aws_config::SdkConfig::builder()
+        .behavior_version(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new(region))
+        .credentials_provider(SharedCredentialsProvider::new(Credentials::new(
+            key,
+            secret,
+            None,
+            None,
+            "courier-local",
+        )))
+        .build()
+}
+
+/// Creates Courier's tables on `endpoint` (existing ones are kept).
+pub async fn create_tables(endpoint: &str, tables: &TableNames) -> anyhow::Result<()> {
+    let clients = AwsClients::from_sdk_config(
+        local_sdk_config(),
+        AwsEndpoints {
+            dynamodb: Some(endpoint.to_owned()),
+            ..AwsEndpoints::default()
+        },
+    );
+    courier::adapters::dynamo::create_tables(&clients.dynamodb(), tables)
+        .await
+        .with_context(|| format!("creating tables on {endpoint}"))
+}
+
+/// Binds `listener`, builds the ports and the handlers, and serves.
+pub async fn start(
+    options: LocalOptions,
+    listener: tokio::net::TcpListener,
+) -> anyhow::Result<Started> {
+    let addr = listener.local_addr()?;
+    let core = Core::new(options.gateway.clone());
+    let clients = AwsClients::from_sdk_config(
+        local_sdk_config(),
+        AwsEndpoints {
+            dynamodb: options.dynamodb_endpoint.clone(),
+            sns: None,
+            lambda: Some(format!("http://{addr}")),
+        },
+    );
+
+    let registry: Arc<dyn ConnectionRegistry> = match &options.redis_url {
+        Some(url) => {
+            let r = RedisRegistry::new(RegistryConfig::new(url.clone()))
+                .map_err(|e| anyhow::anyhow!("REDIS_URL: {}", e.0))?;
+            tracing::info!("registry: redis");
+            Arc::new(r)
+        }
+        None => Arc::new(MemoryRegistry::with_ttl(RegistryConfig::DEFAULT_TTL)),
+    };
+
+    let (messages, conversations, pending, devices): (
+        Arc<dyn MessageStore>,
+        Arc<dyn ConversationStore>,
+        Arc<dyn PendingStore>,
+        Arc<dyn DeviceStore>,
+    ) = match &options.dynamodb_endpoint {
+        Some(endpoint) => {
+            create_tables(endpoint, &options.tables).await?;
+            tracing::info!(%endpoint, prefix = %options.tables.messages, "stores: dynamodb");
+            let store = Arc::new(DynamoStore::new(clients.dynamodb(), options.tables.clone()));
+            (store.clone(), store.clone(), store.clone(), store)
+        }
+        None => {
+            let store = Arc::new(MemoryStore::new());
+            (store.clone(), store.clone(), store.clone(), store)
+        }
+    };
+
+    let (gateway, trigger): (Arc<dyn Gateway>, Arc<dyn CatchUpTrigger>) = if options.via_aws_apis {
+        let management = format!("http://{addr}/{}", options.gateway.api.stage);
+        (
+            Arc::new(ApiGatewayManagement::new(clients.management(&management))),
+            Arc::new(LambdaTrigger::new(clients.lambda(), functions::CATCH_UP)),
+        )
+    } else {
+        (
+            Arc::new(core.gateway()),
+            Arc::new(core.trigger(functions::CATCH_UP)),
+        )
+    };
+
+    let pushes = RecordingNotifier::new();
+    let ports = Ports {
+        registry: registry.clone(),
+        messages,
+        conversations,
+        pending: pending.clone(),
+        devices,
+        gateway,
+        trigger,
+        notifier: Arc::new(pushes.clone()),
+    };
+    let app = App::new(ports, options.settings.clone());
+    let auth = authorizer::AuthorizerState::new(&options.auth)
+        .map_err(|e| anyhow::anyhow!("authorizer configuration: {e}"))?;
+    let routes = courier_routes(app, Arc::new(auth));
+    let inspect = Inspect {
+        pushes: Some(pushes.clone()),
+        pending: Some(pending.clone()),
+        registry: Some(registry.clone()),
+    };
+    let gateway = serve(core, routes, inspect, listener).await?;
+    Ok(Started {
+        gateway,
+        pushes,
+        pending,
+        registry,
+    })
+}
