@@ -266,8 +266,13 @@ struct OwnRedis(Child);
 
 impl OwnRedis {
     fn start(port: u16) -> Self {
+        Self::start_with(port, &["--port", &port.to_string()])
+    }
+
+    fn start_with(port: u16, args: &[&str]) -> Self {
         let child = Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--bind", "127.0.0.1"])
+            .args(args)
             .args(["--save", "", "--appendonly", "no"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -337,4 +342,65 @@ async fn recovers_when_redis_comes_back_and_again_after_it_restarts() {
     until_registered(&r, &u, &c, Duration::from_secs(5)).await;
     assert_eq!(r.lookup(&u).await.unwrap(), Some(c.clone()));
     assert!(r.remove_if(&u, &c.connection_id).await.unwrap());
+}
+
+/// A self-signed certificate for 127.0.0.1 and its key, made for this test
+/// only (valid until 2126). Nothing trusts it, which is the point.
+const TEST_CERT: &str = "-----BEGIN CERTIFICATE-----
+MIIBmjCCAUGgAwIBAgIUIGwLKTOvSeu+VEDlJvQ1vL75cbwwCgYIKoZIzj0EAwIw
+FDESMBAGA1UEAwwJbG9jYWxob3N0MCAXDTI2MTEyOTAyMTQyNVoYDzIxMjYxMTA1
+MDIxNDI1WjAUMRIwEAYDVQQDDAlsb2NhbGhvc3QwWTATBgcqhkjOPQIBBggqhkjO
+PQMBBwNCAATDi6136KG6cvFJ1qkY8HHYaG5WIUAf3vNIpCIgB/ah+yO8Om0rUGKo
+jiIMXYmNwOBrQ8VPIqLVVrpVq86GmXEno28wbTAdBgNVHQ4EFgQUOE1u0+AnhGK4
+sGuKQTxM/bca30UwHwYDVR0jBBgwFoAUOE1u0+AnhGK4sGuKQTxM/bca30UwDwYD
+VR0TAQH/BAUwAwEB/zAaBgNVHREEEzARhwR/AAABgglsb2NhbGhvc3QwCgYIKoZI
+zj0EAwIDRwAwRAIgSCiWmlGFM+2mp/sjMb4o29mCvX7AIJaymdV9sbUIS9cCIBHH
+Pt/cfVBGZ3IAxEiPNMPOor02uzRzAqs6bkfqbnmI
+-----END CERTIFICATE-----
+";
+const TEST_KEY: &str = "-----BEGIN PRIVATE KEY-----
+MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgI6XPwm91Q9aMU4rp
+ElMzUv4j/prxyp92Gsbrv75LwD6hRANCAATDi6136KG6cvFJ1qkY8HHYaG5WIUAf
+3vNIpCIgB/ah+yO8Om0rUGKojiIMXYmNwOBrQ8VPIqLVVrpVq86GmXEn
+-----END PRIVATE KEY-----
+";
+
+#[tokio::test]
+async fn rediss_speaks_tls_and_refuses_a_certificate_nobody_vouches_for() {
+    let dir = std::env::temp_dir().join(format!("courier-tls-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, TEST_CERT).unwrap();
+    std::fs::write(&key, TEST_KEY).unwrap();
+    let port = free_port();
+    let _server = OwnRedis::start_with(
+        port,
+        &[
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--tls-cert-file",
+            cert.to_str().unwrap(),
+            "--tls-key-file",
+            key.to_str().unwrap(),
+            "--tls-auth-clients",
+            "no",
+        ],
+    );
+
+    let mut config = RegistryConfig::new(format!("rediss://127.0.0.1:{port}"));
+    config.timeout = Duration::from_secs(2);
+    let r = RedisRegistry::new(config).unwrap();
+    let started = Instant::now();
+    let e = r.lookup(&user()).await.unwrap_err();
+    // A TLS handshake ran and the server's certificate was checked against
+    // the webpki roots (and refused: it is self-signed).
+    assert!(e.0.to_lowercase().contains("certificate"), "{e}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }
