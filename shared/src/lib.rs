@@ -16,9 +16,12 @@
 //! - [`edge`]: what every handler shares: reading the API Gateway event,
 //!   answering it, telemetry.
 //! - [`config`]: typed configuration read once from the environment.
+//! - [`auth`]: JWT verification for the `$connect` authorizer (HS256 secret,
+//!   RS256 via a cached JWKS).
 
 pub mod adapters;
 pub mod app;
+pub mod auth;
 pub mod config;
 pub mod domain;
 pub mod edge;
