@@ -16,6 +16,7 @@
 //! set of tables under a unique prefix for each test, so tests run in
 //! parallel against one moto without seeing each other's items.
 
+pub mod crash;
 pub mod proxy;
 
 use std::fs::File;
