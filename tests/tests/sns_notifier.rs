@@ -7,8 +7,9 @@
 //!
 //! moto does not deliver to APNs/FCM, and it keeps the `Message` string as
 //! published (it does not pick the platform's key, and drops message
-//! attributes for endpoints), so the payload and the collapse attributes are
-//! checked against `PushPayload::build`, whose unit tests check the keys.
+//! attributes for endpoints): the stored message is compared with
+//! `PushPayload::build` (whose unit tests check the keys), and the message
+//! attributes on the wire are checked against a loopback stub of SNS.
 
 #![allow(clippy::unwrap_used)]
 
@@ -283,4 +284,56 @@ async fn a_platform_without_an_application_is_refused_by_name() {
             .await,
         Err(PushError::PlatformNotConfigured("apns_sandbox"))
     );
+}
+
+/// moto drops message attributes for platform endpoints, so what the
+/// notifier sends on the wire is checked against a loopback stub of SNS's
+/// query API instead: JSON message structure, the target, and the APNs
+/// collapse id and push type as message attributes.
+#[tokio::test]
+async fn publish_sends_json_structure_and_the_apns_collapse_attributes() {
+    use support::http_stub::{Reply, StubServer, percent_decode};
+
+    let stub = StubServer::start(|_| {
+        Reply::status(200).header("content-type", "text/xml").body(
+            br#"<PublishResponse xmlns="http://sns.amazonaws.com/doc/2010-03-31/"><PublishResult><MessageId>m-1</MessageId></PublishResult><ResponseMetadata><RequestId>r-1</RequestId></ResponseMetadata></PublishResponse>"#,
+        )
+    })
+    .await;
+    let aws = support::aws_with(AwsEndpoints {
+        sns: Some(stub.url()),
+        ..AwsEndpoints::default()
+    })
+    .await;
+    let notifier = SnsNotifier::new(aws.sns(), PushConfig::default());
+    let arn = "arn:aws:sns:us-east-1:123456789012:endpoint/APNS/courier/0b1c";
+    let m = push(Some("alice: hello??"));
+    notifier.publish(arn, &m).await.unwrap();
+
+    let reqs = stub.requests();
+    assert_eq!(reqs.len(), 1);
+    let form: std::collections::HashMap<String, String> = String::from_utf8(reqs[0].body.clone())
+        .unwrap()
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (percent_decode(k), percent_decode(&v.replace('+', " "))))
+        .collect();
+    assert_eq!(form["Action"], "Publish");
+    assert_eq!(form["TargetArn"], arn);
+    assert_eq!(form["MessageStructure"], "json");
+    assert_eq!(form["Message"], PushPayload::build(&m).message);
+    let attributes: std::collections::HashMap<&str, &str> = (1..=2)
+        .map(|i| {
+            assert_eq!(
+                form[&format!("MessageAttributes.entry.{i}.Value.DataType")],
+                "String"
+            );
+            (
+                form[&format!("MessageAttributes.entry.{i}.Name")].as_str(),
+                form[&format!("MessageAttributes.entry.{i}.Value.StringValue")].as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(attributes["AWS.SNS.MOBILE.APNS.COLLAPSE_ID"], "conv_abc123");
+    assert_eq!(attributes["AWS.SNS.MOBILE.APNS.PUSH_TYPE"], "alert");
 }
