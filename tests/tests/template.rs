@@ -1,0 +1,2249 @@
+//! `template.yaml` and `samconfig.toml` checked against the code.
+//!
+//! The SAM template is the one part of Courier that no handler test runs, so
+//! its mistakes would surface at deploy time or, worse, as a function that
+//! deploys and then fails on its first event. This file reads the template
+//! (CloudFormation's `!Ref`/`!GetAtt`/`!Sub` tags included, as serde_yaml
+//! tagged values) and fails when:
+//!
+//! - a crate in `functions/` has no function resource, or a Rust function
+//!   resource no crate;
+//! - a route has no Lambda proxy integration, or its function no
+//!   `AWS::Lambda::Permission` for that route (the authorizer's included); a
+//!   two-way route lacks its route response; the deployment does not wait
+//!   for every route; a route key is not an action the protocol parses;
+//! - a function's environment, with every intrinsic resolved the way a
+//!   deploy would resolve it, is refused by the crate's own `check_env`. This
+//!   runs for the parameters shipped in `samconfig.toml`, for a development
+//!   stage with every push platform configured, and for every allowed value
+//!   of every enumerated parameter;
+//! - a policy grants execute-api, DynamoDB or Lambda actions on `*` (or a
+//!   wildcard action), or a function holds the Management API, Lambda, SNS,
+//!   DynamoDB or VPC access its crate's `NEEDS` does not ask for (or lacks
+//!   what it does);
+//! - catch-up's deadline margin does not fit its timeout;
+//! - the tables differ from what `courier::adapters::dynamo::create_tables`
+//!   makes (compared on moto).
+//!
+//! Each check is a function from a parsed template to the problems it found.
+//! The unit tests at the bottom feed each one a small broken template, so
+//! every check is shown to fail when it should.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use courier::adapters::aws::Needs;
+use courier::config::{CatchUpConfig, ConfigError, DeliveryConfig, Env, TableNames};
+use courier::protocol::{ErrorCode, Request};
+use serde_yaml::Value;
+
+// ---------------------------------------------------------------------------
+// The function crates, as the code defines them.
+// ---------------------------------------------------------------------------
+
+/// The environment as a function sees it.
+type Lookup = Box<dyn Fn(&str) -> Option<String>>;
+
+/// A crate's start-up check, by crate name; `None` for an unknown crate.
+type CheckEnv<'a> = &'a dyn Fn(&str, &Env<Lookup>) -> Option<Result<(), ConfigError>>;
+
+/// One crate of `functions/`: its start-up check and the ports it uses.
+struct Crate {
+    name: &'static str,
+    check_env: fn(&Env<Lookup>) -> Result<(), ConfigError>,
+    needs: Needs,
+}
+
+/// Every function crate. A crate added to `functions/` without a line here
+/// fails `every_function_crate_is_registered_here`.
+fn crates() -> Vec<Crate> {
+    vec![
+        Crate {
+            name: "authorizer",
+            check_env: authorizer::check_env::<Lookup>,
+            // Verifies tokens; its only I/O is the JWKS fetch over HTTPS.
+            needs: Needs::NONE,
+        },
+        Crate {
+            name: "connect",
+            check_env: connect::check_env::<Lookup>,
+            needs: connect::NEEDS,
+        },
+        Crate {
+            name: "disconnect",
+            check_env: disconnect::check_env::<Lookup>,
+            needs: disconnect::NEEDS,
+        },
+        Crate {
+            name: "catch-up",
+            check_env: catch_up::check_env::<Lookup>,
+            needs: catch_up::NEEDS,
+        },
+        Crate {
+            name: "ack",
+            check_env: ack::check_env::<Lookup>,
+            needs: ack::NEEDS,
+        },
+        Crate {
+            name: "send-message",
+            check_env: send_message::check_env::<Lookup>,
+            needs: send_message::NEEDS,
+        },
+        Crate {
+            name: "conversations",
+            check_env: conversations::check_env::<Lookup>,
+            needs: conversations::NEEDS,
+        },
+        Crate {
+            name: "devices",
+            check_env: devices::check_env::<Lookup>,
+            needs: devices::NEEDS,
+        },
+        Crate {
+            name: "default",
+            check_env: default::check_env::<Lookup>,
+            needs: default::NEEDS,
+        },
+    ]
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// The folders of `functions/` that hold a crate.
+fn crate_dirs() -> BTreeSet<String> {
+    std::fs::read_dir(workspace_root().join("functions"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.join("Cargo.toml").is_file())
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect()
+}
+
+fn shipped_template() -> Template {
+    let text = std::fs::read_to_string(workspace_root().join("template.yaml")).unwrap();
+    Template::parse(&text).unwrap()
+}
+
+fn shipped_samconfig() -> String {
+    std::fs::read_to_string(workspace_root().join("samconfig.toml")).unwrap()
+}
+
+// ---------------------------------------------------------------------------
+// The template model.
+// ---------------------------------------------------------------------------
+
+const FUNCTION: &str = "AWS::Serverless::Function";
+const ROUTE: &str = "AWS::ApiGatewayV2::Route";
+const INTEGRATION: &str = "AWS::ApiGatewayV2::Integration";
+const PERMISSION: &str = "AWS::Lambda::Permission";
+const TABLE: &str = "AWS::DynamoDB::Table";
+
+/// A parsed template: its sections, with resources by logical id.
+struct Template {
+    parameters: serde_yaml::Mapping,
+    conditions: serde_yaml::Mapping,
+    rules: serde_yaml::Mapping,
+    /// `Globals.Function`, merged under every function's properties.
+    function_globals: Value,
+    resources: BTreeMap<String, Value>,
+}
+
+impl Template {
+    fn parse(text: &str) -> Result<Self, String> {
+        let doc: Value = serde_yaml::from_str(text).map_err(|e| e.to_string())?;
+        let mapping = |key: &str| -> serde_yaml::Mapping {
+            doc.get(key)
+                .and_then(Value::as_mapping)
+                .cloned()
+                .unwrap_or_default()
+        };
+        let resources = mapping("Resources")
+            .into_iter()
+            .map(|(k, v)| Ok((k.as_str().ok_or("non-string resource id")?.to_owned(), v)))
+            .collect::<Result<_, String>>()?;
+        Ok(Self {
+            parameters: mapping("Parameters"),
+            conditions: mapping("Conditions"),
+            rules: mapping("Rules"),
+            function_globals: doc
+                .get("Globals")
+                .and_then(|g| g.get("Function"))
+                .cloned()
+                .unwrap_or(Value::Null),
+            resources,
+        })
+    }
+
+    fn kind(&self, id: &str) -> Option<&str> {
+        self.resources.get(id)?.get("Type")?.as_str()
+    }
+
+    fn of_type<'a>(&'a self, kind: &'a str) -> impl Iterator<Item = (&'a str, &'a Value)> + 'a {
+        self.resources
+            .iter()
+            .filter(move |(_, r)| r.get("Type").and_then(Value::as_str) == Some(kind))
+            .map(|(id, r)| (id.as_str(), r))
+    }
+
+    fn prop<'a>(&'a self, id: &str, key: &str) -> Option<&'a Value> {
+        self.resources.get(id)?.get("Properties")?.get(key)
+    }
+
+    /// A function property, falling back to `Globals.Function`.
+    fn function_prop<'a>(&'a self, id: &str, key: &str) -> Option<&'a Value> {
+        self.prop(id, key)
+            .or_else(|| self.function_globals.get(key))
+    }
+
+    /// Functions built from a crate: `rust-cargolambda`, keyed by logical id.
+    fn rust_functions(&self) -> impl Iterator<Item = (&str, &Value)> {
+        self.of_type(FUNCTION).filter(|(_, r)| {
+            r.get("Metadata")
+                .and_then(|m| m.get("BuildMethod"))
+                .and_then(Value::as_str)
+                == Some("rust-cargolambda")
+        })
+    }
+
+    /// The crate a function is built from: `functions/<name>` of its CodeUri.
+    fn crate_of(&self, id: &str) -> Option<String> {
+        let uri = self.prop(id, "CodeUri")?.as_str()?;
+        let name = uri.trim_end_matches('/').strip_prefix("functions/")?;
+        (!name.is_empty() && !name.contains('/')).then(|| name.to_owned())
+    }
+
+    /// The logical id of the function built from crate `name`.
+    fn function_of_crate(&self, name: &str) -> Option<&str> {
+        self.rust_functions()
+            .map(|(id, _)| id)
+            .find(|id| self.crate_of(id).as_deref() == Some(name))
+    }
+
+    /// Environment variables as written: `Globals.Function` then the
+    /// function's own.
+    fn env_vars(&self, id: &str) -> BTreeMap<String, Value> {
+        let vars = |v: Option<&Value>| -> Vec<(String, Value)> {
+            v.and_then(|e| e.get("Variables"))
+                .and_then(Value::as_mapping)
+                .map(|m| {
+                    m.iter()
+                        .filter_map(|(k, v)| Some((k.as_str()?.to_owned(), v.clone())))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let mut all: BTreeMap<String, Value> = vars(self.function_globals.get("Environment"))
+            .into_iter()
+            .collect();
+        all.extend(vars(self.prop(id, "Environment")));
+        all
+    }
+
+    fn depends_on(&self, id: &str) -> BTreeSet<String> {
+        match self.resources.get(id).and_then(|r| r.get("DependsOn")) {
+            Some(Value::String(s)) => BTreeSet::from([s.clone()]),
+            Some(Value::Sequence(items)) => items
+                .iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect(),
+            _ => BTreeSet::new(),
+        }
+    }
+}
+
+/// An intrinsic function: `!Name arg` or `{"Fn::Name": arg}` / `{"Ref": arg}`.
+/// Names come back in long form (`Ref`, `Condition`, `Fn::Sub`, …).
+fn intrinsic(v: &Value) -> Option<(String, &Value)> {
+    match v {
+        Value::Tagged(t) => {
+            let tag = t.tag.to_string();
+            let name = tag.trim_start_matches('!');
+            let long = match name {
+                "Ref" | "Condition" => name.to_owned(),
+                other => format!("Fn::{other}"),
+            };
+            Some((long, &t.value))
+        }
+        Value::Mapping(m) if m.len() == 1 => {
+            let (k, arg) = m.iter().next()?;
+            let k = k.as_str()?;
+            (k == "Ref" || k == "Condition" || k.starts_with("Fn::")).then(|| (k.to_owned(), arg))
+        }
+        _ => None,
+    }
+}
+
+/// The logical id a `!Ref X` names.
+fn ref_target(v: &Value) -> Option<&str> {
+    match intrinsic(v)? {
+        (name, arg) if name == "Ref" => arg.as_str(),
+        _ => None,
+    }
+}
+
+/// `(resource, attribute)` of a `!GetAtt R.Attr` (either form).
+fn getatt_target(v: &Value) -> Option<(String, String)> {
+    let (name, arg) = intrinsic(v)?;
+    if name != "Fn::GetAtt" {
+        return None;
+    }
+    match arg {
+        Value::String(s) => {
+            let (r, a) = s.split_once('.')?;
+            Some((r.to_owned(), a.to_owned()))
+        }
+        Value::Sequence(items) if items.len() == 2 => {
+            Some((items[0].as_str()?.to_owned(), items[1].as_str()?.to_owned()))
+        }
+        _ => None,
+    }
+}
+
+/// The string of a one-argument `!Sub "..."`.
+fn sub_string(v: &Value) -> Option<&str> {
+    match intrinsic(v)? {
+        (name, Value::String(s)) if name == "Fn::Sub" => Some(s),
+        _ => None,
+    }
+}
+
+/// The `${...}` names in a `!Sub` string (`${!Literal}` excluded).
+fn sub_vars(s: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = s;
+    while let Some(start) = rest.find("${") {
+        let after = &rest[start + 2..];
+        let Some(end) = after.find('}') else { break };
+        let name = &after[..end];
+        if !name.starts_with('!') {
+            out.push(name.to_owned());
+        }
+        rest = &after[end + 1..];
+    }
+    out
+}
+
+/// The function a value points at: `!Ref F`, `!GetAtt F.Arn`, or a `!Sub`
+/// that names `${F.Arn}` or `${F}`.
+fn function_target(t: &Template, v: &Value) -> Option<String> {
+    let is_function = |id: &str| t.kind(id) == Some(FUNCTION);
+    if let Some(id) = ref_target(v).filter(|id| is_function(id)) {
+        return Some(id.to_owned());
+    }
+    if let Some((id, attr)) = getatt_target(v) {
+        return (attr == "Arn" && is_function(&id)).then_some(id);
+    }
+    sub_vars(sub_string(v)?)
+        .into_iter()
+        .map(|n| n.trim_end_matches(".Arn").to_owned())
+        .find(|n| is_function(n))
+}
+
+fn strings(v: Option<&Value>) -> Vec<&Value> {
+    match v {
+        Some(Value::Sequence(items)) => items.iter().collect(),
+        Some(other) => vec![other],
+        None => vec![],
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Resolving intrinsics to what a deploy would produce.
+// ---------------------------------------------------------------------------
+
+/// A resolved value.
+#[derive(Debug, Clone, PartialEq)]
+enum Resolved {
+    Str(String),
+    List(Vec<String>),
+    Bool(bool),
+    /// `AWS::NoValue`: the property is removed.
+    Nothing,
+}
+
+impl Resolved {
+    fn into_string(self, what: &str) -> Result<String, String> {
+        match self {
+            Resolved::Str(s) => Ok(s),
+            other => Err(format!("{what}: expected a string, got {other:?}")),
+        }
+    }
+    fn into_list(self, what: &str) -> Result<Vec<String>, String> {
+        match self {
+            Resolved::List(l) => Ok(l),
+            other => Err(format!("{what}: expected a list, got {other:?}")),
+        }
+    }
+    fn into_bool(self, what: &str) -> Result<bool, String> {
+        match self {
+            Resolved::Bool(b) => Ok(b),
+            other => Err(format!("{what}: expected a condition, got {other:?}")),
+        }
+    }
+}
+
+/// Resolves intrinsics for one set of parameter values, the way
+/// CloudFormation would, with stand-ins where only a deploy knows the value
+/// (a table's generated name, the cache's endpoint).
+struct Resolver<'a> {
+    t: &'a Template,
+    params: BTreeMap<String, String>,
+}
+
+const REGION: &str = "us-east-1";
+const ACCOUNT: &str = "123456789012";
+
+impl<'a> Resolver<'a> {
+    /// Template defaults overlaid with `overrides`; a parameter without a
+    /// default must be overridden.
+    fn new(t: &'a Template, overrides: &BTreeMap<String, String>) -> Result<Self, String> {
+        let mut params = BTreeMap::new();
+        for (k, p) in &t.parameters {
+            let name = k.as_str().ok_or("non-string parameter name")?;
+            let value = match overrides.get(name) {
+                Some(v) => v.clone(),
+                None => match p.get("Default") {
+                    Some(Value::String(s)) => s.clone(),
+                    Some(Value::Number(n)) => n.to_string(),
+                    Some(Value::Bool(b)) => b.to_string(),
+                    _ => return Err(format!("parameter {name} has no default and no value")),
+                },
+            };
+            params.insert(name.to_owned(), value);
+        }
+        if let Some(unknown) = overrides.keys().find(|k| !params.contains_key(*k)) {
+            return Err(format!("{unknown} is not a parameter of the template"));
+        }
+        Ok(Self { t, params })
+    }
+
+    fn param(&self, name: &str) -> Option<Resolved> {
+        let value = self.params.get(name)?;
+        let is_list = self
+            .t
+            .parameters
+            .get(name)
+            .and_then(|p| p.get("Type"))
+            .and_then(Value::as_str)
+            .is_some_and(|ty| ty.starts_with("CommaDelimitedList") || ty.starts_with("List<"));
+        Some(if is_list {
+            Resolved::List(
+                value
+                    .split(',')
+                    .map(|s| s.trim().to_owned())
+                    .filter(|s| !s.is_empty())
+                    .collect(),
+            )
+        } else {
+            Resolved::Str(value.clone())
+        })
+    }
+
+    /// Whether resource `id` exists under these parameters.
+    fn created(&self, id: &str) -> Result<bool, String> {
+        match self
+            .t
+            .resources
+            .get(id)
+            .and_then(|r| r.get("Condition"))
+            .and_then(Value::as_str)
+        {
+            None => Ok(true),
+            Some(c) => self.condition(c),
+        }
+    }
+
+    fn condition(&self, name: &str) -> Result<bool, String> {
+        let body = self
+            .t
+            .conditions
+            .get(name)
+            .ok_or_else(|| format!("no condition named {name}"))?;
+        self.resolve(body)?.into_bool(name)
+    }
+
+    fn resource_ref(&self, id: &str) -> Result<Resolved, String> {
+        if !self.t.resources.contains_key(id) {
+            return Err(format!(
+                "Ref to {id}, which is neither a parameter nor a resource"
+            ));
+        }
+        if !self.created(id)? {
+            return Err(format!("Ref to {id}, which these parameters do not create"));
+        }
+        Ok(Resolved::Str(format!("courier-{id}-PLACEHOLDER")))
+    }
+
+    fn getatt(&self, id: &str, attr: &str) -> Result<Resolved, String> {
+        if !self.t.resources.contains_key(id) {
+            return Err(format!("GetAtt {id}.{attr}: no such resource"));
+        }
+        if !self.created(id)? {
+            return Err(format!(
+                "GetAtt {id}.{attr}: these parameters do not create {id}"
+            ));
+        }
+        Ok(Resolved::Str(match attr {
+            "Arn" => format!("arn:aws:placeholder:{REGION}:{ACCOUNT}:{id}"),
+            "Endpoint.Port" => "6379".to_owned(),
+            "Endpoint.Address" => {
+                format!("{}.serverless.use1.cache.amazonaws.com", id.to_lowercase())
+            }
+            other => format!("{id}-{}", other.replace('.', "-")),
+        }))
+    }
+
+    fn reference(&self, name: &str) -> Result<Resolved, String> {
+        let pseudo = match name {
+            "AWS::Region" => Some(REGION.to_owned()),
+            "AWS::AccountId" => Some(ACCOUNT.to_owned()),
+            "AWS::Partition" => Some("aws".to_owned()),
+            "AWS::URLSuffix" => Some("amazonaws.com".to_owned()),
+            "AWS::StackName" => Some("courier".to_owned()),
+            "AWS::StackId" => Some(format!(
+                "arn:aws:cloudformation:{REGION}:{ACCOUNT}:stack/courier/1b2c3d4e-5f60-4a1b-9c2d-3e4f5a6b7c8d"
+            )),
+            _ => None,
+        };
+        if let Some(p) = pseudo {
+            return Ok(Resolved::Str(p));
+        }
+        if name == "AWS::NoValue" {
+            return Ok(Resolved::Nothing);
+        }
+        match self.param(name) {
+            Some(v) => Ok(v),
+            None => self.resource_ref(name),
+        }
+    }
+
+    fn sub(&self, template: &str, vars: &BTreeMap<String, Resolved>) -> Result<String, String> {
+        let mut out = String::new();
+        let mut rest = template;
+        while let Some(start) = rest.find("${") {
+            out.push_str(&rest[..start]);
+            let after = &rest[start + 2..];
+            let end = after
+                .find('}')
+                .ok_or_else(|| format!("unclosed ${{ in Sub {template:?}"))?;
+            let name = &after[..end];
+            if let Some(literal) = name.strip_prefix('!') {
+                out.push_str("${");
+                out.push_str(literal);
+                out.push('}');
+            } else {
+                let value = match vars.get(name) {
+                    Some(v) => v.clone(),
+                    None => match name.split_once('.') {
+                        Some((id, attr)) if !name.starts_with("AWS::") => self.getatt(id, attr)?,
+                        _ => self.reference(name)?,
+                    },
+                };
+                out.push_str(&value.into_string(name)?);
+            }
+            rest = &after[end + 1..];
+        }
+        out.push_str(rest);
+        Ok(out)
+    }
+
+    fn args<'v>(&self, name: &str, arg: &'v Value, n: usize) -> Result<&'v [Value], String> {
+        match arg {
+            Value::Sequence(items) if items.len() == n => Ok(items),
+            _ => Err(format!("{name} takes {n} arguments")),
+        }
+    }
+
+    fn resolve(&self, v: &Value) -> Result<Resolved, String> {
+        let Some((name, arg)) = intrinsic(v) else {
+            return match v {
+                Value::String(s) => Ok(Resolved::Str(s.clone())),
+                Value::Number(n) => Ok(Resolved::Str(n.to_string())),
+                Value::Bool(b) => Ok(Resolved::Bool(*b)),
+                Value::Sequence(items) => {
+                    let mut out = Vec::new();
+                    for item in items {
+                        match self.resolve(item)? {
+                            Resolved::Str(s) => out.push(s),
+                            Resolved::List(l) => out.extend(l),
+                            Resolved::Nothing => {}
+                            Resolved::Bool(b) => out.push(b.to_string()),
+                        }
+                    }
+                    Ok(Resolved::List(out))
+                }
+                Value::Null => Ok(Resolved::Nothing),
+                other => Err(format!("cannot resolve {other:?}")),
+            };
+        };
+        match name.as_str() {
+            "Ref" => self.reference(arg.as_str().ok_or("Ref takes a name")?),
+            "Condition" => Ok(Resolved::Bool(
+                self.condition(arg.as_str().ok_or("Condition takes a name")?)?,
+            )),
+            "Fn::GetAtt" => {
+                let (id, attr) = getatt_target(v).ok_or("malformed GetAtt")?;
+                self.getatt(&id, &attr)
+            }
+            "Fn::Sub" => match arg {
+                Value::String(s) => Ok(Resolved::Str(self.sub(s, &BTreeMap::new())?)),
+                Value::Sequence(items) if items.len() == 2 => {
+                    let s = items[0]
+                        .as_str()
+                        .ok_or("Sub's first argument is a string")?;
+                    let mut vars = BTreeMap::new();
+                    for (k, val) in items[1]
+                        .as_mapping()
+                        .ok_or("Sub's second argument is a map")?
+                    {
+                        vars.insert(
+                            k.as_str()
+                                .ok_or("Sub variable names are strings")?
+                                .to_owned(),
+                            self.resolve(val)?,
+                        );
+                    }
+                    Ok(Resolved::Str(self.sub(s, &vars)?))
+                }
+                _ => Err("malformed Sub".into()),
+            },
+            "Fn::If" => {
+                let a = self.args("If", arg, 3)?;
+                let cond = a[0].as_str().ok_or("If's condition is a name")?;
+                self.resolve(if self.condition(cond)? { &a[1] } else { &a[2] })
+            }
+            "Fn::Equals" => {
+                let a = self.args("Equals", arg, 2)?;
+                Ok(Resolved::Bool(self.resolve(&a[0])? == self.resolve(&a[1])?))
+            }
+            "Fn::Not" => {
+                let a = self.args("Not", arg, 1)?;
+                Ok(Resolved::Bool(!self.resolve(&a[0])?.into_bool("Not")?))
+            }
+            "Fn::And" | "Fn::Or" => {
+                let items = arg.as_sequence().ok_or("And/Or take a list")?;
+                let mut values = Vec::new();
+                for item in items {
+                    values.push(self.resolve(item)?.into_bool(&name)?);
+                }
+                Ok(Resolved::Bool(if name == "Fn::And" {
+                    values.iter().all(|b| *b)
+                } else {
+                    values.iter().any(|b| *b)
+                }))
+            }
+            "Fn::Join" => {
+                let a = self.args("Join", arg, 2)?;
+                let sep = a[0].as_str().ok_or("Join's separator is a string")?;
+                Ok(Resolved::Str(
+                    self.resolve(&a[1])?.into_list("Join")?.join(sep),
+                ))
+            }
+            "Fn::Split" => {
+                let a = self.args("Split", arg, 2)?;
+                let sep = a[0].as_str().ok_or("Split's separator is a string")?;
+                let s = self.resolve(&a[1])?.into_string("Split")?;
+                Ok(Resolved::List(s.split(sep).map(str::to_owned).collect()))
+            }
+            "Fn::Select" => {
+                let a = self.args("Select", arg, 2)?;
+                let i: usize = self
+                    .resolve(&a[0])?
+                    .into_string("Select")?
+                    .parse()
+                    .map_err(|_| "Select's index is a number")?;
+                let list = self.resolve(&a[1])?.into_list("Select")?;
+                list.get(i)
+                    .cloned()
+                    .map(Resolved::Str)
+                    .ok_or_else(|| format!("Select index {i} out of {} items", list.len()))
+            }
+            "Fn::GetAZs" => Ok(Resolved::List(
+                ["a", "b", "c"]
+                    .iter()
+                    .map(|z| format!("{REGION}{z}"))
+                    .collect(),
+            )),
+            "Fn::Cidr" => {
+                let a = self.args("Cidr", arg, 3)?;
+                let count: usize = self
+                    .resolve(&a[1])?
+                    .into_string("Cidr")?
+                    .parse()
+                    .map_err(|_| "Cidr's count is a number")?;
+                Ok(Resolved::List(
+                    (0..count).map(|i| format!("10.0.{i}.0/24")).collect(),
+                ))
+            }
+            other => Err(format!(
+                "{other} is not resolved by this test: teach Resolver::resolve"
+            )),
+        }
+    }
+
+    /// The environment a function gets: `""` counts as unset, as in
+    /// `courier::config::process_env`.
+    fn env(&self, id: &str) -> Result<BTreeMap<String, String>, String> {
+        let mut out = BTreeMap::new();
+        for (k, v) in self.t.env_vars(id) {
+            match self.resolve(&v).map_err(|e| format!("{id}.{k}: {e}"))? {
+                Resolved::Str(s) if s.is_empty() => {}
+                Resolved::Str(s) => {
+                    out.insert(k, s);
+                }
+                Resolved::Nothing => {}
+                other => return Err(format!("{id}.{k} resolves to {other:?}, not a string")),
+            }
+        }
+        Ok(out)
+    }
+
+    /// The `Rules` whose assertions fail under these parameters.
+    fn broken_rules(&self) -> Result<Vec<String>, String> {
+        let mut broken = Vec::new();
+        for (name, rule) in &self.t.rules {
+            let name = name.as_str().unwrap_or("?");
+            if let Some(c) = rule.get("RuleCondition")
+                && !self.resolve(c)?.into_bool(name)?
+            {
+                continue;
+            }
+            for a in strings(rule.get("Assertions")) {
+                let holds = self
+                    .resolve(a.get("Assert").ok_or("assertion without Assert")?)?
+                    .into_bool(name)?;
+                if !holds {
+                    let why = a
+                        .get("AssertDescription")
+                        .and_then(Value::as_str)
+                        .unwrap_or("");
+                    broken.push(format!("rule {name}: {why}"));
+                }
+            }
+        }
+        Ok(broken)
+    }
+}
+
+fn env_of(vars: BTreeMap<String, String>) -> Env<Lookup> {
+    Env(Box::new(move |k: &str| vars.get(k).cloned()))
+}
+
+// ---------------------------------------------------------------------------
+// The checks. Each returns the problems it found, worded for the reader who
+// has to fix the template.
+// ---------------------------------------------------------------------------
+
+/// Every crate has exactly one function resource built from it, and every
+/// function resource a crate (or inline code); Rust functions run as
+/// `bootstrap` on provided.al2023, arm64.
+fn check_function_crates(t: &Template, crate_dirs: &BTreeSet<String>) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut built: BTreeMap<String, Vec<&str>> = BTreeMap::new();
+    for (id, r) in t.of_type(FUNCTION) {
+        let rust = t.rust_functions().any(|(f, _)| f == id);
+        if !rust {
+            if t.prop(id, "InlineCode").is_none() {
+                problems.push(format!(
+                    "function {id} is neither built from a crate (Metadata.BuildMethod rust-cargolambda) nor inline code"
+                ));
+            }
+            continue;
+        }
+        let Some(name) = t.crate_of(id) else {
+            problems.push(format!("function {id}: CodeUri is not functions/<crate>"));
+            continue;
+        };
+        if !crate_dirs.contains(&name) {
+            problems.push(format!(
+                "function {id} is built from functions/{name}, which is no crate"
+            ));
+        }
+        let binary = r
+            .get("Metadata")
+            .and_then(|m| m.get("BuildProperties"))
+            .and_then(|b| b.get("Binary"))
+            .and_then(Value::as_str);
+        if binary.is_some_and(|b| b != name) {
+            problems.push(format!(
+                "function {id}: Binary {binary:?} is not the crate's binary {name:?} (package = folder = binary)"
+            ));
+        }
+        let expect = [("Runtime", "provided.al2023"), ("Handler", "bootstrap")];
+        for (key, want) in expect {
+            let got = t.function_prop(id, key).and_then(Value::as_str);
+            if got != Some(want) {
+                problems.push(format!("function {id}: {key} is {got:?}, not {want}"));
+            }
+        }
+        let arch: Vec<_> = strings(t.function_prop(id, "Architectures"))
+            .into_iter()
+            .filter_map(Value::as_str)
+            .collect();
+        if arch != ["arm64"] {
+            problems.push(format!(
+                "function {id}: Architectures is {arch:?}, not [arm64]"
+            ));
+        }
+        built.entry(name).or_default().push(id);
+    }
+    for name in crate_dirs {
+        match built.get(name).map(Vec::as_slice) {
+            None | Some([]) => problems.push(format!(
+                "functions/{name} has no function resource in template.yaml"
+            )),
+            Some([_]) => {}
+            Some(ids) => problems.push(format!(
+                "functions/{name} is built by several functions: {ids:?}"
+            )),
+        }
+    }
+    problems
+}
+
+/// Does `source_arn` (a `!Sub`) let API Gateway invoke for `what`, e.g.
+/// `*/sendMessage` for a route or `authorizers/${Authorizer}`?
+fn source_arn_allows(source_arn: &Value, api: &str, allowed: &[String]) -> bool {
+    let Some(s) = sub_string(source_arn) else {
+        return false;
+    };
+    let prefix = "arn:${AWS::Partition}:execute-api:${AWS::Region}:${AWS::AccountId}:";
+    let Some(rest) = s.strip_prefix(prefix) else {
+        return false;
+    };
+    let Some(rest) = rest.strip_prefix(&format!("${{{api}}}/")) else {
+        return false;
+    };
+    allowed.iter().any(|a| a == rest)
+}
+
+/// API Gateway may invoke `function` for one of `allowed` source paths.
+fn has_permission(t: &Template, function: &str, api: &str, allowed: &[String]) -> bool {
+    t.of_type(PERMISSION).any(|(id, _)| {
+        t.prop(id, "FunctionName")
+            .and_then(|f| function_target(t, f))
+            .as_deref()
+            == Some(function)
+            && t.prop(id, "Action").and_then(Value::as_str) == Some("lambda:InvokeFunction")
+            && t.prop(id, "Principal").and_then(Value::as_str) == Some("apigateway.amazonaws.com")
+            && t.prop(id, "SourceArn")
+                .is_some_and(|a| source_arn_allows(a, api, allowed))
+    })
+}
+
+/// The integration a route targets: `integrations/${X}` as a Sub or a Join.
+fn route_integration(t: &Template, route: &str) -> Option<String> {
+    let target = t.prop(route, "Target")?;
+    if let Some(s) = sub_string(target) {
+        let id = s.strip_prefix("integrations/${")?.strip_suffix('}')?;
+        return Some(id.to_owned());
+    }
+    let (name, arg) = intrinsic(target)?;
+    if name != "Fn::Join" {
+        return None;
+    }
+    let parts = arg.as_sequence()?.get(1)?.as_sequence()?;
+    match parts.as_slice() {
+        [first, id] if first.as_str() == Some("integrations") => ref_target(id).map(str::to_owned),
+        _ => None,
+    }
+}
+
+/// Routes, integrations, permissions, route responses, deployment.
+fn check_routes(t: &Template) -> Vec<String> {
+    let mut problems = Vec::new();
+    let apis: Vec<&str> = t
+        .of_type("AWS::ApiGatewayV2::Api")
+        .map(|(id, _)| id)
+        .collect();
+    let [api] = apis.as_slice() else {
+        return vec![format!(
+            "expected one AWS::ApiGatewayV2::Api, found {apis:?}"
+        )];
+    };
+    if t.prop(api, "ProtocolType").and_then(Value::as_str) != Some("WEBSOCKET")
+        || t.prop(api, "RouteSelectionExpression")
+            .and_then(Value::as_str)
+            != Some("$request.body.action")
+    {
+        problems.push(format!(
+            "{api} must be a WEBSOCKET API routing on $request.body.action"
+        ));
+    }
+    let deployments: Vec<&str> = t
+        .of_type("AWS::ApiGatewayV2::Deployment")
+        .map(|(id, _)| id)
+        .collect();
+    let waits_for: BTreeSet<String> = deployments.iter().flat_map(|d| t.depends_on(d)).collect();
+    if deployments.is_empty() {
+        problems.push("no AWS::ApiGatewayV2::Deployment".into());
+    }
+
+    let mut keys = BTreeSet::new();
+    for (route, _) in t.of_type(ROUTE) {
+        let key = t
+            .prop(route, "RouteKey")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        if !keys.insert(key.to_owned()) {
+            problems.push(format!("route key {key:?} is defined twice"));
+        }
+        if !waits_for.contains(route) {
+            problems.push(format!(
+                "the deployment does not DependsOn {route}: a new stack would deploy without route {key}"
+            ));
+        }
+        // A non-$ route key is an action a client sends: the protocol must
+        // know it, or every frame on the route is answered unknown_action.
+        if !key.starts_with('$')
+            && let Err(e) = Request::parse(&format!(r#"{{"action":"{key}"}}"#))
+            && e.code == ErrorCode::UnknownAction
+        {
+            problems.push(format!(
+                "route {key:?} is not an action courier::protocol parses"
+            ));
+        }
+        let function = match route_integration(t, route) {
+            None => {
+                problems.push(format!("route {key:?} ({route}) has no integration target"));
+                None
+            }
+            Some(integ) if t.kind(&integ) != Some(INTEGRATION) => {
+                problems.push(format!(
+                    "route {key:?} targets {integ}, which is no integration"
+                ));
+                None
+            }
+            Some(integ) => {
+                if t.prop(&integ, "IntegrationType").and_then(Value::as_str) != Some("AWS_PROXY") {
+                    problems.push(format!("integration {integ} is not AWS_PROXY"));
+                }
+                let f = t
+                    .prop(&integ, "IntegrationUri")
+                    .and_then(|u| function_target(t, u));
+                if f.is_none() {
+                    problems.push(format!(
+                        "integration {integ} (route {key:?}) invokes no function of the template"
+                    ));
+                }
+                f
+            }
+        };
+        if let Some(f) = function {
+            let allowed = [
+                format!("*/{key}"),
+                "*/*".to_owned(),
+                format!("${{StageName}}/{key}"),
+            ];
+            if !has_permission(t, &f, api, &allowed) {
+                problems.push(format!(
+                    "route {key:?}: no AWS::Lambda::Permission lets API Gateway invoke {f} for it (SourceArn .../${{{api}}}/*/{key})"
+                ));
+            }
+        }
+        // The authorizer of a CUSTOM route, and its own permission.
+        if t.prop(route, "AuthorizationType").and_then(Value::as_str) == Some("CUSTOM") {
+            match t.prop(route, "AuthorizerId").and_then(ref_target) {
+                Some(auth) if t.kind(auth) == Some("AWS::ApiGatewayV2::Authorizer") => {
+                    match t
+                        .prop(auth, "AuthorizerUri")
+                        .and_then(|u| function_target(t, u))
+                    {
+                        None => problems.push(format!(
+                            "authorizer {auth} invokes no function of the template"
+                        )),
+                        Some(f) => {
+                            let allowed = [
+                                format!("authorizers/${{{auth}}}"),
+                                "authorizers/*".to_owned(),
+                            ];
+                            if !has_permission(t, &f, api, &allowed) {
+                                problems.push(format!(
+                                    "authorizer {auth}: no AWS::Lambda::Permission lets API Gateway invoke {f} (SourceArn .../${{{api}}}/authorizers/${{{auth}}})"
+                                ));
+                            }
+                        }
+                    }
+                }
+                _ => problems.push(format!("route {key:?} is CUSTOM but names no authorizer")),
+            }
+        } else if key == "$connect" {
+            problems
+                .push("$connect must use the REQUEST authorizer (AuthorizationType CUSTOM)".into());
+        }
+        // Two-way: a route response selection needs its $default response.
+        let two_way = t
+            .prop(route, "RouteResponseSelectionExpression")
+            .and_then(Value::as_str)
+            == Some("$default");
+        let responses: Vec<&str> = t
+            .of_type("AWS::ApiGatewayV2::RouteResponse")
+            .filter(|(rr, _)| t.prop(rr, "RouteId").and_then(ref_target) == Some(route))
+            .map(|(rr, _)| rr)
+            .collect();
+        match (two_way, responses.as_slice()) {
+            (true, []) => problems.push(format!(
+                "route {key:?} selects route responses but has no RouteResponse: its replies are dropped"
+            )),
+            (true, [rr]) => {
+                if t.prop(rr, "RouteResponseKey").and_then(Value::as_str) != Some("$default") {
+                    problems.push(format!("route response {rr} must have RouteResponseKey $default"));
+                }
+                if !waits_for.contains(*rr) {
+                    problems.push(format!("the deployment does not DependsOn {rr}"));
+                }
+            }
+            (false, [_, ..]) => problems.push(format!(
+                "route {key:?} has a RouteResponse but no RouteResponseSelectionExpression $default"
+            )),
+            (true, many) => problems.push(format!("route {key:?} has several route responses: {many:?}")),
+            (false, []) => {}
+        }
+    }
+    for key in ["$connect", "$disconnect", "$default"] {
+        if !keys.contains(key) {
+            problems.push(format!("no {key} route"));
+        }
+    }
+    problems
+}
+
+/// A deploy's parameter values: a name and the overrides on the defaults.
+struct Scenario {
+    name: String,
+    overrides: BTreeMap<String, String>,
+    /// Whether a rule refusing these values is a problem (a scenario meant
+    /// to deploy) or just means the combination cannot be deployed.
+    must_deploy: bool,
+}
+
+/// What each deploy scenario's functions get, checked by the crates.
+fn check_environments(t: &Template, scenarios: &[Scenario], check: CheckEnv<'_>) -> Vec<String> {
+    let mut problems = Vec::new();
+    // One line per distinct refusal, naming the deploys it happens in.
+    let mut refusals: BTreeMap<String, Vec<&str>> = BTreeMap::new();
+    for s in scenarios {
+        let r = match Resolver::new(t, &s.overrides) {
+            Ok(r) => r,
+            Err(e) => {
+                problems.push(format!("{}: {e}", s.name));
+                continue;
+            }
+        };
+        match r.broken_rules() {
+            Err(e) => {
+                problems.push(format!("{}: {e}", s.name));
+                continue;
+            }
+            Ok(broken) if !broken.is_empty() => {
+                if s.must_deploy {
+                    problems.push(format!("{}: refused by {broken:?}", s.name));
+                }
+                continue;
+            }
+            Ok(_) => {}
+        }
+        for (id, _) in t.rust_functions() {
+            let Some(name) = t.crate_of(id) else { continue };
+            let env = match r.env(id) {
+                Ok(env) => env,
+                Err(e) => {
+                    problems.push(format!("{}: {e}", s.name));
+                    continue;
+                }
+            };
+            match check(&name, &env_of(env)) {
+                None => refusals
+                    .entry(format!(
+                        "functions/{name} is not registered in tests/tests/template.rs crates()"
+                    ))
+                    .or_default()
+                    .push(&s.name),
+                Some(Err(e)) => refusals
+                    .entry(format!(
+                        "function {id} (functions/{name}) refuses its environment: {e}"
+                    ))
+                    .or_default()
+                    .push(&s.name),
+                Some(Ok(())) => {}
+            }
+        }
+    }
+    for (refusal, names) in refusals {
+        let which = if names.len() == scenarios.len() {
+            "every deploy".to_owned()
+        } else {
+            names.join("; ")
+        };
+        problems.push(format!("{refusal} (in: {which})"));
+    }
+    problems
+}
+
+/// Settings several functions read must be one value everywhere: a
+/// PENDING_CLEAR of `post` in send-message and `ack` in catch-up would lose
+/// messages.
+fn check_shared_settings(t: &Template, scenario: &Scenario) -> Vec<String> {
+    let r = match Resolver::new(t, &scenario.overrides) {
+        Ok(r) => r,
+        Err(e) => return vec![e],
+    };
+    let mut seen: BTreeMap<String, (String, String)> = BTreeMap::new();
+    let mut problems = Vec::new();
+    for (id, _) in t.of_type(FUNCTION) {
+        let env = match r.env(id) {
+            Ok(env) => env,
+            Err(e) => {
+                problems.push(e);
+                continue;
+            }
+        };
+        for (k, v) in env {
+            match seen.get(&k) {
+                Some((other, first)) if *first != v => problems.push(format!(
+                    "{k} is {first:?} in {other} but {v:?} in {id}: functions must agree"
+                )),
+                Some(_) => {}
+                None => {
+                    seen.insert(k, (id.to_owned(), v));
+                }
+            }
+        }
+    }
+    problems
+}
+
+/// Catch-up stops starting work `CATCH_UP_DEADLINE_MARGIN_MS` before its
+/// deadline. The margin must cover a post still retrying a 410 (up to
+/// OPEN_WINDOW_MS) and leave time to work at all.
+fn check_catch_up_deadline(t: &Template, scenario: &Scenario) -> Vec<String> {
+    let Some(id) = t.function_of_crate("catch-up") else {
+        return vec![];
+    };
+    let r = match Resolver::new(t, &scenario.overrides) {
+        Ok(r) => r,
+        Err(e) => return vec![e],
+    };
+    let env = match r.env(id) {
+        Ok(env) => env_of(env),
+        Err(e) => return vec![e],
+    };
+    let (catch_up, delivery) = match (
+        CatchUpConfig::from_env(&env),
+        DeliveryConfig::from_env(&env),
+    ) {
+        (Ok(c), Ok(d)) => (c, d),
+        (Err(e), _) | (_, Err(e)) => return vec![format!("{id}: {e}")],
+    };
+    let timeout_secs = t
+        .function_prop(id, "Timeout")
+        .map(|v| r.resolve(v).and_then(|v| v.into_string("Timeout")))
+        .transpose()
+        .ok()
+        .flatten()
+        .and_then(|s| s.parse::<u64>().ok())
+        .unwrap_or(3);
+    let margin = catch_up.deadline_margin.as_millis();
+    let mut problems = Vec::new();
+    if margin < delivery.open_window.as_millis() {
+        problems.push(format!(
+            "{id}: CATCH_UP_DEADLINE_MARGIN_MS ({margin}) is below OPEN_WINDOW_MS ({}): a post retrying a 410 can outlive the deadline",
+            delivery.open_window.as_millis()
+        ));
+    }
+    // At least as much time to work as is held back.
+    if margin * 2 > u128::from(timeout_secs) * 1000 {
+        problems.push(format!(
+            "{id}: Timeout {timeout_secs} s leaves too little before its CATCH_UP_DEADLINE_MARGIN_MS ({margin} ms)"
+        ));
+    }
+    if timeout_secs >= 29 {
+        problems.push(format!(
+            "{id}: Timeout {timeout_secs} s outlives API Gateway's 29 s integration timeout for sync"
+        ));
+    }
+    problems
+}
+
+/// One `Allow` statement of a function's policy.
+struct Statement<'a> {
+    actions: Vec<String>,
+    resources: Vec<&'a Value>,
+}
+
+/// The statements of a function's `Policies`; anything that is not a plain
+/// statement list (a SAM policy template, a managed policy beyond the
+/// execution basics) is a problem: its reach cannot be checked here.
+fn function_statements<'a>(
+    t: &'a Template,
+    id: &str,
+    problems: &mut Vec<String>,
+) -> Vec<Statement<'a>> {
+    const BASIC: [&str; 2] = [
+        "AWSLambdaBasicExecutionRole",
+        "AWSLambdaVPCAccessExecutionRole",
+    ];
+    let mut out = Vec::new();
+    for policy in strings(t.prop(id, "Policies")) {
+        if let Some(name) = policy.as_str() {
+            if !BASIC.iter().any(|b| name.ends_with(b)) {
+                problems.push(format!("{id}: policy {name:?} is not a statement list"));
+            }
+            continue;
+        }
+        let Some(statements) = policy.get("Statement") else {
+            problems.push(format!(
+                "{id}: a policy that is not a Statement list (SAM policy templates grant more than a function uses)"
+            ));
+            continue;
+        };
+        for st in strings(Some(statements)) {
+            if st.get("Effect").and_then(Value::as_str) != Some("Allow") {
+                continue;
+            }
+            let actions = strings(st.get("Action"))
+                .into_iter()
+                .filter_map(|a| a.as_str().map(str::to_owned))
+                .collect();
+            out.push(Statement {
+                actions,
+                resources: strings(st.get("Resource")),
+            });
+        }
+    }
+    out
+}
+
+fn service_of(action: &str) -> &str {
+    action.split(':').next().unwrap_or(action)
+}
+
+/// Is `resource` a bounded ARN for an action of `service`?
+fn resource_problem(t: &Template, service: &str, resource: &Value) -> Option<String> {
+    let text = resource.as_str().or_else(|| sub_string(resource));
+    if text.is_some_and(|r| r == "*" || r.ends_with(":*")) {
+        return Some("Resource \"*\"".into());
+    }
+    match service {
+        "dynamodb" => {
+            if let Some((id, attr)) = getatt_target(resource) {
+                return (attr != "Arn" || t.kind(&id) != Some(TABLE))
+                    .then(|| format!("{id}.{attr} is not a table ARN"));
+            }
+            // "${Table.Arn}/index/<name>" of an index the table has.
+            let s = sub_string(resource)?;
+            let parsed = s
+                .strip_prefix("${")
+                .and_then(|r| r.split_once(".Arn}/index/"));
+            let Some((table, index)) = parsed else {
+                return Some(format!("{s:?} is not a table or index ARN"));
+            };
+            let has_index = strings(t.prop(table, "GlobalSecondaryIndexes"))
+                .into_iter()
+                .any(|g| g.get("IndexName").and_then(Value::as_str) == Some(index));
+            (t.kind(table) != Some(TABLE) || !has_index)
+                .then(|| format!("{s:?} is not an index of a table of the template"))
+        }
+        "lambda" => match getatt_target(resource) {
+            Some((id, attr)) if attr == "Arn" && t.kind(&id) == Some(FUNCTION) => None,
+            _ => Some("not the ARN of a function of the template".into()),
+        },
+        "execute-api" => {
+            let s = sub_string(resource)?;
+            let tail = s.strip_prefix(
+                "arn:${AWS::Partition}:execute-api:${AWS::Region}:${AWS::AccountId}:${",
+            );
+            let ok = tail
+                .and_then(|r| r.split_once("}/${StageName}/"))
+                .is_some_and(|(api, rest)| {
+                    t.kind(api) == Some("AWS::ApiGatewayV2::Api")
+                        && ["POST", "GET", "DELETE"]
+                            .iter()
+                            .any(|m| rest == format!("{m}/@connections/*"))
+                });
+            (!ok).then(|| {
+                format!("{s:?} is not .../${{Api}}/${{StageName}}/<POST|GET|DELETE>/@connections/*")
+            })
+        }
+        _ => None,
+    }
+}
+
+/// Least privilege, as far as a template can show it: no sensitive action
+/// on `*`, no wildcard action, and each function holds exactly the kinds of
+/// access its crate's `NEEDS` asks for.
+fn check_policies(t: &Template, needs: &dyn Fn(&str) -> Option<Needs>) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (id, _) in t.of_type(FUNCTION) {
+        let statements = function_statements(t, id, &mut problems);
+        let mut services = BTreeSet::new();
+        for st in &statements {
+            for action in &st.actions {
+                let service = service_of(action);
+                services.insert(service.to_owned());
+                if action == "*" || action.ends_with(":*") {
+                    problems.push(format!("{id}: wildcard action {action}"));
+                }
+                if !matches!(service, "dynamodb" | "lambda" | "execute-api" | "*") {
+                    continue;
+                }
+                if st.resources.is_empty() {
+                    problems.push(format!("{id}: {action} has no Resource"));
+                }
+                for res in &st.resources {
+                    if let Some(why) = resource_problem(t, service, res) {
+                        problems.push(format!("{id}: {action} on {why}"));
+                    }
+                }
+            }
+        }
+        let Some(needs) = t.crate_of(id).and_then(|c| needs(&c)) else {
+            continue;
+        };
+        let in_vpc = t.prop(id, "VpcConfig").is_some();
+        let pairs = [
+            (
+                "DynamoDB (dynamodb:*)",
+                needs.stores,
+                services.contains("dynamodb"),
+            ),
+            (
+                "the Management API (execute-api:ManageConnections)",
+                needs.gateway,
+                services.contains("execute-api"),
+            ),
+            (
+                "Lambda (lambda:InvokeFunction)",
+                needs.trigger,
+                services.contains("lambda"),
+            ),
+            ("SNS (sns:*)", needs.notifier, services.contains("sns")),
+            ("the registry cache (VpcConfig)", needs.registry, in_vpc),
+        ];
+        for (what, wanted, held) in pairs {
+            match (wanted, held) {
+                (true, false) => problems.push(format!(
+                    "{id}: its crate uses {what} but the template grants none"
+                )),
+                (false, true) => problems.push(format!(
+                    "{id}: granted {what}, which its crate does not use"
+                )),
+                _ => {}
+            }
+        }
+    }
+    // Other roles: managed policies only from the known, narrow set.
+    for (id, _) in t.of_type("AWS::IAM::Role") {
+        for arn in strings(t.prop(id, "ManagedPolicyArns")) {
+            let text = sub_string(arn).or(arn.as_str()).unwrap_or("");
+            if !text.ends_with("/AmazonAPIGatewayPushToCloudWatchLogs") {
+                problems.push(format!("role {id}: unexpected managed policy {text:?}"));
+            }
+        }
+        if t.prop(id, "Policies").is_some() {
+            problems.push(format!(
+                "role {id}: inline policies are not checked by this test"
+            ));
+        }
+    }
+    for kind in ["AWS::IAM::Policy", "AWS::IAM::ManagedPolicy"] {
+        for (id, _) in t.of_type(kind) {
+            problems.push(format!(
+                "{kind} {id} is not checked by this test: put statements in the function's Policies"
+            ));
+        }
+    }
+    problems
+}
+
+/// `samconfig.toml`'s deploy parameters: names of the template, values
+/// within AllowedValues. Returns them for the scenarios.
+fn samconfig_overrides(t: &Template, text: &str) -> Result<BTreeMap<String, String>, String> {
+    let doc: toml::Table = text.parse().map_err(|e| format!("samconfig.toml: {e}"))?;
+    let raw = doc
+        .get("default")
+        .and_then(|d| d.get("deploy"))
+        .and_then(|d| d.get("parameters"))
+        .and_then(|p| p.get("parameter_overrides"))
+        .ok_or("samconfig.toml has no default.deploy.parameters.parameter_overrides")?;
+    let items: Vec<&str> = match raw {
+        toml::Value::String(s) => vec![s.as_str()],
+        toml::Value::Array(a) => a.iter().filter_map(toml::Value::as_str).collect(),
+        _ => return Err("parameter_overrides is neither a string nor a list".into()),
+    };
+    let mut out = BTreeMap::new();
+    for item in items {
+        // Key=Value pairs, a value optionally in double quotes (sam's syntax).
+        let mut rest = item.trim();
+        while !rest.is_empty() {
+            let (key, after) = rest
+                .split_once('=')
+                .ok_or_else(|| format!("{rest:?} is not Key=Value"))?;
+            let (value, after) = match after.strip_prefix('"') {
+                Some(q) => {
+                    let end = q
+                        .find('"')
+                        .ok_or_else(|| format!("unclosed quote in {item:?}"))?;
+                    (&q[..end], &q[end + 1..])
+                }
+                None => after.split_once(' ').unwrap_or((after, "")),
+            };
+            out.insert(key.trim().to_owned(), value.to_owned());
+            rest = after.trim_start();
+        }
+    }
+    for (k, v) in &out {
+        let Some(p) = t.parameters.get(k.as_str()) else {
+            return Err(format!(
+                "samconfig.toml sets {k}, which is not a parameter of template.yaml"
+            ));
+        };
+        if p.get("NoEcho").and_then(Value::as_bool) == Some(true) {
+            return Err(format!(
+                "samconfig.toml sets secret parameter {k}: pass it on the command line"
+            ));
+        }
+        if let Some(allowed) = p.get("AllowedValues").and_then(Value::as_sequence) {
+            let ok = allowed.iter().any(|a| match a {
+                Value::String(s) => s == v,
+                Value::Number(n) => n.to_string() == *v,
+                _ => false,
+            });
+            if !ok {
+                return Err(format!(
+                    "samconfig.toml: {k}={v} is not among its AllowedValues"
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The deploys every check runs against: samconfig.toml as shipped; a
+/// development stage (HS256, an existing VPC, every push platform given);
+/// and each allowed value of each enumerated parameter.
+fn scenarios(t: &Template, shipped: &BTreeMap<String, String>) -> Vec<Scenario> {
+    let mut out = vec![Scenario {
+        name: "samconfig.toml as shipped".into(),
+        overrides: shipped.clone(),
+        must_deploy: true,
+    }];
+    let mut dev = shipped.clone();
+    let dev_values = [
+        ("DeploymentKind", "development"),
+        ("JwksUrl", ""),
+        ("JwtHs256Secret", "a-development-secret"),
+        ("ExistingVpcId", "vpc-0123456789abcdef0"),
+        (
+            "ExistingSubnetIds",
+            "subnet-0123456789abcdef0,subnet-0fedcba9876543210",
+        ),
+        ("FcmServiceAccountJson", r#"{"type":"service_account"}"#),
+        ("ApnsSigningKey", "-----BEGIN PRIVATE KEY-----"),
+        ("ApnsSigningKeyId", "ABC123DEFG"),
+        ("ApnsTeamId", "TEAM123456"),
+        ("ApnsBundleId", "com.example.courier"),
+        ("ApnsSandbox", "true"),
+    ];
+    for (k, v) in dev_values {
+        if t.parameters.contains_key(k) {
+            dev.insert(k.to_owned(), v.to_owned());
+        }
+    }
+    out.push(Scenario {
+        name: "development stage, existing VPC, every push platform".into(),
+        overrides: dev,
+        must_deploy: true,
+    });
+    for (k, p) in &t.parameters {
+        let (Some(name), Some(allowed)) = (
+            k.as_str(),
+            p.get("AllowedValues").and_then(Value::as_sequence),
+        ) else {
+            continue;
+        };
+        for v in allowed {
+            let v = match v {
+                Value::String(s) => s.clone(),
+                Value::Number(n) => n.to_string(),
+                _ => continue,
+            };
+            let mut o = shipped.clone();
+            o.insert(name.to_owned(), v.clone());
+            out.push(Scenario {
+                name: format!("{name}={v}"),
+                overrides: o,
+                must_deploy: false,
+            });
+        }
+    }
+    out
+}
+
+fn fail_on(problems: Vec<String>) {
+    assert!(
+        problems.is_empty(),
+        "template.yaml has {} problem(s):\n  - {}",
+        problems.len(),
+        problems.join("\n  - ")
+    );
+}
+
+fn check_env_of(name: &str, env: &Env<Lookup>) -> Option<Result<(), ConfigError>> {
+    crates()
+        .into_iter()
+        .find(|c| c.name == name)
+        .map(|c| (c.check_env)(env))
+}
+
+fn needs_of(name: &str) -> Option<Needs> {
+    crates()
+        .into_iter()
+        .find(|c| c.name == name)
+        .map(|c| c.needs)
+}
+
+// ---------------------------------------------------------------------------
+// The shipped files.
+// ---------------------------------------------------------------------------
+
+#[test]
+fn every_function_crate_is_registered_here() {
+    let registered: BTreeSet<String> = crates().iter().map(|c| c.name.to_owned()).collect();
+    assert_eq!(
+        registered,
+        crate_dirs(),
+        "crates() must list every crate of functions/ (add it as a dev-dependency of courier-tests)"
+    );
+}
+
+#[test]
+fn every_function_crate_has_its_function_and_no_more() {
+    fail_on(check_function_crates(&shipped_template(), &crate_dirs()));
+}
+
+#[test]
+fn every_route_has_an_integration_and_a_permission() {
+    fail_on(check_routes(&shipped_template()));
+}
+
+#[test]
+fn every_function_accepts_its_environment_in_every_deploy() {
+    let t = shipped_template();
+    let shipped = samconfig_overrides(&t, &shipped_samconfig()).unwrap();
+    fail_on(check_environments(
+        &t,
+        &scenarios(&t, &shipped),
+        &check_env_of,
+    ));
+}
+
+#[test]
+fn shared_settings_agree_and_catch_up_fits_its_deadline() {
+    let t = shipped_template();
+    let shipped = samconfig_overrides(&t, &shipped_samconfig()).unwrap();
+    let mut problems = Vec::new();
+    for s in scenarios(&t, &shipped).iter().filter(|s| {
+        Resolver::new(&t, &s.overrides)
+            .and_then(|r| r.broken_rules())
+            .is_ok_and(|b| b.is_empty())
+    }) {
+        problems.extend(
+            check_shared_settings(&t, s)
+                .into_iter()
+                .map(|p| format!("{}: {p}", s.name)),
+        );
+        problems.extend(
+            check_catch_up_deadline(&t, s)
+                .into_iter()
+                .map(|p| format!("{}: {p}", s.name)),
+        );
+    }
+    fail_on(problems);
+}
+
+#[test]
+fn policies_grant_each_function_only_what_its_crate_uses() {
+    fail_on(check_policies(&shipped_template(), &needs_of));
+}
+
+/// The template's tables against the ones `create_tables` makes on moto:
+/// same keys, attribute types, indexes and TTL attributes.
+#[tokio::test]
+async fn tables_match_what_the_dynamodb_adapter_creates() {
+    use aws_sdk_dynamodb::types::TimeToLiveStatus;
+
+    let t = shipped_template();
+    let names = courier_tests::fresh_tables().await;
+    let client = courier_tests::dynamo_client().await;
+    let pairs = |n: &TableNames| {
+        [
+            ("MESSAGES_TABLE", n.messages.clone()),
+            ("PENDING_TABLE", n.pending.clone()),
+            ("CONVERSATIONS_TABLE", n.conversations.clone()),
+            ("IDEMPOTENCY_TABLE", n.idempotency.clone()),
+            ("DEVICES_TABLE", n.devices.clone()),
+        ]
+    };
+    let mut problems = Vec::new();
+    for (var, created) in pairs(&names) {
+        // The template table the functions get in `var`.
+        let ids: BTreeSet<String> = t
+            .of_type(FUNCTION)
+            .filter_map(|(id, _)| {
+                t.env_vars(id)
+                    .get(var)
+                    .and_then(ref_target)
+                    .map(str::to_owned)
+            })
+            .collect();
+        let [id] = ids.iter().collect::<Vec<_>>()[..] else {
+            problems.push(format!("{var} names {ids:?}, not one table"));
+            continue;
+        };
+        if t.kind(id) != Some(TABLE) {
+            problems.push(format!("{var} refers to {id}, which is no table"));
+            continue;
+        }
+        let desc = client
+            .describe_table()
+            .table_name(&created)
+            .send()
+            .await
+            .unwrap()
+            .table
+            .unwrap();
+
+        let key_of = |name: &str, kind: &str| format!("{name} {kind}");
+        let want_keys: Vec<String> = desc
+            .key_schema()
+            .iter()
+            .map(|k| key_of(k.attribute_name(), k.key_type().as_str()))
+            .collect();
+        let yaml_keys = |v: Option<&Value>| -> Vec<String> {
+            strings(v)
+                .into_iter()
+                .map(|k| {
+                    key_of(
+                        k.get("AttributeName").and_then(Value::as_str).unwrap_or(""),
+                        k.get("KeyType").and_then(Value::as_str).unwrap_or(""),
+                    )
+                })
+                .collect()
+        };
+        if yaml_keys(t.prop(id, "KeySchema")) != want_keys {
+            problems.push(format!(
+                "{id}: KeySchema {:?}, the adapter's is {want_keys:?}",
+                yaml_keys(t.prop(id, "KeySchema"))
+            ));
+        }
+
+        let want_attrs: BTreeSet<String> = desc
+            .attribute_definitions()
+            .iter()
+            .map(|a| format!("{} {}", a.attribute_name(), a.attribute_type().as_str()))
+            .collect();
+        let have_attrs: BTreeSet<String> = strings(t.prop(id, "AttributeDefinitions"))
+            .into_iter()
+            .map(|a| {
+                format!(
+                    "{} {}",
+                    a.get("AttributeName").and_then(Value::as_str).unwrap_or(""),
+                    a.get("AttributeType").and_then(Value::as_str).unwrap_or("")
+                )
+            })
+            .collect();
+        if have_attrs != want_attrs {
+            problems.push(format!(
+                "{id}: AttributeDefinitions {have_attrs:?}, the adapter's are {want_attrs:?}"
+            ));
+        }
+
+        let want_gsis: BTreeSet<String> = desc
+            .global_secondary_indexes()
+            .iter()
+            .map(|g| {
+                let keys: Vec<String> = g
+                    .key_schema()
+                    .iter()
+                    .map(|k| key_of(k.attribute_name(), k.key_type().as_str()))
+                    .collect();
+                let projection = g
+                    .projection()
+                    .and_then(|p| p.projection_type())
+                    .map(|p| p.as_str().to_owned())
+                    .unwrap_or_default();
+                format!("{} {keys:?} {projection}", g.index_name().unwrap_or(""))
+            })
+            .collect();
+        let have_gsis: BTreeSet<String> = strings(t.prop(id, "GlobalSecondaryIndexes"))
+            .into_iter()
+            .map(|g| {
+                let projection = g
+                    .get("Projection")
+                    .and_then(|p| p.get("ProjectionType"))
+                    .and_then(Value::as_str)
+                    .unwrap_or("");
+                format!(
+                    "{} {:?} {projection}",
+                    g.get("IndexName").and_then(Value::as_str).unwrap_or(""),
+                    yaml_keys(g.get("KeySchema"))
+                )
+            })
+            .collect();
+        if have_gsis != want_gsis {
+            problems.push(format!(
+                "{id}: indexes {have_gsis:?}, the adapter's are {want_gsis:?}"
+            ));
+        }
+
+        if t.prop(id, "BillingMode").and_then(Value::as_str) != Some("PAY_PER_REQUEST") {
+            problems.push(format!("{id}: not PAY_PER_REQUEST"));
+        }
+        let flag = |path: [&str; 2]| {
+            t.prop(id, path[0])
+                .and_then(|v| v.get(path[1]))
+                .and_then(Value::as_bool)
+                == Some(true)
+        };
+        if !flag([
+            "PointInTimeRecoverySpecification",
+            "PointInTimeRecoveryEnabled",
+        ]) {
+            problems.push(format!("{id}: point-in-time recovery is off"));
+        }
+        if !flag(["SSESpecification", "SSEEnabled"]) {
+            problems.push(format!("{id}: SSEEnabled is not true"));
+        }
+
+        // Every TTL the adapter turns on, the template turns on too (the
+        // template may add one the adapter does not need locally).
+        let ttl = client
+            .describe_time_to_live()
+            .table_name(&created)
+            .send()
+            .await
+            .unwrap()
+            .time_to_live_description;
+        if let Some(d) = ttl
+            && matches!(
+                d.time_to_live_status(),
+                Some(TimeToLiveStatus::Enabled | TimeToLiveStatus::Enabling)
+            )
+        {
+            let want = d.attribute_name().unwrap_or("");
+            let spec = t.prop(id, "TimeToLiveSpecification");
+            let have = spec
+                .and_then(|s| s.get("AttributeName"))
+                .and_then(Value::as_str);
+            let on = spec.and_then(|s| s.get("Enabled")).and_then(Value::as_bool) == Some(true);
+            if have != Some(want) || !on {
+                problems.push(format!(
+                    "{id}: the adapter expires items on {want:?}; the template's TTL is {have:?} (enabled: {on})"
+                ));
+            }
+        }
+    }
+    fail_on(problems);
+}
+
+// ---------------------------------------------------------------------------
+// Each check fails on a template that breaks it.
+// ---------------------------------------------------------------------------
+
+mod checks_can_fail {
+    use super::*;
+
+    /// A small, correct template: one crate `echo` on route `echo`, plus the
+    /// three $ routes on the same function.
+    const GOOD: &str = r#"
+Parameters:
+  StageName: {Type: String, Default: prod}
+  Mode: {Type: String, Default: a, AllowedValues: [a, b]}
+  Subnets: {Type: CommaDelimitedList, Default: ""}
+Conditions:
+  IsB: !Equals [!Ref Mode, b]
+Globals:
+  Function:
+    Runtime: provided.al2023
+    Architectures: [arm64]
+    Handler: bootstrap
+Resources:
+  Api:
+    Type: AWS::ApiGatewayV2::Api
+    Properties: {ProtocolType: WEBSOCKET, RouteSelectionExpression: $request.body.action}
+  Table:
+    Type: AWS::DynamoDB::Table
+    Properties:
+      GlobalSecondaryIndexes:
+        - IndexName: by_user
+  Echo:
+    Type: AWS::Serverless::Function
+    Metadata: {BuildMethod: rust-cargolambda, BuildProperties: {Binary: echo}}
+    Properties:
+      CodeUri: functions/echo
+      Timeout: 20
+      Environment:
+        Variables:
+          TABLE: !Ref Table
+          MODE: !If [IsB, "b-mode", !Ref Mode]
+          MANAGEMENT_ENDPOINT: !Sub "https://${Api}.execute-api.${AWS::Region}.${AWS::URLSuffix}/${StageName}"
+      Policies:
+        - Statement:
+            - Effect: Allow
+              Action: dynamodb:GetItem
+              Resource: !GetAtt Table.Arn
+            - Effect: Allow
+              Action: dynamodb:Query
+              Resource: !Sub "${Table.Arn}/index/by_user"
+            - Effect: Allow
+              Action: execute-api:ManageConnections
+              Resource: !Sub "arn:${AWS::Partition}:execute-api:${AWS::Region}:${AWS::AccountId}:${Api}/${StageName}/POST/@connections/*"
+  Auth:
+    Type: AWS::ApiGatewayV2::Authorizer
+    Properties:
+      AuthorizerUri: !Sub "arn:${AWS::Partition}:apigateway:${AWS::Region}:lambda:path/2015-03-31/functions/${Echo.Arn}/invocations"
+  AuthPermission:
+    Type: AWS::Lambda::Permission
+    Properties:
+      Action: lambda:InvokeFunction
+      FunctionName: !Ref Echo
+      Principal: apigateway.amazonaws.com
+      SourceArn: !Sub "arn:${AWS::Partition}:execute-api:${AWS::Region}:${AWS::AccountId}:${Api}/authorizers/${Auth}"
+  Integ:
+    Type: AWS::ApiGatewayV2::Integration
+    Properties:
+      IntegrationType: AWS_PROXY
+      IntegrationUri: !Sub "arn:${AWS::Partition}:apigateway:${AWS::Region}:lambda:path/2015-03-31/functions/${Echo.Arn}/invocations"
+  PingRoute:
+    Type: AWS::ApiGatewayV2::Route
+    Properties: {RouteKey: ping, RouteResponseSelectionExpression: $default, Target: !Sub "integrations/${Integ}"}
+  PingResponse:
+    Type: AWS::ApiGatewayV2::RouteResponse
+    Properties: {RouteId: !Ref PingRoute, RouteResponseKey: $default}
+  PingPermission:
+    Type: AWS::Lambda::Permission
+    Properties:
+      Action: lambda:InvokeFunction
+      FunctionName: !Ref Echo
+      Principal: apigateway.amazonaws.com
+      SourceArn: !Sub "arn:${AWS::Partition}:execute-api:${AWS::Region}:${AWS::AccountId}:${Api}/*/ping"
+  ConnectRoute:
+    Type: AWS::ApiGatewayV2::Route
+    Properties: {RouteKey: $connect, AuthorizationType: CUSTOM, AuthorizerId: !Ref Auth, Target: !Sub "integrations/${Integ}"}
+  DisconnectRoute:
+    Type: AWS::ApiGatewayV2::Route
+    Properties: {RouteKey: $disconnect, Target: !Join ["/", [integrations, !Ref Integ]]}
+  DefaultRoute:
+    Type: AWS::ApiGatewayV2::Route
+    Properties: {RouteKey: $default, Target: !Sub "integrations/${Integ}"}
+  AnyRoutePermission:
+    Type: AWS::Lambda::Permission
+    Properties:
+      Action: lambda:InvokeFunction
+      FunctionName: !GetAtt Echo.Arn
+      Principal: apigateway.amazonaws.com
+      SourceArn: !Sub "arn:${AWS::Partition}:execute-api:${AWS::Region}:${AWS::AccountId}:${Api}/*/*"
+  Deployment:
+    Type: AWS::ApiGatewayV2::Deployment
+    DependsOn: [PingRoute, PingResponse, ConnectRoute, DisconnectRoute, DefaultRoute]
+"#;
+
+    fn good() -> Template {
+        Template::parse(GOOD).unwrap()
+    }
+
+    /// `GOOD` with one text replaced (which must occur).
+    fn bad(from: &str, to: &str) -> Template {
+        assert!(GOOD.contains(from), "{from:?} is not in the good template");
+        Template::parse(&GOOD.replacen(from, to, 1)).unwrap()
+    }
+
+    fn assert_found(problems: &[String], needle: &str) {
+        assert!(
+            problems.iter().any(|p| p.contains(needle)),
+            "expected a problem containing {needle:?}, got {problems:#?}"
+        );
+    }
+
+    fn echo() -> BTreeSet<String> {
+        BTreeSet::from(["echo".to_owned()])
+    }
+
+    const ECHO_NEEDS: Needs = Needs {
+        stores: true,
+        gateway: true,
+        ..Needs::NONE
+    };
+
+    fn echo_needs(name: &str) -> Option<Needs> {
+        (name == "echo").then_some(ECHO_NEEDS)
+    }
+
+    #[test]
+    fn the_good_template_passes_every_check() {
+        let t = good();
+        assert_eq!(check_function_crates(&t, &echo()), Vec::<String>::new());
+        assert_eq!(check_routes(&t), Vec::<String>::new());
+        assert_eq!(check_policies(&t, &echo_needs), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_crate_without_a_function_and_a_function_without_a_crate_fail() {
+        let crates = BTreeSet::from(["echo".to_owned(), "orphan".to_owned()]);
+        assert_found(
+            &check_function_crates(&good(), &crates),
+            "functions/orphan has no function resource",
+        );
+        let t = bad("CodeUri: functions/echo", "CodeUri: functions/gone");
+        let p = check_function_crates(&t, &echo());
+        assert_found(&p, "functions/gone, which is no crate");
+        assert_found(&p, "functions/echo has no function resource");
+        let t = bad("Binary: echo", "Binary: other");
+        assert_found(
+            &check_function_crates(&t, &echo()),
+            "is not the crate's binary",
+        );
+        let t = bad("Architectures: [arm64]", "Architectures: [x86_64]");
+        assert_found(&check_function_crates(&t, &echo()), "not [arm64]");
+    }
+
+    #[test]
+    fn a_route_without_integration_or_permission_fails() {
+        let t = bad(
+            r#"RouteKey: ping, RouteResponseSelectionExpression: $default, Target: !Sub "integrations/${Integ}""#,
+            "RouteKey: ping, RouteResponseSelectionExpression: $default",
+        );
+        assert_found(
+            &check_routes(&t),
+            "route \"ping\" (PingRoute) has no integration target",
+        );
+        // Without the per-route and the catch-all permission, ping has none.
+        let t = bad("${Api}/*/*", "${Api}/*/sync");
+        let t2 = Template::parse(&GOOD.replacen("${Api}/*/*", "${Api}/*/sync", 1).replacen(
+            "${Api}/*/ping",
+            "${Api}/*/pong",
+            1,
+        ))
+        .unwrap();
+        assert_found(
+            &check_routes(&t),
+            "route \"$disconnect\": no AWS::Lambda::Permission",
+        );
+        assert_found(
+            &check_routes(&t2),
+            "route \"ping\": no AWS::Lambda::Permission",
+        );
+        let t = bad("${Api}/authorizers/${Auth}", "${Api}/authorizers/${Other}");
+        assert_found(
+            &check_routes(&t),
+            "authorizer Auth: no AWS::Lambda::Permission",
+        );
+        let t = bad(
+            "Principal: apigateway.amazonaws.com\n      SourceArn: !Sub \"arn:${AWS::Partition}:execute-api:${AWS::Region}:${AWS::AccountId}:${Api}/*/*\"",
+            "Principal: events.amazonaws.com\n      SourceArn: !Sub \"arn:${AWS::Partition}:execute-api:${AWS::Region}:${AWS::AccountId}:${Api}/*/*\"",
+        );
+        assert_found(
+            &check_routes(&t),
+            "route \"$default\": no AWS::Lambda::Permission",
+        );
+    }
+
+    #[test]
+    fn broken_route_wiring_fails() {
+        let t = bad(
+            "DependsOn: [PingRoute, PingResponse,",
+            "DependsOn: [PingResponse,",
+        );
+        assert_found(&check_routes(&t), "does not DependsOn PingRoute");
+        let t = bad("RouteId: !Ref PingRoute", "RouteId: !Ref DefaultRoute");
+        let p = check_routes(&t);
+        assert_found(
+            &p,
+            "route \"ping\" selects route responses but has no RouteResponse",
+        );
+        assert_found(
+            &p,
+            "route \"$default\" has a RouteResponse but no RouteResponseSelectionExpression",
+        );
+        let t = bad(
+            "RouteKey: $connect, AuthorizationType: CUSTOM, AuthorizerId: !Ref Auth,",
+            "RouteKey: $connect,",
+        );
+        assert_found(
+            &check_routes(&t),
+            "$connect must use the REQUEST authorizer",
+        );
+        let t = bad("RouteKey: ping", "RouteKey: teleport");
+        assert_found(
+            &check_routes(&t),
+            "route \"teleport\" is not an action courier::protocol parses",
+        );
+        let t = bad("RouteKey: $disconnect", "RouteKey: sync");
+        assert_found(&check_routes(&t), "no $disconnect route");
+    }
+
+    #[test]
+    fn an_environment_the_crate_refuses_fails() {
+        let t = good();
+        let scenario = |mode: &str| Scenario {
+            name: format!("Mode={mode}"),
+            overrides: BTreeMap::from([("Mode".to_owned(), mode.to_owned())]),
+            must_deploy: true,
+        };
+        // A crate that needs TABLE and MODE=a or b-mode.
+        let check = |name: &str, env: &Env<Lookup>| -> Option<Result<(), ConfigError>> {
+            (name == "echo").then(|| {
+                env.required("TABLE")?;
+                env.required("MANAGEMENT_ENDPOINT")?;
+                match env.required("MODE")?.as_str() {
+                    "a" | "b-mode" => Ok(()),
+                    _ => Err(ConfigError::Invalid {
+                        name: "MODE",
+                        reason: "bad".into(),
+                    }),
+                }
+            })
+        };
+        assert_eq!(
+            check_environments(&t, &[scenario("a"), scenario("b")], &check),
+            Vec::<String>::new()
+        );
+        let t = bad("TABLE: !Ref Table", "OTHER: !Ref Table");
+        assert_found(
+            &check_environments(&t, &[scenario("a")], &check),
+            "environment variable TABLE is required",
+        );
+        // The If branch for Mode=b is wrong only in that scenario.
+        let t = bad(
+            r#"!If [IsB, "b-mode", !Ref Mode]"#,
+            r#"!If [IsB, "b", !Ref Mode]"#,
+        );
+        assert_eq!(
+            check_environments(&t, &[scenario("a")], &check),
+            Vec::<String>::new()
+        );
+        assert_found(
+            &check_environments(&t, &[scenario("b")], &check),
+            "MODE is invalid",
+        );
+        // A crate the test does not know.
+        let none = |_: &str, _: &Env<Lookup>| None;
+        assert_found(
+            &check_environments(&good(), &[scenario("a")], &none),
+            "not registered",
+        );
+        // A reference to a resource the scenario does not create.
+        let t = bad(
+            "  Table:\n    Type: AWS::DynamoDB::Table\n",
+            "  Table:\n    Type: AWS::DynamoDB::Table\n    Condition: IsB\n",
+        );
+        assert_found(
+            &check_environments(&t, &[scenario("a")], &check),
+            "Ref to Table, which these parameters do not create",
+        );
+    }
+
+    #[test]
+    fn sensitive_actions_on_star_fail() {
+        for (from, to, needle) in [
+            (
+                "Resource: !GetAtt Table.Arn",
+                r#"Resource: "*""#,
+                "dynamodb:GetItem on Resource \"*\"",
+            ),
+            (
+                "Action: dynamodb:GetItem",
+                "Action: dynamodb:*",
+                "wildcard action dynamodb:*",
+            ),
+            (
+                r#"Resource: !Sub "arn:${AWS::Partition}:execute-api:${AWS::Region}:${AWS::AccountId}:${Api}/${StageName}/POST/@connections/*""#,
+                r#"Resource: "*""#,
+                "execute-api:ManageConnections on Resource \"*\"",
+            ),
+            (
+                r#"Resource: !Sub "arn:${AWS::Partition}:execute-api:${AWS::Region}:${AWS::AccountId}:${Api}/${StageName}/POST/@connections/*""#,
+                r#"Resource: !Sub "arn:${AWS::Partition}:execute-api:${AWS::Region}:${AWS::AccountId}:*""#,
+                "execute-api:ManageConnections on Resource \"*\"",
+            ),
+            (
+                r#"${Api}/${StageName}/POST/@connections/*"#,
+                r#"${Api}/*/POST/@connections/*"#,
+                "is not .../${Api}/${StageName}",
+            ),
+            (
+                r#"Resource: !Sub "${Table.Arn}/index/by_user""#,
+                r#"Resource: !Sub "${Table.Arn}/index/*""#,
+                "is not an index of a table",
+            ),
+            (
+                "Action: dynamodb:GetItem\n              Resource: !GetAtt Table.Arn",
+                "Action: lambda:InvokeFunction\n              Resource: \"*\"",
+                "lambda:InvokeFunction on Resource \"*\"",
+            ),
+            (
+                "- Statement:",
+                "- DynamoDBCrudPolicy: {TableName: !Ref Table}\n        - Statement:",
+                "not a Statement list",
+            ),
+        ] {
+            assert_found(&check_policies(&bad(from, to), &echo_needs), needle);
+        }
+    }
+
+    #[test]
+    fn access_the_crate_does_not_use_or_lacks_fails() {
+        let only_stores = |name: &str| {
+            (name == "echo").then_some(Needs {
+                stores: true,
+                ..Needs::NONE
+            })
+        };
+        assert_found(
+            &check_policies(&good(), &only_stores),
+            "granted the Management API",
+        );
+        let wants_trigger = |name: &str| {
+            (name == "echo").then_some(Needs {
+                trigger: true,
+                ..ECHO_NEEDS
+            })
+        };
+        assert_found(
+            &check_policies(&good(), &wants_trigger),
+            "uses Lambda (lambda:InvokeFunction) but the template grants none",
+        );
+        let wants_registry = |name: &str| {
+            (name == "echo").then_some(Needs {
+                registry: true,
+                ..ECHO_NEEDS
+            })
+        };
+        assert_found(
+            &check_policies(&good(), &wants_registry),
+            "uses the registry cache (VpcConfig)",
+        );
+    }
+
+    #[test]
+    fn disagreeing_settings_fail() {
+        let t = Template::parse(&format!(
+            "{GOOD}\n  Other:\n    Type: AWS::Serverless::Function\n    Properties:\n      InlineCode: x\n      Environment:\n        Variables:\n          TABLE: other\n"
+        ))
+        .unwrap();
+        let s = Scenario {
+            name: "defaults".into(),
+            overrides: BTreeMap::new(),
+            must_deploy: true,
+        };
+        assert_found(&check_shared_settings(&t, &s), "TABLE is");
+        assert_eq!(check_shared_settings(&good(), &s), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_catch_up_deadline_margin_that_does_not_fit_fails() {
+        let with = |timeout: u32, margin: &str| {
+            Template::parse(
+                &GOOD
+                    .replacen("functions/echo", "functions/catch-up", 1)
+                    .replacen("Timeout: 20", &format!("Timeout: {timeout}"), 1)
+                    .replacen(
+                        "TABLE: !Ref Table",
+                        &format!("CATCH_UP_DEADLINE_MARGIN_MS: \"{margin}\""),
+                        1,
+                    ),
+            )
+            .unwrap()
+        };
+        let s = Scenario {
+            name: "defaults".into(),
+            overrides: BTreeMap::new(),
+            must_deploy: true,
+        };
+        assert_eq!(
+            check_catch_up_deadline(&with(28, "5000"), &s),
+            Vec::<String>::new()
+        );
+        assert_found(
+            &check_catch_up_deadline(&with(28, "1000"), &s),
+            "below OPEN_WINDOW_MS",
+        );
+        assert_found(
+            &check_catch_up_deadline(&with(8, "5000"), &s),
+            "leaves too little",
+        );
+        assert_found(
+            &check_catch_up_deadline(&with(30, "5000"), &s),
+            "outlives API Gateway's 29 s",
+        );
+    }
+
+    #[test]
+    fn samconfig_values_outside_the_template_fail() {
+        let t = good();
+        let ok =
+            "[default.deploy.parameters]\nparameter_overrides = ['Mode=b', 'StageName=\"dev\"']\n";
+        assert_eq!(
+            samconfig_overrides(&t, ok).unwrap(),
+            BTreeMap::from([
+                ("Mode".to_owned(), "b".to_owned()),
+                ("StageName".to_owned(), "dev".to_owned())
+            ])
+        );
+        let single =
+            "[default.deploy.parameters]\nparameter_overrides = 'Mode=\"a\" StageName=x'\n";
+        assert_eq!(samconfig_overrides(&t, single).unwrap().len(), 2);
+        let unknown = "[default.deploy.parameters]\nparameter_overrides = ['Colour=red']\n";
+        assert!(
+            samconfig_overrides(&t, unknown)
+                .unwrap_err()
+                .contains("Colour")
+        );
+        let not_allowed = "[default.deploy.parameters]\nparameter_overrides = ['Mode=c']\n";
+        assert!(
+            samconfig_overrides(&t, not_allowed)
+                .unwrap_err()
+                .contains("AllowedValues")
+        );
+    }
+
+    #[test]
+    fn the_resolver_follows_conditions_lists_and_subs() {
+        let t = good();
+        let r = Resolver::new(
+            &t,
+            &BTreeMap::from([("Subnets".to_owned(), "s-1, s-2".to_owned())]),
+        )
+        .unwrap();
+        let v: Value = serde_yaml::from_str(r#"!Join [",", !Ref Subnets]"#).unwrap();
+        assert_eq!(r.resolve(&v).unwrap(), Resolved::Str("s-1,s-2".into()));
+        let v: Value =
+            serde_yaml::from_str(r#"!Sub "${!Literal}-${StageName}-${Table.Arn}""#).unwrap();
+        assert_eq!(
+            r.resolve(&v).unwrap(),
+            Resolved::Str(format!(
+                "${{Literal}}-prod-arn:aws:placeholder:{REGION}:{ACCOUNT}:Table"
+            ))
+        );
+        let v: Value = serde_yaml::from_str("!Select [1, !Split [\"/\", a/b/c]]").unwrap();
+        assert_eq!(r.resolve(&v).unwrap(), Resolved::Str("b".into()));
+        let v: Value =
+            serde_yaml::from_str("{\"Fn::If\": [IsB, x, {Ref: \"AWS::NoValue\"}]}").unwrap();
+        assert_eq!(r.resolve(&v).unwrap(), Resolved::Nothing);
+        let v: Value = serde_yaml::from_str("!FindInMap [M, a, b]").unwrap();
+        assert!(
+            r.resolve(&v)
+                .unwrap_err()
+                .contains("not resolved by this test")
+        );
+        assert!(Resolver::new(&t, &BTreeMap::from([("Nope".to_owned(), "x".to_owned())])).is_err());
+    }
+}
