@@ -539,39 +539,46 @@ impl MessageStore for DynamoStore {
             return self.explain_refusal(new, None).await;
         };
         let actions = self.append_actions(new, expected)?;
-        // One token for every attempt: if an attempt succeeded but its answer
-        // was lost, DynamoDB answers the retry with success instead of
-        // refusing it (within its 10-minute window).
-        let token = uuid::Uuid::new_v4().to_string();
+        // One token while the outcome is unknown (timeout, 5xx): if that
+        // attempt did commit, DynamoDB answers the retry with success instead
+        // of refusing it (within its 10-minute window). A cancelled attempt
+        // surely wrote nothing, so its retry gets a fresh token rather than
+        // the cached cancellation.
+        let token = std::sync::Mutex::new(uuid::Uuid::new_v4().to_string());
+        let current_token = || token.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let refused = self
             .retrying("TransactWriteItems append", || {
                 let req = self
                     .client
                     .transact_write_items()
                     .set_transact_items(Some(actions.clone()))
-                    .client_request_token(token.clone());
+                    .client_request_token(current_token());
+                let token = &token;
                 async move {
-                    match req.send().await {
-                        Ok(_) => Ok(None),
-                        Err(SdkError::ServiceError(se))
-                            if matches!(
-                                se.err(),
-                                TransactWriteItemsError::TransactionCanceledException(_)
-                            ) =>
-                        {
-                            let reasons = match se.err() {
-                                TransactWriteItemsError::TransactionCanceledException(c) => {
-                                    c.cancellation_reasons()
-                                }
-                                _ => &[],
-                            };
-                            match read_cancellation(reasons) {
-                                Cancelled::Condition(item) => Ok(Some(item)),
-                                Cancelled::Retry(e) => Err(Failure::Retry(e)),
-                                Cancelled::Fatal(e) => Err(Failure::Fatal(e)),
+                    let e = match req.send().await {
+                        Ok(_) => return Ok(None),
+                        Err(e) => e,
+                    };
+                    let reasons = match &e {
+                        SdkError::ServiceError(se) => match se.err() {
+                            TransactWriteItemsError::TransactionCanceledException(c) => {
+                                Some(c.cancellation_reasons())
                             }
+                            _ => None,
+                        },
+                        _ => None,
+                    };
+                    let Some(reasons) = reasons else {
+                        return Err(failure("TransactWriteItems append", e));
+                    };
+                    match read_cancellation(reasons) {
+                        Cancelled::Condition(item) => Ok(Some(item)),
+                        Cancelled::Retry(err) => {
+                            *token.lock().unwrap_or_else(|p| p.into_inner()) =
+                                uuid::Uuid::new_v4().to_string();
+                            Err(Failure::Retry(err))
                         }
-                        Err(e) => Err(failure("TransactWriteItems append", e)),
+                        Cancelled::Fatal(err) => Err(Failure::Fatal(err)),
                     }
                 }
             })
