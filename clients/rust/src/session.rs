@@ -1,0 +1,774 @@
+//! The protocol state of one user's client, without any I/O.
+//!
+//! [`Session`] takes what happens (the socket opened, a frame arrived, time
+//! passed) and answers with the frames to send; the socket task in
+//! `client.rs` only moves bytes. Keeping the rules here makes them testable
+//! without a server:
+//!
+//! - **sends** wait in an outbox keyed by `client_msg_id` and are sent again
+//!   after `send_retry` and on every reconnect, until `sent` (or a permanent
+//!   `error`) comes back; the server's idempotency makes the repeats
+//!   harmless;
+//! - **messages** go into per-conversation [`Timeline`]s (seq order,
+//!   duplicates dropped);
+//! - **acks** cover the contiguous prefix, and are repeated when the server
+//!   redelivers what was already acked (the earlier ack was lost with its
+//!   connection, so the pending row is still there);
+//! - **holes** older than `hole_grace` and **`more`** frames are pulled with
+//!   a range `sync`, one in flight per conversation;
+//! - **catch-up**: no `caught_up` within `caught_up_timeout` of opening means
+//!   the asynchronous catch-up was lost; a full `sync` runs it again.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use courier::domain::{ClientMsgId, ConversationId, Seq, UserId};
+use courier::protocol::{ErrorCode, ServerFrame, WireMessage};
+use serde_json::json;
+use tokio::sync::oneshot;
+
+use crate::timeline::{Inserted, Timeline};
+
+/// Timings and sizes of the protocol rules.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tuning {
+    /// Send a full `sync` when no `caught_up` came this long after opening.
+    pub caught_up_timeout: Duration,
+    /// Resend an unanswered `sendMessage` after this long.
+    pub send_retry: Duration,
+    /// Ask for a hole once it has been open this long.
+    pub hole_grace: Duration,
+    /// `limit` of range syncs.
+    pub sync_limit: u32,
+    /// A range sync with no `synced`/`more` after this long may be resent.
+    pub sync_timeout: Duration,
+    /// Send a `ping` when nothing was sent for this long (API Gateway's
+    /// idle timeout is 10 minutes).
+    pub heartbeat: Duration,
+    /// Reconnect backoff: first delay and cap (equal jitter in between).
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Self {
+            caught_up_timeout: Duration::from_secs(4),
+            send_retry: Duration::from_secs(3),
+            hole_grace: Duration::from_millis(500),
+            sync_limit: 200,
+            sync_timeout: Duration::from_secs(5),
+            heartbeat: Duration::from_secs(5 * 60),
+            backoff_base: Duration::from_millis(200),
+            backoff_max: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Why a request failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    /// The server refused it with an `error` frame.
+    #[error("{code:?}: {message}")]
+    Refused { code: ErrorCode, message: String },
+    #[error("no answer in time")]
+    Timeout,
+    #[error("the client is closed")]
+    Closed,
+}
+
+/// A message accepted by the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sent {
+    pub conversation_id: ConversationId,
+    pub client_msg_id: ClientMsgId,
+    pub seq: Seq,
+    pub sent_at: i64,
+}
+
+type SendWaiter = oneshot::Sender<Result<Sent, RequestError>>;
+type RequestWaiter = oneshot::Sender<Result<ServerFrame, RequestError>>;
+
+#[derive(Debug)]
+struct Outgoing {
+    conversation_id: ConversationId,
+    body: String,
+    last_attempt: Option<Instant>,
+    attempts: u32,
+    waiters: Vec<SendWaiter>,
+}
+
+/// What the application hears about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    Connected,
+    Disconnected,
+    /// A message new to this client (duplicates are not reported).
+    Message {
+        conversation_id: ConversationId,
+        message: WireMessage,
+    },
+    CaughtUp {
+        conversations: usize,
+        messages: usize,
+    },
+    Receipt {
+        conversation_id: ConversationId,
+        user_id: UserId,
+        through: Seq,
+    },
+    /// An `error` frame not tied to a pending request.
+    ServerError {
+        code: ErrorCode,
+        message: String,
+    },
+}
+
+/// Codes after which resending the same frame cannot succeed.
+fn permanent(code: ErrorCode) -> bool {
+    !matches!(code, ErrorCode::Internal | ErrorCode::RateLimited)
+}
+
+/// One user's protocol state.
+#[derive(Debug)]
+pub struct Session {
+    me: UserId,
+    tuning: Tuning,
+    timelines: BTreeMap<ConversationId, Timeline>,
+    outbox: BTreeMap<String, Outgoing>,
+    requests: HashMap<String, RequestWaiter>,
+    syncs_in_flight: HashMap<ConversationId, Instant>,
+    caught_up_deadline: Option<Instant>,
+    caught_up: u64,
+    opens: u64,
+    open: bool,
+    receipts: BTreeMap<(ConversationId, UserId), Seq>,
+    events: Vec<Event>,
+}
+
+impl Session {
+    pub fn new(me: UserId, tuning: Tuning) -> Self {
+        Self {
+            me,
+            tuning,
+            timelines: BTreeMap::new(),
+            outbox: BTreeMap::new(),
+            requests: HashMap::new(),
+            syncs_in_flight: HashMap::new(),
+            caught_up_deadline: None,
+            caught_up: 0,
+            opens: 0,
+            open: false,
+            receipts: BTreeMap::new(),
+            events: Vec::new(),
+        }
+    }
+
+    pub fn me(&self) -> &UserId {
+        &self.me
+    }
+
+    pub fn tuning(&self) -> &Tuning {
+        &self.tuning
+    }
+
+    // ------------------------------------------------------------ reads
+
+    pub fn is_open(&self) -> bool {
+        self.open
+    }
+
+    /// Times the socket opened.
+    pub fn opens(&self) -> u64 {
+        self.opens
+    }
+
+    /// `caught_up` frames received.
+    pub fn caught_up_count(&self) -> u64 {
+        self.caught_up
+    }
+
+    pub fn conversations(&self) -> Vec<ConversationId> {
+        self.timelines.keys().cloned().collect()
+    }
+
+    pub fn timeline(&self, conversation: &ConversationId) -> Option<&Timeline> {
+        self.timelines.get(conversation)
+    }
+
+    /// Sends not yet answered with `sent`.
+    pub fn outbox_len(&self) -> usize {
+        self.outbox.len()
+    }
+
+    pub fn receipt(&self, conversation: &ConversationId, user: &UserId) -> Option<Seq> {
+        self.receipts
+            .get(&(conversation.clone(), user.clone()))
+            .copied()
+    }
+
+    pub fn duplicates(&self) -> u64 {
+        self.timelines.values().map(Timeline::duplicates).sum()
+    }
+
+    /// Events since the last call.
+    pub fn drain_events(&mut self) -> Vec<Event> {
+        std::mem::take(&mut self.events)
+    }
+
+    // ---------------------------------------------------------- requests
+
+    /// Queues a message; the frame to send now (if open).
+    pub fn queue_send(
+        &mut self,
+        conversation_id: ConversationId,
+        client_msg_id: ClientMsgId,
+        body: String,
+        waiter: Option<SendWaiter>,
+        now: Instant,
+    ) -> Option<String> {
+        let key = client_msg_id.as_str().to_owned();
+        let entry = self.outbox.entry(key.clone()).or_insert_with(|| Outgoing {
+            conversation_id,
+            body,
+            last_attempt: None,
+            attempts: 0,
+            waiters: Vec::new(),
+        });
+        entry.waiters.extend(waiter);
+        if !self.open {
+            return None;
+        }
+        entry.last_attempt = Some(now);
+        entry.attempts += 1;
+        Some(send_frame(&entry.conversation_id, &key, &entry.body))
+    }
+
+    /// Remembers who waits for the reply to `request_id`.
+    pub fn expect_reply(&mut self, request_id: String, waiter: RequestWaiter) {
+        self.requests.insert(request_id, waiter);
+    }
+
+    /// A full `sync` frame; resets the wait for `caught_up`.
+    pub fn full_sync(&mut self, now: Instant) -> String {
+        self.caught_up_deadline = Some(now + self.tuning.caught_up_timeout);
+        json!({"action": "sync"}).to_string()
+    }
+
+    // ------------------------------------------------------ socket events
+
+    /// The socket opened: resend what is unanswered, start waiting for
+    /// `caught_up`.
+    pub fn on_open(&mut self, now: Instant) -> Vec<String> {
+        self.open = true;
+        self.opens += 1;
+        self.syncs_in_flight.clear();
+        self.caught_up_deadline = Some(now + self.tuning.caught_up_timeout);
+        self.events.push(Event::Connected);
+        let mut out = Vec::new();
+        for (cmid, o) in &mut self.outbox {
+            o.last_attempt = Some(now);
+            o.attempts += 1;
+            out.push(send_frame(&o.conversation_id, cmid, &o.body));
+        }
+        out
+    }
+
+    /// The socket closed; requests waiting for a reply on it will get none.
+    pub fn on_close(&mut self) {
+        if self.open {
+            self.events.push(Event::Disconnected);
+        }
+        self.open = false;
+        self.caught_up_deadline = None;
+        for (_, w) in self.requests.drain() {
+            let _ = w.send(Err(RequestError::Closed));
+        }
+    }
+
+    /// Fails every waiter (the client is shutting down).
+    pub fn close_all(&mut self) {
+        self.on_close();
+        for (_, o) in std::mem::take(&mut self.outbox) {
+            for w in o.waiters {
+                let _ = w.send(Err(RequestError::Closed));
+            }
+        }
+    }
+
+    /// One text frame from the server; the frames to send in answer.
+    pub fn on_text(&mut self, raw: &str, now: Instant) -> Vec<String> {
+        let frame: ServerFrame = match serde_json::from_str(raw) {
+            Ok(f) => f,
+            Err(_) => {
+                // API Gateway's own frames (`{"message": "Internal server
+                // error", ...}`) and anything newer than this client: the
+                // retries cover whatever they were about.
+                tracing::debug!(
+                    len = raw.len(),
+                    "ignoring a frame that is not a Courier frame"
+                );
+                return Vec::new();
+            }
+        };
+        self.on_frame(frame, now)
+    }
+
+    pub fn on_frame(&mut self, frame: ServerFrame, now: Instant) -> Vec<String> {
+        let mut out = Vec::new();
+        match frame {
+            ServerFrame::Messages {
+                conversation_id,
+                messages,
+            } => {
+                let timeline = self.timelines.entry(conversation_id.clone()).or_default();
+                let mut redelivered = false;
+                for m in messages {
+                    let seq = m.seq;
+                    match timeline.insert(m.clone(), now) {
+                        Inserted::New => self.events.push(Event::Message {
+                            conversation_id: conversation_id.clone(),
+                            message: m,
+                        }),
+                        Inserted::Duplicate => redelivered |= seq <= timeline.acked(),
+                    }
+                }
+                let due = timeline.ack_due().or_else(|| {
+                    // The server sent again what we acked: our ack was lost
+                    // (its connection died), so the pending row is still
+                    // there. Repeat it.
+                    redelivered.then(|| timeline.contiguous_through())
+                });
+                if let Some(seq) = due.filter(|s| s.get() > 0) {
+                    timeline.mark_acked(seq);
+                    out.push(
+                        json!({"action": "ack", "acks": [{"conversation_id": conversation_id, "seq": seq}]})
+                            .to_string(),
+                    );
+                }
+                if !timeline.has_hole() {
+                    self.syncs_in_flight.remove(&conversation_id);
+                }
+            }
+            ServerFrame::More {
+                conversation_id, ..
+            } => {
+                // Pull the rest now: the cap cut this conversation short.
+                out.push(self.range_sync(&conversation_id, now));
+            }
+            ServerFrame::Synced {
+                conversation_id, ..
+            } => {
+                self.syncs_in_flight.remove(&conversation_id);
+            }
+            ServerFrame::CaughtUp {
+                conversations,
+                messages,
+                ..
+            } => {
+                self.caught_up += 1;
+                self.caught_up_deadline = None;
+                self.events.push(Event::CaughtUp {
+                    conversations,
+                    messages,
+                });
+            }
+            ServerFrame::Sent {
+                conversation_id,
+                client_msg_id,
+                seq,
+                sent_at,
+                ..
+            } => self.on_sent(conversation_id, client_msg_id, seq, sent_at, now),
+            ServerFrame::Receipt {
+                conversation_id,
+                user_id,
+                delivered_through_seq,
+            } => {
+                let slot = self
+                    .receipts
+                    .entry((conversation_id.clone(), user_id.clone()))
+                    .or_default();
+                *slot = (*slot).max(delivered_through_seq);
+                self.events.push(Event::Receipt {
+                    conversation_id,
+                    user_id,
+                    through: delivered_through_seq,
+                });
+            }
+            ServerFrame::Conversation {
+                ref conversation_id,
+                ref request_id,
+                ..
+            } => {
+                self.timelines.entry(conversation_id.clone()).or_default();
+                let id = request_id.clone();
+                self.answer(id, Ok(frame));
+            }
+            ServerFrame::DeviceRegistered { ref request_id, .. }
+            | ServerFrame::Pong { ref request_id } => {
+                let id = request_id.clone();
+                self.answer(id, Ok(frame));
+            }
+            ServerFrame::Error {
+                code,
+                message,
+                client_msg_id,
+                request_id,
+            } => self.on_error(code, message, client_msg_id, request_id),
+        }
+        out
+    }
+
+    fn answer(&mut self, request_id: Option<String>, result: Result<ServerFrame, RequestError>) {
+        if let Some(w) = request_id.and_then(|id| self.requests.remove(&id)) {
+            let _ = w.send(result);
+        }
+    }
+
+    fn on_sent(
+        &mut self,
+        conversation_id: ConversationId,
+        client_msg_id: ClientMsgId,
+        seq: Seq,
+        sent_at: i64,
+        now: Instant,
+    ) {
+        let Some(o) = self.outbox.remove(client_msg_id.as_str()) else {
+            return; // a repeat `sent` for a retry already answered
+        };
+        let sent = Sent {
+            conversation_id: conversation_id.clone(),
+            client_msg_id: client_msg_id.clone(),
+            seq,
+            sent_at,
+        };
+        for w in o.waiters {
+            let _ = w.send(Ok(sent.clone()));
+        }
+        // Our own message takes its place in the timeline: the server never
+        // sends it back (the sender has no pending row).
+        let timeline = self.timelines.entry(conversation_id).or_default();
+        let mine = WireMessage {
+            seq,
+            message_id: client_msg_id.as_str().to_owned(),
+            sender_id: self.me.clone(),
+            body: o.body,
+            sent_at,
+        };
+        timeline.insert(mine, now);
+        // Nothing to ack for a prefix made only of our own messages.
+        if let Some(due) = timeline.ack_due() {
+            let from = timeline.acked().get() + 1;
+            let all_mine = (from..=due.get())
+                .all(|s| timeline.get(Seq(s)).is_some_and(|m| m.sender_id == self.me));
+            if all_mine {
+                timeline.mark_acked(due);
+            }
+        }
+    }
+
+    fn on_error(
+        &mut self,
+        code: ErrorCode,
+        message: String,
+        client_msg_id: Option<String>,
+        request_id: Option<String>,
+    ) {
+        let refused = RequestError::Refused {
+            code,
+            message: message.clone(),
+        };
+        if let Some(cmid) = client_msg_id
+            && permanent(code)
+            && let Some(o) = self.outbox.remove(&cmid)
+        {
+            for w in o.waiters {
+                let _ = w.send(Err(refused.clone()));
+            }
+            return;
+        }
+        if let Some(id) = &request_id
+            && self.requests.contains_key(id)
+        {
+            self.answer(request_id, Err(refused));
+            return;
+        }
+        self.events.push(Event::ServerError { code, message });
+    }
+
+    fn range_sync(&mut self, conversation: &ConversationId, now: Instant) -> String {
+        self.syncs_in_flight.insert(conversation.clone(), now);
+        let after = self
+            .timelines
+            .get(conversation)
+            .map_or(Seq::ZERO, Timeline::contiguous_through);
+        if let Some(t) = self.timelines.get_mut(conversation) {
+            t.hole_requested(now);
+        }
+        json!({
+            "action": "sync",
+            "conversation_id": conversation,
+            "after_seq": after,
+            "limit": self.tuning.sync_limit,
+        })
+        .to_string()
+    }
+
+    /// Time passed: retries, the `caught_up` fallback, hole fills.
+    pub fn on_tick(&mut self, now: Instant) -> Vec<String> {
+        let mut out = Vec::new();
+        if !self.open {
+            return out;
+        }
+        for (cmid, o) in &mut self.outbox {
+            let stale = o
+                .last_attempt
+                .is_none_or(|t| now.duration_since(t) >= self.tuning.send_retry);
+            if stale {
+                o.last_attempt = Some(now);
+                o.attempts += 1;
+                out.push(send_frame(&o.conversation_id, cmid, &o.body));
+            }
+        }
+        if self.caught_up_deadline.is_some_and(|d| now >= d) {
+            tracing::info!("no caught_up in time: sending sync");
+            out.push(self.full_sync(now));
+        }
+        let holes: Vec<ConversationId> = self
+            .timelines
+            .iter()
+            .filter(|(c, t)| {
+                t.hole_older_than(self.tuning.hole_grace, now)
+                    && self
+                        .syncs_in_flight
+                        .get(*c)
+                        .is_none_or(|at| now.duration_since(*at) >= self.tuning.sync_timeout)
+            })
+            .map(|(c, _)| c.clone())
+            .collect();
+        for c in holes {
+            out.push(self.range_sync(&c, now));
+        }
+        out
+    }
+}
+
+fn send_frame(conversation: &ConversationId, client_msg_id: &str, body: &str) -> String {
+    json!({
+        "action": "sendMessage",
+        "conversation_id": conversation,
+        "client_msg_id": client_msg_id,
+        "body": body,
+    })
+    .to_string()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    fn cid(s: &str) -> ConversationId {
+        ConversationId::parse(s).unwrap()
+    }
+
+    fn session() -> Session {
+        Session::new(UserId::parse("bob").unwrap(), Tuning::default())
+    }
+
+    fn messages(conv: &str, seqs: &[u64]) -> String {
+        let msgs: Vec<Value> = seqs
+            .iter()
+            .map(|s| json!({"seq": s, "message_id": format!("m{s}"), "sender_id": "alice", "body": format!("b{s}"), "sent_at": 1}))
+            .collect();
+        json!({"type": "messages", "conversation_id": conv, "messages": msgs}).to_string()
+    }
+
+    fn parsed(frames: &[String]) -> Vec<Value> {
+        frames
+            .iter()
+            .map(|f| serde_json::from_str(f).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn acks_cover_the_contiguous_prefix_only() {
+        let now = Instant::now();
+        let mut s = session();
+        s.on_open(now);
+        let out = parsed(&s.on_text(&messages("c1", &[1, 2, 4]), now));
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0]["action"], "ack");
+        assert_eq!(out[0]["acks"][0]["seq"], 2);
+        let out = parsed(&s.on_text(&messages("c1", &[3]), now));
+        assert_eq!(out[0]["acks"][0]["seq"], 4);
+    }
+
+    #[test]
+    fn a_redelivery_of_acked_messages_repeats_the_ack() {
+        let now = Instant::now();
+        let mut s = session();
+        s.on_open(now);
+        s.on_text(&messages("c1", &[1, 2]), now);
+        s.on_close();
+        s.on_open(now);
+        let out = parsed(&s.on_text(&messages("c1", &[1, 2]), now));
+        assert_eq!(out.len(), 1, "the lost ack is sent again");
+        assert_eq!(out[0]["acks"][0]["seq"], 2);
+        assert_eq!(s.duplicates(), 2);
+        assert!(
+            s.drain_events()
+                .iter()
+                .filter(|e| matches!(e, Event::Message { .. }))
+                .count()
+                == 2
+        );
+    }
+
+    #[test]
+    fn holes_are_synced_after_their_grace_one_at_a_time() {
+        let t0 = Instant::now();
+        let mut s = session();
+        s.on_open(t0);
+        s.on_text(&messages("c1", &[1, 5]), t0);
+        assert!(
+            s.on_tick(t0 + Duration::from_millis(100))
+                .iter()
+                .all(|f| !f.contains("after_seq"))
+        );
+        let t1 = t0 + s.tuning.hole_grace;
+        let out = parsed(&s.on_tick(t1));
+        let sync = out.iter().find(|f| f["action"] == "sync").unwrap();
+        assert_eq!(sync["conversation_id"], "c1");
+        assert_eq!(sync["after_seq"], 1);
+        assert_eq!(sync["limit"], 200);
+        // In flight: not repeated before sync_timeout.
+        assert!(
+            parsed(&s.on_tick(t1 + s.tuning.hole_grace))
+                .iter()
+                .all(|f| f["action"] != "sync" || f.get("after_seq").is_none())
+        );
+        s.on_text(&messages("c1", &[2, 3, 4]), t1);
+        assert!(s.timeline(&cid("c1")).unwrap().holes().is_empty());
+    }
+
+    #[test]
+    fn more_pulls_the_rest_from_the_contiguous_end() {
+        let now = Instant::now();
+        let mut s = session();
+        s.on_open(now);
+        s.on_text(&messages("c1", &[1, 2, 3]), now);
+        let out = parsed(&s.on_text(
+            r#"{"type":"more","conversation_id":"c1","next_seq":4}"#,
+            now,
+        ));
+        assert_eq!(out[0]["action"], "sync");
+        assert_eq!(out[0]["after_seq"], 3);
+    }
+
+    #[test]
+    fn no_caught_up_in_time_sends_a_full_sync() {
+        let t0 = Instant::now();
+        let mut s = session();
+        s.on_open(t0);
+        assert!(s.on_tick(t0 + Duration::from_secs(1)).is_empty());
+        let out = parsed(&s.on_tick(t0 + s.tuning.caught_up_timeout));
+        assert_eq!(out, vec![json!({"action": "sync"})]);
+        s.on_text(r#"{"type":"caught_up","conversations":0,"messages":0}"#, t0);
+        assert!(s.on_tick(t0 + Duration::from_secs(60)).is_empty());
+        assert_eq!(s.caught_up_count(), 1);
+    }
+
+    #[tokio::test]
+    async fn sends_are_retried_until_sent_and_land_in_the_timeline() {
+        let t0 = Instant::now();
+        let mut s = session();
+        let (tx, rx) = oneshot::channel();
+        let cmid = ClientMsgId::parse("k1").unwrap();
+        assert!(
+            s.queue_send(cid("c1"), cmid.clone(), "hi".into(), Some(tx), t0)
+                .is_none()
+        );
+        let out = parsed(&s.on_open(t0));
+        assert_eq!(out[0]["client_msg_id"], "k1");
+        assert!(s.on_tick(t0 + Duration::from_secs(1)).is_empty());
+        let again = parsed(&s.on_tick(t0 + s.tuning.send_retry));
+        assert_eq!(again[0]["action"], "sendMessage");
+        let acks = s.on_text(
+            r#"{"type":"sent","conversation_id":"c1","client_msg_id":"k1","seq":1,"sent_at":9}"#,
+            t0,
+        );
+        assert!(acks.is_empty(), "no ack for our own message");
+        assert_eq!(rx.await.unwrap().unwrap().seq, Seq(1));
+        assert_eq!(s.outbox_len(), 0);
+        let t = s.timeline(&cid("c1")).unwrap();
+        assert_eq!(t.get(Seq(1)).unwrap().body, "hi");
+        assert_eq!(t.get(Seq(1)).unwrap().sender_id.as_str(), "bob");
+    }
+
+    #[tokio::test]
+    async fn permanent_errors_fail_the_send_transient_ones_keep_it() {
+        let t0 = Instant::now();
+        let mut s = session();
+        s.on_open(t0);
+        let (tx, rx) = oneshot::channel();
+        s.queue_send(
+            cid("c1"),
+            ClientMsgId::parse("k1").unwrap(),
+            "x".into(),
+            Some(tx),
+            t0,
+        );
+        s.on_text(
+            r#"{"type":"error","code":"internal","message":"retry","client_msg_id":"k1"}"#,
+            t0,
+        );
+        assert_eq!(s.outbox_len(), 1);
+        s.on_text(
+            r#"{"type":"error","code":"not_a_member","message":"no","client_msg_id":"k1"}"#,
+            t0,
+        );
+        assert_eq!(s.outbox_len(), 0);
+        assert!(matches!(
+            rx.await.unwrap(),
+            Err(RequestError::Refused {
+                code: ErrorCode::NotAMember,
+                ..
+            })
+        ));
+    }
+
+    #[tokio::test]
+    async fn replies_reach_their_request_and_close_fails_the_rest() {
+        let mut s = session();
+        s.on_open(Instant::now());
+        let (tx, rx) = oneshot::channel();
+        s.expect_reply("r1".into(), tx);
+        s.on_text(r#"{"type":"conversation","conversation_id":"c9","members":["alice","bob"],"request_id":"r1"}"#, Instant::now());
+        assert!(matches!(
+            rx.await.unwrap(),
+            Ok(ServerFrame::Conversation { .. })
+        ));
+        assert!(s.conversations().contains(&cid("c9")));
+        let (tx, rx) = oneshot::channel();
+        s.expect_reply("r2".into(), tx);
+        s.on_close();
+        assert_eq!(rx.await.unwrap(), Err(RequestError::Closed));
+    }
+
+    #[test]
+    fn foreign_frames_are_ignored() {
+        let mut s = session();
+        s.on_open(Instant::now());
+        assert!(
+            s.on_text(
+                r#"{"message":"Internal server error","connectionId":"x","requestId":"y"}"#,
+                Instant::now()
+            )
+            .is_empty()
+        );
+        assert!(s.on_text("not json", Instant::now()).is_empty());
+    }
+}
