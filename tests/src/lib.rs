@@ -4,9 +4,12 @@
 //! `scripts/test` starts both servers once and names them in `REDIS_URL` and
 //! `DYNAMODB_ENDPOINT`; the helpers here use those when set. When they are
 //! not (a plain `cargo test`), the first test that asks starts its own
-//! `redis-server` or `moto_server` on a free loopback port, once per test
-//! process, and waits until it answers. A binary that cannot be found is a
-//! panic that says how to get it: a test that silently skips proves nothing.
+//! `redis-server` or moto's server on a free loopback port, once per test
+//! process, and waits until it answers. moto runs through
+//! `scripts/moto_server.py`, which serializes its requests: moto's threaded
+//! server is not transactional under concurrency, DynamoDB is. A binary that
+//! cannot be found is a panic that says how to get it: a test that silently
+//! skips proves nothing.
 //!
 //! A test process can end without running destructors (the harness calls
 //! `exit`), so every server started here gets a watchdog shell that polls the
