@@ -189,10 +189,42 @@ pub async fn create_tables(endpoint: &str, tables: &TableNames) -> anyhow::Resul
         .with_context(|| format!("creating tables on {endpoint}"))
 }
 
+/// The four store ports, one adapter behind them all.
+struct Stores {
+    messages: Arc<dyn MessageStore>,
+    conversations: Arc<dyn ConversationStore>,
+    pending: Arc<dyn PendingStore>,
+    devices: Arc<dyn DeviceStore>,
+}
+
+impl Stores {
+    fn of<S>(store: Arc<S>) -> Self
+    where
+        S: MessageStore + ConversationStore + PendingStore + DeviceStore + 'static,
+    {
+        Self {
+            messages: store.clone(),
+            conversations: store.clone(),
+            pending: store.clone(),
+            devices: store,
+        }
+    }
+}
+
 /// Binds `listener`, builds the ports and the handlers, and serves.
 pub async fn start(
     options: LocalOptions,
     listener: tokio::net::TcpListener,
+) -> anyhow::Result<Started> {
+    start_with(options, listener, |_, routes| routes).await
+}
+
+/// [`start`], with a last word on the routes (tests wrap a handler to
+/// slow it down or watch it; the handlers themselves stay Courier's).
+pub async fn start_with(
+    options: LocalOptions,
+    listener: tokio::net::TcpListener,
+    customize: impl FnOnce(App, Routes) -> Routes,
 ) -> anyhow::Result<Started> {
     let addr = listener.local_addr()?;
     let core = Core::new(options.gateway.clone());
@@ -215,22 +247,16 @@ pub async fn start(
         None => Arc::new(MemoryRegistry::with_ttl(RegistryConfig::DEFAULT_TTL)),
     };
 
-    let (messages, conversations, pending, devices): (
-        Arc<dyn MessageStore>,
-        Arc<dyn ConversationStore>,
-        Arc<dyn PendingStore>,
-        Arc<dyn DeviceStore>,
-    ) = match &options.dynamodb_endpoint {
+    let stores = match &options.dynamodb_endpoint {
         Some(endpoint) => {
             create_tables(endpoint, &options.tables).await?;
             tracing::info!(%endpoint, prefix = %options.tables.messages, "stores: dynamodb");
-            let store = Arc::new(DynamoStore::new(clients.dynamodb(), options.tables.clone()));
-            (store.clone(), store.clone(), store.clone(), store)
+            Stores::of(Arc::new(DynamoStore::new(
+                clients.dynamodb(),
+                options.tables.clone(),
+            )))
         }
-        None => {
-            let store = Arc::new(MemoryStore::new());
-            (store.clone(), store.clone(), store.clone(), store)
-        }
+        None => Stores::of(Arc::new(MemoryStore::new())),
     };
 
     let (gateway, trigger): (Arc<dyn Gateway>, Arc<dyn CatchUpTrigger>) = if options.via_aws_apis {
@@ -249,18 +275,19 @@ pub async fn start(
     let pushes = RecordingNotifier::new();
     let ports = Ports {
         registry: registry.clone(),
-        messages,
-        conversations,
-        pending: pending.clone(),
-        devices,
+        messages: stores.messages,
+        conversations: stores.conversations,
+        pending: stores.pending.clone(),
+        devices: stores.devices,
         gateway,
         trigger,
         notifier: Arc::new(pushes.clone()),
     };
+    let pending = stores.pending;
     let app = App::new(ports, options.settings.clone());
     let auth = authorizer::AuthorizerState::new(&options.auth)
         .map_err(|e| anyhow::anyhow!("authorizer configuration: {e}"))?;
-    let routes = courier_routes(app, Arc::new(auth));
+    let routes = customize(app.clone(), courier_routes(app, Arc::new(auth)));
     let inspect = Inspect {
         pushes: Some(pushes.clone()),
         pending: Some(pending.clone()),

@@ -34,6 +34,11 @@ pub struct DemoOptions {
     /// story's messages at seqs 42–44 and 17–19 as in the seed.
     pub history: (u64, u64),
     pub timeout: Duration,
+    /// The cast: alice, bob and carol unless a test needs names no other
+    /// test on the same Redis uses.
+    pub alice: String,
+    pub bob: String,
+    pub carol: String,
 }
 
 impl DemoOptions {
@@ -49,6 +54,9 @@ impl DemoOptions {
             secret: secret.to_owned(),
             history: (41, 16),
             timeout: Duration::from_secs(20),
+            alice: "alice".into(),
+            bob: "bob".into(),
+            carol: "carol".into(),
         }
     }
 }
@@ -72,7 +80,7 @@ impl DemoOutcome {
 pub enum DemoError {
     #[error("{who}: {source}")]
     Client {
-        who: &'static str,
+        who: String,
         #[source]
         source: ClientError,
     },
@@ -138,7 +146,7 @@ fn uid(s: &str) -> Result<UserId, DemoError> {
     UserId::parse(s).map_err(|e| DemoError::Invalid(e.to_string()))
 }
 
-async fn connect(opts: &DemoOptions, who: &'static str) -> Result<Client, DemoError> {
+async fn connect(opts: &DemoOptions, who: &str) -> Result<Client, DemoError> {
     let user = uid(who)?;
     let mut config = ClientConfig::new(
         &opts.ws_url,
@@ -151,11 +159,18 @@ async fn connect(opts: &DemoOptions, who: &'static str) -> Result<Client, DemoEr
     };
     Client::connect(config)
         .await
-        .map_err(|source| DemoError::Client { who, source })
+        .map_err(|source| DemoError::Client {
+            who: who.to_owned(),
+            source,
+        })
 }
 
-fn client_err(who: &'static str) -> impl Fn(ClientError) -> DemoError {
-    move |source| DemoError::Client { who, source }
+fn client_err(who: &str) -> impl Fn(ClientError) -> DemoError {
+    let who = who.to_owned();
+    move |source| DemoError::Client {
+        who: who.clone(),
+        source,
+    }
 }
 
 /// Plays the story; `Err` only when it could not be played at all.
@@ -166,26 +181,26 @@ pub async fn run(opts: &DemoOptions) -> Result<DemoOutcome, DemoError> {
         client: reqwest::Client::new(),
         base: opts.http_url.clone(),
     };
-    let bob_id = uid("bob")?;
+    let bob_id = uid(&opts.bob)?;
 
-    let alice = connect(opts, "alice").await?;
-    let bob = connect(opts, "bob").await?;
-    let carol = connect(opts, "carol").await?;
+    let alice = connect(opts, &opts.alice).await?;
+    let bob = connect(opts, &opts.bob).await?;
+    let carol = connect(opts, &opts.carol).await?;
     let phone = format!(
         "bob-phone-{}",
         &uuid::Uuid::new_v4().simple().to_string()[..8]
     );
     bob.register_device(Platform::Fcm, &phone)
         .await
-        .map_err(client_err("bob"))?;
+        .map_err(client_err(&opts.bob))?;
     let with_alice = alice
-        .create_conversation(&["alice", "bob"])
+        .create_conversation(&[opts.alice.as_str(), opts.bob.as_str()])
         .await
-        .map_err(client_err("alice"))?;
+        .map_err(client_err(&opts.alice))?;
     let with_carol = carol
-        .create_conversation(&["carol", "bob"])
+        .create_conversation(&[opts.carol.as_str(), opts.bob.as_str()])
         .await
-        .map_err(client_err("carol"))?;
+        .map_err(client_err(&opts.carol))?;
     let _ = writeln!(
         out,
         "alice, bob and carol are online; bob's phone is registered for pushes"
@@ -201,13 +216,13 @@ pub async fn run(opts: &DemoOptions) -> Result<DemoOutcome, DemoError> {
         alice
             .send(&with_alice, &format!("earlier message {i}"))
             .await
-            .map_err(client_err("alice"))?;
+            .map_err(client_err(&opts.alice))?;
     }
     for i in 1..=hc {
         carol
             .send(&with_carol, &format!("earlier message {i}"))
             .await
-            .map_err(client_err("carol"))?;
+            .map_err(client_err(&opts.carol))?;
     }
     let read = bob
         .wait_until(opts.timeout, |s| {
@@ -226,7 +241,7 @@ pub async fn run(opts: &DemoOptions) -> Result<DemoOutcome, DemoError> {
     // bob goes offline.
     bob.go_offline().await;
     let gone = poll(opts.timeout, || async {
-        http.get::<Option<serde_json::Value>>("/_local/registry/bob")
+        http.get::<Option<serde_json::Value>>(&format!("/_local/registry/{}", opts.bob))
             .await
             .map(|e| e.is_none())
     })
@@ -241,14 +256,14 @@ pub async fn run(opts: &DemoOptions) -> Result<DemoOutcome, DemoError> {
         let sent = alice
             .send(&with_alice, body)
             .await
-            .map_err(client_err("alice"))?;
+            .map_err(client_err(&opts.alice))?;
         let _ = writeln!(out, "  alice → {with_alice} #{}: {body}", sent.seq);
     }
     for body in CAROL_SAYS {
         let sent = carol
             .send(&with_carol, body)
             .await
-            .map_err(client_err("carol"))?;
+            .map_err(client_err(&opts.carol))?;
         let _ = writeln!(out, "  carol → {with_carol} #{}: {body}", sent.seq);
     }
 
@@ -284,7 +299,7 @@ pub async fn run(opts: &DemoOptions) -> Result<DemoOutcome, DemoError> {
     // bob opens the app.
     let caught_up_before = bob.inspect(|s| s.caught_up_count());
     let opened = Instant::now();
-    bob.go_online().await.map_err(client_err("bob"))?;
+    bob.go_online().await.map_err(client_err(&opts.bob))?;
     let (end_a, end_c) = (ha + 3, hc + 3);
     let delivered = bob
         .wait_until(opts.timeout, |s| {
@@ -306,8 +321,8 @@ pub async fn run(opts: &DemoOptions) -> Result<DemoOutcome, DemoError> {
 
     let _ = writeln!(out, "\nbob's timeline:");
     for (conv, from, says, sender) in [
-        (&with_alice, ha, &ALICE_SAYS, "alice"),
-        (&with_carol, hc, &CAROL_SAYS, "carol"),
+        (&with_alice, ha, &ALICE_SAYS, opts.alice.as_str()),
+        (&with_carol, hc, &CAROL_SAYS, opts.carol.as_str()),
     ] {
         let timeline = bob.timeline(conv);
         let _ = writeln!(out, "  {conv} ({from} earlier messages)");
@@ -340,7 +355,11 @@ pub async fn run(opts: &DemoOptions) -> Result<DemoOutcome, DemoError> {
         }
         false => problems.push("bob still has pending rows after acking".to_owned()),
     }
-    for (who, c) in [("alice", &alice), ("carol", &carol), ("bob", &bob)] {
+    for (who, c) in [
+        (&opts.alice, &alice),
+        (&opts.carol, &carol),
+        (&opts.bob, &bob),
+    ] {
         if c.inspect(|s| s.outbox_len()) > 0 {
             problems.push(format!("{who} has unanswered sends"));
         }
