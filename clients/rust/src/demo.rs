@@ -232,7 +232,9 @@ pub async fn run(opts: &DemoOptions) -> Result<DemoOutcome, DemoError> {
     if read.is_err() {
         problems.push("bob did not receive the earlier history live".to_owned());
     }
-    wait_pending_empty(&http, &bob_id, opts.timeout).await?;
+    if !wait_pending_empty(&http, &bob_id, opts.timeout).await? {
+        problems.push("bob's acks of the history did not clear his pending rows".to_owned());
+    }
     let _ = writeln!(
         out,
         "bob has read {ha} earlier messages from alice and {hc} from carol"

@@ -60,6 +60,9 @@ struct ChatArgs {
 struct DemoArgs {
     #[command(flatten)]
     common: Common,
+    /// How long each step may take before the demo gives up.
+    #[arg(long, default_value_t = 20)]
+    timeout_secs: u64,
 }
 
 #[tokio::main]
@@ -77,7 +80,9 @@ async fn main() -> anyhow::Result<()> {
                 .common
                 .secret
                 .unwrap_or_else(|| LOCAL_JWT_SECRET.to_owned());
-            let outcome = demo::run(&DemoOptions::new(&d.common.url, &secret)).await?;
+            let mut options = DemoOptions::new(&d.common.url, &secret);
+            options.timeout = Duration::from_secs(d.timeout_secs);
+            let outcome = demo::run(&options).await?;
             print!("{}", outcome.transcript);
             if outcome.ok() {
                 println!("\ndemo: OK — bob holds all six messages in order, nothing pending");
