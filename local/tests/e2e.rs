@@ -193,6 +193,8 @@ on_both_backends!(
     oversized_frames_close_with_1009_and_malformed_frames_get_errors,
     bad_tokens_are_refused_at_the_handshake,
     sdk_clients_pointed_at_the_gateway_work,
+    a_lost_catch_up_is_recovered_by_the_clients_sync,
+    a_capped_catch_up_is_completed_with_more_and_range_syncs,
 );
 
 #[test]
@@ -607,4 +609,108 @@ async fn sdk_clients_pointed_at_the_gateway_work(backend: Backend) {
         .await
         .unwrap_err();
     assert!(gone.into_service_error().is_gone_exception());
+}
+
+/// Lambda may drop an async invoke: here connect's catch-up invocation
+/// reaches a no-op. The client sees no `caught_up`, sends `sync`, and the
+/// `sync` route (the real catch-up) delivers.
+async fn a_lost_catch_up_is_recovered_by_the_clients_sync(backend: Backend) {
+    let customize: Customize = Box::new(|_, routes| {
+        routes.function("catch-up", |_e: LambdaEvent<Value>| async {
+            Ok(Value::Null)
+        })
+    });
+    let env = start_with(backend, |_| {}, customize).await;
+    let alice = env.client("alice").await;
+    let bob = env.client("bob").await;
+    let conv = alice
+        .create_conversation(&[&env.name("alice"), &env.name("bob")])
+        .await
+        .unwrap();
+    bob.go_offline().await;
+    for i in 1..=5 {
+        alice.send(&conv, &format!("m{i}")).await.unwrap();
+    }
+    let caught_up = bob.inspect(|s| s.caught_up_count());
+    bob.go_online().await.unwrap();
+    bob.wait_until(Duration::from_secs(10), |s| {
+        s.caught_up_count() > caught_up
+            && s.timeline(&conv)
+                .is_some_and(|t| t.contiguous_through().get() == 5)
+    })
+    .await
+    .unwrap();
+    assert_timeline(&bob, &conv, 5, |i| format!("m{i}"));
+}
+
+/// A backlog over the per-conversation cap: catch-up sends the first part
+/// and a `more`; the client pulls the rest with range syncs.
+async fn a_capped_catch_up_is_completed_with_more_and_range_syncs(backend: Backend) {
+    let env = start_with(
+        backend,
+        |o| o.settings.catch_up.per_conversation_cap = 4,
+        Box::new(|_, r| r),
+    )
+    .await;
+    let alice = env.client("alice").await;
+    let bob = env.client("bob").await;
+    let conv = alice
+        .create_conversation(&[&env.name("alice"), &env.name("bob")])
+        .await
+        .unwrap();
+    bob.go_offline().await;
+    let n = 23u64;
+    for i in 1..=n {
+        alice.send(&conv, &format!("m{i}")).await.unwrap();
+    }
+    bob.go_online().await.unwrap();
+    bob.wait_until(Duration::from_secs(15), |s| {
+        s.timeline(&conv)
+            .is_some_and(|t| t.contiguous_through().get() == n)
+    })
+    .await
+    .unwrap_or_else(|_| panic!("bob has {} of {n}", contiguous(&bob, &conv)));
+    assert_timeline(&bob, &conv, n, |i| format!("m{i}"));
+    env.eventually("pending cleared", Duration::from_secs(10), NoPending("bob"))
+        .await;
+}
+
+/// The client's heartbeat keeps a connection open past the idle timeout.
+#[tokio::test]
+async fn the_heartbeat_keeps_an_idle_connection_open() {
+    let env = start_with(
+        Backend::Embedded,
+        |o| o.gateway.idle_timeout = Duration::from_millis(800),
+        Box::new(|_, r| r),
+    )
+    .await;
+    let user = env.user("bob");
+    let mut config = ClientConfig::new(
+        env.ws(),
+        user.clone(),
+        minted_token(LOCAL_JWT_SECRET, &user),
+    );
+    config.tuning.heartbeat = Duration::from_millis(250);
+    let bob = Client::connect(config).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        bob.inspect(|s| s.opens()),
+        1,
+        "the connection never dropped"
+    );
+    assert!(bob.inspect(|s| s.is_open()));
+
+    // Without the heartbeat the gateway closes it (and the client reconnects).
+    let mut config = ClientConfig::new(
+        env.ws(),
+        user.clone(),
+        minted_token(LOCAL_JWT_SECRET, &user),
+    );
+    config.tuning.heartbeat = Duration::from_secs(3600);
+    config.tuning.caught_up_timeout = Duration::from_secs(3600);
+    let quiet = Client::connect(config).await.unwrap();
+    quiet
+        .wait_until(Duration::from_secs(5), |s| s.opens() >= 2)
+        .await
+        .unwrap();
 }
