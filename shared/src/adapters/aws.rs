@@ -23,9 +23,9 @@
 //! Client settings, chosen for functions with short deadlines:
 //! every client fails a connect after 3 s and an attempt after 10 s (the SDK
 //! has no attempt timeout by default, and a hung call would otherwise eat
-//! the whole invocation). The Management API client has the SDK's retries
-//! off: [`ApiGatewayManagement`] retries 429/5xx itself with a shorter,
-//! bounded backoff, and the two must not multiply.
+//! the whole invocation). The Management API and DynamoDB clients have the
+//! SDK's retries off: [`ApiGatewayManagement`] and [`DynamoStore`] retry
+//! themselves with a shorter, bounded backoff, and the two must not multiply.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -330,9 +330,15 @@ impl AwsClients {
             .build()
     }
 
+    /// SDK retries off: [`DynamoStore`] retries throttling and transient
+    /// faults itself (bounded, jittered, with a fresh transaction token after
+    /// a cancellation); with the SDK's three attempts under each of its own
+    /// five, one throttled call made fifteen requests and a dead endpoint
+    /// held a send for seconds (`tests/tests/faults.rs`).
     pub fn dynamodb(&self) -> aws_sdk_dynamodb::Client {
-        let mut b =
-            aws_sdk_dynamodb::config::Builder::from(&self.sdk).timeout_config(Self::timeouts());
+        let mut b = aws_sdk_dynamodb::config::Builder::from(&self.sdk)
+            .timeout_config(Self::timeouts())
+            .retry_config(RetryConfig::disabled());
         if let Some(url) = &self.endpoints.dynamodb {
             b = b.endpoint_url(url);
         }
