@@ -116,8 +116,9 @@ async fn fake_dynamo(script: Vec<Answer>) -> FakeDynamo {
     }
 }
 
-/// A store on the fake endpoint; the SDK's own retries are off so the
-/// request count is the adapter's.
+/// A store on the fake endpoint, from a client with the SDK's standard
+/// retries on (three attempts): the store must switch those off, so every
+/// request counted is one of the adapter's own attempts.
 fn store_on(endpoint: &str) -> DynamoStore {
     init_test_logging();
     let config = aws_sdk_dynamodb::Config::builder()
@@ -125,7 +126,7 @@ fn store_on(endpoint: &str) -> DynamoStore {
         .endpoint_url(endpoint)
         .region(Region::new("us-east-1"))
         .credentials_provider(Credentials::new("testing", "testing", None, None, "test"))
-        .retry_config(RetryConfig::disabled())
+        .retry_config(RetryConfig::standard().with_max_attempts(3))
         .build();
     DynamoStore::new(Client::from_conf(config), TableNames::with_prefix("fake")).with_retry_policy(
         RetryPolicy {

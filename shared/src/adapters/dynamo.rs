@@ -58,6 +58,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::config::http::HttpResponse;
+use aws_sdk_dynamodb::config::retry::RetryConfig;
 use aws_sdk_dynamodb::error::{BuildError, ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{
@@ -182,9 +183,18 @@ impl From<StoreError> for Failure {
 }
 
 impl DynamoStore {
+    /// The store retries by itself ([`RetryPolicy`]), so it turns the SDK's
+    /// own retry layer off on its copy of `client`: stacked, the two would
+    /// multiply (five attempts of three requests each) and hold a caller far
+    /// past the policy's bound.
     pub fn new(client: Client, tables: TableNames) -> Self {
+        let config = client
+            .config()
+            .to_builder()
+            .retry_config(RetryConfig::disabled())
+            .build();
         Self {
-            client,
+            client: Client::from_conf(config),
             tables: Arc::new(tables),
             retry: RetryPolicy::default(),
         }
