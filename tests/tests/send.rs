@@ -9,7 +9,8 @@
 //! it); the API Gateway path itself is covered through the local gateway.
 //! Everything else is real: a "fresh App" builds new DynamoDB, Redis and SNS
 //! clients over the same tables, as a new Lambda execution environment does.
-//! Pushes are read back from moto's SNS backend (`/moto-api/data.json`).
+//! Pushes go to moto's SNS through the real notifier; the tests note which
+//! ones SNS accepted (see `Accepted`).
 
 #![allow(clippy::unwrap_used)]
 
@@ -17,6 +18,7 @@ mod support;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -27,7 +29,7 @@ use courier::adapters::aws::AwsEndpoints;
 use courier::adapters::dynamo::DynamoStore;
 use courier::adapters::memory::{MemoryGateway, MemoryTrigger};
 use courier::adapters::redis::RedisRegistry;
-use courier::adapters::sns::SnsNotifier;
+use courier::adapters::sns::{GENERIC_ALERT, PushPayload, SnsNotifier};
 use courier::app::{App, Ports, Settings};
 use courier::config::{PendingClear, PushConfig, PushPreview, RegistryConfig, TableNames};
 use courier::domain::{
@@ -36,7 +38,7 @@ use courier::domain::{
 };
 use courier::ports::{
     AckOutcome, AppendOutcome, ConnectionInfo, ConnectionRegistry, Gateway, MessageStore,
-    NewMessage, PendingStore, PostError, StoreError,
+    NewMessage, Notifier, PendingStore, PostError, PushError, PushMessage, StoreError,
 };
 use courier::protocol::{ErrorCode, ServerFrame};
 use courier::services::send::{SendError, send_message};
@@ -50,6 +52,9 @@ struct World {
     push: PushConfig,
     sns: aws_sdk_sns::Client,
     sns_endpoint: String,
+    /// Every push tried, by endpoint, and whether SNS accepted it,
+    /// whichever App sent it.
+    accepted: PushLog,
     settings: Settings,
     gateway: MemoryGateway,
     trigger: MemoryTrigger,
@@ -118,6 +123,7 @@ impl World {
             push,
             sns,
             sns_endpoint,
+            accepted: Arc::default(),
             settings,
             gateway: MemoryGateway::new(),
             trigger: MemoryTrigger::new(),
@@ -167,7 +173,10 @@ impl World {
             devices: store,
             gateway: Arc::new(self.gateway.clone()),
             trigger: Arc::new(self.trigger.clone()),
-            notifier: Arc::new(SnsNotifier::new(aws.sns(), self.push.clone())),
+            notifier: Arc::new(Accepted {
+                sns: SnsNotifier::new(aws.sns(), self.push.clone()),
+                log: Arc::clone(&self.accepted),
+            }),
         }
     }
 
@@ -204,36 +213,28 @@ impl World {
         app.ports.pending.get(user, &self.conv).await.unwrap()
     }
 
-    /// Every `Message` SNS accepted for `endpoint_arn`, oldest first.
-    async fn published_to(&self, endpoint_arn: &str) -> Vec<Value> {
-        let data: Value = serde_json::from_str(
-            &support::http_stub::http_get(&format!("{}/moto-api/data.json", self.sns_endpoint))
-                .await,
-        )
-        .unwrap();
-        let Some(ep) = data["sns"]["PlatformEndpoint"]
-            .as_array()
+    /// The pushes SNS accepted for `endpoint_arn`, oldest first.
+    fn accepted_by(&self, endpoint_arn: &str) -> Vec<PushMessage> {
+        self.accepted
+            .lock()
             .unwrap()
             .iter()
-            .find(|e| e["arn"] == endpoint_arn)
-        else {
-            return Vec::new();
-        };
-        ep["messages"]
-            .as_object()
-            .map(|m| {
-                m.values()
-                    .map(|v| serde_json::from_str(v.as_str().unwrap()).unwrap())
-                    .collect()
-            })
-            .unwrap_or_default()
+            .filter(|(arn, _, ok)| arn == endpoint_arn && *ok)
+            .map(|(_, m, _)| m.clone())
+            .collect()
     }
 
-    /// The pushes to every device `user` has registered.
-    async fn pushes(&self, app: &App, user: &UserId) -> Vec<Value> {
+    /// Publish calls to `endpoint_arn`, accepted or not.
+    fn tried(&self, endpoint_arn: &str) -> usize {
+        let log = self.accepted.lock().unwrap();
+        log.iter().filter(|(arn, _, _)| arn == endpoint_arn).count()
+    }
+
+    /// The pushes SNS accepted for every device `user` has registered.
+    async fn pushes(&self, app: &App, user: &UserId) -> Vec<PushMessage> {
         let mut out = Vec::new();
         for d in app.ports.devices.for_user(user).await.unwrap() {
-            out.extend(self.published_to(&d.endpoint_arn).await);
+            out.extend(self.accepted_by(&d.endpoint_arn));
         }
         out
     }
@@ -257,6 +258,32 @@ impl World {
         c
     }
 
+    /// bob's `$connect`: a new connection, accepted by API Gateway but
+    /// answering 410 for `opens_after`; the registry is written and the
+    /// catch-up triggered (not run).
+    async fn bob_connects(&self, app: &App, opens_after: Duration) -> ConnectionId {
+        let conn = ConnectionId::parse(&unique("conn")).unwrap();
+        self.gateway.open_after(&conn, opens_after);
+        let connected = connect::connect(
+            &app.ports,
+            &self.bob,
+            &Connection {
+                connection_id: conn.clone(),
+                connected_at: now_millis(),
+            },
+        )
+        .await;
+        assert!(connected.registered && connected.catch_up_triggered);
+        conn
+    }
+
+    /// Runs bob's triggered catch-up, as Lambda's async invoke would.
+    async fn bob_catches_up(&self, app: &App) {
+        let requests = self.trigger.requests();
+        let request = requests.iter().find(|r| r.user_id == self.bob).unwrap();
+        catch_up::catch_up(app, request, None, None).await.unwrap();
+    }
+
     /// Seqs of this conversation's messages posted to `connection`.
     fn seqs_at(&self, connection: &ConnectionId) -> Vec<u64> {
         let mut seqs = Vec::new();
@@ -274,17 +301,47 @@ impl World {
     }
 }
 
+/// The real SNS notifier, observed: each push moto's SNS accepted (Publish
+/// answered with a MessageId) is noted with its endpoint. How a
+/// `PushMessage` becomes the APNs/FCM JSON handed to SNS is the adapter's
+/// `PushPayload::build`, checked against moto in `sns_notifier.rs`; reading
+/// moto's whole state back (`/moto-api/data.json`) here would stall the
+/// shared, serialized moto for every other test.
+struct Accepted {
+    sns: SnsNotifier,
+    log: PushLog,
+}
+
+type PushLog = Arc<Mutex<Vec<(String, PushMessage, bool)>>>;
+
+#[async_trait]
+impl Notifier for Accepted {
+    async fn create_endpoint(
+        &self,
+        platform: Platform,
+        token: &str,
+        user: &UserId,
+    ) -> Result<String, PushError> {
+        self.sns.create_endpoint(platform, token, user).await
+    }
+    async fn publish(&self, endpoint_arn: &str, message: &PushMessage) -> Result<(), PushError> {
+        let result = self.sns.publish(endpoint_arn, message).await;
+        self.log
+            .lock()
+            .unwrap()
+            .push((endpoint_arn.to_owned(), message.clone(), result.is_ok()));
+        result
+    }
+    async fn delete_endpoint(&self, endpoint_arn: &str) -> Result<(), PushError> {
+        self.sns.delete_endpoint(endpoint_arn).await
+    }
+}
+
 fn seq_of(frame: &ServerFrame) -> u64 {
     match frame {
         ServerFrame::Sent { seq, .. } => seq.get(),
         other => panic!("expected sent, got {other:?}"),
     }
-}
-
-/// The FCM payload of a published SNS `Message`.
-fn fcm(message: &Value) -> Value {
-    let gcm: Value = serde_json::from_str(message["GCM"].as_str().unwrap()).unwrap();
-    gcm["fcmV1Message"]["message"].clone()
 }
 
 // ---------------------------------------------------------------- seqs
@@ -513,23 +570,37 @@ async fn offline_recipient_gets_a_pending_row_and_exactly_one_push_with_the_payl
 
         let row = w.pending(&app, &w.bob).await.unwrap();
         assert_eq!((row.first_undelivered_seq, row.last_seq), (Seq(1), Seq(1)));
-        let pushes = w.pushes(&app, &w.bob).await;
-        assert_eq!(pushes.len(), 1, "{mode:?}");
-        let m = fcm(&pushes[0]);
-        assert_eq!(m["data"]["conversation_id"], w.conv.as_str());
-        assert_eq!(m["data"]["sender_id"], w.alice.as_str());
-        assert_eq!(m["data"]["seq"], "1");
-        let preview = format!("{}: hello??", w.alice);
-        assert_eq!(m["data"]["preview"], preview.as_str());
-        assert_eq!(m["android"]["collapse_key"], w.conv.as_str());
-
-        // carol is on APNs: same facts, APNs keys.
-        let pushes = w.pushes(&app, &w.carol).await;
-        assert_eq!(pushes.len(), 1, "{mode:?}");
-        let apns: Value = serde_json::from_str(pushes[0]["APNS"].as_str().unwrap()).unwrap();
-        assert_eq!(apns["aps"]["alert"], preview.as_str());
-        assert_eq!(apns["seq"], 1);
+        let expected = PushMessage {
+            conversation_id: w.conv.clone(),
+            sender_id: w.alice.clone(),
+            seq: Seq(1),
+            preview: Some(format!("{}: hello??", w.alice)),
+        };
+        // bob on FCM, carol on APNs: one accepted push each, nothing to
+        // the sender.
+        assert_eq!(
+            w.pushes(&app, &w.bob).await,
+            vec![expected.clone()],
+            "{mode:?}"
+        );
+        assert_eq!(
+            w.pushes(&app, &w.carol).await,
+            vec![expected.clone()],
+            "{mode:?}"
+        );
         assert!(w.pushes(&app, &w.alice).await.is_empty());
+
+        // What SNS was handed for it: both platforms' keys, collapsed per
+        // conversation.
+        let sent: Value = serde_json::from_str(&PushPayload::build(&expected).message).unwrap();
+        let gcm: Value = serde_json::from_str(sent["GCM"].as_str().unwrap()).unwrap();
+        let fcm = &gcm["fcmV1Message"]["message"];
+        assert_eq!(fcm["data"]["seq"], "1");
+        assert_eq!(fcm["data"]["preview"], expected.preview.as_deref().unwrap());
+        assert_eq!(fcm["android"]["collapse_key"], w.conv.as_str());
+        let apns: Value = serde_json::from_str(sent["APNS"].as_str().unwrap()).unwrap();
+        assert_eq!(apns["aps"]["thread-id"], w.conv.as_str());
+        assert_eq!(apns["sender_id"], w.alice.as_str());
     }
 }
 
@@ -641,34 +712,23 @@ async fn gone_connection_never_removes_a_newer_one() {
 
 async fn message_sent_while_the_recipient_connects_reaches_them(mode: PendingClear) {
     let w = World::new(mode, PushPreview::Full).await;
+    w.register_devices().await;
     let app = w.app().await;
 
     // bob's $connect has written the registry and triggered catch-up, but
     // API Gateway still answers 410 (his $connect has not returned) and the
     // catch-up has not run yet.
-    let conn = ConnectionId::parse(&unique("conn")).unwrap();
-    w.gateway.open_after(&conn, Duration::from_millis(300));
-    let connected = connect::connect(
-        &app.ports,
-        &w.bob,
-        &Connection {
-            connection_id: conn.clone(),
-            connected_at: now_millis(),
-        },
-    )
-    .await;
-    assert!(connected.registered && connected.catch_up_triggered);
+    let conn = w.bob_connects(&app, Duration::from_millis(300)).await;
     w.send(&app, &w.alice, "m1", "hello??").await;
-
-    // Then the catch-up runs, as the async invoke would.
-    let requests = w.trigger.requests();
-    let request = requests.iter().find(|r| r.user_id == w.bob).unwrap();
-    catch_up::catch_up(&app, request, None, None).await.unwrap();
-
-    let seqs = w.seqs_at(&conn);
-    assert!(seqs.contains(&1), "{mode:?}: bob got {seqs:?}");
-    // Live, inside the open window: nothing for the push to do.
+    // Live, once the connection opened inside the window: no push needed.
+    assert_eq!(w.seqs_at(&conn), vec![1], "{mode:?}");
     assert!(w.pushes(&app, &w.bob).await.is_empty());
+
+    // The catch-up may deliver it again (ack mode: the row waits for bob's
+    // ack); the client drops the duplicate by seq.
+    w.bob_catches_up(&app).await;
+    let seqs: BTreeSet<u64> = w.seqs_at(&conn).into_iter().collect();
+    assert_eq!(seqs, BTreeSet::from([1]), "{mode:?}");
 }
 
 #[tokio::test]
@@ -687,21 +747,8 @@ async fn message_sent_just_before_the_registry_write_reaches_them_by_catch_up(mo
     let w = World::new(mode, PushPreview::Full).await;
     let app = w.app().await;
     w.send(&app, &w.alice, "m1", "hello??").await;
-
-    let conn = ConnectionId::parse(&unique("conn")).unwrap();
-    w.gateway.open_after(&conn, Duration::from_millis(100));
-    connect::connect(
-        &app.ports,
-        &w.bob,
-        &Connection {
-            connection_id: conn.clone(),
-            connected_at: now_millis(),
-        },
-    )
-    .await;
-    let requests = w.trigger.requests();
-    let request = requests.iter().find(|r| r.user_id == w.bob).unwrap();
-    catch_up::catch_up(&app, request, None, None).await.unwrap();
+    let conn = w.bob_connects(&app, Duration::from_millis(100)).await;
+    w.bob_catches_up(&app).await;
     assert_eq!(w.seqs_at(&conn), vec![1], "{mode:?}");
 }
 
@@ -848,15 +895,20 @@ async fn push_preview_none_sends_no_message_text() {
     w.send(&app, &w.alice, "m1", "the secret plan").await;
     for user in [&w.bob, &w.carol] {
         let pushes = w.pushes(&app, user).await;
-        assert_eq!(pushes.len(), 1);
-        let text = pushes[0].to_string();
-        assert!(!text.contains("secret"), "{text}");
-        assert!(!text.contains(&format!("{}:", w.alice)), "{text}");
+        assert_eq!(
+            pushes,
+            vec![PushMessage {
+                conversation_id: w.conv.clone(),
+                sender_id: w.alice.clone(),
+                seq: Seq(1),
+                preview: None,
+            }]
+        );
+        // Nor anywhere in what SNS was handed.
+        let sent = PushPayload::build(&pushes[0]).message;
+        assert!(!sent.contains("secret"), "{sent}");
+        assert!(sent.contains(GENERIC_ALERT));
     }
-    let m = fcm(&w.pushes(&app, &w.bob).await[0]);
-    assert_eq!(m["data"]["seq"], "1");
-    assert_eq!(m["data"]["sender_id"], w.alice.as_str());
-    assert!(m["data"].get("preview").is_none());
 }
 
 #[tokio::test]
@@ -886,11 +938,13 @@ async fn a_disabled_endpoint_is_cleaned_up_not_retried() {
         .send()
         .await;
     assert!(gone.is_err(), "endpoint still exists: {gone:?}");
-    assert!(w.published_to(&device.endpoint_arn).await.is_empty());
+    assert!(w.accepted_by(&device.endpoint_arn).is_empty());
+    assert_eq!(w.tried(&device.endpoint_arn), 1);
     // carol's push was unaffected, and the next send does not retry bob's.
     assert_eq!(w.pushes(&app, &w.carol).await.len(), 1);
     assert_eq!(seq_of(&w.send(&app, &w.alice, "m2", "hi").await), 2);
     assert_eq!(w.pushes(&app, &w.carol).await.len(), 2);
+    assert_eq!(w.tried(&device.endpoint_arn), 1);
 }
 
 // ---------------------------------------------- conversations, devices

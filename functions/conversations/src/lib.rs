@@ -16,7 +16,6 @@ use courier::edge::{self, WsRequest};
 use courier::protocol::{ClientFrame, ErrorCode, FrameError, Request};
 use courier::services::{conversations, fault};
 use lambda_runtime::{Error, LambdaEvent};
-use tracing::error;
 
 /// The ports this function uses.
 pub const NEEDS: Needs = Needs::CONVERSATIONS;
@@ -47,11 +46,15 @@ pub async fn handle(
         .await
     {
         Ok(frame) => Ok(edge::reply(Some(&frame))),
-        Err(e) => {
-            error!(error = %e, user_id = %ws.user_id, "create conversation failed");
-            fault::report_fault(&app.ports, &ws.connection_id, None, request.request_id).await;
-            Err(e.into())
-        }
+        Err(e) => Err(fault::fail(
+            &app.ports,
+            &ws.user_id,
+            &ws.connection_id,
+            None,
+            request.request_id,
+            e,
+        )
+        .await),
     }
 }
 

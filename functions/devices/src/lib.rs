@@ -15,7 +15,6 @@ use courier::edge::{self, WsRequest};
 use courier::protocol::{ClientFrame, ErrorCode, FrameError, Request};
 use courier::services::{devices, fault};
 use lambda_runtime::{Error, LambdaEvent};
-use tracing::error;
 
 /// The ports this function uses.
 pub const NEEDS: Needs = Needs::DEVICES;
@@ -52,12 +51,15 @@ pub async fn handle(
     .await
     {
         Ok(frame) => Ok(edge::reply(Some(&frame))),
-        Err(e) => {
-            // The token is a credential of sorts: never logged.
-            error!(error = %e, user_id = %ws.user_id, "device registration failed");
-            fault::report_fault(&app.ports, &ws.connection_id, None, request.request_id).await;
-            Err(e.into())
-        }
+        Err(e) => Err(fault::fail(
+            &app.ports,
+            &ws.user_id,
+            &ws.connection_id,
+            None,
+            request.request_id,
+            e,
+        )
+        .await),
     }
 }
 

@@ -17,7 +17,6 @@ use courier::edge::{self, WsRequest};
 use courier::protocol::{ClientFrame, ErrorCode, FrameError, Request};
 use courier::services::{fault, send};
 use lambda_runtime::{Error, LambdaEvent};
-use tracing::error;
 
 /// The ports this function uses.
 pub const NEEDS: Needs = Needs::SEND;
@@ -62,15 +61,16 @@ pub async fn handle(
     {
         Ok(frame) => Ok(edge::reply(Some(&frame))),
         Err(e) => {
-            error!(error = %e, user_id = %ws.user_id, conversation_id = %conversation_id, "send failed");
-            fault::report_fault(
+            let cmid = Some(client_msg_id.to_string());
+            Err(fault::fail(
                 &app.ports,
+                &ws.user_id,
                 &ws.connection_id,
-                Some(client_msg_id.to_string()),
+                cmid,
                 request.request_id,
+                e,
             )
-            .await;
-            Err(e.into())
+            .await)
         }
     }
 }

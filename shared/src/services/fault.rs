@@ -13,10 +13,10 @@
 //! no 410 window to wait out, and if the post fails too — the gateway may be
 //! what is broken — the `Err` is still returned and logged.
 
-use tracing::warn;
+use tracing::{error, warn};
 
 use crate::app::Ports;
-use crate::domain::ConnectionId;
+use crate::domain::{ConnectionId, UserId};
 use crate::protocol::{ErrorCode, ServerFrame};
 
 /// The message a client gets for any server fault; internals never leave.
@@ -45,6 +45,24 @@ pub async fn report_fault(
     }
 }
 
+/// The end of a handler that hit a server fault: logs `error`, tells the
+/// client (see the module doc) and returns the error for Lambda to count.
+pub async fn fail<E>(
+    ports: &Ports,
+    user: &UserId,
+    connection: &ConnectionId,
+    client_msg_id: Option<String>,
+    request_id: Option<String>,
+    error: E,
+) -> lambda_runtime::Error
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    error!(user_id = %user, connection_id = %connection, error = %error, "request failed");
+    report_fault(ports, connection, client_msg_id, request_id).await;
+    Box::new(error)
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -60,5 +78,17 @@ mod tests {
         assert_eq!(frames.len(), 1);
         let f: ServerFrame = serde_json::from_str(&frames[0]).unwrap();
         assert_eq!(f, internal_frame(Some("m1".into()), Some("r1".into())));
+    }
+
+    #[tokio::test]
+    async fn fail_returns_the_error_even_when_the_post_fails() {
+        let (ports, h) = Ports::in_memory();
+        h.gateway.set_down(true);
+        let c = ConnectionId::parse("conn-1").unwrap();
+        let user = UserId::parse("alice").unwrap();
+        let cause = crate::ports::StoreError::Unavailable("dynamodb down".into());
+        let e = fail(&ports, &user, &c, None, Some("r1".into()), cause.clone()).await;
+        assert_eq!(e.to_string(), cause.to_string());
+        assert!(h.gateway.frames(&c).is_empty());
     }
 }

@@ -437,6 +437,20 @@ mod tests {
         }
     }
 
+    async fn row(app: &App, u: &str) -> Option<crate::domain::PendingDelivery> {
+        app.ports.pending.get(&user(u), &cid("c1")).await.unwrap()
+    }
+
+    /// Pushes the notifier recorded for the device `tok-{u}`.
+    fn pushes_to(h: &MemoryHandles, u: &str) -> usize {
+        let token = format!("tok-{u}");
+        h.notifier
+            .sent()
+            .iter()
+            .filter(|p| p.token == token)
+            .count()
+    }
+
     async fn stored(app: &App) -> Vec<Message> {
         app.ports
             .messages
@@ -525,22 +539,9 @@ mod tests {
     async fn offline_recipient_gets_pending_row_and_one_push() {
         let (app, h) = setup(PendingClear::Ack).await;
         send(&app, "alice", "m1", "hello??").await;
-        let row = app
-            .ports
-            .pending
-            .get(&user("bob"), &cid("c1"))
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!((row.first_undelivered_seq, row.last_seq), (Seq(1), Seq(1)));
-        assert!(
-            app.ports
-                .pending
-                .get(&user("alice"), &cid("c1"))
-                .await
-                .unwrap()
-                .is_none()
-        );
+        let bob = row(&app, "bob").await.unwrap();
+        assert_eq!((bob.first_undelivered_seq, bob.last_seq), (Seq(1), Seq(1)));
+        assert!(row(&app, "alice").await.is_none());
         let to_bob: Vec<_> = h
             .notifier
             .sent()
@@ -585,16 +586,9 @@ mod tests {
             (*seq, sender_id.as_str(), body.as_str()),
             (Seq(1), "alice", "hello??")
         );
-        assert!(h.notifier.sent().iter().all(|p| p.token != "tok-bob"));
+        assert!(pushes_to(&h, "bob") == 0);
         // ack mode: the row stays until bob acks (a 200 proves nothing).
-        assert!(
-            app.ports
-                .pending
-                .get(&user("bob"), &cid("c1"))
-                .await
-                .unwrap()
-                .is_some()
-        );
+        assert!(row(&app, "bob").await.is_some());
     }
 
     #[tokio::test]
@@ -604,22 +598,8 @@ mod tests {
         h.gateway.close(&bob);
         send(&app, "alice", "m1", "hello??").await;
         assert_eq!(app.ports.registry.lookup(&user("bob")).await.unwrap(), None);
-        assert!(
-            app.ports
-                .pending
-                .get(&user("bob"), &cid("c1"))
-                .await
-                .unwrap()
-                .is_some()
-        );
-        assert_eq!(
-            h.notifier
-                .sent()
-                .iter()
-                .filter(|p| p.token == "tok-bob")
-                .count(),
-            1
-        );
+        assert!(row(&app, "bob").await.is_some());
+        assert_eq!(pushes_to(&h, "bob"), 1);
     }
 
     #[tokio::test]
@@ -640,15 +620,8 @@ mod tests {
         h.gateway.open_after(&c, Duration::from_millis(200));
         send(&app, "alice", "m1", "hello??").await;
         assert_eq!(h.gateway.frames(&c).len(), 1);
-        assert!(
-            app.ports
-                .pending
-                .get(&user("bob"), &cid("c1"))
-                .await
-                .unwrap()
-                .is_some()
-        );
-        assert!(h.notifier.sent().iter().all(|p| p.token != "tok-bob"));
+        assert!(row(&app, "bob").await.is_some());
+        assert!(pushes_to(&h, "bob") == 0);
     }
 
     #[tokio::test]
@@ -658,14 +631,7 @@ mod tests {
             h.registry.set_down(true);
             assert_eq!(seq_of(&send(&app, "alice", "m1", "hi").await), 1);
             for u in ["bob", "carol"] {
-                assert!(
-                    app.ports
-                        .pending
-                        .get(&user(u), &cid("c1"))
-                        .await
-                        .unwrap()
-                        .is_some()
-                );
+                assert!(row(&app, u).await.is_some());
             }
             assert_eq!(h.notifier.sent().len(), 2, "{mode:?}");
         }
@@ -684,22 +650,8 @@ mod tests {
         let bob = online(&h, "bob", "conn-bob").await;
         send(&app, "alice", "m1", "hi").await;
         assert_eq!(h.gateway.frames(&bob).len(), 1);
-        assert!(
-            app.ports
-                .pending
-                .get(&user("bob"), &cid("c1"))
-                .await
-                .unwrap()
-                .is_none()
-        );
-        assert!(
-            app.ports
-                .pending
-                .get(&user("carol"), &cid("c1"))
-                .await
-                .unwrap()
-                .is_some()
-        );
+        assert!(row(&app, "bob").await.is_none());
+        assert!(row(&app, "carol").await.is_some());
         let pushed: Vec<String> = h.notifier.sent().into_iter().map(|p| p.token).collect();
         assert_eq!(pushed, vec!["tok-carol"]);
     }
@@ -757,15 +709,8 @@ mod tests {
             1,
             "delivered live on the re-check"
         );
-        assert!(
-            app.ports
-                .pending
-                .get(&user("bob"), &cid("c1"))
-                .await
-                .unwrap()
-                .is_some()
-        );
-        assert!(h.notifier.sent().iter().all(|p| p.token != "tok-bob"));
+        assert!(row(&app, "bob").await.is_some());
+        assert!(pushes_to(&h, "bob") == 0);
     }
 
     /// A store whose append commits and then reports a fault: the crash
@@ -815,12 +760,7 @@ mod tests {
             assert_eq!(seq_of(&send(&retry_app, "alice", "m1", "hi").await), 1);
             assert_eq!(stored(&retry_app).await.len(), 1);
             for u in ["bob", "carol"] {
-                let row = retry_app
-                    .ports
-                    .pending
-                    .get(&user(u), &cid("c1"))
-                    .await
-                    .unwrap();
+                let row = row(&retry_app, u).await;
                 assert_eq!(row.map(|r| r.last_seq), Some(Seq(1)), "{mode:?} {u}");
             }
             assert_eq!(h.notifier.sent().len(), 2, "{mode:?}");
@@ -841,14 +781,7 @@ mod tests {
         // Offline recipients are still pushed; the retry writes the rows.
         assert_eq!(h.notifier.sent().len(), 2);
         assert_eq!(seq_of(&send(&app, "alice", "m1", "hi").await), 1);
-        assert!(
-            app.ports
-                .pending
-                .get(&user("bob"), &cid("c1"))
-                .await
-                .unwrap()
-                .is_some()
-        );
+        assert!(row(&app, "bob").await.is_some());
     }
 
     #[tokio::test]
