@@ -57,6 +57,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::client::Waiters;
 use aws_sdk_dynamodb::config::http::HttpResponse;
 use aws_sdk_dynamodb::config::retry::RetryConfig;
 use aws_sdk_dynamodb::error::{BuildError, ProvideErrorMetadata, SdkError};
@@ -1119,6 +1120,27 @@ pub async fn create_tables(client: &Client, tables: &TableNames) -> Result<(), S
             Err(e) if e.code() == Some("ResourceInUseException") => {}
             Err(e) => return Err(sdk_err("CreateTable", e)),
         }
+    }
+    // DynamoDB creates tables asynchronously; writes and TTL changes fail
+    // until a table is ACTIVE (moto's are at once).
+    for table in [
+        &tables.messages,
+        &tables.pending,
+        &tables.conversations,
+        &tables.idempotency,
+        &tables.devices,
+    ] {
+        client
+            .wait_until_table_exists()
+            .table_name(table)
+            .wait(Duration::from_secs(300))
+            .await
+            .map_err(|e| {
+                StoreError::Unavailable(format!(
+                    "table {table} did not become active: {}",
+                    DisplayErrorContext(&e)
+                ))
+            })?;
     }
     enable_ttl(client, &tables.idempotency, attr::EXPIRES_AT).await
 }
