@@ -4,6 +4,9 @@
 //! never sees an API Gateway event or an SDK type. Handlers (in `functions/`)
 //! and the local gateway call the same services.
 
+pub mod ack;
+pub mod catch_up;
+pub mod connect;
 pub mod delivery;
 pub mod conversations;
 pub mod devices;
