@@ -17,12 +17,15 @@
 //! - [`invoke`]: running a function like Lambda (context, deadline,
 //!   timeout, panics), and the in-process `CatchUpTrigger` port.
 //! - [`pushes`]: the notifier that records pushes instead of sending them.
+//! - [`page`]: the story page at `GET /`, the JavaScript client, and local
+//!   tokens for it.
 //! - [`wiring`]: backends (embedded memory, or Redis and DynamoDB) and the
 //!   real Courier handlers on their routes.
 
 pub mod connections;
 pub mod events;
 pub mod invoke;
+pub mod page;
 pub mod pushes;
 pub mod routes;
 pub mod server;

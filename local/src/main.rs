@@ -174,6 +174,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     );
     println!("  pushes       {}/_local/pushes", gw.http_url());
     println!(
+        "  story page   {}/   (alice, bob and carol in a browser)",
+        gw.http_url()
+    );
+    println!(
         "  backends:    stores {}, registry {}",
         args.dynamodb_endpoint.as_deref().unwrap_or("in memory"),
         if args.redis_url.is_some() {

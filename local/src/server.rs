@@ -17,6 +17,8 @@
 //!   `X-Amz-Function-Error`).
 //! - `GET /_local/...`: what tests and the demo inspect (recorded pushes,
 //!   pending rows, registry entries, open connections). Not an AWS API.
+//! - `GET /` without an `Upgrade` header, `/courier.js`, `/app.js`,
+//!   `/_local/token`: the story page and what it runs on ([`crate::page`]).
 //!
 //! Limits are API Gateway's: frames over 32 KB and messages over 128 KB
 //! close the socket with 1009, posts over 128 KB answer 413, an idle
@@ -31,8 +33,9 @@ use aws_lambda_events::apigw::ApiGatewayProxyResponse;
 use aws_lambda_events::encodings::Body as EventBody;
 use axum::Router;
 use axum::body::Bytes;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, RawQuery, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -68,6 +71,8 @@ pub struct GatewayConfig {
     /// is answered with an error frame (the handler itself keeps running
     /// up to its function timeout, as a Lambda would).
     pub integration_timeout: Duration,
+    /// What `/_local/token` mints the page's tokens with; `None` turns it off.
+    pub local_tokens: Option<crate::page::LocalTokens>,
 }
 
 impl Default for GatewayConfig {
@@ -80,6 +85,7 @@ impl Default for GatewayConfig {
             max_message_bytes: 128 * 1024,
             max_post_bytes: courier::protocol::MAX_POST_BYTES,
             integration_timeout: Duration::from_secs(29),
+            local_tokens: None,
         }
     }
 }
@@ -227,7 +233,10 @@ pub async fn serve(
 
 fn router(shared: Arc<Shared>) -> Router {
     Router::new()
-        .route("/", get(websocket))
+        .route("/", get(root))
+        .route("/courier.js", get(crate::page::courier_js))
+        .route("/app.js", get(crate::page::app_js))
+        .route("/_local/token", get(local_token))
         .route("/{stage}", get(websocket_on_stage))
         .route(
             "/{stage}/@connections/{id}",
@@ -264,6 +273,22 @@ async fn websocket_on_stage(
             .into_response();
     }
     websocket(state, peer, headers, query, ws).await
+}
+
+/// `GET /`: the WebSocket API, or, for a browser's plain GET (no `Upgrade`
+/// header), the story page. A broken upgrade still gets its rejection.
+async fn root(
+    state: State<Arc<Shared>>,
+    peer: ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    query: RawQuery,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    match ws {
+        Ok(ws) => websocket(state, peer, headers, query, ws).await,
+        Err(_) if !headers.contains_key(http::header::UPGRADE) => crate::page::index(),
+        Err(rejection) => rejection.into_response(),
+    }
 }
 
 /// The handshake: authorizer, then `$connect`, then the upgrade.
@@ -901,6 +926,14 @@ async fn local_registry(State(s): State<Arc<Shared>>, Path(user): Path<String>) 
         )
             .into_response(),
     }
+}
+
+async fn local_token(
+    State(s): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Query(query): Query<crate::page::TokenQuery>,
+) -> Response {
+    crate::page::token(s.config.local_tokens.as_ref(), peer, &query)
 }
 
 async fn local_connections(State(s): State<Arc<Shared>>) -> Response {

@@ -227,7 +227,11 @@ pub async fn start_with(
     customize: impl FnOnce(App, Routes) -> Routes,
 ) -> anyhow::Result<Started> {
     let addr = listener.local_addr()?;
-    let core = Core::new(options.gateway.clone());
+    let mut config = options.gateway.clone();
+    if config.local_tokens.is_none() {
+        config.local_tokens = crate::page::LocalTokens::from_auth(&options.auth);
+    }
+    let core = Core::new(config);
     let clients = AwsClients::from_sdk_config(
         local_sdk_config(),
         AwsEndpoints {

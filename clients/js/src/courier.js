@@ -1,0 +1,1004 @@
+// Courier's client for browsers and Node.js: an ES module with no dependencies.
+//
+// The server's half of the reconnect flow is only safe with a client that keeps
+// its half (DESIGN §1 step 4, §4). This module is that half, the same rules as
+// the Rust client (clients/rust) in the same three layers:
+//
+// - `Timeline`: one conversation in seq order, duplicates dropped by seq, the
+//   contiguous prefix, the holes. Pure.
+// - `Session`: the protocol rules as a state machine with no I/O and no clock
+//   of its own (every method takes `now` in ms): the outbox of sends retried
+//   with the same client_msg_id until `sent`, coalesced acks of the contiguous
+//   prefix, range syncs for holes and `more`, the full sync when `caught_up` is
+//   late, receipts, replies matched to requests by request_id. The unit tests
+//   drive it directly.
+// - `CourierClient`: the socket. It opens `url?token=…`, feeds frames to the
+//   session and sends what it answers, ticks its timers, sends a heartbeat
+//   inside API Gateway's idle timeout, and reconnects with backoff and jitter.
+//   It takes any WHATWG-style WebSocket constructor (the browser's, Node 22's
+//   global, or the `ws` package's on Node 20).
+//
+// Types are in courier.d.ts beside this file.
+
+/** Timings (ms) and sizes of the protocol rules; every one can be overridden. */
+export const DEFAULT_TUNING = Object.freeze({
+  /** Send a full `sync` when no `caught_up` came this long after opening. */
+  caughtUpTimeout: 4000,
+  /** Resend an unanswered `sendMessage` (same client_msg_id) after this long. */
+  sendRetry: 3000,
+  /** Ask for a hole once it has been open this long: a live message that
+   *  overtook a catch-up frame opens a hole that closes by itself. */
+  holeGrace: 500,
+  /** `limit` of range syncs. */
+  syncLimit: 200,
+  /** A range sync with no `synced`/`more`/fill after this long may be resent. */
+  syncTimeout: 5000,
+  /** Acks are gathered this long, then sent as one frame. */
+  ackDelay: 100,
+  /** Send a `ping` when nothing was sent for this long (API Gateway closes a
+   *  connection idle for 10 minutes). */
+  heartbeat: 5 * 60 * 1000,
+  /** No frame at all this long after a heartbeat: the connection is dead
+   *  (a half-open mobile socket), reconnect. */
+  pongTimeout: 20000,
+  /** Reconnect backoff: first delay and cap, equal jitter in between. */
+  backoffBase: 200,
+  backoffMax: 10000,
+  /** A handshake not done in this long is abandoned and retried. */
+  connectTimeout: 10000,
+  /** How long createConversation/registerDevice/ping wait for their reply. */
+  requestTimeout: 30000,
+  /** Timer resolution of the client. */
+  tick: 50,
+});
+
+/** Most entries one `ack` frame may carry (the server refuses more). */
+export const MAX_ACKS_PER_FRAME = 100;
+
+/** Error codes after which resending the same frame cannot succeed. */
+export function isPermanent(code) {
+  return code !== 'internal' && code !== 'rate_limited';
+}
+
+/** An error the server answered with, or a request that got no answer. */
+export class CourierError extends Error {
+  /**
+   * @param {string} code a protocol error code, or `timeout`, `closed`,
+   *   `handshake_refused`, `unreachable`
+   * @param {string} message
+   */
+  constructor(code, message, details = {}) {
+    super(message);
+    this.name = 'CourierError';
+    this.code = code;
+    Object.assign(this, details);
+  }
+}
+
+/**
+ * Equal jitter: half the exponential delay, plus a random part of the other
+ * half, so a fleet of clients dropped at once does not come back at once.
+ */
+export function backoff(tuning, attempt, random = Math.random) {
+  const exp = Math.min(tuning.backoffBase * 2 ** Math.min(attempt, 16), tuning.backoffMax);
+  const half = exp / 2;
+  return Math.round(half + random() * half);
+}
+
+/** A v4 UUID; crypto.randomUUID exists only in secure contexts. */
+export function newClientMsgId() {
+  const c = globalThis.crypto;
+  if (c && typeof c.randomUUID === 'function') return c.randomUUID();
+  const b = new Uint8Array(16);
+  c.getRandomValues(b);
+  b[6] = (b[6] & 0x0f) | 0x40;
+  b[8] = (b[8] & 0x3f) | 0x80;
+  const h = Array.from(b, (x) => x.toString(16).padStart(2, '0')).join('');
+  return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
+}
+
+/** The `sub` of a JWT, or undefined (the token is not checked here). */
+export function tokenSubject(token) {
+  try {
+    const part = String(token).split('.')[1];
+    const b64 = part.replace(/-/g, '+').replace(/_/g, '/');
+    const binary = atob(b64.padEnd(b64.length + ((4 - (b64.length % 4)) % 4), '='));
+    const json = new TextDecoder().decode(Uint8Array.from(binary, (c) => c.charCodeAt(0)));
+    const sub = JSON.parse(json).sub;
+    return typeof sub === 'string' ? sub : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** `ws://host:port` + token → `ws://host:port/?token=…` (a handshake needs a path). */
+export function withToken(url, token) {
+  const rest = url.includes('://') ? url.slice(url.indexOf('://') + 3) : url;
+  const slash = rest.includes('/') ? '' : '/';
+  const sep = url.includes('?') ? '&' : '?';
+  return `${url}${slash}${sep}token=${encodeURIComponent(token)}`;
+}
+
+function fromWire(conversationId, m) {
+  return {
+    conversationId,
+    seq: m.seq,
+    messageId: m.message_id,
+    senderId: m.sender_id,
+    body: m.body,
+    sentAt: m.sent_at,
+  };
+}
+
+// ------------------------------------------------------------------ Timeline
+
+/**
+ * One conversation's messages in seq order.
+ *
+ * Messages arrive from three directions that race each other (catch-up
+ * frames, live posts, range `sync` replies) and any may repeat another, so the
+ * timeline is keyed by seq: a second copy of a seq is dropped, never shown
+ * twice. Seqs have no holes on the server, so a hole here is a message still
+ * on its way or lost in transit. Acks only ever cover the contiguous prefix:
+ * acking past a hole would tell the server to forget a message the user never
+ * got.
+ */
+export class Timeline {
+  #bySeq = new Map();
+  #ordered = [];
+  #contiguous = 0;
+  #acked = 0;
+  #holeSince = null;
+  #duplicates = 0;
+
+  /**
+   * Places `message` at its seq. A seq already held is a duplicate and is
+   * dropped (the first copy wins: copies of one seq are the same message).
+   * @returns {'new'|'duplicate'}
+   */
+  insert(message, now = 0) {
+    const seq = message.seq;
+    if (!Number.isSafeInteger(seq) || seq < 1 || seq <= this.#contiguous || this.#bySeq.has(seq)) {
+      this.#duplicates += 1;
+      return 'duplicate';
+    }
+    this.#bySeq.set(seq, message);
+    // Binary insertion: arrivals are nearly always at the end.
+    let lo = 0;
+    let hi = this.#ordered.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      if (this.#ordered[mid].seq < seq) lo = mid + 1;
+      else hi = mid;
+    }
+    this.#ordered.splice(lo, 0, message);
+    while (this.#bySeq.has(this.#contiguous + 1)) this.#contiguous += 1;
+    if (this.hasHole()) {
+      if (this.#holeSince === null) this.#holeSince = now;
+    } else {
+      this.#holeSince = null;
+    }
+    return 'new';
+  }
+
+  /** Every seq in 1..=this is held. */
+  get contiguousThrough() {
+    return this.#contiguous;
+  }
+
+  get highest() {
+    return this.#ordered.length ? this.#ordered[this.#ordered.length - 1].seq : 0;
+  }
+
+  hasHole() {
+    return this.highest > this.#contiguous;
+  }
+
+  /** The missing seqs past the contiguous prefix, as inclusive [from, to] ranges. */
+  holes() {
+    const out = [];
+    let expected = this.#contiguous + 1;
+    for (const m of this.#ordered) {
+      if (m.seq <= this.#contiguous) continue;
+      if (m.seq > expected) out.push([expected, m.seq - 1]);
+      expected = m.seq + 1;
+    }
+    return out;
+  }
+
+  /** A hole that has been open at least `grace` ms: time to ask for it. */
+  holeOlderThan(grace, now) {
+    return this.#holeSince !== null && now - this.#holeSince >= grace;
+  }
+
+  /** Restarts the grace period (a sync for the hole was just sent). */
+  holeRequested(now) {
+    if (this.hasHole()) this.#holeSince = now;
+  }
+
+  /** The seq to acknowledge, if the contiguous prefix grew past the last ack. */
+  ackDue() {
+    return this.#contiguous > this.#acked ? this.#contiguous : null;
+  }
+
+  /** The ack cursor never moves down. */
+  markAcked(seq) {
+    if (seq > this.#acked) this.#acked = seq;
+  }
+
+  get acked() {
+    return this.#acked;
+  }
+
+  get duplicates() {
+    return this.#duplicates;
+  }
+
+  get size() {
+    return this.#ordered.length;
+  }
+
+  get(seq) {
+    return this.#bySeq.get(seq);
+  }
+
+  /** The messages in seq order (a copy). */
+  messages() {
+    return this.#ordered.slice();
+  }
+}
+
+// ------------------------------------------------------------------- Session
+
+/**
+ * One user's protocol state, without I/O. Methods that react to something
+ * return the text frames to send; events for the app go to `emit`.
+ */
+export class Session {
+  /**
+   * @param {{me?: string, tuning?: object, emit?: (type: string, detail: object) => void}} options
+   */
+  constructor({ me, tuning = {}, emit = () => {} } = {}) {
+    this.me = me;
+    this.tuning = { ...DEFAULT_TUNING, ...tuning };
+    this.emit = emit;
+    this.timelines = new Map();
+    /** client_msg_id → {conversationId, body, lastAttempt, attempts, waiters} */
+    this.outbox = new Map();
+    /** request_id → {frame, sent, resolve, reject} */
+    this.requests = new Map();
+    this.syncsInFlight = new Map();
+    this.ackWanted = new Map();
+    this.ackAt = null;
+    this.caughtUpDeadline = null;
+    this.openedAt = null;
+    this.open = false;
+    this.opens = 0;
+    this.caughtUpCount = 0;
+    this.receipts = new Map();
+  }
+
+  timeline(conversationId) {
+    let t = this.timelines.get(conversationId);
+    if (!t) {
+      t = new Timeline();
+      this.timelines.set(conversationId, t);
+    }
+    return t;
+  }
+
+  receipt(conversationId, userId) {
+    return this.receipts.get(`${conversationId}\u0000${userId}`) ?? 0;
+  }
+
+  get duplicates() {
+    let n = 0;
+    for (const t of this.timelines.values()) n += t.duplicates;
+    return n;
+  }
+
+  // ---------------------------------------------------------- requests
+
+  /** Queues a message; the frame to send now, if open. */
+  queueSend(conversationId, clientMsgId, body, waiter, now) {
+    let o = this.outbox.get(clientMsgId);
+    if (!o) {
+      o = { conversationId, body, lastAttempt: null, attempts: 0, waiters: [] };
+      this.outbox.set(clientMsgId, o);
+    }
+    if (waiter) o.waiters.push(waiter);
+    if (!this.open) return null;
+    o.lastAttempt = now;
+    o.attempts += 1;
+    return sendFrame(o.conversationId, clientMsgId, o.body);
+  }
+
+  /** Registers a request answered by a frame echoing `request_id`; the frame
+   *  to send now, if open (else it goes out on the next open). */
+  queueRequest(requestId, frame, waiter) {
+    const text = JSON.stringify({ ...frame, request_id: requestId });
+    this.requests.set(requestId, { text, sent: this.open, ...waiter });
+    return this.open ? text : null;
+  }
+
+  /** Forgets a request (its caller stopped waiting). */
+  dropRequest(requestId) {
+    this.requests.delete(requestId);
+  }
+
+  /** A full `sync` frame; restarts the wait for `caught_up`. */
+  fullSync(now) {
+    this.caughtUpDeadline = now + this.tuning.caughtUpTimeout;
+    return JSON.stringify({ action: 'sync' });
+  }
+
+  // ------------------------------------------------------ socket events
+
+  /** The socket opened: resend what is unanswered, wait for `caught_up`. */
+  onOpen(now) {
+    this.open = true;
+    this.opens += 1;
+    this.openedAt = now;
+    this.syncsInFlight.clear();
+    this.caughtUpDeadline = now + this.tuning.caughtUpTimeout;
+    const out = [];
+    for (const [cmid, o] of this.outbox) {
+      o.lastAttempt = now;
+      o.attempts += 1;
+      out.push(sendFrame(o.conversationId, cmid, o.body));
+    }
+    for (const r of this.requests.values()) {
+      if (!r.sent) {
+        r.sent = true;
+        out.push(r.text);
+      }
+    }
+    return out;
+  }
+
+  /** The socket closed: requests sent on it will get no reply. Sends stay
+   *  in the outbox (their retry is safe); unsent requests wait for the next
+   *  open. */
+  onClose() {
+    this.open = false;
+    this.caughtUpDeadline = null;
+    for (const [id, r] of this.requests) {
+      if (r.sent) {
+        this.requests.delete(id);
+        r.reject(new CourierError('closed', 'the connection closed before the reply'));
+      }
+    }
+  }
+
+  /** Fails every waiter: the client is shutting down. */
+  closeAll() {
+    this.onClose();
+    const closed = () => new CourierError('closed', 'the client is closed');
+    for (const r of this.requests.values()) r.reject(closed());
+    this.requests.clear();
+    for (const o of this.outbox.values()) for (const w of o.waiters) w.reject(closed());
+    this.outbox.clear();
+  }
+
+  /** One text frame from the server; the frames to send in answer. */
+  onText(raw, now) {
+    let frame;
+    try {
+      frame = JSON.parse(raw);
+    } catch {
+      return [];
+    }
+    // API Gateway's own frames ({"message":"Internal server error",…}) and
+    // anything newer than this client: the retries cover what they were about.
+    if (!frame || typeof frame !== 'object' || typeof frame.type !== 'string') return [];
+    return this.onFrame(frame, now);
+  }
+
+  onFrame(f, now) {
+    const out = [];
+    switch (f.type) {
+      case 'messages': {
+        if (typeof f.conversation_id !== 'string' || !Array.isArray(f.messages)) break;
+        const cid = f.conversation_id;
+        const t = this.timeline(cid);
+        let redelivered = false;
+        for (const m of f.messages) {
+          if (!m || typeof m !== 'object') continue;
+          const msg = fromWire(cid, m);
+          if (t.insert(msg, now) === 'new') this.emit('message', msg);
+          else redelivered ||= msg.seq <= t.acked;
+        }
+        if (t.ackDue() !== null || (redelivered && t.contiguousThrough > 0)) {
+          // A redelivery of what we acked means the ack was lost with its
+          // connection and the pending row is still there: ack again.
+          this.ackWanted.set(cid, this.ackWanted.get(cid) || redelivered);
+          if (this.ackAt === null) this.ackAt = now + this.tuning.ackDelay;
+        }
+        if (!t.hasHole()) this.syncsInFlight.delete(cid);
+        if (this.tuning.ackDelay <= 0) out.push(...this.flushAcks());
+        break;
+      }
+      case 'more':
+        // The catch-up cap (or a range limit) cut this conversation short.
+        if (typeof f.conversation_id === 'string') out.push(this.rangeSync(f.conversation_id, now));
+        break;
+      case 'synced':
+        this.syncsInFlight.delete(f.conversation_id);
+        break;
+      case 'caught_up':
+        this.caughtUpCount += 1;
+        this.caughtUpDeadline = null;
+        this.emit('caughtUp', {
+          conversations: f.conversations,
+          messages: f.messages,
+          afterOpenMs: this.openedAt === null ? null : now - this.openedAt,
+        });
+        break;
+      case 'sent':
+        this.onSent(f, now);
+        break;
+      case 'receipt': {
+        const key = `${f.conversation_id}\u0000${f.user_id}`;
+        this.receipts.set(key, Math.max(this.receipts.get(key) ?? 0, f.delivered_through_seq));
+        this.emit('receipt', {
+          conversationId: f.conversation_id,
+          userId: f.user_id,
+          deliveredThroughSeq: f.delivered_through_seq,
+        });
+        break;
+      }
+      case 'conversation':
+        if (typeof f.conversation_id === 'string') this.timeline(f.conversation_id);
+        this.answer(f.request_id, f);
+        break;
+      case 'device_registered':
+      case 'pong':
+        this.answer(f.request_id, f);
+        break;
+      case 'error':
+        this.onError(f);
+        break;
+      default:
+        break;
+    }
+    return out;
+  }
+
+  answer(requestId, frame) {
+    const r = requestId === undefined ? undefined : this.requests.get(requestId);
+    if (!r) return;
+    this.requests.delete(requestId);
+    r.resolve(frame);
+  }
+
+  onSent(f, now) {
+    const o = this.outbox.get(f.client_msg_id);
+    if (!o) return; // a repeated `sent` for a retry already answered
+    this.outbox.delete(f.client_msg_id);
+    const sent = {
+      conversationId: f.conversation_id,
+      clientMsgId: f.client_msg_id,
+      seq: f.seq,
+      sentAt: f.sent_at,
+    };
+    // Our own message takes its place: the server never sends it back to us.
+    const t = this.timeline(f.conversation_id);
+    const mine = {
+      conversationId: f.conversation_id,
+      seq: f.seq,
+      messageId: f.client_msg_id,
+      senderId: this.me,
+      body: o.body,
+      sentAt: f.sent_at,
+    };
+    if (t.insert(mine, now) === 'new') this.emit('message', mine);
+    // Nothing to ack for a prefix made only of our own messages.
+    const due = t.ackDue();
+    if (due !== null) {
+      let allMine = true;
+      for (let s = t.acked + 1; s <= due; s += 1) {
+        if (t.get(s)?.senderId !== this.me) {
+          allMine = false;
+          break;
+        }
+      }
+      if (allMine) t.markAcked(due);
+    }
+    for (const w of o.waiters) w.resolve(sent);
+  }
+
+  onError(f) {
+    const err = new CourierError(f.code, f.message, {
+      clientMsgId: f.client_msg_id,
+      requestId: f.request_id,
+    });
+    if (typeof f.client_msg_id === 'string' && this.outbox.has(f.client_msg_id)) {
+      if (isPermanent(f.code)) {
+        const o = this.outbox.get(f.client_msg_id);
+        this.outbox.delete(f.client_msg_id);
+        for (const w of o.waiters) w.reject(err);
+      }
+      // A transient one (internal, rate_limited): the retry timer resends.
+      return;
+    }
+    if (f.request_id !== undefined && this.requests.has(f.request_id)) {
+      const r = this.requests.get(f.request_id);
+      this.requests.delete(f.request_id);
+      r.reject(err);
+      return;
+    }
+    this.emit('error', err);
+  }
+
+  rangeSync(conversationId, now) {
+    this.syncsInFlight.set(conversationId, now);
+    const t = this.timeline(conversationId);
+    t.holeRequested(now);
+    return JSON.stringify({
+      action: 'sync',
+      conversation_id: conversationId,
+      after_seq: t.contiguousThrough,
+      limit: this.tuning.syncLimit,
+    });
+  }
+
+  /** The gathered acks, at most MAX_ACKS_PER_FRAME per frame. */
+  flushAcks() {
+    this.ackAt = null;
+    const acks = [];
+    for (const [cid, force] of this.ackWanted) {
+      const t = this.timeline(cid);
+      const seq = t.contiguousThrough;
+      if (seq > 0 && (seq > t.acked || force)) {
+        t.markAcked(seq);
+        acks.push({ conversation_id: cid, seq });
+      }
+    }
+    this.ackWanted.clear();
+    const out = [];
+    for (let i = 0; i < acks.length; i += MAX_ACKS_PER_FRAME) {
+      out.push(JSON.stringify({ action: 'ack', acks: acks.slice(i, i + MAX_ACKS_PER_FRAME) }));
+    }
+    return out;
+  }
+
+  /** Time passed: coalesced acks, send retries, the caught_up fallback, hole fills. */
+  onTick(now) {
+    const out = [];
+    if (!this.open) return out;
+    if (this.ackAt !== null && now >= this.ackAt) out.push(...this.flushAcks());
+    for (const [cmid, o] of this.outbox) {
+      if (o.lastAttempt === null || now - o.lastAttempt >= this.tuning.sendRetry) {
+        o.lastAttempt = now;
+        o.attempts += 1;
+        out.push(sendFrame(o.conversationId, cmid, o.body));
+      }
+    }
+    if (this.caughtUpDeadline !== null && now >= this.caughtUpDeadline) {
+      out.push(this.fullSync(now));
+    }
+    for (const [cid, t] of this.timelines) {
+      if (!t.holeOlderThan(this.tuning.holeGrace, now)) continue;
+      const since = this.syncsInFlight.get(cid);
+      if (since === undefined || now - since >= this.tuning.syncTimeout) {
+        out.push(this.rangeSync(cid, now));
+      }
+    }
+    return out;
+  }
+}
+
+function sendFrame(conversationId, clientMsgId, body) {
+  return JSON.stringify({
+    action: 'sendMessage',
+    conversation_id: conversationId,
+    client_msg_id: clientMsgId,
+    body,
+  });
+}
+
+// -------------------------------------------------------------- the client
+
+const OPEN = 1;
+
+/**
+ * A Courier connection for one user, kept open until `close()`.
+ *
+ * Events (`on(type, fn)`): `message` (a message new to this client, in any
+ * order across conversations, each conversation's in seq order once holes
+ * fill: render from `timeline()`), `caughtUp`, `receipt`, `error` (an error
+ * frame no request owns, or a refused handshake), `state` (`connecting`,
+ * `open`, `reconnecting`, `offline`, `closed`).
+ */
+export class CourierClient {
+  #url;
+  #token;
+  #WebSocket;
+  #random;
+  #now;
+  #listeners = new Map();
+  #ws = null;
+  #state = 'idle';
+  #wanted = false;
+  #attempt = 0;
+  #reconnectTimer = null;
+  #opening = false;
+  #connectTimer = null;
+  #ticker = null;
+  #lastSent = 0;
+  #lastReceived = 0;
+  #pingSentAt = null;
+  #openWaiters = [];
+  #nextRequest = 1;
+
+  /**
+   * @param {object} options
+   * @param {string} options.url `ws://127.0.0.1:3001` or `wss://…/prod`
+   * @param {string | (() => string | Promise<string>)} options.token a JWT, or a
+   *   function called on every (re)connect for a fresh one
+   * @param {string} [options.user] this user's id (default: the token's `sub`)
+   * @param {Function} [options.WebSocket] a WebSocket constructor (default:
+   *   globalThis.WebSocket; on Node 20 pass the `ws` package's)
+   * @param {object} [options.tuning] overrides of DEFAULT_TUNING
+   */
+  constructor({ url, token, user, WebSocket: Ctor, tuning, random = Math.random, now } = {}) {
+    if (typeof url !== 'string' || !url) throw new TypeError('url is required');
+    if (token === undefined) throw new TypeError('token is required');
+    this.#url = url;
+    this.#token = token;
+    this.#WebSocket = Ctor ?? globalThis.WebSocket;
+    if (typeof this.#WebSocket !== 'function') {
+      throw new TypeError('no WebSocket: pass options.WebSocket (on Node 20, the ws package)');
+    }
+    this.#random = random;
+    this.#now = now ?? (() => (globalThis.performance ? performance.now() : Date.now()));
+    this.session = new Session({ me: user, tuning, emit: (t, d) => this.#emit(t, d) });
+    this.tuning = this.session.tuning;
+    /** The last handshake refusal's HTTP status, where the platform says it. */
+    this.refusedStatus = null;
+  }
+
+  // ------------------------------------------------------------ events
+
+  /** Subscribes; returns the function that unsubscribes. */
+  on(type, fn) {
+    if (!this.#listeners.has(type)) this.#listeners.set(type, new Set());
+    this.#listeners.get(type).add(fn);
+    return () => this.off(type, fn);
+  }
+
+  off(type, fn) {
+    this.#listeners.get(type)?.delete(fn);
+  }
+
+  #emit(type, detail) {
+    for (const fn of [...(this.#listeners.get(type) ?? [])]) {
+      try {
+        fn(detail);
+      } catch (e) {
+        // An app's listener must not break the protocol loop.
+        queueMicrotask(() => {
+          throw e;
+        });
+      }
+    }
+  }
+
+  #setState(state, detail = {}) {
+    if (this.#state === state) return;
+    this.#state = state;
+    this.#emit('state', { state, ...detail });
+  }
+
+  get state() {
+    return this.#state;
+  }
+
+  get user() {
+    return this.session.me;
+  }
+
+  // ------------------------------------------------------- connection
+
+  /**
+   * Opens the connection, keeps it open from then on (reconnecting after any
+   * drop), and resolves once a socket is open. Rejects on timeout, or at once
+   * when the handshake is refused with 401/403 where the platform reports it
+   * (Node; browsers hide the status); the client is then offline until the
+   * next `connect()`.
+   */
+  async connect({ timeout = this.tuning.connectTimeout } = {}) {
+    if (this.#state === 'closed') throw new CourierError('closed', 'the client is closed');
+    this.#wanted = true;
+    if (this.#state === 'open') return;
+    if (!this.#ws && !this.#opening && this.#reconnectTimer === null) {
+      this.#attempt = 0;
+      this.#open();
+    }
+    try {
+      await this.#waitOpen(timeout);
+    } catch (e) {
+      if (this.#state !== 'open') this.goOffline();
+      throw e;
+    }
+  }
+
+  /** Closes the socket and stays offline until `connect()`. Sends keep their
+   *  place in the outbox and go out on the next open. */
+  goOffline() {
+    if (this.#state === 'closed') return;
+    this.#wanted = false;
+    clearTimeout(this.#reconnectTimer);
+    this.#reconnectTimer = null;
+    this.#dropSocket(1000, 'offline');
+    this.#setState('offline');
+  }
+
+  /** Stops for good: pending sends and requests are rejected. */
+  close() {
+    this.#wanted = false;
+    clearTimeout(this.#reconnectTimer);
+    this.#reconnectTimer = null;
+    this.#dropSocket(1000, 'bye');
+    this.session.closeAll();
+    for (const w of this.#openWaiters.splice(0)) w.reject(new CourierError('closed', 'the client is closed'));
+    this.#setState('closed');
+  }
+
+  #waitOpen(timeout) {
+    return new Promise((resolve, reject) => {
+      const w = { resolve, reject, timer: null };
+      w.timer = setTimeout(() => {
+        this.#openWaiters = this.#openWaiters.filter((x) => x !== w);
+        reject(new CourierError('unreachable', `no open socket within ${timeout} ms`));
+      }, timeout);
+      const done = (fn) => (v) => {
+        clearTimeout(w.timer);
+        fn(v);
+      };
+      w.resolve = done(resolve);
+      w.reject = done(reject);
+      this.#openWaiters.push(w);
+    });
+  }
+
+  async #open() {
+    this.#setState(this.session.opens === 0 ? 'connecting' : 'reconnecting');
+    this.#opening = true;
+    let token;
+    try {
+      token = typeof this.#token === 'function' ? await this.#token() : this.#token;
+    } catch (e) {
+      this.#emit('error', new CourierError('unreachable', `token: ${e?.message ?? e}`));
+      this.#scheduleReconnect();
+      return;
+    } finally {
+      this.#opening = false;
+    }
+    if (!this.#wanted || this.#ws) return;
+    if (this.session.me === undefined) this.session.me = tokenSubject(token);
+    let ws;
+    try {
+      ws = new this.#WebSocket(withToken(this.#url, token));
+    } catch (e) {
+      this.#emit('error', new CourierError('unreachable', String(e?.message ?? e)));
+      this.#scheduleReconnect();
+      return;
+    }
+    this.#ws = ws;
+    this.#connectTimer = setTimeout(() => {
+      if (this.#ws === ws && ws.readyState !== OPEN) {
+        this.#dropSocket(4000, 'handshake timeout');
+        this.#scheduleReconnect();
+      }
+    }, this.tuning.connectTimeout);
+    ws.onopen = () => {
+      if (this.#ws !== ws) return;
+      clearTimeout(this.#connectTimer);
+      this.#attempt = 0;
+      this.refusedStatus = null;
+      const now = this.#now();
+      this.#lastSent = now;
+      this.#lastReceived = now;
+      this.#pingSentAt = null;
+      this.#setState('open');
+      this.#sendAll(this.session.onOpen(now));
+      this.#ticker = setInterval(() => this.#tick(), this.tuning.tick);
+      for (const w of this.#openWaiters.splice(0)) w.resolve();
+    };
+    ws.onmessage = (ev) => {
+      if (this.#ws !== ws) return;
+      const now = this.#now();
+      this.#lastReceived = now;
+      this.#pingSentAt = null;
+      if (typeof ev.data !== 'string') return; // the protocol is text frames only
+      this.#sendAll(this.session.onText(ev.data, now));
+    };
+    ws.onerror = (ev) => {
+      if (this.#ws !== ws) return;
+      // Browsers hide why a handshake failed; the ws package says it.
+      const text = String(ev?.message ?? ev?.error?.message ?? '');
+      const m = /Unexpected server response: (\d{3})/.exec(text);
+      if (m) {
+        this.refusedStatus = Number(m[1]);
+        const err = new CourierError('handshake_refused', `handshake refused with HTTP ${m[1]}`, {
+          status: this.refusedStatus,
+        });
+        this.#emit('error', err);
+        if (this.refusedStatus === 401 || this.refusedStatus === 403) {
+          for (const w of this.#openWaiters.splice(0)) w.reject(err);
+        }
+      }
+    };
+    ws.onclose = (ev) => {
+      if (this.#ws !== ws) return;
+      this.#socketGone();
+      if (this.#wanted) this.#scheduleReconnect({ code: ev?.code });
+    };
+  }
+
+  /** Closes the current socket without waiting for its close event. */
+  #dropSocket(code, reason) {
+    const ws = this.#ws;
+    if (!ws) return;
+    this.#socketGone();
+    try {
+      if (ws.readyState === OPEN) ws.close(code, reason);
+      else ws.close();
+    } catch {
+      // closing a socket that never opened may throw; it is gone either way
+    }
+  }
+
+  #socketGone() {
+    const ws = this.#ws;
+    this.#ws = null;
+    if (ws) {
+      ws.onopen = ws.onmessage = ws.onerror = ws.onclose = null;
+    }
+    clearTimeout(this.#connectTimer);
+    clearInterval(this.#ticker);
+    this.#ticker = null;
+    this.session.onClose();
+  }
+
+  #scheduleReconnect(detail = {}) {
+    if (!this.#wanted || this.#reconnectTimer !== null) return;
+    const delay = backoff(this.tuning, this.#attempt, this.#random);
+    this.#attempt += 1;
+    this.#setState('reconnecting', { delay, ...detail });
+    this.#reconnectTimer = setTimeout(() => {
+      this.#reconnectTimer = null;
+      if (this.#wanted) this.#open();
+    }, delay);
+  }
+
+  #tick() {
+    const now = this.#now();
+    const out = this.session.onTick(now);
+    if (this.#pingSentAt !== null && now - this.#pingSentAt >= this.tuning.pongTimeout) {
+      // No answer to a heartbeat: a half-open socket. Start over.
+      this.#dropSocket(4000, 'no pong');
+      this.#scheduleReconnect({ reason: 'no pong' });
+      return;
+    }
+    if (out.length === 0 && now - this.#lastSent >= this.tuning.heartbeat) {
+      out.push(JSON.stringify({ action: 'ping' }));
+      if (this.#pingSentAt === null) this.#pingSentAt = now;
+    }
+    this.#sendAll(out);
+  }
+
+  #sendAll(frames) {
+    const ws = this.#ws;
+    if (!ws || ws.readyState !== OPEN) return;
+    for (const f of frames) {
+      ws.send(f);
+      this.#lastSent = this.#now();
+    }
+  }
+
+  // ---------------------------------------------------------- requests
+
+  /**
+   * Sends a message and resolves with its `sent` once the server accepted it.
+   * It is resent with the same client_msg_id until then, across reconnects
+   * (the server's idempotency makes the repeats harmless); it rejects only on
+   * a permanent error (not_a_member, …) or close().
+   */
+  send(conversationId, body, { clientMsgId = newClientMsgId() } = {}) {
+    if (this.#state === 'closed') {
+      return Promise.reject(new CourierError('closed', 'the client is closed'));
+    }
+    return new Promise((resolve, reject) => {
+      const frame = this.session.queueSend(conversationId, clientMsgId, body, { resolve, reject }, this.#now());
+      if (frame) this.#sendAll([frame]);
+    });
+  }
+
+  #request(frame, timeout = this.tuning.requestTimeout) {
+    if (this.#state === 'closed') {
+      return Promise.reject(new CourierError('closed', 'the client is closed'));
+    }
+    const requestId = `r${this.#nextRequest++}`;
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.session.dropRequest(requestId);
+        reject(new CourierError('timeout', `no reply to ${frame.action} within ${timeout} ms`));
+      }, timeout);
+      const text = this.session.queueRequest(requestId, frame, {
+        resolve: (v) => {
+          clearTimeout(timer);
+          resolve(v);
+        },
+        reject: (e) => {
+          clearTimeout(timer);
+          reject(e);
+        },
+      });
+      if (text) this.#sendAll([text]);
+    });
+  }
+
+  /** Creates a conversation of `members` (this user is added by the server). */
+  async createConversation(members) {
+    const f = await this.#request({ action: 'createConversation', members });
+    return { conversationId: f.conversation_id, members: f.members };
+  }
+
+  /** Registers a push token (`apns`, `apns_sandbox` or `fcm`) for this user. */
+  async registerDevice(platform, token) {
+    await this.#request({ action: 'registerDevice', platform, token });
+  }
+
+  /** A heartbeat round trip; resolves with its time in ms. */
+  async ping() {
+    const started = this.#now();
+    await this.#request({ action: 'ping' });
+    return this.#now() - started;
+  }
+
+  /** Asks for a full catch-up now. */
+  sync() {
+    if (this.#state === 'open') this.#sendAll([this.session.fullSync(this.#now())]);
+  }
+
+  // ------------------------------------------------------------- reads
+
+  /** The conversation's messages in seq order. */
+  timeline(conversationId) {
+    return this.session.timelines.get(conversationId)?.messages() ?? [];
+  }
+
+  /** Every seq up to this one is held. */
+  contiguousThrough(conversationId) {
+    return this.session.timelines.get(conversationId)?.contiguousThrough ?? 0;
+  }
+
+  conversations() {
+    return [...this.session.timelines.keys()];
+  }
+
+  /** Sends not yet answered with `sent`. */
+  pendingSends() {
+    return [...this.session.outbox].map(([clientMsgId, o]) => ({
+      clientMsgId,
+      conversationId: o.conversationId,
+      body: o.body,
+      attempts: o.attempts,
+    }));
+  }
+
+  /** The highest seq `userId` has acknowledged in the conversation, as receipts said. */
+  receipt(conversationId, userId) {
+    return this.session.receipt(conversationId, userId);
+  }
+
+  get stats() {
+    return {
+      opens: this.session.opens,
+      caughtUp: this.session.caughtUpCount,
+      duplicates: this.session.duplicates,
+    };
+  }
+}

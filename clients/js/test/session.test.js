@@ -1,0 +1,278 @@
+// The protocol rules without a socket: the Session answers events with the
+// frames a client must send, so each rule is checked frame by frame.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import {
+  DEFAULT_TUNING,
+  MAX_ACKS_PER_FRAME,
+  Session,
+  backoff,
+  isPermanent,
+  tokenSubject,
+  withToken,
+  newClientMsgId,
+} from '../src/courier.js';
+
+const T = DEFAULT_TUNING;
+
+function session(tuning = {}) {
+  const events = [];
+  const s = new Session({ me: 'bob', tuning, emit: (type, detail) => events.push({ type, detail }) });
+  return { s, events };
+}
+
+const messages = (conv, seqs, sender = 'alice') =>
+  JSON.stringify({
+    type: 'messages',
+    conversation_id: conv,
+    messages: seqs.map((seq) => ({ seq, message_id: `m${seq}`, sender_id: sender, body: `b${seq}`, sent_at: 1 })),
+  });
+const parsed = (frames) => frames.map((f) => JSON.parse(f));
+const waiter = () => {
+  const w = {};
+  w.promise = new Promise((resolve, reject) => Object.assign(w, { resolve, reject }));
+  return w;
+};
+
+test('acks cover the contiguous prefix only', () => {
+  const { s } = session();
+  s.onOpen(0);
+  assert.deepEqual(s.onText(messages('c1', [1, 2, 4]), 0), [], 'acks wait for the coalescing delay');
+  const out = parsed(s.onTick(T.ackDelay));
+  assert.deepEqual(out, [{ action: 'ack', acks: [{ conversation_id: 'c1', seq: 2 }] }]);
+  s.onText(messages('c1', [3]), 200);
+  assert.deepEqual(parsed(s.onTick(200 + T.ackDelay)), [{ action: 'ack', acks: [{ conversation_id: 'c1', seq: 4 }] }]);
+});
+
+test('acks are coalesced: one frame for many messages frames and conversations', () => {
+  const { s } = session();
+  s.onOpen(0);
+  for (let i = 1; i <= 10; i += 1) s.onText(messages('c1', [i]), i);
+  s.onText(messages('c2', [1, 2, 3]), 20);
+  assert.deepEqual(s.onTick(50), [], 'nothing before the delay has passed');
+  const out = parsed(s.onTick(T.ackDelay + 1));
+  assert.equal(out.length, 1);
+  assert.deepEqual(out[0].acks, [
+    { conversation_id: 'c1', seq: 10 },
+    { conversation_id: 'c2', seq: 3 },
+  ]);
+  assert.deepEqual(s.onTick(1000), [], 'nothing new, nothing sent');
+});
+
+test('more than 100 conversations to ack split into frames of 100', () => {
+  const { s } = session();
+  s.onOpen(0);
+  for (let c = 0; c < 150; c += 1) s.onText(messages(`c${c}`, [1]), 0);
+  const out = parsed(s.onTick(T.ackDelay));
+  assert.deepEqual(out.map((f) => f.acks.length), [MAX_ACKS_PER_FRAME, 50]);
+});
+
+test('ackDelay 0 acks at once', () => {
+  const { s } = session({ ackDelay: 0 });
+  s.onOpen(0);
+  assert.deepEqual(parsed(s.onText(messages('c1', [1, 2]), 0)), [
+    { action: 'ack', acks: [{ conversation_id: 'c1', seq: 2 }] },
+  ]);
+});
+
+test('a redelivery of acked messages repeats the ack (the first was lost with its socket)', () => {
+  const { s, events } = session();
+  s.onOpen(0);
+  s.onText(messages('c1', [1, 2]), 0);
+  s.onTick(T.ackDelay);
+  s.onClose();
+  s.onOpen(1000);
+  s.onText(messages('c1', [1, 2]), 1000);
+  const out = parsed(s.onTick(1000 + T.ackDelay));
+  assert.deepEqual(out, [{ action: 'ack', acks: [{ conversation_id: 'c1', seq: 2 }] }]);
+  assert.equal(s.duplicates, 2);
+  assert.equal(events.filter((e) => e.type === 'message').length, 2, 'duplicates are not reported');
+});
+
+test('holes are synced after their grace, one sync in flight per conversation', () => {
+  const { s } = session();
+  s.onOpen(0);
+  s.onText(messages('c1', [1, 5]), 0);
+  assert.ok(parsed(s.onTick(100)).every((f) => f.after_seq === undefined));
+  const t1 = T.holeGrace;
+  const sync = parsed(s.onTick(t1)).find((f) => f.action === 'sync');
+  assert.deepEqual(sync, { action: 'sync', conversation_id: 'c1', after_seq: 1, limit: T.syncLimit });
+  assert.ok(
+    parsed(s.onTick(t1 + T.holeGrace)).every((f) => f.action !== 'sync'),
+    'not repeated while in flight',
+  );
+  const again = parsed(s.onTick(t1 + T.syncTimeout)).find((f) => f.conversation_id === 'c1');
+  assert.equal(again.after_seq, 1, 'repeated once the sync timed out');
+  s.onText(messages('c1', [2, 3, 4]), t1 + T.syncTimeout);
+  assert.deepEqual(s.timeline('c1').holes(), []);
+  assert.deepEqual(s.timeline('c1').messages().map((m) => m.seq), [1, 2, 3, 4, 5]);
+});
+
+test('a live message overtaking catch-up opens a hole that closes without a sync', () => {
+  const { s } = session();
+  s.onOpen(0);
+  s.onText(messages('c1', [44]), 0);
+  s.onText(messages('c1', Array.from({ length: 43 }, (_, i) => i + 1)), 100);
+  assert.ok(parsed(s.onTick(T.holeGrace * 3)).every((f) => f.action !== 'sync'));
+  assert.equal(s.timeline('c1').contiguousThrough, 44);
+});
+
+test('more pulls the rest from the contiguous end at once', () => {
+  const { s } = session();
+  s.onOpen(0);
+  s.onText(messages('c1', [1, 2, 3]), 0);
+  const out = parsed(s.onText(JSON.stringify({ type: 'more', conversation_id: 'c1', next_seq: 4 }), 0));
+  assert.deepEqual(out, [{ action: 'sync', conversation_id: 'c1', after_seq: 3, limit: T.syncLimit }]);
+});
+
+test('no caught_up in time sends a full sync, once per timeout', () => {
+  const { s, events } = session();
+  s.onOpen(0);
+  assert.deepEqual(s.onTick(1000), []);
+  assert.deepEqual(parsed(s.onTick(T.caughtUpTimeout)), [{ action: 'sync' }]);
+  assert.deepEqual(s.onTick(T.caughtUpTimeout + 100), [], 'the wait restarts');
+  s.onText(JSON.stringify({ type: 'caught_up', conversations: 2, messages: 6 }), T.caughtUpTimeout + 250);
+  assert.deepEqual(s.onTick(60_000), []);
+  assert.equal(s.caughtUpCount, 1);
+  const ev = events.find((e) => e.type === 'caughtUp').detail;
+  assert.deepEqual(ev, { conversations: 2, messages: 6, afterOpenMs: T.caughtUpTimeout + 250 });
+});
+
+test('sends are retried with the same client_msg_id until sent, and land in the timeline', async () => {
+  const { s, events } = session();
+  const w = waiter();
+  assert.equal(s.queueSend('c1', 'k1', 'hi', w, 0), null, 'offline: queued');
+  const first = parsed(s.onOpen(0));
+  assert.deepEqual(first, [{ action: 'sendMessage', conversation_id: 'c1', client_msg_id: 'k1', body: 'hi' }]);
+  assert.deepEqual(s.onTick(1000), []);
+  const retry = parsed(s.onTick(T.sendRetry));
+  assert.equal(retry[0].client_msg_id, 'k1');
+  s.onClose();
+  const reopened = parsed(s.onOpen(T.sendRetry + 10));
+  assert.equal(reopened[0].client_msg_id, 'k1', 'resent on the next connection, same id');
+  s.onText(JSON.stringify({ type: 'sent', conversation_id: 'c1', client_msg_id: 'k1', seq: 1, sent_at: 9 }), 5000);
+  assert.deepEqual(await w.promise, { conversationId: 'c1', clientMsgId: 'k1', seq: 1, sentAt: 9 });
+  assert.equal(s.outbox.size, 0);
+  const mine = s.timeline('c1').get(1);
+  assert.equal(mine.body, 'hi');
+  assert.equal(mine.senderId, 'bob');
+  assert.deepEqual(
+    parsed(s.onTick(10_000)).filter((f) => f.action === 'ack'),
+    [],
+    'no ack for a prefix of our own messages',
+  );
+  assert.ok(events.some((e) => e.type === 'message' && e.detail.seq === 1));
+  // A second `sent` for an earlier retry changes nothing.
+  s.onText(JSON.stringify({ type: 'sent', conversation_id: 'c1', client_msg_id: 'k1', seq: 1, sent_at: 9 }), 5000);
+  assert.equal(s.timeline('c1').size, 1);
+});
+
+test('permanent errors fail the send, transient ones keep it for the retry', async () => {
+  const { s } = session();
+  s.onOpen(0);
+  const w = waiter();
+  s.queueSend('c1', 'k1', 'x', w, 0);
+  s.onText(JSON.stringify({ type: 'error', code: 'internal', message: 'retry', client_msg_id: 'k1' }), 0);
+  assert.equal(s.outbox.size, 1);
+  s.onText(JSON.stringify({ type: 'error', code: 'not_a_member', message: 'no', client_msg_id: 'k1' }), 0);
+  assert.equal(s.outbox.size, 0);
+  await assert.rejects(w.promise, (e) => e.code === 'not_a_member' && e.clientMsgId === 'k1');
+  assert.equal(isPermanent('rate_limited'), false);
+  assert.equal(isPermanent('payload_too_large'), true);
+});
+
+test('replies reach their request; a close fails those sent, keeps those not yet sent', async () => {
+  const { s } = session();
+  s.onOpen(0);
+  const created = waiter();
+  const text = JSON.parse(s.queueRequest('r1', { action: 'createConversation', members: ['alice'] }, created));
+  assert.equal(text.request_id, 'r1');
+  s.onText(JSON.stringify({ type: 'conversation', conversation_id: 'c9', members: ['bob', 'alice'], request_id: 'r1' }), 0);
+  assert.equal((await created.promise).conversation_id, 'c9');
+  assert.ok(s.timelines.has('c9'));
+
+  const lost = waiter();
+  s.queueRequest('r2', { action: 'ping' }, lost);
+  s.onClose();
+  await assert.rejects(lost.promise, (e) => e.code === 'closed');
+  const later = waiter();
+  assert.equal(s.queueRequest('r3', { action: 'ping' }, later), null, 'closed: waits for the next open');
+  const out = parsed(s.onOpen(10));
+  assert.deepEqual(out, [{ action: 'ping', request_id: 'r3' }]);
+  s.onText(JSON.stringify({ type: 'pong', request_id: 'r3' }), 11);
+  assert.equal((await later.promise).type, 'pong');
+
+  const refused = waiter();
+  s.queueRequest('r4', { action: 'registerDevice', platform: 'x', token: 't' }, refused);
+  s.onText(JSON.stringify({ type: 'error', code: 'bad_request', message: 'platform', request_id: 'r4' }), 12);
+  await assert.rejects(refused.promise, (e) => e.code === 'bad_request' && e.requestId === 'r4');
+});
+
+test('receipts are surfaced and kept at their highest', () => {
+  const { s, events } = session();
+  s.onOpen(0);
+  const r = (seq) => JSON.stringify({ type: 'receipt', conversation_id: 'c1', user_id: 'alice', delivered_through_seq: seq });
+  s.onText(r(5), 0);
+  s.onText(r(3), 0);
+  assert.equal(s.receipt('c1', 'alice'), 5);
+  assert.deepEqual(events.filter((e) => e.type === 'receipt').map((e) => e.detail.deliveredThroughSeq), [5, 3]);
+});
+
+test('an error frame no request owns is an error event', () => {
+  const { s, events } = session();
+  s.onOpen(0);
+  s.onText(JSON.stringify({ type: 'error', code: 'unknown_action', message: 'unknown action "fly"' }), 0);
+  const e = events.find((x) => x.type === 'error').detail;
+  assert.equal(e.code, 'unknown_action');
+});
+
+test('foreign and malformed frames are ignored', () => {
+  const { s, events } = session();
+  s.onOpen(0);
+  for (const raw of [
+    '{"message":"Internal server error","connectionId":"x","requestId":"y"}',
+    'not json',
+    'null',
+    '[]',
+    '{"type":"messages","conversation_id":"c1","messages":[null,7]}',
+    '{"type":"from_the_future"}',
+  ]) {
+    assert.deepEqual(s.onText(raw, 0), []);
+  }
+  assert.equal(events.length, 0);
+});
+
+test('closeAll fails every waiting send and request', async () => {
+  const { s } = session();
+  const send = waiter();
+  const req = waiter();
+  s.queueSend('c1', 'k1', 'x', send, 0);
+  s.queueRequest('r1', { action: 'ping' }, req);
+  s.closeAll();
+  await assert.rejects(send.promise, (e) => e.code === 'closed');
+  await assert.rejects(req.promise, (e) => e.code === 'closed');
+});
+
+test('backoff grows, is capped, and is jittered', () => {
+  for (let attempt = 0; attempt < 30; attempt += 1) {
+    const exp = Math.min(T.backoffBase * 2 ** Math.min(attempt, 16), T.backoffMax);
+    for (const r of [0, 0.5, 0.999]) {
+      const d = backoff(T, attempt, () => r);
+      assert.ok(d >= exp / 2 && d <= exp, `attempt ${attempt}: ${d}`);
+    }
+  }
+  const samples = new Set(Array.from({ length: 20 }, () => backoff(T, 5)));
+  assert.ok(samples.size > 1, 'jitter varies the delay');
+});
+
+test('helpers: token urls, token subjects, client message ids', () => {
+  assert.equal(withToken('ws://h:1', 't'), 'ws://h:1/?token=t');
+  assert.equal(withToken('wss://h/prod', 't'), 'wss://h/prod?token=t');
+  assert.equal(withToken('ws://h/?x=1', 't'), 'ws://h/?x=1&token=t');
+  const payload = Buffer.from(JSON.stringify({ sub: 'bob', exp: 1 })).toString('base64url');
+  assert.equal(tokenSubject(`h.${payload}.s`), 'bob');
+  assert.equal(tokenSubject('garbage'), undefined);
+  const id = newClientMsgId();
+  assert.match(id, /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/);
+  assert.notEqual(newClientMsgId(), id);
+});

@@ -1,0 +1,55 @@
+// Not run: `npm run typecheck` compiles it against courier.d.ts, so the
+// declarations cover what an app writes.
+import {
+  CourierClient,
+  CourierError,
+  DEFAULT_TUNING,
+  Session,
+  Timeline,
+  backoff,
+  type Message,
+  type Sent,
+} from '../src/courier.js';
+
+declare const WS: new (url: string) => any;
+
+export async function app(): Promise<void> {
+  const client = new CourierClient({
+    url: 'ws://127.0.0.1:3001',
+    token: async () => 'jwt',
+    WebSocket: WS,
+    tuning: { heartbeat: 60_000 },
+  });
+  const unsubscribe = client.on('message', (m: Message) => {
+    const line: string = `${m.conversationId} #${m.seq} ${m.senderId}: ${m.body}`;
+    void line;
+  });
+  client.on('caughtUp', ({ conversations, messages, afterOpenMs }) => {
+    const n: number = conversations + messages + (afterOpenMs ?? 0);
+    void n;
+  });
+  client.on('receipt', (r) => void r.deliveredThroughSeq.toFixed());
+  client.on('state', ({ state, delay }) => void [state === 'reconnecting', delay]);
+  client.on('error', (e: CourierError) => void e.code);
+  await client.connect({ timeout: 5000 });
+  const { conversationId, members } = await client.createConversation(['bob']);
+  await client.registerDevice('fcm', 'token');
+  const sent: Sent = await client.send(conversationId, 'hello??', { clientMsgId: 'k1' });
+  const timeline: Message[] = client.timeline(conversationId);
+  const through: number = client.contiguousThrough(conversationId) + client.receipt(conversationId, 'bob');
+  const rtt: number = await client.ping();
+  void [members, sent.seq, timeline, through, rtt, client.pendingSends()[0]?.attempts, client.stats.opens];
+  client.sync();
+  client.goOffline();
+  unsubscribe();
+  client.close();
+}
+
+export function pure(): void {
+  const t = new Timeline();
+  const outcome: 'new' | 'duplicate' = t.insert({ conversationId: 'c1', seq: 1, messageId: 'm', senderId: 'a', body: 'b', sentAt: 0 });
+  const holes: Array<[number, number]> = t.holes();
+  const s = new Session({ me: 'bob', tuning: { ackDelay: 0 } });
+  const frames: string[] = [...s.onOpen(0), ...s.onText('{}', 1), ...s.onTick(2)];
+  void [outcome, holes, frames, backoff(DEFAULT_TUNING, 3)];
+}
