@@ -1015,6 +1015,57 @@ fn check_routes(t: &Template) -> Vec<String> {
     problems
 }
 
+/// What a stage serves is the snapshot its deployment took, and
+/// CloudFormation creates an `AWS::ApiGatewayV2::Deployment` once: a route
+/// changed in a later update would never go live. So the deployment's
+/// logical id carries a fingerprint of every resource the snapshot holds
+/// (API, routes, route responses, integrations, authorizers): change one and
+/// the id must change, which makes CloudFormation create a new deployment
+/// and point the stage at it.
+fn routes_fingerprint(t: &Template) -> String {
+    const SNAPSHOT: [&str; 5] = [
+        "AWS::ApiGatewayV2::Api",
+        ROUTE,
+        "AWS::ApiGatewayV2::RouteResponse",
+        INTEGRATION,
+        "AWS::ApiGatewayV2::Authorizer",
+    ];
+    // FNV-1a: stable across Rust releases, unlike std's DefaultHasher.
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for (id, r) in &t.resources {
+        if !SNAPSHOT.contains(&t.kind(id).unwrap_or("")) {
+            continue;
+        }
+        let text = format!("{id}\n{}", serde_yaml::to_string(r).unwrap_or_default());
+        for b in text.bytes() {
+            hash ^= u64::from(b);
+            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    format!("{:08X}", hash >> 32)
+}
+
+fn check_deployment_fingerprint(t: &Template) -> Vec<String> {
+    let want = format!("Deployment{}", routes_fingerprint(t));
+    let deployments: Vec<&str> = t
+        .of_type("AWS::ApiGatewayV2::Deployment")
+        .map(|(id, _)| id)
+        .collect();
+    let mut problems = Vec::new();
+    if deployments != [want.as_str()] {
+        problems.push(format!(
+            "the API's routes changed since the deployment was named: rename {deployments:?} to {want} \
+             (and the Stage's DeploymentId), or CloudFormation keeps serving the old routes"
+        ));
+    }
+    for (stage, _) in t.of_type("AWS::ApiGatewayV2::Stage") {
+        if t.prop(stage, "DeploymentId").and_then(ref_target) != Some(want.as_str()) {
+            problems.push(format!("stage {stage}: DeploymentId must be !Ref {want}"));
+        }
+    }
+    problems
+}
+
 /// A deploy's parameter values: a name and the overrides on the defaults.
 struct Scenario {
     name: String,
@@ -1535,6 +1586,11 @@ fn every_route_has_an_integration_and_a_permission() {
 }
 
 #[test]
+fn the_deployment_is_renamed_whenever_the_routes_change() {
+    fail_on(check_deployment_fingerprint(&shipped_template()));
+}
+
+#[test]
 fn every_function_accepts_its_environment_in_every_deploy() {
     let t = shipped_template();
     let shipped = samconfig_overrides(&t, &shipped_samconfig()).unwrap();
@@ -1988,6 +2044,36 @@ Resources:
         );
         let t = bad("RouteKey: $disconnect", "RouteKey: sync");
         assert_found(&check_routes(&t), "no $disconnect route");
+    }
+
+    #[test]
+    fn a_route_change_without_a_new_deployment_fails() {
+        let stale = check_deployment_fingerprint(&good());
+        assert_found(&stale, "rename [\"Deployment\"] to Deployment");
+        let name = format!("Deployment{}", routes_fingerprint(&good()));
+        let renamed = GOOD.replacen("  Deployment:\n", &format!("  {name}:\n"), 1);
+        let stage = format!(
+            "  Stage:\n    Type: AWS::ApiGatewayV2::Stage\n    Properties: {{DeploymentId: !Ref {name}}}\n"
+        );
+        let fresh = Template::parse(&format!("{renamed}{stage}")).unwrap();
+        assert_eq!(check_deployment_fingerprint(&fresh), Vec::<String>::new());
+        // Any route edit changes the fingerprint; the old name is now stale.
+        let edited = Template::parse(&format!("{renamed}{stage}").replacen(
+            "RouteKey: ping",
+            "RouteKey: sync",
+            1,
+        ))
+        .unwrap();
+        assert_found(
+            &check_deployment_fingerprint(&edited),
+            &format!("rename [\"{name}\"]"),
+        );
+        let wrong_stage =
+            Template::parse(&format!("{renamed}{}", stage.replace(&name, "Deployment"))).unwrap();
+        assert_found(
+            &check_deployment_fingerprint(&wrong_stage),
+            "DeploymentId must be",
+        );
     }
 
     #[test]
