@@ -178,6 +178,8 @@ export class CourierClient {
   /** Asks for a full catch-up now. */
   sync(): void;
 
+  /** Puts back messages the app kept; `heldThrough`: all seqs up to it are held. */
+  restore(conversationId: string, messages?: Message[], options?: { heldThrough?: number }): void;
   timeline(conversationId: string): Message[];
   contiguousThrough(conversationId: string): number;
   conversations(): string[];
@@ -189,6 +191,8 @@ export class CourierClient {
 /** One conversation in seq order (pure). */
 export class Timeline {
   insert(message: Message, now?: number): 'new' | 'duplicate';
+  /** Counts every seq up to `seq` as held, present or not. */
+  holdThrough(seq: number, now?: number): void;
   readonly contiguousThrough: number;
   readonly highest: number;
   hasHole(): boolean;

@@ -181,6 +181,18 @@ export class Timeline {
     return 'new';
   }
 
+  /**
+   * Counts every seq up to `seq` as held, present here or not: an app that
+   * keeps its messages in its own storage says where it stands, so a fresh
+   * client does not pull the whole history to close the gap below.
+   */
+  holdThrough(seq, now = 0) {
+    if (!Number.isSafeInteger(seq) || seq <= this.#contiguous) return;
+    this.#contiguous = seq;
+    while (this.#bySeq.has(this.#contiguous + 1)) this.#contiguous += 1;
+    this.#holeSince = this.hasHole() ? (this.#holeSince ?? now) : null;
+  }
+
   /** Every seq in 1..=this is held. */
   get contiguousThrough() {
     return this.#contiguous;
@@ -854,7 +866,10 @@ export class CourierClient {
     const ws = this.#ws;
     this.#ws = null;
     if (ws) {
-      ws.onopen = ws.onmessage = ws.onerror = ws.onclose = null;
+      // No-ops rather than null: the ws package throws an 'error' emitted
+      // with no listener, as closing a socket mid-handshake does.
+      const ignore = () => {};
+      ws.onopen = ws.onmessage = ws.onerror = ws.onclose = ignore;
     }
     clearTimeout(this.#connectTimer);
     clearInterval(this.#ticker);
@@ -961,6 +976,19 @@ export class CourierClient {
   /** Asks for a full catch-up now. */
   sync() {
     if (this.#state === 'open') this.#sendAll([this.session.fullSync(this.#now())]);
+  }
+
+  /**
+   * Puts back what the app kept from an earlier run (its own storage):
+   * `messages` in any order, and `heldThrough`, the seq through which it holds
+   * everything (default: the contiguous end of `messages` from seq 1). No
+   * events are emitted for them. Call before `connect()`.
+   */
+  restore(conversationId, messages = [], { heldThrough } = {}) {
+    const t = this.session.timeline(conversationId);
+    const now = this.#now();
+    for (const m of messages) t.insert({ ...m, conversationId }, now);
+    if (heldThrough !== undefined) t.holdThrough(heldThrough, now);
   }
 
   // ------------------------------------------------------------- reads

@@ -4,6 +4,7 @@
 // that can drop a frame either way or cut the connection at a chosen moment.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import net from 'node:net';
 import WebSocket from 'ws';
 import { CourierClient, CourierError } from '../src/courier.js';
 import { startGateway, waitFor } from './gateway.js';
@@ -323,4 +324,62 @@ itest('refused handshakes and refused requests reject with the reason', async ({
   assert.deepEqual(alice.pendingSends(), [], 'refused sends leave the outbox');
   alice.close();
   await assert.rejects(alice.send(conversationId, 'x'), (e) => e.code === 'closed');
+});
+
+itest("a fresh client restored from the app's storage fetches only what it lacks", async ({ gateway, client }) => {
+  const gw = await gateway();
+  const alice = await client(gw, 'alice');
+  const first = await client(gw, 'bob');
+  const { conversationId } = await alice.createConversation(['bob']);
+  for (let i = 1; i <= 30; i += 1) await alice.send(conversationId, `m${i}`);
+  await waitFor('bob reads them', () => first.contiguousThrough(conversationId) === 30);
+  await waitFor('and acks them', noPending(gw, 'bob'));
+  // The app keeps the last ten and closes.
+  const kept = first.timeline(conversationId).slice(-10);
+  first.close();
+  await waitFor('bob leaves the registry', offlineInRegistry(gw, 'bob'));
+  for (let i = 31; i <= 33; i += 1) await alice.send(conversationId, `m${i}`);
+
+  const tap = tapped();
+  const bob = await client(gw, 'bob', { WebSocket: tap.WebSocket, connect: false, tuning: { holeGrace: 100 } });
+  const events = [];
+  bob.on('message', (m) => events.push(m.seq));
+  bob.restore(conversationId, kept, { heldThrough: 30 });
+  assert.deepEqual(seqs(bob, conversationId), range(21, 30));
+  await bob.connect();
+  await waitFor('the three new ones', () => bob.contiguousThrough(conversationId) === 33);
+  await new Promise((r) => setTimeout(r, 300));
+  assert.deepEqual(events, [31, 32, 33], 'restored messages are not events');
+  assert.deepEqual(seqs(bob, conversationId), range(21, 33));
+  assert.deepEqual(tap.sent('sync').filter((f) => f.conversation_id), [], 'no history pulled');
+  await waitFor('nothing pending for bob', noPending(gw, 'bob'));
+});
+
+test('a handshake that never completes is abandoned and retried; connect gives up at its timeout', { timeout: 20_000 }, async () => {
+  // A listener that accepts the TCP connection and never answers the upgrade.
+  const sockets = [];
+  const server = net.createServer((sock) => sockets.push(sock));
+  await new Promise((r) => server.listen(0, '127.0.0.1', r));
+  const tap = tapped();
+  const c = new CourierClient({
+    url: `ws://127.0.0.1:${server.address().port}`,
+    token: 'any',
+    WebSocket: tap.WebSocket,
+    tuning: { connectTimeout: 200, backoffBase: 40 },
+  });
+  const states = [];
+  c.on('state', (s) => states.push(s.state));
+  try {
+    await assert.rejects(c.connect({ timeout: 1000 }), (e) => e.code === 'unreachable');
+    assert.ok(tap.sockets.length >= 3, `${tap.sockets.length} handshakes tried`);
+    assert.ok(states.includes('reconnecting'));
+    assert.equal(c.state, 'offline', 'the client stops after a failed connect');
+    const tried = tap.sockets.length;
+    await new Promise((r) => setTimeout(r, 300));
+    assert.equal(tap.sockets.length, tried, 'and tries no more');
+  } finally {
+    c.close();
+    for (const s of sockets) s.destroy();
+    server.close();
+  }
 });

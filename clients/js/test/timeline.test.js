@@ -94,3 +94,19 @@ test('a large shuffled backlog with repeats comes out whole and in order', () =>
   assert.deepEqual(seqs(t), Array.from({ length: 500 }, (_, i) => i + 1));
   assert.equal(t.contiguousThrough, 500);
 });
+
+test('holdThrough counts older seqs as held: no hole below, acks from there', () => {
+  const t = new Timeline();
+  t.insert(m(44), 0);
+  assert.deepEqual(t.holes(), [[1, 43]]);
+  t.holdThrough(41, 5);
+  assert.equal(t.contiguousThrough, 41);
+  assert.deepEqual(t.holes(), [[42, 43]]);
+  t.insert(m(42));
+  t.insert(m(43));
+  assert.equal(t.contiguousThrough, 44);
+  assert.equal(t.ackDue(), 44);
+  assert.equal(t.insert(m(7)), 'duplicate', 'below the held line is held');
+  t.holdThrough(10);
+  assert.equal(t.contiguousThrough, 44, 'never moves down');
+});

@@ -31,6 +31,7 @@ export async function app(): Promise<void> {
   client.on('receipt', (r) => void r.deliveredThroughSeq.toFixed());
   client.on('state', ({ state, delay }) => void [state === 'reconnecting', delay]);
   client.on('error', (e: CourierError) => void e.code);
+  client.restore('c1', [], { heldThrough: 41 });
   await client.connect({ timeout: 5000 });
   const { conversationId, members } = await client.createConversation(['bob']);
   await client.registerDevice('fcm', 'token');

@@ -9,7 +9,7 @@
 // docs/ (the ones the README shows).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtemp, mkdir, rm, copyFile } from 'node:fs/promises';
+import { mkdtemp, mkdir, rm, copyFile, readFile } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -55,6 +55,19 @@ const range = (from, to) => Array.from({ length: to - from + 1 }, (_, i) => from
 test('the story in headless Chromium: banners while offline, catch-up in order when online', { timeout: 180_000 }, async () => {
   assert.ok(existsSync(CHROMIUM), `${CHROMIUM} not found: apt-get install chromium`);
   const gw = await startGateway();
+  // The gateway embeds the files at build time: a stale binary would test
+  // stale files.
+  for (const [route, file] of [
+    ['/', 'clients/web/index.html'],
+    ['/app.js', 'clients/web/app.js'],
+    ['/courier.js', 'clients/js/src/courier.js'],
+  ]) {
+    const served = await (await fetch(gw.httpUrl + route)).text();
+    if (served !== (await readFile(path.join(ROOT, file), 'utf8'))) {
+      await gw.stop();
+      assert.fail(`courier-local serves an old ${file}: run \`cargo build -p courier-local\``);
+    }
+  }
   const profile = await mkdtemp(path.join(os.tmpdir(), 'courier-chromium-'));
   let context;
   const problems = [];
