@@ -23,8 +23,7 @@ use courier::domain::{
     Seq, UserId, now_millis,
 };
 use courier::ports::{
-    AckOutcome, AppendOutcome, CatchUpRequest, ConnectionRegistry, MessageStore, NewMessage,
-    PendingStore, StoreError,
+    AckOutcome, AppendOutcome, CatchUpRequest, NewMessage, PendingStore, StoreError,
 };
 use courier::protocol::{AckItem, ServerFrame};
 use courier::services::catch_up::{self, Ending};
