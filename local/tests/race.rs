@@ -117,7 +117,7 @@ async fn senders_race_a_reconnecting_recipient(backend: Backend) {
     // Conversation c: bob and every sender i with i % C == c, created by
     // its first sender.
     let mut conversations = Vec::new();
-    for c in 0..size.conversations {
+    for (c, creator) in senders.iter().enumerate().take(size.conversations) {
         let mut members: Vec<String> = vec![bob_id.to_string()];
         members.extend(
             (c..size.senders)
@@ -125,7 +125,7 @@ async fn senders_race_a_reconnecting_recipient(backend: Backend) {
                 .map(|i| sender_ids[i].to_string()),
         );
         let refs: Vec<&str> = members.iter().map(String::as_str).collect();
-        conversations.push(senders[c].create_conversation(&refs).await.unwrap());
+        conversations.push(creator.create_conversation(&refs).await.unwrap());
     }
 
     let started_at = Instant::now();
