@@ -13,7 +13,7 @@ use crate::adapters::memory::{
 };
 use crate::ports::{
     CatchUpTrigger, ConnectionRegistry, ConversationStore, DeviceStore, Gateway, MessageStore,
-    Notifier, PendingStore,
+    Notifier, PendingStore, RateLimiter,
 };
 
 /// Every port, behind a trait object.
@@ -73,6 +73,7 @@ pub struct Settings {
     pub catch_up: crate::config::CatchUpConfig,
     pub send: crate::config::SendConfig,
     pub push: crate::config::PushConfig,
+    pub rate_limit: crate::config::RateLimitConfig,
 }
 
 impl Settings {
@@ -84,6 +85,7 @@ impl Settings {
             catch_up: crate::config::CatchUpConfig::from_env(env)?,
             send: crate::config::SendConfig::from_env(env)?,
             push: crate::config::PushConfig::from_env(env)?,
+            rate_limit: crate::config::RateLimitConfig::from_env(env)?,
         })
     }
 }
@@ -93,11 +95,24 @@ impl Settings {
 pub struct App {
     pub ports: Ports,
     pub settings: Settings,
+    /// Per-user send limit. Not in [`Ports`] because only the send path
+    /// asks it; [`Unlimited`](crate::adapters::rate_limit::Unlimited) until
+    /// [`App::with_rate_limiter`] gives it one.
+    pub limiter: Arc<dyn RateLimiter>,
 }
 
 impl App {
     pub fn new(ports: Ports, settings: Settings) -> Self {
-        Self { ports, settings }
+        Self {
+            ports,
+            settings,
+            limiter: Arc::new(crate::adapters::rate_limit::Unlimited),
+        }
+    }
+
+    pub fn with_rate_limiter(mut self, limiter: Arc<dyn RateLimiter>) -> Self {
+        self.limiter = limiter;
+        self
     }
 
     /// Everything in memory with default settings; the handles reach into
@@ -117,6 +132,24 @@ pub async fn app_from_env(
     let settings = Settings::from_env(&env)?;
     let ports = crate::adapters::aws::ports_from_env(&env, needs).await?;
     Ok(App::new(ports, settings))
+}
+
+/// The per-user send limiter of a Lambda function: a token bucket in the
+/// Redis of `REDIS_URL`, limits from `RATE_LIMIT_PER_SEC`/`RATE_LIMIT_BURST`.
+/// Nothing connects until the first send.
+pub fn rate_limiter_from_env<F: Fn(&str) -> Option<String>>(
+    env: &crate::config::Env<F>,
+) -> Result<Arc<dyn RateLimiter>, crate::config::ConfigError> {
+    let redis = crate::config::RegistryConfig::from_env(env)?;
+    let limits = crate::config::RateLimitConfig::from_env(env)?;
+    let limiter =
+        crate::adapters::rate_limit::RedisRateLimiter::new(&redis, limits).map_err(|e| {
+            crate::config::ConfigError::Invalid {
+                name: "REDIS_URL",
+                reason: e.0,
+            }
+        })?;
+    Ok(Arc::new(limiter))
 }
 
 /// Parses every variable a function with `needs` reads at start-up, without

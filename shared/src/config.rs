@@ -332,6 +332,52 @@ impl PushConfig {
     }
 }
 
+/// Per-user rate limit of sends (`RATE_LIMIT_PER_SEC`, `RATE_LIMIT_BURST`):
+/// a token bucket that refills at `per_sec` tokens a second and holds at
+/// most `burst`. `RATE_LIMIT_PER_SEC=0` turns limiting off.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimitConfig {
+    /// Sustained sends a second per user. A person types far below 10; a
+    /// client retrying its outbox after a reconnect sends in bursts, which
+    /// `burst` absorbs.
+    pub per_sec: f64,
+    pub burst: u32,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        Self {
+            per_sec: 10.0,
+            burst: 30,
+        }
+    }
+}
+
+impl RateLimitConfig {
+    pub fn enabled(&self) -> bool {
+        self.per_sec > 0.0
+    }
+
+    pub fn from_env<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<Self, ConfigError> {
+        let d = Self::default();
+        let per_sec: f64 = env.parsed("RATE_LIMIT_PER_SEC", d.per_sec)?;
+        if !per_sec.is_finite() || per_sec < 0.0 {
+            return Err(ConfigError::Invalid {
+                name: "RATE_LIMIT_PER_SEC",
+                reason: "must be a number >= 0 (0 turns limiting off)".into(),
+            });
+        }
+        let burst: u32 = env.parsed("RATE_LIMIT_BURST", d.burst)?;
+        if burst == 0 {
+            return Err(ConfigError::Invalid {
+                name: "RATE_LIMIT_BURST",
+                reason: "must be at least 1".into(),
+            });
+        }
+        Ok(Self { per_sec, burst })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -372,5 +418,50 @@ mod tests {
                 ..
             }
         ));
+    }
+}
+
+#[cfg(test)]
+mod rate_limit_config_tests {
+    use super::*;
+
+    #[test]
+    fn rate_limit_config_reads_its_variables_and_refuses_nonsense() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            Env(move |k: &str| {
+                pairs
+                    .iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| (*v).to_owned())
+            })
+        };
+        assert_eq!(
+            RateLimitConfig::from_env(&env(&[])),
+            Ok(RateLimitConfig::default())
+        );
+        let c = RateLimitConfig::from_env(&env(&[
+            ("RATE_LIMIT_PER_SEC", "2.5"),
+            ("RATE_LIMIT_BURST", "5"),
+        ]));
+        assert_eq!(
+            c,
+            Ok(RateLimitConfig {
+                per_sec: 2.5,
+                burst: 5
+            })
+        );
+        assert!(
+            !RateLimitConfig::from_env(&env(&[("RATE_LIMIT_PER_SEC", "0")]))
+                .unwrap_or_default()
+                .enabled()
+        );
+        for bad in [
+            &[("RATE_LIMIT_PER_SEC", "-1")][..],
+            &[("RATE_LIMIT_PER_SEC", "fast")][..],
+            &[("RATE_LIMIT_PER_SEC", "NaN")][..],
+            &[("RATE_LIMIT_BURST", "0")][..],
+        ] {
+            assert!(RateLimitConfig::from_env(&env(bad)).is_err(), "{bad:?}");
+        }
     }
 }

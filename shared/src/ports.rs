@@ -274,3 +274,24 @@ pub trait DeviceStore: Send + Sync {
     async fn for_user(&self, user: &UserId) -> Result<Vec<Device>, StoreError>;
     async fn delete(&self, token: &str) -> Result<(), StoreError>;
 }
+
+/// What the rate limiter said about one send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateDecision {
+    /// A token was taken: go ahead.
+    Allowed,
+    /// The bucket is empty; a token is back in about `retry_after`.
+    Limited { retry_after: std::time::Duration },
+}
+
+/// Per-user rate limiting of sends: a token bucket per user (Redis in
+/// production, so every execution environment shares it).
+///
+/// An `Err` means the limiter could not be asked (Redis down or slow); the
+/// send path then lets the send through and logs it — the limiter protects
+/// capacity, it must not take messaging down with it.
+#[async_trait]
+pub trait RateLimiter: Send + Sync {
+    /// Takes one token from `user`'s bucket, atomically, if there is one.
+    async fn acquire(&self, user: &UserId) -> Result<RateDecision, RegistryError>;
+}

@@ -10,3 +10,4 @@ pub mod apigw;
 pub mod lambda;
 pub mod sns;
 pub mod aws;
+pub mod rate_limit;

@@ -41,7 +41,7 @@ use crate::config::PendingClear;
 use crate::domain::{
     Body, BodyError, ClientMsgId, Conversation, ConversationId, Message, UserId, now_millis,
 };
-use crate::ports::{AppendOutcome, NewMessage, PushMessage, StoreError};
+use crate::ports::{AppendOutcome, NewMessage, PushMessage, RateDecision, StoreError};
 use crate::protocol::{ErrorCode, FrameError, ServerFrame, pack_messages};
 use crate::services::delivery::{self, Live};
 use crate::services::push::{self, PushReport};
@@ -90,6 +90,24 @@ pub async fn send_message(
         }
     };
     let ports = &app.ports;
+
+    // Before any store call: a flood costs a Redis round trip per frame, not
+    // DynamoDB capacity. A limiter that cannot be asked lets the send through.
+    match app.limiter.acquire(sender).await {
+        Ok(RateDecision::Allowed) => {}
+        Ok(RateDecision::Limited { retry_after }) => {
+            debug!(
+                retry_after_ms = retry_after.as_millis() as u64,
+                "rate limited"
+            );
+            let message = format!(
+                "too many messages; retry in {} ms",
+                retry_after.as_millis().max(1)
+            );
+            return reject(ErrorCode::RateLimited, &message);
+        }
+        Err(e) => warn!(error = %e, "rate limiter unavailable; letting the send through"),
+    }
 
     if let Some(original) = ports
         .messages
