@@ -10,9 +10,11 @@ erase the other's writes. Real DynamoDB transactions are serializable (a
 conflicting one is cancelled with TransactionConflict). Serializing requests
 makes the emulator keep that guarantee; without it, Courier's concurrent-send
 tests fail on moto, not on DynamoDB. Connections stay keep-alive and threaded:
-only the handling of a request holds the lock.
+only the handling of a request holds the lock, never socket I/O (the body is
+read before, the response written after).
 """
 
+import io
 import threading
 
 from moto.moto_server import werkzeug_app
@@ -21,7 +23,30 @@ _lock = threading.RLock()
 _dispatch = werkzeug_app.DomainDispatcherApplication.__call__
 
 
+def _read_body(environ):
+    """The whole request body, read before taking the lock: a client that
+    stalls mid-body (the fault-injection proxy does that on purpose) must
+    stall only its own request, never the whole server."""
+    stream = environ.get("wsgi.input")
+    if stream is None:
+        return b""
+    length = environ.get("CONTENT_LENGTH") or ""
+    if length.isdigit():
+        return stream.read(int(length))
+    if environ.get("wsgi.input_terminated"):
+        return stream.read()
+    return b""
+
+
 def _serialized(self, environ, start_response):
+    # moto's own introspection (/moto-api/data.json dumps every backend and
+    # can take many seconds on a busy server) changes nothing: let it run
+    # beside the AWS API calls instead of stalling them.
+    if environ.get("PATH_INFO", "").startswith("/moto-api/"):
+        return _dispatch(self, environ, start_response)
+    body = _read_body(environ)
+    environ["wsgi.input"] = io.BytesIO(body)
+    environ["CONTENT_LENGTH"] = str(len(body))
     with _lock:
         body = _dispatch(self, environ, start_response)
         try:

@@ -89,6 +89,16 @@ pub async fn dynamodb_endpoint() -> String {
     blocking(|| MOTO.get_or_init(start_moto).clone()).await
 }
 
+/// A moto server of this test process alone, even when `DYNAMODB_ENDPOINT`
+/// names a shared one: for tests that read moto's whole state back
+/// (`/moto-api/data.json` dumps every backend, and on the shared server that
+/// includes every table the run has filled so far, which takes seconds).
+pub async fn dedicated_moto_endpoint() -> String {
+    init_test_logging();
+    static OWN: OnceLock<String> = OnceLock::new();
+    blocking(|| OWN.get_or_init(start_moto).clone()).await
+}
+
 /// SNS is served by the same moto server unless `SNS_ENDPOINT` says
 /// otherwise.
 pub async fn sns_endpoint() -> String {
@@ -128,6 +138,24 @@ pub async fn fresh_tables() -> TableNames {
         .await
         .unwrap_or_else(|e| panic!("creating test tables {names:?} failed: {e}"));
     names
+}
+
+/// Deletes a set made by [`fresh_tables`]. Tests that fill tables with a lot
+/// call it when done: the servers are shared by the whole run, and moto keeps
+/// everything in memory (and dumps all of it for `/moto-api/data.json`).
+pub async fn drop_tables(names: &TableNames) {
+    let client = dynamo_client().await;
+    for table in [
+        &names.messages,
+        &names.pending,
+        &names.conversations,
+        &names.idempotency,
+        &names.devices,
+    ] {
+        if let Err(e) = client.delete_table().table_name(table).send().await {
+            panic!("deleting test table {table} failed: {e:?}");
+        }
+    }
 }
 
 /// Runs a server start (blocking: processes, sockets, sleeps) off the async

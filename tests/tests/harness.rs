@@ -5,7 +5,7 @@
 use std::io::{Read, Write};
 
 use courier::adapters::dynamo::create_tables;
-use courier_tests::{dynamo_client, fresh_tables, redis_url};
+use courier_tests::{drop_tables, dynamo_client, fresh_tables, redis_url};
 
 #[tokio::test]
 async fn redis_answers_ping() {
@@ -47,4 +47,29 @@ async fn fresh_tables_are_distinct_and_creation_is_idempotent() {
     }
     let scan = client.scan().table_name(&b.messages).send().await.unwrap();
     assert_eq!(scan.count(), 0);
+}
+
+#[tokio::test]
+async fn drop_tables_removes_the_whole_set() {
+    let t = fresh_tables().await;
+    drop_tables(&t).await;
+    let client = dynamo_client().await;
+    for table in [
+        &t.messages,
+        &t.pending,
+        &t.conversations,
+        &t.idempotency,
+        &t.devices,
+    ] {
+        let e = client
+            .describe_table()
+            .table_name(table)
+            .send()
+            .await
+            .unwrap_err();
+        assert_eq!(
+            aws_sdk_dynamodb::error::ProvideErrorMetadata::code(&e),
+            Some("ResourceNotFoundException")
+        );
+    }
 }

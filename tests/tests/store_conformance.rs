@@ -732,7 +732,12 @@ macro_rules! conformance {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $case() {
-                    super::$case(super::dynamo_backend().await).await;
+                    let backend = super::dynamo_backend().await;
+                    let tables = backend.raw.as_ref().map(|(_, t)| t.clone());
+                    super::$case(backend).await;
+                    if let Some(tables) = tables {
+                        courier_tests::drop_tables(&tables).await;
+                    }
                 }
             )*
         }
