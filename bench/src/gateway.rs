@@ -1,0 +1,113 @@
+//! The local gateway wired the way a figure needs it.
+//!
+//! `courier_local::wiring::start` covers the default shapes (everything in
+//! memory; Redis + DynamoDB with posts and invokes through the gateway's own
+//! HTTP APIs). The send-path figure needs one more: the functions' posts
+//! going through the SDK to `@connections` *behind a latency proxy*, like
+//! their DynamoDB and Redis calls, so every backend round trip of a send is
+//! one RTT away. [`start`] builds that from the same parts `wiring` uses
+//! (`Core`, `courier_routes`, `serve`), so the handlers are the real ones.
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use courier::adapters::apigw::ApiGatewayManagement;
+use courier::adapters::aws::AwsClients;
+use courier::adapters::dynamo::DynamoStore;
+use courier::adapters::redis::RedisRegistry;
+use courier::app::{App, Ports, Settings};
+use courier::auth::AuthConfig;
+use courier::config::{RegistryConfig, TableNames};
+use courier::ports::ConnectionRegistry;
+use courier_local::pushes::RecordingNotifier;
+use courier_local::wiring::{LOCAL_JWT_SECRET, courier_routes, functions};
+use courier_local::{Core, GatewayConfig, Inspect, RunningGateway};
+
+use crate::backends::Latency;
+use crate::trace::{self, Tape};
+
+/// A gateway whose functions reach DynamoDB, Redis and `@connections`
+/// through latency proxies.
+pub struct ProxiedGateway {
+    pub running: RunningGateway,
+    pub registry: Arc<dyn ConnectionRegistry>,
+    pub store: DynamoStore,
+    pub dynamo: Latency,
+    pub redis: Latency,
+    pub management: Latency,
+    /// Every port call of the gateway's functions.
+    pub tape: Arc<Tape>,
+}
+
+impl ProxiedGateway {
+    pub fn ws_url(&self) -> String {
+        self.running.ws_url()
+    }
+
+    /// The proxies, to set their delay together.
+    pub fn proxies(&self) -> [&Latency; 3] {
+        [&self.dynamo, &self.redis, &self.management]
+    }
+}
+
+/// Starts a gateway on a free loopback port running Courier's handlers over
+/// DynamoDB (`tables` on `dynamodb_endpoint`), Redis and the SDK's
+/// Management API client, each behind its own proxy (pass-through until
+/// set). Catch-up is triggered in process: the trigger is not on any path
+/// measured with it.
+pub async fn start(
+    dynamodb_endpoint: &str,
+    redis_url: &str,
+    tables: &TableNames,
+) -> anyhow::Result<ProxiedGateway> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let dynamo = Latency::in_front_of(dynamodb_endpoint).await?;
+    let redis = Latency::in_front_of(redis_url).await?;
+    let config = GatewayConfig::default();
+    let management = Latency::in_front_of(&format!("http://{addr}/{}", config.api.stage)).await?;
+
+    let clients: AwsClients = crate::backends::Backends::clients(&dynamo.url);
+    let store = DynamoStore::new(clients.dynamodb(), tables.clone());
+    let registry: Arc<dyn ConnectionRegistry> = Arc::new(
+        RedisRegistry::new(RegistryConfig::new(redis.url.clone()))
+            .map_err(|e| anyhow::anyhow!("redis registry: {e}"))?,
+    );
+    let core = Core::new(config);
+    let pushes = RecordingNotifier::new();
+    let store_arc = Arc::new(store.clone());
+    let ports = Ports {
+        registry: registry.clone(),
+        messages: store_arc.clone(),
+        conversations: store_arc.clone(),
+        pending: store_arc.clone(),
+        devices: store_arc.clone(),
+        gateway: Arc::new(ApiGatewayManagement::new(
+            clients.management(&management.url),
+        )),
+        trigger: Arc::new(core.trigger(functions::CATCH_UP)),
+        notifier: Arc::new(pushes.clone()),
+    };
+    let tape = Tape::new();
+    let app = App::new(trace::traced(ports, &tape), Settings::default());
+    let auth = authorizer::AuthorizerState::new(&AuthConfig::hs256(LOCAL_JWT_SECRET))
+        .map_err(|e| anyhow::anyhow!("authorizer: {e}"))?;
+    let routes = courier_routes(app, Arc::new(auth));
+    let inspect = Inspect {
+        pushes: Some(pushes),
+        pending: Some(store_arc),
+        registry: Some(registry.clone()),
+    };
+    let running = courier_local::serve(core, routes, inspect, listener)
+        .await
+        .context("serving the local gateway")?;
+    Ok(ProxiedGateway {
+        running,
+        registry,
+        store,
+        dynamo,
+        redis,
+        management,
+        tape,
+    })
+}

@@ -1,0 +1,49 @@
+//! `courier-bench`: Courier measured against its physical limits (issue 7).
+//!
+//! Every figure is taken on the real code and real services of this
+//! machine: the function crates' handlers (or their release binaries),
+//! `DynamoStore` on moto, `RedisRegistry` on redis-server, the
+//! `ApiGatewayManagement` adapter against the local gateway's
+//! `@connections`, and WebSocket clients through `courier-local`. Network
+//! distance is made with the project's own fault proxy
+//! (`courier_tests::proxy`), which delays every chunk one way, so each
+//! sequential round trip on a path shows up as time.
+//!
+//! Layout, one module per figure of the issue:
+//!
+//! - [`catchup`]: the catch-up critical path against its 3-RTT bound, the
+//!   naive loop beside it, and frames against the packing bound.
+//! - [`send`]: round trips of `sendMessage` → `sent` and → the recipient's
+//!   frame, and the throughput of 100 concurrent senders.
+//! - [`storm`]: 1,000 clients with a backlog reconnecting at once.
+//! - [`functions`]: per-function binary size, start-up to the first handled
+//!   invocation, peak RSS and CPU per delivered message, measured on child
+//!   processes served by [`runtime_api`], a stand-in of the Lambda Runtime
+//!   API.
+//! - [`profiles`]: the release profile variants (opt-level, LTO) built and
+//!   measured with [`functions`].
+//!
+//! Support: [`backends`] (servers, clients, proxies), [`seed`] (backlogs
+//! written straight into the tables), [`ws`] (a bare WebSocket client that
+//! timestamps every frame), [`gateway`] (the local gateway wired to the
+//! adapters a figure needs), [`report`] (the table) and [`stats`].
+//!
+//! Benchmarks assert nothing about wall-clock time: a figure that misses its
+//! target is reported as missed. What the smoke run (`courier-bench smoke`,
+//! a step of `scripts/test`) does assert are counts and bounds: every
+//! message delivered, frames within the packing bound, every storm client
+//! caught up.
+
+pub mod backends;
+pub mod catchup;
+pub mod functions;
+pub mod gateway;
+pub mod profiles;
+pub mod report;
+pub mod runtime_api;
+pub mod seed;
+pub mod send;
+pub mod stats;
+pub mod storm;
+pub mod trace;
+pub mod ws;

@@ -1,0 +1,189 @@
+//! `courier-bench`: run the benchmarks of issue 7 and print one table.
+//!
+//! `all` is what `scripts/bench` runs; `smoke` is the step of
+//! `scripts/test` (small sizes, asserts counts and bounds only). The other
+//! subcommands run one figure each.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use courier_bench::report::Report;
+use courier_bench::{catchup, functions, profiles, send, storm};
+
+#[derive(Parser)]
+#[command(
+    name = "courier-bench",
+    about = "Courier against its physical limits (issue 7): catch-up round trips, frames, send path, reconnect storm, per-function figures, release profiles"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Also write the table as Markdown to this file.
+    #[arg(long, global = true)]
+    markdown: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Everything below, in order.
+    All {
+        /// Skip the release-profile variants (four extra builds, long the
+        /// first time).
+        #[arg(long)]
+        skip_profiles: bool,
+    },
+    /// Catch-up critical path vs its 3-RTT bound, naive baseline, frames.
+    CatchUp,
+    /// Send path round trips and 100 concurrent senders.
+    Send,
+    /// 1,000 clients reconnecting at once.
+    Storm {
+        #[arg(long, default_value_t = 1000)]
+        clients: usize,
+    },
+    /// Per-function size, start-up, peak RSS, CPU per message, on the
+    /// release binaries in `--bin-dir` (default: target/release).
+    Functions {
+        #[arg(long)]
+        bin_dir: Option<PathBuf>,
+    },
+    /// Build and measure the release profile variants.
+    Profiles {
+        /// Skip the arm64 `cargo lambda` builds.
+        #[arg(long)]
+        no_arm64: bool,
+    },
+    /// A small run of catch-up, frames, send and storm; asserts counts and
+    /// bounds, never times.
+    Smoke,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    init_logs();
+    let cli = Cli::parse();
+    let mut report = Report::new();
+    machine(&mut report).await;
+    match cli.command {
+        Command::All { skip_profiles } => {
+            run_catch_up(&mut report, &catchup::Config::full()).await?;
+            run_send(&mut report, &send::Config::full()).await?;
+            run_storm(&mut report, &storm::Config::full()).await?;
+            run_functions(&mut report, None).await?;
+            if !skip_profiles {
+                run_profiles(&mut report, true).await?;
+            }
+        }
+        Command::CatchUp => run_catch_up(&mut report, &catchup::Config::full()).await?,
+        Command::Send => run_send(&mut report, &send::Config::full()).await?,
+        Command::Storm { clients } => {
+            let config = storm::Config {
+                clients,
+                ..storm::Config::full()
+            };
+            run_storm(&mut report, &config).await?;
+        }
+        Command::Functions { bin_dir } => run_functions(&mut report, bin_dir).await?,
+        Command::Profiles { no_arm64 } => run_profiles(&mut report, !no_arm64).await?,
+        Command::Smoke => {
+            run_catch_up(&mut report, &catchup::Config::smoke()).await?;
+            run_send(&mut report, &send::Config::smoke()).await?;
+            let config = storm::Config::smoke();
+            let f = storm::run(&config).await?;
+            report.extend(storm::report(&f, config.pending_per_client));
+            anyhow::ensure!(
+                f.caught_up == f.clients && f.pending_left == 0,
+                "storm smoke: {}/{} caught up, {} pending rows left: {:?}",
+                f.caught_up,
+                f.clients,
+                f.pending_left,
+                f.failures
+            );
+        }
+    }
+    print!("{}", report.to_text());
+    if let Some(path) = cli.markdown {
+        std::fs::write(&path, report.to_markdown())
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+async fn run_catch_up(report: &mut Report, config: &catchup::Config) -> anyhow::Result<()> {
+    let (cases, packing) = catchup::run(config).await?;
+    report.extend(catchup::report(&cases, &packing));
+    Ok(())
+}
+
+async fn run_send(report: &mut Report, config: &send::Config) -> anyhow::Result<()> {
+    let f = send::run(config).await?;
+    report.extend(send::report(&f));
+    Ok(())
+}
+
+async fn run_storm(report: &mut Report, config: &storm::Config) -> anyhow::Result<()> {
+    let f = storm::run(config).await?;
+    report.extend(storm::report(&f, config.pending_per_client));
+    Ok(())
+}
+
+async fn run_functions(report: &mut Report, bin_dir: Option<PathBuf>) -> anyhow::Result<()> {
+    let target = functions::target_dir();
+    let dir = bin_dir.unwrap_or_else(|| functions::release_dir(&target));
+    let f = functions::measure(&dir, &functions::Config::full()).await?;
+    // The arm64 artefacts of `scripts/lambda-build`, if it ran.
+    let arm64 = profiles::arm64_sizes(&target).ok();
+    report.extend(functions::report(&f, arm64.as_deref()));
+    Ok(())
+}
+
+async fn run_profiles(report: &mut Report, arm64: bool) -> anyhow::Result<()> {
+    let measured = profiles::run(&functions::Config::full(), arm64).await?;
+    report.extend(profiles::report(&measured));
+    Ok(())
+}
+
+/// The machine, first in every table.
+async fn machine(report: &mut Report) {
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_else(|| "unknown".into());
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        })
+        .map_or("?".to_owned(), |kb| {
+            format!("{:.0} GB", kb as f64 / 1024.0 / 1024.0)
+        });
+    let rustc = tokio::process::Command::new("rustc")
+        .arg("-V")
+        .output()
+        .await
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    report.info(
+        "machine",
+        "host",
+        format!("{cores} cores ({model}), {mem} RAM, {rustc}"),
+    );
+}
+
+fn init_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BENCH_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
