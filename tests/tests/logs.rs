@@ -170,8 +170,10 @@ async fn a_full_flow_with_faults_logs_no_token_body_preview_or_device_token() {
         trigger: Arc::new(trigger.clone()),
         notifier: Arc::new(SnsNotifier::new(sns, push.clone())),
     };
-    let mut settings = Settings::default();
-    settings.push = push;
+    let mut settings = Settings {
+        push,
+        ..Settings::default()
+    };
     settings.delivery.open_window = Duration::from_millis(200);
     let limiter = Arc::new(MemoryRateLimiter::new(RateLimitConfig::default()));
     let app = App::new(ports, settings).with_rate_limiter(limiter.clone());
