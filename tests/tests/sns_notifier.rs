@@ -52,7 +52,9 @@ async fn platform_app(client: &Client, platform: &str) -> String {
 
 /// FCM and APNs configured, APNs sandbox deliberately not.
 async fn sns(preview: PushPreview) -> Sns {
-    let endpoint = courier_tests::sns_endpoint().await;
+    // A moto of this process alone: `/moto-api/data.json` dumps every
+    // backend, and the shared one holds every table the run has filled.
+    let endpoint = courier_tests::dedicated_moto_endpoint().await;
     let aws = support::aws_with(AwsEndpoints {
         sns: Some(endpoint.clone()),
         ..AwsEndpoints::default()
