@@ -217,15 +217,51 @@ fn request_id_of(env: &Envelope) -> Result<Option<String>, FrameError> {
 
 fn fields<T: for<'de> Deserialize<'de>>(raw: &str) -> Result<T, FrameError> {
     serde_json::from_str(raw).map_err(|e| {
-        // serde's message names the field and what was wrong, never echoes a value
-        // longer than a type name; it is safe to return to the client.
+        // serde's message names the field and what was wrong, but quotes an
+        // unexpected string value in full (`invalid type: string "…"`): elide
+        // quoted values, so no client text is reflected back or logged, and
+        // bound what is left.
         let msg = e.to_string();
         let msg = match msg.find(" at line ") {
-            Some(i) => msg[..i].to_owned(),
-            None => msg,
+            Some(i) => &msg[..i],
+            None => msg.as_str(),
         };
-        FrameError::new(ErrorCode::BadRequest, msg)
+        let msg = elide_quoted(msg, MAX_QUOTED_CHARS);
+        FrameError::new(ErrorCode::BadRequest, truncate(&msg, MAX_FIELD_ERROR_CHARS))
     })
+}
+
+/// Longest quoted value kept in a field error (type and field names are
+/// shorter).
+const MAX_QUOTED_CHARS: usize = 24;
+/// Longest field error message.
+const MAX_FIELD_ERROR_CHARS: usize = 160;
+
+/// `text` with every `"…"` or `` `…` `` span longer than `max` characters
+/// replaced by `"…"`.
+fn elide_quoted(text: &str, max: usize) -> String {
+    let mut out = String::with_capacity(text.len().min(256));
+    let mut rest = text;
+    while let Some(start) = rest.find(['"', '`']) {
+        let quote = &rest[start..=start];
+        out.push_str(&rest[..=start]);
+        let after = &rest[start + 1..];
+        let Some(end) = after.find(quote) else {
+            // Unclosed: keep a bounded head of it.
+            out.push_str(truncate(after, max));
+            return out;
+        };
+        let inner = &after[..end];
+        if inner.chars().count() > max {
+            out.push('…');
+        } else {
+            out.push_str(inner);
+        }
+        out.push_str(quote);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    out
 }
 
 impl Request {
@@ -591,6 +627,23 @@ mod tests {
         assert_eq!(e.code, ErrorCode::BadRequest);
         assert!(Request::parse("[]").is_err());
         assert!(Request::parse("null").is_err());
+    }
+
+    #[test]
+    fn a_wrongly_typed_field_is_refused_without_echoing_its_value() {
+        // serde quotes a string it did not expect in full; the reply must not
+        // carry the client's text back (nor grow with it).
+        let long = "s".repeat(20_000);
+        for raw in [
+            format!(r#"{{"action":"ack","acks":["{long}"]}}"#),
+            format!(r#"{{"action":"sync","conversation_id":"c1","after_seq":"{long}"}}"#),
+            format!(r#"{{"action":"registerDevice","platform":"fcm","token":["{long}"]}}"#),
+        ] {
+            let e = Request::parse(&raw).unwrap_err();
+            assert_eq!(e.code, ErrorCode::BadRequest);
+            assert!(e.message.len() <= 200, "{} bytes", e.message.len());
+            assert!(!e.message.contains(&"s".repeat(50)), "{}", e.message);
+        }
     }
 
     #[test]
