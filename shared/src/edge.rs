@@ -12,7 +12,7 @@ use aws_lambda_events::apigw::{ApiGatewayProxyResponse, ApiGatewayWebsocketProxy
 use aws_lambda_events::encodings::Body;
 
 use crate::domain::{ConnectionId, Millis, UserId};
-use crate::protocol::ServerFrame;
+use crate::protocol::{ErrorCode, FrameError, Request, ServerFrame};
 
 /// The authorizer context key that carries the user id.
 pub const USER_ID_KEY: &str = "user_id";
@@ -84,6 +84,25 @@ pub fn reply(frame: Option<&ServerFrame>) -> ApiGatewayProxyResponse {
     r.status_code = 200;
     r.body = frame.map(|f| Body::Text(f.to_json()));
     r
+}
+
+/// The client frame of a route event; `Err` is the reply the client gets
+/// instead. A bad frame is an error frame and `Ok` for Lambda, never a
+/// handler failure.
+pub fn frame(ws: &WsRequest) -> Result<Request, Box<ApiGatewayProxyResponse>> {
+    Request::parse(ws.body.as_deref().unwrap_or_default())
+        .map_err(|e| Box::new(reply(Some(&e.to_frame()))))
+}
+
+/// The reply to a frame whose action is not the route's own (API Gateway
+/// routes on `action`, so only a misconfigured stage gets here).
+pub fn wrong_route(action: &str, request_id: Option<String>) -> ApiGatewayProxyResponse {
+    let e = FrameError::new(
+        ErrorCode::BadRequest,
+        format!("this route takes {action} frames only"),
+    )
+    .with_request_id(request_id);
+    reply(Some(&e.to_frame()))
 }
 
 /// A bare status, as `$connect` and `$disconnect` answer.

@@ -6,7 +6,7 @@
 use aws_lambda_events::apigw::{ApiGatewayProxyResponse, ApiGatewayWebsocketProxyRequest};
 use courier::app::App;
 use courier::edge::{self, WsRequest};
-use courier::protocol::{ClientFrame, ErrorCode, FrameError, Request};
+use courier::protocol::ClientFrame;
 use lambda_runtime::{Error, LambdaEvent};
 
 pub async fn handle(
@@ -14,14 +14,12 @@ pub async fn handle(
     event: LambdaEvent<ApiGatewayWebsocketProxyRequest>,
 ) -> Result<ApiGatewayProxyResponse, Error> {
     let ws = WsRequest::from_event(&event.payload)?;
-    let request = match Request::parse(ws.body.as_deref().unwrap_or_default()) {
+    let request = match edge::frame(&ws) {
         Ok(r) => r,
-        Err(e) => return Ok(edge::reply(Some(&e.to_frame()))),
+        Err(reply) => return Ok(*reply),
     };
     let ClientFrame::Ack { acks } = request.frame else {
-        let e = FrameError::new(ErrorCode::BadRequest, "this route takes ack frames only")
-            .with_request_id(request.request_id);
-        return Ok(edge::reply(Some(&e.to_frame())));
+        return Ok(edge::wrong_route("ack", request.request_id));
     };
     let report = courier::services::ack::ack(app, &ws.user_id, &acks).await?;
     Ok(edge::reply(report.reply(request.request_id).as_ref()))

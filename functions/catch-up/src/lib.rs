@@ -13,7 +13,7 @@ use courier::app::App;
 use courier::domain::{Connection, now_millis};
 use courier::edge::{self, WsRequest};
 use courier::ports::CatchUpRequest;
-use courier::protocol::{ClientFrame, ErrorCode, FrameError, Request, SyncRequest};
+use courier::protocol::{ClientFrame, ErrorCode, FrameError, SyncRequest};
 use courier::services::catch_up::{self, Ending, RangeRefusal, Report};
 use lambda_runtime::{Error, LambdaEvent};
 use serde_json::{Value, json};
@@ -44,14 +44,12 @@ async fn sync_route(
     deadline: Option<Instant>,
 ) -> Result<aws_lambda_events::apigw::ApiGatewayProxyResponse, Error> {
     let ws = WsRequest::from_event(route)?;
-    let request = match Request::parse(ws.body.as_deref().unwrap_or_default()) {
+    let request = match edge::frame(&ws) {
         Ok(r) => r,
-        Err(e) => return Ok(edge::reply(Some(&e.to_frame()))),
+        Err(reply) => return Ok(*reply),
     };
     let ClientFrame::Sync(sync) = request.frame else {
-        let e = FrameError::new(ErrorCode::BadRequest, "this route takes sync frames only")
-            .with_request_id(request.request_id);
-        return Ok(edge::reply(Some(&e.to_frame())));
+        return Ok(edge::wrong_route("sync", request.request_id));
     };
     match sync {
         SyncRequest::Full => {

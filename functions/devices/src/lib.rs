@@ -12,7 +12,7 @@ use courier::adapters::aws::Needs;
 use courier::app::App;
 use courier::config::{ConfigError, Env};
 use courier::edge::{self, WsRequest};
-use courier::protocol::{ClientFrame, ErrorCode, FrameError, Request};
+use courier::protocol::ClientFrame;
 use courier::services::{devices, fault};
 use lambda_runtime::{Error, LambdaEvent};
 
@@ -29,17 +29,12 @@ pub async fn handle(
     event: LambdaEvent<ApiGatewayWebsocketProxyRequest>,
 ) -> Result<ApiGatewayProxyResponse, Error> {
     let ws = WsRequest::from_event(&event.payload)?;
-    let request = match Request::parse(ws.body.as_deref().unwrap_or_default()) {
+    let request = match edge::frame(&ws) {
         Ok(r) => r,
-        Err(e) => return Ok(edge::reply(Some(&e.to_frame()))),
+        Err(reply) => return Ok(*reply),
     };
     let ClientFrame::RegisterDevice { platform, token } = request.frame else {
-        let e = FrameError::new(
-            ErrorCode::BadRequest,
-            "this route takes registerDevice frames only",
-        )
-        .with_request_id(request.request_id);
-        return Ok(edge::reply(Some(&e.to_frame())));
+        return Ok(edge::wrong_route("registerDevice", request.request_id));
     };
     match devices::register_device(
         app,
@@ -72,6 +67,7 @@ mod tests {
     use lambda_runtime::Context;
 
     use super::*;
+    use courier::protocol::ErrorCode;
 
     const EVENT: &str = include_str!("../../../events/devices.json");
 

@@ -14,7 +14,7 @@ use courier::adapters::aws::Needs;
 use courier::app::App;
 use courier::config::{ConfigError, Env};
 use courier::edge::{self, WsRequest};
-use courier::protocol::{ClientFrame, ErrorCode, FrameError, Request};
+use courier::protocol::ClientFrame;
 use courier::services::{fault, send};
 use lambda_runtime::{Error, LambdaEvent};
 
@@ -32,9 +32,9 @@ pub async fn handle(
     event: LambdaEvent<ApiGatewayWebsocketProxyRequest>,
 ) -> Result<ApiGatewayProxyResponse, Error> {
     let ws = WsRequest::from_event(&event.payload)?;
-    let request = match Request::parse(ws.body.as_deref().unwrap_or_default()) {
+    let request = match edge::frame(&ws) {
         Ok(r) => r,
-        Err(e) => return Ok(edge::reply(Some(&e.to_frame()))),
+        Err(reply) => return Ok(*reply),
     };
     let ClientFrame::SendMessage {
         conversation_id,
@@ -42,12 +42,7 @@ pub async fn handle(
         body,
     } = request.frame
     else {
-        let e = FrameError::new(
-            ErrorCode::BadRequest,
-            "this route takes sendMessage frames only",
-        )
-        .with_request_id(request.request_id);
-        return Ok(edge::reply(Some(&e.to_frame())));
+        return Ok(edge::wrong_route("sendMessage", request.request_id));
     };
     match send::send_message(
         app,
@@ -85,6 +80,7 @@ mod tests {
     use lambda_runtime::Context;
 
     use super::*;
+    use courier::protocol::ErrorCode;
 
     const EVENT: &str = include_str!("../../../events/send-message.json");
 
