@@ -868,3 +868,71 @@ async fn the_same_client_msg_id_retried_after_a_crash_at_any_port_call_is_stored
         &format!("port_calls_per_send={calls} crashed_sends={crashed} stored_once={retried}"),
     );
 }
+
+// ---- a hung DynamoDB -------------------------------------------------------------
+
+/// send-message's Lambda timeout (template.yaml): a send must give up on a
+/// hung DynamoDB before Lambda kills it, so the client gets an `internal`
+/// frame naming its `client_msg_id` rather than API Gateway's bare error.
+const SEND_FUNCTION_TIMEOUT: Duration = Duration::from_secs(20);
+
+#[tokio::test]
+async fn a_hung_dynamodb_costs_a_bounded_time() {
+    let (proxy, url) = FaultProxy::in_front_of(&courier_tests::dynamodb_endpoint().await)
+        .await
+        .unwrap();
+    let aws = support::aws_with(AwsEndpoints {
+        dynamodb: Some(url),
+        ..AwsEndpoints::default()
+    })
+    .await;
+    let client = aws.dynamodb();
+    let attempt = client
+        .config()
+        .timeout_config()
+        .and_then(|t| t.operation_attempt_timeout())
+        .expect("the DynamoDB client has an attempt timeout");
+    let policy = RetryPolicy::default();
+    let backoff: Duration = (0..policy.max_attempts - 1)
+        .map(|n| (policy.base_delay * 2u32.pow(n)).min(policy.max_delay))
+        .sum();
+    let worst = attempt * policy.max_attempts + backoff;
+    assert!(
+        worst < SEND_FUNCTION_TIMEOUT,
+        "a hung DynamoDB holds one store call for up to {worst:?} ({} attempts of {attempt:?}), \
+         past send-message's {SEND_FUNCTION_TIMEOUT:?}",
+        policy.max_attempts
+    );
+
+    // And the attempt timeout is what ends a hung call: one attempt, black hole.
+    let store = DynamoStore::new(client, courier_tests::fresh_tables().await).with_retry_policy(
+        RetryPolicy {
+            max_attempts: 1,
+            ..policy
+        },
+    );
+    let conv = ConversationId::parse(&unique("conv")).unwrap();
+    assert!(store.get(&conv).await.unwrap().is_none(), "reachable first");
+    proxy.set_mode(Mode::BlackHole);
+    let t = Instant::now();
+    let r = store.get(&conv).await;
+    let took = t.elapsed();
+    assert!(matches!(r, Err(StoreError::Unavailable(_))), "{r:?}");
+    assert!(
+        took >= attempt && took < attempt + Duration::from_secs(2),
+        "{took:?} for an attempt timeout of {attempt:?}"
+    );
+    outcome(
+        "dynamodb hung (black hole)",
+        0,
+        0,
+        0,
+        0,
+        &format!(
+            "one_attempt_ms={} worst_case_per_call_ms={} send_function_timeout_ms={}",
+            took.as_millis(),
+            worst.as_millis(),
+            SEND_FUNCTION_TIMEOUT.as_millis()
+        ),
+    );
+}

@@ -21,7 +21,8 @@
 //! required for the Management API, whose endpoint is per API and stage.
 //!
 //! Client settings, chosen for functions with short deadlines:
-//! every client fails a connect after 3 s and an attempt after 10 s (the SDK
+//! every client fails a connect after 3 s and an attempt after 10 s — 3 s
+//! for DynamoDB, whose calls the store retries up to five times (the SDK
 //! has no attempt timeout by default, and a hung call would otherwise eat
 //! the whole invocation). The Management API and DynamoDB clients have the
 //! SDK's retries off: [`ApiGatewayManagement`] and [`DynamoStore`] retry
@@ -298,6 +299,12 @@ impl PortsConfig {
     }
 }
 
+/// How long one DynamoDB attempt may take. DynamoDB answers in milliseconds
+/// (a 100-action transaction in well under a second); an attempt still
+/// silent after this is hung. Five of them (the store's retry budget) plus
+/// backoff stay under send-message's 20 s Lambda timeout.
+pub const DYNAMODB_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// The AWS SDK config, loaded once, and every client built from it.
 #[derive(Debug, Clone)]
 pub struct AwsClients {
@@ -335,9 +342,18 @@ impl AwsClients {
     /// a cancellation); with the SDK's three attempts under each of its own
     /// five, one throttled call made fifteen requests and a dead endpoint
     /// held a send for seconds (`tests/tests/faults.rs`).
+    ///
+    /// Attempts time out after [`DYNAMODB_ATTEMPT_TIMEOUT`], not the 10 s of
+    /// the other clients: the store makes up to five attempts per call, and
+    /// five 10 s attempts held a send on a hung DynamoDB for 50 s, long after
+    /// Lambda had killed it.
     pub fn dynamodb(&self) -> aws_sdk_dynamodb::Client {
+        let timeouts = TimeoutConfig::builder()
+            .connect_timeout(Duration::from_secs(3))
+            .operation_attempt_timeout(DYNAMODB_ATTEMPT_TIMEOUT)
+            .build();
         let mut b = aws_sdk_dynamodb::config::Builder::from(&self.sdk)
-            .timeout_config(Self::timeouts())
+            .timeout_config(timeouts)
             .retry_config(RetryConfig::disabled());
         if let Some(url) = &self.endpoints.dynamodb {
             b = b.endpoint_url(url);
