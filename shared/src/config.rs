@@ -242,6 +242,10 @@ pub struct SendConfig {
     /// How long a `client_msg_id` is remembered: far longer than any client
     /// retries, not just DynamoDB's 10-minute transaction token.
     pub idempotency_ttl: Duration,
+    /// How long messages are kept before DynamoDB's TTL deletes them; `None`
+    /// keeps them for ever. A client away longer than this finds the
+    /// expired messages gone (catch-up delivers what is left).
+    pub message_retention: Option<Duration>,
     /// Most members of a conversation, creator included. The append
     /// transaction writes one pending row per recipient plus three items, and
     /// DynamoDB allows 100 actions per transaction.
@@ -257,6 +261,7 @@ impl Default for SendConfig {
         Self {
             max_body_bytes: 16 * 1024,
             idempotency_ttl: Duration::from_secs(7 * 24 * 3600),
+            message_retention: None,
             max_members: 50,
         }
     }
@@ -285,6 +290,10 @@ impl SendConfig {
             idempotency_ttl: Duration::from_secs(
                 env.parsed("IDEMPOTENCY_TTL_SECS", d.idempotency_ttl.as_secs())?,
             ),
+            message_retention: match env.parsed("MESSAGE_RETENTION_DAYS", 0u64)? {
+                0 => None,
+                days => Some(Duration::from_secs(days.saturating_mul(24 * 3600))),
+            },
             max_members,
         })
     }
@@ -396,6 +405,25 @@ mod tests {
         let e = TableNames::from_env(&env(&[("MESSAGES_TABLE", "m")])).unwrap_err();
         assert_eq!(e, ConfigError::Missing("PENDING_TABLE"));
         assert!(e.to_string().contains("PENDING_TABLE"));
+    }
+
+    #[test]
+    fn message_retention_is_days_and_zero_keeps_for_ever() {
+        let s = SendConfig::from_env(&env(&[("MESSAGE_RETENTION_DAYS", "30")])).unwrap();
+        assert_eq!(
+            s.message_retention,
+            Some(Duration::from_secs(30 * 24 * 3600))
+        );
+        let s = SendConfig::from_env(&env(&[("MESSAGE_RETENTION_DAYS", "0")])).unwrap();
+        assert_eq!(s.message_retention, None);
+        let e = SendConfig::from_env(&env(&[("MESSAGE_RETENTION_DAYS", "-1")])).unwrap_err();
+        assert!(matches!(
+            e,
+            ConfigError::Invalid {
+                name: "MESSAGE_RETENTION_DAYS",
+                ..
+            }
+        ));
     }
 
     #[test]

@@ -93,6 +93,9 @@ pub struct NewMessage {
     pub pending_for: Vec<UserId>,
     /// When the idempotency record may be forgotten (epoch seconds).
     pub idempotency_expires_at: i64,
+    /// When DynamoDB's TTL may delete the message (epoch seconds); `None`
+    /// keeps it for ever (`MESSAGE_RETENTION_DAYS` unset or 0).
+    pub message_expires_at: Option<i64>,
 }
 
 /// The result of [`MessageStore::append`].

@@ -212,6 +212,7 @@ fn new_message() -> NewMessage {
         },
         pending_for: vec![UserId::parse("bob").unwrap()],
         idempotency_expires_at: 2,
+        message_expires_at: None,
     }
 }
 
@@ -358,4 +359,61 @@ async fn malformed_items_are_corrupt_not_panics() {
         store.for_user(&bob).await,
         Err(StoreError::Corrupt(_))
     ));
+}
+
+/// `MESSAGE_RETENTION_DAYS`: the stored message carries the TTL attribute the
+/// table's TTL is enabled on; without retention it carries none.
+#[tokio::test]
+async fn messages_carry_the_ttl_attribute_only_with_retention() {
+    let tables = fresh_tables().await;
+    let client = dynamo_client().await;
+    let store = DynamoStore::new(client.clone(), tables.clone());
+    let alice = UserId::parse("alice").unwrap();
+    let bob = UserId::parse("bob").unwrap();
+    ConversationStore::create(
+        &store,
+        &courier::domain::Conversation {
+            conversation_id: conv(),
+            members: vec![alice.clone(), bob.clone()],
+            last_seq: Seq(0),
+            created_at: 0,
+        },
+    )
+    .await
+    .unwrap();
+    let mut first = new_message();
+    first.message_expires_at = Some(1_900_000_000);
+    assert_eq!(store.append(&first).await.unwrap(), AppendOutcome::Stored);
+    let mut second = new_message();
+    second.message.seq = Seq(2);
+    second.message.client_msg_id = ClientMsgId::parse("k2").unwrap();
+    assert_eq!(store.append(&second).await.unwrap(), AppendOutcome::Stored);
+
+    let expires_at = |seq: &str| {
+        let client = client.clone();
+        let table = tables.messages.clone();
+        let seq = seq.to_owned();
+        async move {
+            client
+                .get_item()
+                .table_name(table)
+                .key("conversation_id", AttributeValue::S(conv().to_string()))
+                .key("seq", AttributeValue::N(seq))
+                .consistent_read(true)
+                .send()
+                .await
+                .unwrap()
+                .item
+                .unwrap()
+                .get("expires_at")
+                .cloned()
+        }
+    };
+    assert_eq!(
+        expires_at("1").await,
+        Some(AttributeValue::N("1900000000".into()))
+    );
+    assert_eq!(expires_at("2").await, None);
+    // The TTL attribute does not disturb reading the message back.
+    assert_eq!(store.range(&conv(), Seq(1), 10).await.unwrap().len(), 2);
 }

@@ -139,6 +139,7 @@ async fn append(
             },
             pending_for: pending_for.iter().map(|u| (*u).clone()).collect(),
             idempotency_expires_at: now_millis() / 1000 + 3600,
+            message_expires_at: None,
         };
         match app.ports.messages.append(&new).await.unwrap() {
             AppendOutcome::Stored => return seq,

@@ -106,6 +106,7 @@ fn new_message(message: Message, pending_for: &[&str]) -> NewMessage {
         message,
         pending_for: pending_for.iter().map(|u| user(u)).collect(),
         idempotency_expires_at: 1_800_000_000,
+        message_expires_at: None,
     }
 }
 

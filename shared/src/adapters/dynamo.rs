@@ -425,7 +425,7 @@ impl DynamoStore {
                 .put(
                     Put::builder()
                         .table_name(&self.tables.messages)
-                        .set_item(Some(message_item(m)))
+                        .set_item(Some(stored_message_item(new)))
                         .condition_expression("attribute_not_exists(#seq)")
                         .expression_attribute_names("#seq", attr::SEQ)
                         .build()
@@ -1259,6 +1259,16 @@ fn message_item(m: &Message) -> Item {
         (attr::BODY.to_owned(), s(m.body.as_str())),
         (attr::SENT_AT.to_owned(), n(m.sent_at)),
     ])
+}
+
+/// The message as the append stores it: with its TTL attribute when the
+/// deployment keeps messages for a limited time.
+fn stored_message_item(new: &NewMessage) -> Item {
+    let mut item = message_item(&new.message);
+    if let Some(at) = new.message_expires_at {
+        item.insert(attr::EXPIRES_AT.to_owned(), n(at));
+    }
+    item
 }
 
 fn idempotency_item(new: &NewMessage) -> Item {

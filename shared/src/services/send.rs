@@ -186,6 +186,9 @@ fn new_message(
             PendingClear::Post => Vec::new(),
         },
         idempotency_expires_at: (sent_at / 1000).saturating_add(ttl),
+        message_expires_at: app.settings.send.message_retention.map(|keep| {
+            (sent_at / 1000).saturating_add(i64::try_from(keep.as_secs()).unwrap_or(i64::MAX))
+        }),
     }
 }
 
