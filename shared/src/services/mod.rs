@@ -7,8 +7,8 @@
 pub mod ack;
 pub mod catch_up;
 pub mod connect;
-pub mod delivery;
 pub mod conversations;
+pub mod delivery;
 pub mod devices;
 pub mod fault;
 pub mod push;
