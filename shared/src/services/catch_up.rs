@@ -4,8 +4,14 @@
 //! conversations (DESIGN §1): the pending query, then every conversation's
 //! range query at once, then every conversation's posts at once. Inside one
 //! conversation frames go out strictly in seq order; across conversations
-//! there is no order to keep, so they run concurrently (bounded by
-//! `CatchUpConfig::concurrency`).
+//! there is no order to keep, so they run concurrently, bounded twice: at
+//! most `CatchUpConfig::concurrency` conversations at once (sockets), and at
+//! most [`MESSAGES_IN_FLIGHT`] messages held at once, each conversation
+//! weighed by what its pending row says it holds (memory). So a user with
+//! 100 conversations of a few messages each is served in one round of reads
+//! and posts (courier-bench, N = 100 on a parallel backend: 4.3 round trips,
+//! against 10.6 when the count alone bounded it, at 32), while conversations
+//! of hundreds of messages each still queue as before.
 //!
 //! Safety properties, and where they come from:
 //! - *Nothing lost.* In `PENDING_CLEAR=ack` catch-up never deletes anything;
@@ -26,6 +32,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use futures::StreamExt;
+use tokio::sync::Semaphore;
 use tracing::{info, instrument, warn};
 
 use crate::app::App;
@@ -38,6 +45,11 @@ use crate::services::delivery::{self, PostFailed, Posted};
 /// Rounds of "post, then find the row grew meanwhile" one conversation may
 /// take in `post` mode before leaving the rest to the next catch-up.
 const MAX_POST_MODE_ROUNDS: usize = 4;
+
+/// Messages one catch-up holds at once across its conversations: 32 full
+/// conversations at the default cap of 500, the worst case from before the
+/// count bound was raised, so raising it did not raise peak memory.
+pub const MESSAGES_IN_FLIGHT: usize = 16_000;
 
 /// A catch-up that could not run to its end because of a fault.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -95,13 +107,28 @@ pub async fn catch_up(
     let rows = app.ports.pending.list(user).await?;
     let gone = Arc::new(AtomicBool::new(false));
     let conversations = rows.len();
+    let cap = app.settings.catch_up.per_conversation_cap;
+    // Never less than one full conversation, so any weight fits.
+    let in_flight = Arc::new(Semaphore::new(MESSAGES_IN_FLIGHT.max(cap)));
 
     let results: Vec<Result<Delivered, CatchUpError>> = futures::stream::iter(rows)
         .map(|row| {
             let gone = Arc::clone(&gone);
+            let in_flight = Arc::clone(&in_flight);
             let connection = &connection;
             let request_id = request_id.clone();
             async move {
+                let pending = row
+                    .last_seq
+                    .get()
+                    .saturating_sub(row.first_undelivered_seq.get())
+                    .saturating_add(1);
+                let weight = usize::try_from(pending).unwrap_or(usize::MAX).clamp(1, cap);
+                // Never closed, so this only waits; held until the
+                // conversation's frames are posted.
+                let _held = in_flight
+                    .acquire_many(u32::try_from(weight).unwrap_or(u32::MAX))
+                    .await;
                 if gone.load(Ordering::SeqCst) {
                     return Ok(Delivered::gone());
                 }
@@ -436,4 +463,121 @@ pub async fn sync_range(
         frames: frames.len(),
         more: usize::from(next_seq.is_some()),
     }))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+    use std::time::Duration;
+
+    use async_trait::async_trait;
+
+    use super::*;
+    use crate::adapters::memory::MemoryStore;
+    use crate::domain::{ClientMsgId, ConnectionId, Conversation, Message};
+    use crate::ports::{AppendOutcome, ConversationStore, MessageStore, NewMessage, PendingStore};
+
+    /// Messages from a memory store, each range read held a little so that
+    /// reads in flight together overlap; counts the most at once.
+    struct Overlap {
+        inner: MemoryStore,
+        now: AtomicUsize,
+        most: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl MessageStore for Overlap {
+        async fn append(&self, new: &NewMessage) -> Result<AppendOutcome, StoreError> {
+            self.inner.append(new).await
+        }
+        async fn find_sent(
+            &self,
+            c: &ConversationId,
+            s: &UserId,
+            k: &ClientMsgId,
+        ) -> Result<Option<Message>, StoreError> {
+            self.inner.find_sent(c, s, k).await
+        }
+        async fn range(
+            &self,
+            c: &ConversationId,
+            from: Seq,
+            limit: usize,
+        ) -> Result<Vec<Message>, StoreError> {
+            let now = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+            self.most.fetch_max(now, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            self.now.fetch_sub(1, Ordering::SeqCst);
+            self.inner.range(c, from, limit).await
+        }
+    }
+
+    /// `conversations` pending rows for `bob`, each claiming `claimed`
+    /// messages, of which the first is stored.
+    async fn most_reads_at_once(conversations: usize, claimed: u64) -> usize {
+        let (mut app, handles) = App::in_memory();
+        let store = handles.store.clone();
+        let overlap = Arc::new(Overlap {
+            inner: store.clone(),
+            now: AtomicUsize::new(0),
+            most: AtomicUsize::new(0),
+        });
+        app.ports.messages = overlap.clone();
+        let bob = UserId::parse("bob").unwrap();
+        let alice = UserId::parse("alice").unwrap();
+        for i in 0..conversations {
+            let c = ConversationId::parse(&format!("c{i}")).unwrap();
+            let conversation = Conversation {
+                conversation_id: c.clone(),
+                members: vec![alice.clone(), bob.clone()],
+                last_seq: Seq::ZERO,
+                created_at: 1,
+            };
+            assert!(store.create(&conversation).await.unwrap());
+            let message = Message {
+                conversation_id: c.clone(),
+                seq: Seq(1),
+                message_id: format!("m{i}"),
+                client_msg_id: ClientMsgId::parse(&format!("k{i}")).unwrap(),
+                sender_id: alice.clone(),
+                body: "hi".into(),
+                sent_at: 1,
+            };
+            let stored = store
+                .append(&NewMessage {
+                    message,
+                    pending_for: Vec::new(),
+                    idempotency_expires_at: i64::MAX,
+                    message_expires_at: None,
+                })
+                .await
+                .unwrap();
+            assert_eq!(stored, AppendOutcome::Stored);
+            store.record(&bob, &c, Seq(claimed)).await.unwrap();
+            store.record(&bob, &c, Seq(1)).await.unwrap();
+        }
+        let connection = ConnectionId::parse("conn").unwrap();
+        handles.gateway.open(&connection);
+        let request = CatchUpRequest {
+            user_id: bob,
+            connection_id: connection,
+            connected_at: None,
+        };
+        let report = catch_up(&app, &request, None, None).await.unwrap();
+        assert_eq!(report.ending, Ending::CaughtUp);
+        assert_eq!(report.messages, conversations);
+        overlap.most.load(Ordering::SeqCst)
+    }
+
+    #[tokio::test]
+    async fn many_small_conversations_are_read_in_one_round() {
+        assert_eq!(most_reads_at_once(100, 3).await, 100);
+    }
+
+    #[tokio::test]
+    async fn full_conversations_queue_by_messages_in_flight() {
+        // 500 claimed each: the message budget admits 32 at a time.
+        assert_eq!(most_reads_at_once(40, 500).await, MESSAGES_IN_FLIGHT / 500);
+    }
 }
