@@ -28,6 +28,15 @@
 //! of its own; then `caught_up`. That is 2 + 2N + N·M round trips. It runs
 //! on the same data, adapters and proxies, and its ratio uses the same B.
 //!
+//! **The code's own critical path.** moto serves one request at a time, so
+//! at large N its service time dominates T0 and hides how many round trips
+//! the code makes (the ratio tends to 1 whatever the code does). So each
+//! case also runs on the in-memory adapters with every port call held one
+//! RTT before it runs (`trace::traced_delayed`): a backend with a fixed
+//! round trip and unlimited parallelism, as DynamoDB and API Gateway are at
+//! these sizes. There, wall time / RTT is exactly the number of sequential
+//! round trips of the catch-up code.
+//!
 //! **Packing.** Every `messages` frame the client receives is counted with
 //! its bytes; the figure is frames against `N + ceil(bytes / 32 KB)`.
 
@@ -39,7 +48,11 @@ use anyhow::{Context as _, anyhow, ensure};
 use courier::adapters::apigw::ApiGatewayManagement;
 use courier::adapters::dynamo::DynamoStore;
 use courier::app::{App, Ports, Settings};
-use courier::domain::{Connection, ConversationId, UserId};
+use courier::domain::{
+    ClientMsgId, Connection, ConnectionId, Conversation, ConversationId, Message, Seq, UserId,
+    now_millis,
+};
+use courier::ports::{AppendOutcome, NewMessage};
 use courier::protocol::{DEFAULT_FRAME_BYTES, ServerFrame, WireMessage};
 use courier_local::wiring::LocalOptions;
 use lambda_runtime::{Context, LambdaEvent};
@@ -130,6 +143,9 @@ pub struct CaseFigures {
     pub delivery: Delivery,
     /// Sequential port calls of the naive loop.
     pub naive_depth: usize,
+    /// Wall time on the ideal parallel backend, and the chain of calls.
+    pub ideal: Duration,
+    pub ideal_chain: Vec<&'static str>,
 }
 
 impl CaseFigures {
@@ -145,6 +161,10 @@ impl CaseFigures {
     /// Sequential round trips paid: the time the delay added, in RTTs.
     pub fn round_trips(&self) -> f64 {
         self.t.saturating_sub(self.t0).as_secs_f64() / self.rtt.as_secs_f64()
+    }
+    /// Sequential round trips of the code on the ideal backend.
+    pub fn ideal_round_trips(&self) -> f64 {
+        self.ideal.as_secs_f64() / self.rtt.as_secs_f64()
     }
     pub fn naive_round_trips(&self) -> f64 {
         self.naive_t.saturating_sub(self.naive_t0).as_secs_f64() / self.rtt.as_secs_f64()
@@ -182,7 +202,7 @@ struct Bench {
 
 impl Bench {
     async fn start() -> anyhow::Result<Bench> {
-        let backends = Backends::get().await;
+        let backends = Backends::get().await?;
         let dynamo = Latency::in_front_of(&backends.dynamodb_endpoint).await?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let gateway = courier_local::wiring::start(LocalOptions::default(), listener).await?;
@@ -218,7 +238,7 @@ impl Bench {
     /// Seeds a backlog in fresh tables; returns it and an App over the
     /// proxied adapters.
     async fn case(&self, n: usize, m: usize, body_bytes: usize) -> anyhow::Result<(Backlog, App)> {
-        let tables = self.backends.fresh_tables().await;
+        let tables = self.backends.fresh_tables().await?;
         let direct = Backends::clients(&self.backends.dynamodb_endpoint).dynamodb();
         let prefix = format!("n{n}-m{m}-b{body_bytes}");
         let backlog = seed::seed(
@@ -328,6 +348,75 @@ async fn naive_catch_up(app: &App, user: &UserId, connection: &Connection) -> an
     Ok(())
 }
 
+/// The catch-up handler on the in-memory adapters, every port call held
+/// `rtt`; returns the wall time, the chain of sequential calls and the
+/// `messages` frames posted.
+pub async fn ideal(
+    n: usize,
+    m: usize,
+    body_bytes: usize,
+    rtt: Duration,
+) -> anyhow::Result<(Duration, Vec<&'static str>, usize)> {
+    let (ports, handles) = Ports::in_memory();
+    let reader = UserId::parse("reader").map_err(|e| anyhow!("{e}"))?;
+    let sender = UserId::parse("sender").map_err(|e| anyhow!("{e}"))?;
+    for i in 0..n {
+        let id = ConversationId::parse(&format!("c{i}")).map_err(|e| anyhow!("{e}"))?;
+        let created = ports
+            .conversations
+            .create(&Conversation {
+                conversation_id: id.clone(),
+                members: vec![reader.clone(), sender.clone()],
+                last_seq: Seq::ZERO,
+                created_at: now_millis(),
+            })
+            .await?;
+        ensure!(created);
+        for seq in 1..=m as u64 {
+            let new = NewMessage {
+                message: Message {
+                    conversation_id: id.clone(),
+                    seq: Seq(seq),
+                    message_id: format!("m{i}-{seq}"),
+                    client_msg_id: ClientMsgId::parse(&format!("k{i}-{seq}"))
+                        .map_err(|e| anyhow!("{e}"))?,
+                    sender_id: sender.clone(),
+                    body: seed::body(seq as usize, body_bytes),
+                    sent_at: now_millis(),
+                },
+                pending_for: vec![reader.clone()],
+                idempotency_expires_at: i64::MAX,
+                message_expires_at: None,
+            };
+            ensure!(ports.messages.append(&new).await? == AppendOutcome::Stored);
+        }
+    }
+    let connection = ConnectionId::parse("ideal").map_err(|e| anyhow!("{e}"))?;
+    handles.gateway.open(&connection);
+    let tape = Tape::new();
+    let app = App::new(
+        trace::traced_delayed(ports, &tape, rtt),
+        Settings::default(),
+    );
+    let payload = json!({"user_id": "reader", "connection_id": "ideal"});
+    let start = Instant::now();
+    let report = catch_up::handle(&app, LambdaEvent::new(payload, Context::default()))
+        .await
+        .map_err(|e| anyhow!("catch-up failed: {e}"))?;
+    let elapsed = start.elapsed();
+    ensure!(
+        report["messages"].as_u64() == Some((n * m) as u64),
+        "ideal run delivered {report}"
+    );
+    let frames = handles
+        .gateway
+        .frames(&connection)
+        .iter()
+        .filter(|f| f.starts_with(r#"{"type":"messages""#))
+        .count();
+    Ok((elapsed, trace::depth(&tape.take()).1, frames))
+}
+
 /// Checks what the client got against the backlog (every message exactly
 /// once, in seq order per conversation) and counts frames and bytes.
 fn tally(
@@ -393,6 +482,7 @@ pub async fn run(config: &Config) -> anyhow::Result<(Vec<CaseFigures>, Vec<Packi
     let one_way = config.rtt / 2;
     let mut cases = Vec::new();
     for &(n, m) in &config.cases {
+        let (ideal, ideal_chain, _) = ideal(n, m, config.body_bytes, config.rtt).await?;
         let (backlog, app) = bench.case(n, m, config.body_bytes).await?;
         let mut t0 = Vec::new();
         let mut t = Vec::new();
@@ -450,6 +540,8 @@ pub async fn run(config: &Config) -> anyhow::Result<(Vec<CaseFigures>, Vec<Packi
             rtt: config.rtt,
             delivery: last,
             naive_depth,
+            ideal,
+            ideal_chain,
         };
         tracing::info!(
             n,
@@ -458,6 +550,7 @@ pub async fn run(config: &Config) -> anyhow::Result<(Vec<CaseFigures>, Vec<Packi
             t_ms = ms(f.t),
             ratio = f.ratio(),
             round_trips = f.round_trips(),
+            ideal_round_trips = f.ideal_round_trips(),
             naive_ratio = f.naive_ratio(),
             "catch-up case done"
         );
@@ -510,17 +603,17 @@ pub fn report(cases: &[CaseFigures], packing: &[PackingFigures]) -> Report {
         };
         let label = format!("N={} × M={}", c.n, c.m);
         let value = format!(
-            "T/B = {:.2} (T {:.0} ms, B = 3×{:.0} + T0 {:.0} ms); {:.1} RTTs paid, {} sequential calls ({}); naive {:.1}× B ({:.1} RTTs paid, {} sequential calls)",
+            "T/B = {:.2} (T {:.0} ms, B = 3×{:.0} + T0 {:.0} ms), {:.1} RTTs paid; naive {:.1}× B ({:.0} RTTs paid, {} sequential calls); code's critical path {:.1} RTTs ({})",
             c.ratio(),
             ms(c.t),
             ms(c.rtt),
             ms(c.t0),
             c.round_trips(),
-            c.delivery.depth,
-            c.delivery.chain.join(" → "),
             c.naive_ratio(),
             c.naive_round_trips(),
             c.naive_depth,
+            c.ideal_round_trips(),
+            trace::fold(&c.ideal_chain),
         );
         match target {
             Some(x) => r.add(

@@ -14,10 +14,11 @@ use anyhow::Context as _;
 use courier::adapters::apigw::ApiGatewayManagement;
 use courier::adapters::aws::AwsClients;
 use courier::adapters::dynamo::DynamoStore;
+use courier::adapters::rate_limit::RedisRateLimiter;
 use courier::adapters::redis::RedisRegistry;
 use courier::app::{App, Ports, Settings};
 use courier::auth::AuthConfig;
-use courier::config::{RegistryConfig, TableNames};
+use courier::config::{RateLimitConfig, RegistryConfig, TableNames};
 use courier::ports::ConnectionRegistry;
 use courier_local::pushes::RecordingNotifier;
 use courier_local::wiring::{LOCAL_JWT_SECRET, courier_routes, functions};
@@ -89,7 +90,19 @@ pub async fn start(
         notifier: Arc::new(pushes.clone()),
     };
     let tape = Tape::new();
-    let app = App::new(trace::traced(ports, &tape), Settings::default());
+    // As the send-message binary wires it: a token bucket in Redis, asked
+    // before any store call. Limits far above the benchmark's rates, so it
+    // costs its round trip and never refuses.
+    let limiter = RedisRateLimiter::new(
+        &RegistryConfig::new(redis.url.clone()),
+        RateLimitConfig {
+            per_sec: 1e6,
+            burst: 1_000_000,
+        },
+    )
+    .map_err(|e| anyhow::anyhow!("rate limiter: {e}"))?;
+    let app = App::new(trace::traced(ports, &tape), Settings::default())
+        .with_rate_limiter(trace::traced_limiter(Arc::new(limiter), &tape));
     let auth = authorizer::AuthorizerState::new(&AuthConfig::hs256(LOCAL_JWT_SECRET))
         .map_err(|e| anyhow::anyhow!("authorizer: {e}"))?;
     let routes = courier_routes(app, Arc::new(auth));

@@ -1,16 +1,18 @@
 //! Release profile variants (issue 7, figure 6): `opt-level` 3 vs `"s"`,
 //! `lto` thin vs fat, each built and measured with [`crate::functions`].
 //!
-//! Each variant is built in its own target directory
-//! (`target/bench-profiles/{variant}`), with the profile overridden through
-//! Cargo's environment (`CARGO_PROFILE_RELEASE_OPT_LEVEL`,
+//! Variants are built outside `target/release`, in one target directory
+//! per opt-level (`target/bench-profiles/o3`, `…/os`), with the profile
+//! overridden through Cargo's environment (`CARGO_PROFILE_RELEASE_OPT_LEVEL`,
 //! `CARGO_PROFILE_RELEASE_LTO`); the rest of `[profile.release]`
 //! (`codegen-units = 1`, `strip`, `panic`) stays as the root `Cargo.toml`
-//! writes it. So no variant's build disturbs `target/release` or another
-//! variant, and a second run only rebuilds what changed. The x86_64
-//! binaries are measured here (start-up, CPU); the arm64 ones, built with
-//! `cargo lambda build --release --arm64` (the deployed artefact), give the
-//! sizes.
+//! writes it. Thin and fat LTO share a directory because only the final
+//! link differs (dependencies are compiled to the same bitcode-carrying
+//! rlibs either way), so switching between them costs links, not a
+//! rebuild; variants run one after the other, each built then measured.
+//! The x86_64 binaries are measured here (size, start-up, CPU); with
+//! `--arm64`, `cargo lambda build --release --arm64` (the deployed
+//! artefact) is run per variant for the arm64 sizes too.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -30,6 +32,7 @@ pub struct Variant {
     pub lto: &'static str,
 }
 
+/// In build order: variants sharing a target directory one after the other.
 pub const VARIANTS: [Variant; 4] = [
     Variant {
         name: "o3-thin",
@@ -37,14 +40,14 @@ pub const VARIANTS: [Variant; 4] = [
         lto: "thin",
     },
     Variant {
-        name: "os-thin",
-        opt_level: "s",
-        lto: "thin",
-    },
-    Variant {
         name: "o3-fat",
         opt_level: "3",
         lto: "fat",
+    },
+    Variant {
+        name: "os-thin",
+        opt_level: "s",
+        lto: "thin",
     },
     Variant {
         name: "os-fat",
@@ -55,7 +58,9 @@ pub const VARIANTS: [Variant; 4] = [
 
 impl Variant {
     pub fn target_dir(&self) -> PathBuf {
-        target_dir().join("bench-profiles").join(self.name)
+        target_dir()
+            .join("bench-profiles")
+            .join(format!("o{}", self.opt_level))
     }
 
     fn command(&self, program: &str) -> Command {
@@ -142,7 +147,7 @@ pub async fn build_arm64(v: &Variant) -> anyhow::Result<(Vec<(&'static str, u64)
         .args(packages());
     let took = run_logged(
         cmd,
-        &td.join("build-arm64.log"),
+        &td.join(format!("build-arm64-{}.log", v.name)),
         &format!("cargo lambda build ({})", v.name),
     )
     .await?;

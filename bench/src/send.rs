@@ -226,8 +226,8 @@ async fn burst(pairs: &mut [Pair], per_sender: usize) -> anyhow::Result<(Duratio
 }
 
 pub async fn run(config: &Config) -> anyhow::Result<Figures> {
-    let backends = Backends::get().await;
-    let tables = backends.fresh_tables().await;
+    let backends = Backends::get().await?;
+    let tables = backends.fresh_tables().await?;
     let gw = gateway::start(&backends.dynamodb_endpoint, &backends.redis_url, &tables).await?;
     let one_way = config.rtt / 2;
 

@@ -106,8 +106,8 @@ async fn reconnect(
 }
 
 pub async fn run(config: &Config) -> anyhow::Result<Figures> {
-    let backends = Backends::get().await;
-    let tables = backends.fresh_tables().await;
+    let backends = Backends::get().await?;
+    let tables = backends.fresh_tables().await?;
     let tag = &uuid::Uuid::new_v4().simple().to_string()[..8];
     let sender = UserId::parse(&format!("storm-sender-{tag}")).map_err(|e| anyhow!("{e}"))?;
     let readers: Vec<UserId> = (0..config.clients)

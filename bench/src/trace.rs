@@ -21,7 +21,8 @@ use courier::domain::{
 use courier::ports::{
     AckOutcome, AppendOutcome, CatchUpRequest, CatchUpTrigger, ConnectionInfo, ConnectionRegistry,
     ConversationStore, DeviceStore, Gateway, MessageStore, NewMessage, Notifier, PendingStore,
-    PostError, PushError, PushMessage, RegistryError, StoreError, TriggerError,
+    PostError, PushError, PushMessage, RateDecision, RateLimiter, RegistryError, StoreError,
+    TriggerError,
 };
 
 /// One port call.
@@ -97,28 +98,58 @@ pub fn time_in(calls: &[Call], what: &str) -> Duration {
 
 /// `ports` with every port recording on `tape`.
 pub fn traced(ports: Ports, tape: &Arc<Tape>) -> Ports {
-    fn t<T: ?Sized>(inner: Arc<T>, tape: &Arc<Tape>) -> Arc<Traced<T>> {
+    traced_delayed(ports, tape, Duration::ZERO)
+}
+
+/// `ports` with every port recording on `tape` and every call held for
+/// `delay` before it runs.
+pub fn traced_delayed(ports: Ports, tape: &Arc<Tape>, delay: Duration) -> Ports {
+    let w = || Wrap {
+        tape: tape.clone(),
+        delay,
+    };
+    Ports {
+        registry: w().around(ports.registry),
+        messages: w().around(ports.messages),
+        conversations: w().around(ports.conversations),
+        pending: w().around(ports.pending),
+        devices: w().around(ports.devices),
+        gateway: w().around(ports.gateway),
+        trigger: w().around(ports.trigger),
+        notifier: w().around(ports.notifier),
+    }
+}
+
+struct Wrap {
+    tape: Arc<Tape>,
+    delay: Duration,
+}
+
+impl Wrap {
+    fn around<T: ?Sized>(self, inner: Arc<T>) -> Arc<Traced<T>> {
         Arc::new(Traced {
             inner,
-            tape: tape.clone(),
+            tape: self.tape,
+            delay: self.delay,
         })
     }
-    Ports {
-        registry: t(ports.registry, tape),
-        messages: t(ports.messages, tape),
-        conversations: t(ports.conversations, tape),
-        pending: t(ports.pending, tape),
-        devices: t(ports.devices, tape),
-        gateway: t(ports.gateway, tape),
-        trigger: t(ports.trigger, tape),
-        notifier: t(ports.notifier, tape),
+}
+
+/// `limiter` recording on `tape` (the send path's rate limiter is not in
+/// `Ports`).
+pub fn traced_limiter(limiter: Arc<dyn RateLimiter>, tape: &Arc<Tape>) -> Arc<dyn RateLimiter> {
+    Wrap {
+        tape: tape.clone(),
+        delay: Duration::ZERO,
     }
+    .around(limiter)
 }
 
 /// One port, recording its calls.
 struct Traced<T: ?Sized> {
     inner: Arc<T>,
     tape: Arc<Tape>,
+    delay: Duration,
 }
 
 /// Runs `$call` on the wrapped port, recording it as `$name`.
@@ -126,10 +157,35 @@ macro_rules! on {
     ($self:ident, $name:literal, |$p:ident| $call:expr) => {{
         let $p = &$self.inner;
         let start = Instant::now();
+        if !$self.delay.is_zero() {
+            tokio::time::sleep($self.delay).await;
+        }
         let out = $call.await;
         $self.tape.record($name, start);
         out
     }};
+}
+
+/// A chain for humans: runs of the same call folded (`post ×12`).
+pub fn fold(chain: &[&'static str]) -> String {
+    let mut parts: Vec<(&str, usize)> = Vec::new();
+    for c in chain {
+        match parts.last_mut() {
+            Some((last, n)) if last == c => *n += 1,
+            _ => parts.push((c, 1)),
+        }
+    }
+    parts
+        .iter()
+        .map(|(c, n)| {
+            if *n == 1 {
+                (*c).to_owned()
+            } else {
+                format!("{c} ×{n}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" → ")
 }
 
 #[async_trait]
@@ -258,6 +314,13 @@ impl Gateway for Traced<dyn Gateway> {
 }
 
 #[async_trait]
+impl RateLimiter for Traced<dyn RateLimiter> {
+    async fn acquire(&self, user: &UserId) -> Result<RateDecision, RegistryError> {
+        on!(self, "redis rate limit", |p| p.acquire(user))
+    }
+}
+
+#[async_trait]
 impl CatchUpTrigger for Traced<dyn CatchUpTrigger> {
     async fn trigger(&self, request: &CatchUpRequest) -> Result<(), TriggerError> {
         on!(self, "invoke catch-up", |p| p.trigger(request))
@@ -316,6 +379,7 @@ mod tests {
         assert_eq!(n, 4);
         assert_eq!(chain, ["list", "range", "post", "caught_up"]);
         assert_eq!(depth(&[]).0, 0);
+        assert_eq!(fold(&["a", "b", "b", "b", "a"]), "a → b ×3 → a");
         assert_eq!(time_in(&calls, "range"), Duration::from_millis(30));
     }
 
