@@ -3,6 +3,12 @@ time) plus one patch, a base-table Query that reads only its partition.
 
 Usage: python bench/moto_server.py -H 127.0.0.1 -p PORT   (moto_server's flags)
 
+And one setting: a listen backlog of 4096 instead of werkzeug's 128. The
+reconnect storm opens ~1,000 connections to moto at once (one per
+concurrent catch-up); with 128, the kernel drops the SYNs past the backlog
+and the SDK's 3 s connect timeout fires, which measures the emulator's
+socket settings rather than anything Courier or DynamoDB does.
+
 Why: moto 5's Table.query builds its candidates from Table.all_items(), which
 sorts *every item of the table*, and only then keeps the queried partition
 (profiled: the time goes to DynamoType.cast_value/__eq__ in that sort). So a
@@ -25,7 +31,10 @@ import importlib.util
 import inspect
 import os
 
+import werkzeug.serving
 from moto.dynamodb.models.table import Table
+
+werkzeug.serving.BaseWSGIServer.request_queue_size = 4096
 
 _here = os.path.dirname(os.path.abspath(__file__))
 _spec = importlib.util.spec_from_file_location(

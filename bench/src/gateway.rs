@@ -12,14 +12,18 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use courier::adapters::apigw::ApiGatewayManagement;
-use courier::adapters::aws::AwsClients;
+use courier::adapters::aws::{AwsClients, AwsEndpoints};
 use courier::adapters::dynamo::DynamoStore;
+use courier::adapters::lambda::LambdaTrigger;
+use courier::adapters::memory::MemoryStore;
 use courier::adapters::rate_limit::RedisRateLimiter;
 use courier::adapters::redis::RedisRegistry;
 use courier::app::{App, Ports, Settings};
 use courier::auth::AuthConfig;
 use courier::config::{RateLimitConfig, RegistryConfig, TableNames};
-use courier::ports::ConnectionRegistry;
+use courier::ports::{
+    ConnectionRegistry, ConversationStore, DeviceStore, MessageStore, PendingStore,
+};
 use courier_local::pushes::RecordingNotifier;
 use courier_local::wiring::{LOCAL_JWT_SECRET, courier_routes, functions};
 use courier_local::{Core, GatewayConfig, Inspect, RunningGateway};
@@ -123,4 +127,71 @@ pub async fn start(
         management,
         tape,
     })
+}
+
+/// The stores a [`start_sdk`] gateway runs on.
+pub struct Stores {
+    pub messages: Arc<dyn MessageStore>,
+    pub conversations: Arc<dyn ConversationStore>,
+    pub pending: Arc<dyn PendingStore>,
+    pub devices: Arc<dyn DeviceStore>,
+}
+
+impl Stores {
+    pub fn memory(store: &MemoryStore) -> Stores {
+        Stores {
+            messages: Arc::new(store.clone()),
+            conversations: Arc::new(store.clone()),
+            pending: Arc::new(store.clone()),
+            devices: Arc::new(store.clone()),
+        }
+    }
+}
+
+/// A gateway on `stores` and Redis whose functions post through the SDK to
+/// its own `@connections` and invoke catch-up through the SDK on its own
+/// Invoke API (production's path, as `courier-local --via-aws-apis`), with
+/// no proxy: for the storm, where the stores may be in memory so that the
+/// figure is the gateway's, the functions' and Redis's, not moto's.
+pub async fn start_sdk(stores: Stores, redis_url: &str) -> anyhow::Result<RunningGateway> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let config = GatewayConfig::default();
+    let clients = AwsClients::from_sdk_config(
+        courier_local::wiring::local_sdk_config(),
+        AwsEndpoints {
+            lambda: Some(format!("http://{addr}")),
+            ..AwsEndpoints::default()
+        },
+    );
+    let registry: Arc<dyn ConnectionRegistry> = Arc::new(
+        RedisRegistry::new(RegistryConfig::new(redis_url.to_owned()))
+            .map_err(|e| anyhow::anyhow!("redis registry: {e}"))?,
+    );
+    let core = Core::new(config.clone());
+    let pushes = RecordingNotifier::new();
+    let ports = Ports {
+        registry: registry.clone(),
+        messages: stores.messages,
+        conversations: stores.conversations,
+        pending: stores.pending.clone(),
+        devices: stores.devices,
+        gateway: Arc::new(ApiGatewayManagement::new(
+            clients.management(&format!("http://{addr}/{}", config.api.stage)),
+        )),
+        trigger: Arc::new(LambdaTrigger::new(clients.lambda(), functions::CATCH_UP)),
+        notifier: Arc::new(pushes.clone()),
+    };
+    let app = App::new(ports, Settings::default());
+    let auth = authorizer::AuthorizerState::new(&AuthConfig::hs256(LOCAL_JWT_SECRET))
+        .map_err(|e| anyhow::anyhow!("authorizer: {e}"))?;
+    let routes = courier_routes(app, Arc::new(auth));
+    let inspect = Inspect {
+        pushes: Some(pushes),
+        pending: Some(stores.pending),
+        registry: Some(registry),
+    };
+    courier_local::serve(core, routes, inspect, listener)
+        .await
+        .context("serving the local gateway")
 }

@@ -41,6 +41,13 @@ enum Command {
     Storm {
         #[arg(long, default_value_t = 1000)]
         clients: usize,
+        /// Clients double the wait between syncs instead of courier-client's
+        /// fixed 4 s.
+        #[arg(long)]
+        sync_backoff: bool,
+        /// Stores on moto instead of in memory.
+        #[arg(long)]
+        moto: bool,
     },
     /// Per-function size, start-up, peak RSS, CPU per message, on the
     /// release binaries in `--bin-dir` (default: target/release).
@@ -70,6 +77,14 @@ async fn main() -> anyhow::Result<()> {
             run_catch_up(&mut report, &catchup::Config::full()).await?;
             run_send(&mut report, &send::Config::full()).await?;
             run_storm(&mut report, &storm::Config::full()).await?;
+            // On moto the clients back off their syncs: with courier-client's
+            // fixed 4 s the emulator never drains (docs/performance.md).
+            let moto = storm::Config {
+                backend: storm::Backend::Moto,
+                sync_backoff: true,
+                ..storm::Config::full()
+            };
+            run_storm(&mut report, &moto).await?;
             run_functions(&mut report, None).await?;
             if !skip_profiles {
                 // x86_64 only: the arm64 sizes of the profile in use come
@@ -79,9 +94,19 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::CatchUp => run_catch_up(&mut report, &catchup::Config::full()).await?,
         Command::Send => run_send(&mut report, &send::Config::full()).await?,
-        Command::Storm { clients } => {
+        Command::Storm {
+            clients,
+            sync_backoff,
+            moto,
+        } => {
             let config = storm::Config {
                 clients,
+                sync_backoff,
+                backend: if moto {
+                    storm::Backend::Moto
+                } else {
+                    storm::Backend::Memory
+                },
                 ..storm::Config::full()
             };
             run_storm(&mut report, &config).await?;

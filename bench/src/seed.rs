@@ -223,6 +223,61 @@ pub async fn put_all(client: &Client, table: &str, items: Vec<Item>) -> anyhow::
     Ok(())
 }
 
+/// The same backlogs as [`seed_many`], in an in-memory store, through its
+/// own `append` (one message at a time, pending row included).
+pub async fn seed_memory(
+    store: &courier::adapters::memory::MemoryStore,
+    specs: &[Spec<'_>],
+) -> anyhow::Result<Vec<Backlog>> {
+    use courier::domain::{ClientMsgId, Conversation, Message};
+    use courier::ports::{AppendOutcome, NewMessage};
+    let now = now_millis();
+    let mut out = Vec::with_capacity(specs.len());
+    for spec in specs {
+        let mut conversations = Vec::with_capacity(spec.conversations);
+        for i in 0..spec.conversations {
+            let id = ConversationId::parse(&format!("{}-{i}", spec.prefix))
+                .map_err(|e| anyhow::anyhow!("conversation id: {e}"))?;
+            let conversation = Conversation {
+                conversation_id: id.clone(),
+                members: vec![spec.reader.clone(), spec.sender.clone()],
+                last_seq: Seq::ZERO,
+                created_at: now,
+            };
+            ensure!(ConversationStore::create(store, &conversation).await?);
+            for seq in 1..=spec.messages_per_conversation {
+                let new = NewMessage {
+                    message: Message {
+                        conversation_id: id.clone(),
+                        seq: Seq(seq as u64),
+                        message_id: uuid::Uuid::new_v4().to_string(),
+                        client_msg_id: ClientMsgId::parse(
+                            &uuid::Uuid::new_v4().simple().to_string(),
+                        )
+                        .map_err(|e| anyhow::anyhow!("{e}"))?,
+                        sender_id: spec.sender.clone(),
+                        body: body(seq, spec.body_bytes),
+                        sent_at: now,
+                    },
+                    pending_for: vec![spec.reader.clone()],
+                    idempotency_expires_at: i64::MAX,
+                    message_expires_at: None,
+                };
+                ensure!(store.append(&new).await? == AppendOutcome::Stored);
+            }
+            conversations.push(id);
+        }
+        out.push(Backlog {
+            reader: spec.reader.clone(),
+            sender: spec.sender.clone(),
+            conversations,
+            messages_per_conversation: spec.messages_per_conversation,
+            body_bytes: spec.body_bytes,
+        });
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,6 +10,11 @@
 //! is lost when every client got everything *and* every pending row was
 //! then cleared by those acks (`PENDING_CLEAR=ack`: rows go only on ack).
 //!
+//! Clients behave as `courier-client` does when the asynchronous catch-up
+//! is lost (it fails, or is never run): no `caught_up` 4 s after opening,
+//! or after the last `sync`, means a full `sync`. Duplicates that a second
+//! catch-up brings are dropped by seq, as a client drops them.
+//!
 //! No latency is injected: this measures how the system behaves under a
 //! burst on this machine, where the bound is the emulator (moto handles one
 //! request at a time) and the two cores shared by the gateway, the
@@ -20,37 +25,55 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, ensure};
 use courier::adapters::dynamo::DynamoStore;
+use courier::adapters::memory::MemoryStore;
 use courier::domain::UserId;
 use courier::ports::PendingStore;
 use courier::protocol::ServerFrame;
-use courier_local::wiring::LocalOptions;
 use serde_json::json;
 use tokio::sync::Barrier;
 
 use crate::backends::Backends;
+use crate::gateway::{self, Stores};
 use crate::report::{Report, Verdict};
 use crate::seed::{self, Backlog, Spec};
 use crate::stats::{ms, percentile};
 use crate::ws::WsClient;
 
+/// Where the stores are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// In memory: the figure is the gateway's, the functions' and Redis's.
+    Memory,
+    /// DynamoDB on moto, which serves one request at a time.
+    Moto,
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
+    pub backend: Backend,
     pub clients: usize,
     pub pending_per_client: usize,
+    /// Double the wait between a client's syncs (with jitter) instead of
+    /// `courier-client`'s fixed 4 s.
+    pub sync_backoff: bool,
 }
 
 impl Config {
     pub fn full() -> Self {
         Self {
+            backend: Backend::Memory,
             clients: 1000,
             pending_per_client: 3,
+            sync_backoff: false,
         }
     }
 
     pub fn smoke() -> Self {
         Self {
+            backend: Backend::Moto,
             clients: 20,
             pending_per_client: 3,
+            sync_backoff: false,
         }
     }
 }
@@ -61,28 +84,46 @@ pub struct Figures {
     pub caught_up: usize,
     pub messages: usize,
     pub pending_left: usize,
+    /// Clients that had to send `sync` (their first catch-up was lost).
+    pub synced: usize,
     pub p50: Duration,
     pub p99: Duration,
     pub max: Duration,
     /// Handshake (101) of the last client, from the common start.
     pub all_connected: Duration,
+    pub sync_backoff: bool,
+    pub backend: Backend,
     pub failures: Vec<String>,
 }
 
+/// `courier-client`'s `caught_up_timeout`.
+const SYNC_AFTER: Duration = Duration::from_secs(4);
+
 /// One client's reconnect.
+struct Reconnected {
+    connected: Duration,
+    caught_up: Duration,
+    messages: usize,
+    syncs: usize,
+    ws: WsClient,
+}
+
 async fn reconnect(
     ws_url: String,
     backlog: Backlog,
     barrier: Arc<Barrier>,
-) -> anyhow::Result<(Duration, Duration, usize, WsClient)> {
+    sync_backoff: bool,
+) -> anyhow::Result<Reconnected> {
     barrier.wait().await;
     let start = Instant::now();
     let mut ws = WsClient::connect(&ws_url, &backlog.reader).await?;
     let connected = start.elapsed();
-    let frames = ws.until_caught_up(Duration::from_secs(120)).await?;
-    let took = start.elapsed();
+    let (frames, syncs) = ws
+        .until_caught_up_syncing(SYNC_AFTER, sync_backoff, Duration::from_secs(300))
+        .await?;
+    let caught_up = start.elapsed();
     let conversation = &backlog.conversations[0];
-    let mut seqs = Vec::new();
+    let mut seqs = std::collections::BTreeSet::new();
     for r in &frames {
         if let ServerFrame::Messages {
             conversation_id,
@@ -97,17 +138,23 @@ async fn reconnect(
         }
     }
     let want: Vec<u64> = (1..=backlog.messages_per_conversation as u64).collect();
+    let seqs: Vec<u64> = seqs.into_iter().collect();
     ensure!(seqs == want, "{}: got seqs {seqs:?}", backlog.reader);
     ws.send(
         json!({"action": "ack", "acks": [{"conversation_id": conversation.as_str(), "seq": want.len()}]})
             .to_string(),
     )?;
-    Ok((connected, took, seqs.len(), ws))
+    Ok(Reconnected {
+        connected,
+        caught_up,
+        messages: seqs.len(),
+        syncs,
+        ws,
+    })
 }
 
 pub async fn run(config: &Config) -> anyhow::Result<Figures> {
     let backends = Backends::get().await?;
-    let tables = backends.fresh_tables().await?;
     let tag = &uuid::Uuid::new_v4().simple().to_string()[..8];
     let sender = UserId::parse(&format!("storm-sender-{tag}")).map_err(|e| anyhow!("{e}"))?;
     let readers: Vec<UserId> = (0..config.clients)
@@ -128,32 +175,45 @@ pub async fn run(config: &Config) -> anyhow::Result<Figures> {
             body_bytes: 100,
         })
         .collect();
-    let direct = Backends::clients(&backends.dynamodb_endpoint).dynamodb();
-    let backlogs = seed::seed_many(&direct, &tables, &specs).await?;
-    let store = DynamoStore::new(direct, tables.clone());
-    if let Some(b) = backlogs.first() {
-        b.verify(&store).await?;
-    }
-
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let started = courier_local::wiring::start(
-        LocalOptions {
-            redis_url: Some(backends.redis_url.clone()),
-            dynamodb_endpoint: Some(backends.dynamodb_endpoint.clone()),
-            tables: tables.clone(),
-            via_aws_apis: true,
-            ..LocalOptions::default()
-        },
-        listener,
-    )
-    .await?;
-    let ws_url = started.gateway.ws_url();
+    let (backlogs, pending, stores): (Vec<Backlog>, Arc<dyn PendingStore>, Stores) =
+        match config.backend {
+            Backend::Moto => {
+                let tables = backends.fresh_tables().await?;
+                let direct = Backends::clients(&backends.dynamodb_endpoint).dynamodb();
+                let backlogs = seed::seed_many(&direct, &tables, &specs).await?;
+                let store = Arc::new(DynamoStore::new(direct, tables));
+                if let Some(b) = backlogs.first() {
+                    b.verify(&store).await?;
+                }
+                let stores = Stores {
+                    messages: store.clone(),
+                    conversations: store.clone(),
+                    pending: store.clone(),
+                    devices: store.clone(),
+                };
+                (backlogs, store, stores)
+            }
+            Backend::Memory => {
+                let store = MemoryStore::new();
+                let backlogs = seed::seed_memory(&store, &specs).await?;
+                (backlogs, Arc::new(store.clone()), Stores::memory(&store))
+            }
+        };
+    let gateway = gateway::start_sdk(stores, &backends.redis_url).await?;
+    let ws_url = gateway.ws_url();
 
     let barrier = Arc::new(Barrier::new(config.clients + 1));
     let tasks: Vec<_> = backlogs
         .iter()
         .cloned()
-        .map(|b| tokio::spawn(reconnect(ws_url.clone(), b, barrier.clone())))
+        .map(|b| {
+            tokio::spawn(reconnect(
+                ws_url.clone(),
+                b,
+                barrier.clone(),
+                config.sync_backoff,
+            ))
+        })
         .collect();
     barrier.wait().await;
     let mut times = Vec::new();
@@ -161,13 +221,15 @@ pub async fn run(config: &Config) -> anyhow::Result<Figures> {
     let mut messages = 0;
     let mut failures = Vec::new();
     let mut sockets = Vec::new();
+    let mut synced = 0;
     for t in tasks {
         match t.await {
-            Ok(Ok((c, took, n, ws))) => {
-                connected.push(c);
-                times.push(took);
-                messages += n;
-                sockets.push(ws);
+            Ok(Ok(r)) => {
+                connected.push(r.connected);
+                times.push(r.caught_up);
+                messages += r.messages;
+                synced += usize::from(r.syncs > 0);
+                sockets.push(r.ws);
             }
             Ok(Err(e)) => failures.push(format!("{e:#}")),
             Err(e) => failures.push(format!("client task: {e}")),
@@ -180,10 +242,15 @@ pub async fn run(config: &Config) -> anyhow::Result<Figures> {
     let mut pending_left;
     loop {
         pending_left = 0;
+        let mut unread = false;
         for b in &backlogs {
-            pending_left += store.list(&b.reader).await?.len();
+            match pending.list(&b.reader).await {
+                Ok(rows) => pending_left += rows.len(),
+                // moto may still be draining the storm: read again later.
+                Err(_) => unread = true,
+            }
         }
-        if pending_left == 0 || Instant::now() >= deadline {
+        if (pending_left == 0 && !unread) || Instant::now() >= deadline {
             break;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -191,17 +258,20 @@ pub async fn run(config: &Config) -> anyhow::Result<Figures> {
     for ws in &sockets {
         ws.close();
     }
-    started.gateway.stop().await;
+    gateway.stop().await;
     failures.truncate(5);
     Ok(Figures {
         clients: config.clients,
         caught_up: times.len(),
         messages,
         pending_left,
+        synced,
         p50: percentile(&times, 50.0).unwrap_or_default(),
         p99: percentile(&times, 99.0).unwrap_or_default(),
         max: percentile(&times, 100.0).unwrap_or_default(),
         all_connected: percentile(&connected, 100.0).unwrap_or_default(),
+        sync_backoff: config.sync_backoff,
+        backend: config.backend,
         failures,
     })
 }
@@ -209,22 +279,39 @@ pub async fn run(config: &Config) -> anyhow::Result<Figures> {
 pub fn report(f: &Figures, pending_per_client: usize) -> Report {
     let mut r = Report::new();
     const S: &str = "storm";
-    let all = f.caught_up == f.clients
-        && f.messages == f.clients * pending_per_client
-        && f.pending_left == 0;
+    let setting = format!(
+        "{} stores, client sync {}",
+        match f.backend {
+            Backend::Memory => "in-memory",
+            Backend::Moto => "moto",
+        },
+        if f.sync_backoff {
+            "backing off"
+        } else {
+            "every 4 s"
+        }
+    );
+    // Lost means a client missing a message. A row left is the opposite: an
+    // ack refused under load, so the messages come again next time.
+    let all = f.caught_up == f.clients && f.messages == f.clients * pending_per_client;
     r.add(
         S,
-        format!("{} clients reconnect at once", f.clients),
+        format!("{} clients reconnect at once ({setting})", f.clients),
         format!(
-            "{}/{} caught up, {} messages, {} pending rows left after acks",
-            f.caught_up, f.clients, f.messages, f.pending_left
+            "{}/{} caught up ({} after a sync of their own), {} of {} messages; {} pending rows left (acks refused under load: redelivered next time)",
+            f.caught_up,
+            f.clients,
+            f.synced,
+            f.messages,
+            f.clients * pending_per_client,
+            f.pending_left
         ),
         format!("{0}/{0}, nothing lost", f.clients),
         Verdict::of(all),
     );
     r.info(
         S,
-        "time to caught_up",
+        format!("time to caught_up ({setting})"),
         format!(
             "p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms; last handshake done at {:.0} ms",
             ms(f.p50),

@@ -116,6 +116,56 @@ impl WsClient {
         }
     }
 
+    /// Frames up to and including the first `caught_up`, sending a full
+    /// `sync` when `sync_after` passes without one, as a client does when
+    /// the asynchronous catch-up was lost; the wait between syncs stays the
+    /// same, or doubles (with jitter, up to a minute) under `backoff`.
+    /// Returns the frames and the number of syncs sent.
+    pub async fn until_caught_up_syncing(
+        &mut self,
+        sync_after: Duration,
+        backoff: bool,
+        timeout: Duration,
+    ) -> anyhow::Result<(Vec<Received>, usize)> {
+        let deadline = Instant::now() + timeout;
+        let mut interval = sync_after;
+        let mut next_sync = Instant::now() + sync_after;
+        let mut syncs = 0;
+        let mut got = Vec::new();
+        loop {
+            let now = Instant::now();
+            if now >= deadline {
+                bail!(
+                    "no caught_up within {timeout:?} ({} frames, {syncs} syncs)",
+                    got.len()
+                );
+            }
+            if now >= next_sync {
+                self.send(r#"{"action":"sync"}"#.to_owned())?;
+                syncs += 1;
+                if backoff {
+                    let doubled = (interval * 2).min(Duration::from_secs(60));
+                    // Equal jitter: half fixed, half random.
+                    let half = doubled / 2;
+                    interval = half + half.mul_f64(rand::random::<f64>());
+                }
+                next_sync = now + interval;
+            }
+            let wait = next_sync.min(deadline).saturating_duration_since(now);
+            match tokio::time::timeout(wait, self.frames.recv()).await {
+                Ok(Some(r)) => {
+                    let done = matches!(r.frame, ServerFrame::CaughtUp { .. });
+                    got.push(r);
+                    if done {
+                        return Ok((got, syncs));
+                    }
+                }
+                Ok(None) => bail!("socket closed"),
+                Err(_) => {}
+            }
+        }
+    }
+
     pub fn close(&self) {
         let _ = self.out.send(Message::Close(None));
     }
