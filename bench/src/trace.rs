@@ -270,16 +270,18 @@ impl PendingStore for Traced<dyn PendingStore> {
     ) -> Result<AckOutcome, StoreError> {
         on!(self, "ddb pending ack", |p| p.ack(user, conversation, seq))
     }
-    async fn clear_if_unchanged(
+    async fn settle_posted(
         &self,
         user: &UserId,
         conversation: &ConversationId,
-        last_seq: Seq,
-    ) -> Result<bool, StoreError> {
-        on!(self, "ddb pending clear", |p| p.clear_if_unchanged(
+        from: Seq,
+        through: Seq,
+    ) -> Result<AckOutcome, StoreError> {
+        on!(self, "ddb pending settle", |p| p.settle_posted(
             user,
             conversation,
-            last_seq
+            from,
+            through
         ))
     }
 }

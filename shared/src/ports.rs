@@ -195,14 +195,20 @@ pub trait PendingStore: Send + Sync {
         seq: Seq,
     ) -> Result<AckOutcome, StoreError>;
 
-    /// `PENDING_CLEAR=post`: delete the row only if its `last_seq` is still
-    /// `last_seq` (nothing newer arrived since it was read). True if deleted.
-    async fn clear_if_unchanged(
+    /// `PENDING_CLEAR=post`: catch-up posted every message of
+    /// `from..=through`, which counts as delivered in that mode. Deletes the
+    /// row if that covers it, else raises `first_undelivered_seq` to
+    /// `through + 1` — both only while `first_undelivered_seq >= from`. A
+    /// lower cursor means an older seq was recorded after the row was read
+    /// (a retried send re-delivering a message stored by a crashed attempt):
+    /// it was not posted, so the row stays as it is (`Stale`).
+    async fn settle_posted(
         &self,
         user: &UserId,
         conversation: &ConversationId,
-        last_seq: Seq,
-    ) -> Result<bool, StoreError>;
+        from: Seq,
+        through: Seq,
+    ) -> Result<AckOutcome, StoreError>;
 }
 
 /// Posting to live connections (API Gateway Management API in production).

@@ -167,7 +167,12 @@ impl CrashPlan {
     where
         Fut: Future<Output = Result<T, E>>,
     {
-        match self.verdict().await {
+        let verdict = self.verdict().await;
+        if trace_enabled() {
+            let id = INVOCATION.try_with(|id| *id).unwrap_or(0);
+            eprintln!("  [invocation {id}] {port}: {verdict:?}");
+        }
+        match verdict {
             Verdict::Run => call().await,
             Verdict::FailBefore => Err(error(format!("{port}: crashed before the call"))),
             Verdict::FailAfter => {
@@ -176,6 +181,13 @@ impl CrashPlan {
             }
         }
     }
+}
+
+/// `CRASH_TRACE=1` prints every port call with its invocation and verdict:
+/// the interleaving of a failing case, read beside its history.
+fn trace_enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("CRASH_TRACE").is_some_and(|v| v != "0"))
 }
 
 /// A port wrapped by a [`CrashPlan`].
@@ -339,16 +351,17 @@ impl PendingStore for Crashing<dyn PendingStore> {
             )
             .await
     }
-    async fn clear_if_unchanged(
+    async fn settle_posted(
         &self,
         user: &UserId,
         conversation: &ConversationId,
-        last_seq: Seq,
-    ) -> Result<bool, StoreError> {
+        from: Seq,
+        through: Seq,
+    ) -> Result<AckOutcome, StoreError> {
         self.plan
             .guard(
-                "pending.clear_if_unchanged",
-                || self.inner.clear_if_unchanged(user, conversation, last_seq),
+                "pending.settle_posted",
+                || self.inner.settle_posted(user, conversation, from, through),
                 store_err,
             )
             .await

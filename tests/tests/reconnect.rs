@@ -354,13 +354,14 @@ impl PendingStore for SendAfterList {
     async fn ack(&self, u: &UserId, c: &ConversationId, s: Seq) -> Result<AckOutcome, StoreError> {
         self.inner.ack(u, c, s).await
     }
-    async fn clear_if_unchanged(
+    async fn settle_posted(
         &self,
         u: &UserId,
         c: &ConversationId,
-        s: Seq,
-    ) -> Result<bool, StoreError> {
-        self.inner.clear_if_unchanged(u, c, s).await
+        from: Seq,
+        through: Seq,
+    ) -> Result<AckOutcome, StoreError> {
+        self.inner.settle_posted(u, c, from, through).await
     }
 }
 

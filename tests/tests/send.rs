@@ -532,13 +532,14 @@ impl PendingStore for RecordFails {
     async fn ack(&self, u: &UserId, c: &ConversationId, s: Seq) -> Result<AckOutcome, StoreError> {
         self.0.ack(u, c, s).await
     }
-    async fn clear_if_unchanged(
+    async fn settle_posted(
         &self,
         u: &UserId,
         c: &ConversationId,
-        s: Seq,
-    ) -> Result<bool, StoreError> {
-        self.0.clear_if_unchanged(u, c, s).await
+        from: Seq,
+        through: Seq,
+    ) -> Result<AckOutcome, StoreError> {
+        self.0.settle_posted(u, c, from, through).await
     }
 }
 

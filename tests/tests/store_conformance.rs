@@ -573,12 +573,13 @@ async fn ack_below_last_seq_keeps_newer_messages<S: Store>(b: Backend<S>) {
         Some((2, 2)),
         "seq 2 still pending"
     );
-    // PENDING_CLEAR=post: catch-up's conditional clear with the stale
-    // last_seq must not wipe the row either.
-    assert!(
-        !s.clear_if_unchanged(&user("bob"), &c, seen.last_seq)
+    // PENDING_CLEAR=post: catch-up settling what it posted from the row it
+    // read must not wipe the newer message either.
+    assert_eq!(
+        s.settle_posted(&user("bob"), &c, seen.first_undelivered_seq, seen.last_seq)
             .await
-            .unwrap()
+            .unwrap(),
+        AckOutcome::Stale
     );
     assert_eq!(pending_range(s, "bob", &c).await, Some((2, 2)));
 
@@ -595,20 +596,47 @@ async fn ack_below_last_seq_keeps_newer_messages<S: Store>(b: Backend<S>) {
     assert_eq!(pending_range(s, "bob", &c).await, Some((3, 3)));
 }
 
-async fn clear_if_unchanged_deletes_only_the_row_it_read<S: Store>(b: Backend<S>) {
+async fn settle_posted_clears_only_what_was_posted<S: Store>(b: Backend<S>) {
     let s = &b.store;
     let c = conv_id("c1");
     let bob = user("bob");
-    assert!(
-        !s.clear_if_unchanged(&bob, &c, Seq(1)).await.unwrap(),
+    assert_eq!(
+        s.settle_posted(&bob, &c, Seq(1), Seq(1)).await.unwrap(),
+        AckOutcome::Stale,
         "no row"
     );
+    s.record(&bob, &c, Seq(2)).await.unwrap();
+    s.record(&bob, &c, Seq(4)).await.unwrap();
+    // Posted 2..=3 of a row that now reaches 4: the cursor moves to 4.
+    assert_eq!(
+        s.settle_posted(&bob, &c, Seq(2), Seq(3)).await.unwrap(),
+        AckOutcome::Advanced
+    );
+    assert_eq!(pending_range(s, "bob", &c).await, Some((4, 4)));
+    // Posted 2..=3 again (a second catch-up with the old read): no change.
+    assert_eq!(
+        s.settle_posted(&bob, &c, Seq(2), Seq(3)).await.unwrap(),
+        AckOutcome::Stale
+    );
+    assert_eq!(pending_range(s, "bob", &c).await, Some((4, 4)));
+    // A retried send records seq 1 again after catch-up read 4..=4: posting
+    // 4..=4 must not clear the row, seq 1 was never posted.
     s.record(&bob, &c, Seq(1)).await.unwrap();
-    s.record(&bob, &c, Seq(3)).await.unwrap();
-    assert!(!s.clear_if_unchanged(&bob, &c, Seq(2)).await.unwrap());
-    assert!(!s.clear_if_unchanged(&bob, &c, Seq(4)).await.unwrap());
-    assert_eq!(pending_range(s, "bob", &c).await, Some((1, 3)));
-    assert!(s.clear_if_unchanged(&bob, &c, Seq(3)).await.unwrap());
+    assert_eq!(
+        s.settle_posted(&bob, &c, Seq(4), Seq(4)).await.unwrap(),
+        AckOutcome::Stale
+    );
+    assert_eq!(pending_range(s, "bob", &c).await, Some((1, 4)));
+    assert_eq!(
+        s.settle_posted(&bob, &c, Seq(4), Seq(9)).await.unwrap(),
+        AckOutcome::Stale
+    );
+    assert_eq!(pending_range(s, "bob", &c).await, Some((1, 4)));
+    // Posted from 1 through 4: everything it holds.
+    assert_eq!(
+        s.settle_posted(&bob, &c, Seq(1), Seq(4)).await.unwrap(),
+        AckOutcome::Cleared
+    );
     assert_eq!(pending_range(s, "bob", &c).await, None);
 }
 
@@ -756,7 +784,7 @@ conformance!(
     record_creates_and_widens_the_pending_row,
     ack_clears_advances_or_is_stale_and_never_lowers_the_cursor,
     ack_below_last_seq_keeps_newer_messages,
-    clear_if_unchanged_deletes_only_the_row_it_read,
+    settle_posted_clears_only_what_was_posted,
     pending_list_returns_every_row_of_the_user_only,
     conversation_create_twice_keeps_the_first,
     devices_are_found_by_token_and_user_and_a_token_can_move,

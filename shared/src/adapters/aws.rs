@@ -518,12 +518,13 @@ impl PendingStore for Unwired {
     async fn ack(&self, _: &UserId, _: &ConversationId, _: Seq) -> Result<AckOutcome, StoreError> {
         store_unwired("pending store")
     }
-    async fn clear_if_unchanged(
+    async fn settle_posted(
         &self,
         _: &UserId,
         _: &ConversationId,
         _: Seq,
-    ) -> Result<bool, StoreError> {
+        _: Seq,
+    ) -> Result<AckOutcome, StoreError> {
         store_unwired("pending store")
     }
 }

@@ -727,17 +727,26 @@ impl DynamoStore {
         user: &UserId,
         conversation: &ConversationId,
         condition: &str,
-        seq: Seq,
+        values: &[(&str, AttributeValue)],
     ) -> Result<bool, StoreError> {
         self.retrying(op, || {
-            let req = self
+            let mut req = self
                 .client
                 .delete_item()
                 .table_name(&self.tables.pending)
                 .set_key(Some(Self::pending_key(user, conversation)))
-                .condition_expression(condition)
-                .expression_attribute_names("#last", attr::LAST_SEQ)
-                .expression_attribute_values(":seq", n(seq.get()));
+                .condition_expression(condition);
+            for (alias, name) in [
+                ("#first", attr::FIRST_UNDELIVERED_SEQ),
+                ("#last", attr::LAST_SEQ),
+            ] {
+                if condition.contains(alias) {
+                    req = req.expression_attribute_names(alias, name);
+                }
+            }
+            for (k, v) in values {
+                req = req.expression_attribute_values(*k, v.clone());
+            }
             async move {
                 match req.send().await {
                     Ok(_) => Ok(true),
@@ -850,7 +859,7 @@ impl PendingStore for DynamoStore {
                 user,
                 conversation,
                 "#last <= :seq",
-                seq,
+                &[(":seq", n(seq.get()))],
             )
             .await?
         {
@@ -878,20 +887,47 @@ impl PendingStore for DynamoStore {
         Ok(AckOutcome::Stale)
     }
 
-    async fn clear_if_unchanged(
+    async fn settle_posted(
         &self,
         user: &UserId,
         conversation: &ConversationId,
-        last_seq: Seq,
-    ) -> Result<bool, StoreError> {
-        self.delete_pending_if(
-            "DeleteItem pending clear",
-            user,
-            conversation,
-            "#last = :seq",
-            last_seq,
-        )
-        .await
+        from: Seq,
+        through: Seq,
+    ) -> Result<AckOutcome, StoreError> {
+        // `#first >= :from` in both: a lower cursor is an older seq recorded
+        // after catch-up read the row, not posted yet.
+        if self
+            .delete_pending_if(
+                "DeleteItem pending settle",
+                user,
+                conversation,
+                "#first >= :from AND #last <= :through",
+                &[(":from", n(from.get())), (":through", n(through.get()))],
+            )
+            .await?
+        {
+            return Ok(AckOutcome::Cleared);
+        }
+        if self
+            .update_pending_if(
+                "UpdateItem pending settle",
+                user,
+                conversation,
+                "SET #first = :next, #updated = :now",
+                "attribute_exists(#user) AND #first >= :from AND #first <= :through \
+                 AND #last > :through",
+                &[
+                    (":from", n(from.get())),
+                    (":through", n(through.get())),
+                    (":next", n(through.next().get())),
+                    (":now", n(now_millis())),
+                ],
+            )
+            .await?
+        {
+            return Ok(AckOutcome::Advanced);
+        }
+        Ok(AckOutcome::Stale)
     }
 }
 

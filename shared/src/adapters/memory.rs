@@ -98,6 +98,35 @@ fn upsert_pending(
         });
 }
 
+/// The user has `from..=through`: delete the row if that covers the rest of
+/// it, else raise its cursor past `through` — only while the cursor is at
+/// `from` or above (`ack` passes `Seq::ZERO`: a client's ack is contiguous).
+fn advance_pending(
+    pending: &mut BTreeMap<(UserId, ConversationId), PendingDelivery>,
+    user: &UserId,
+    conversation: &ConversationId,
+    from: Seq,
+    through: Seq,
+) -> AckOutcome {
+    let key = (user.clone(), conversation.clone());
+    let Some(row) = pending.get_mut(&key) else {
+        return AckOutcome::Stale;
+    };
+    if row.first_undelivered_seq < from {
+        return AckOutcome::Stale;
+    }
+    if row.last_seq <= through {
+        pending.remove(&key);
+        return AckOutcome::Cleared;
+    }
+    if row.first_undelivered_seq <= through {
+        row.first_undelivered_seq = through.next();
+        row.updated_at = now_millis();
+        return AckOutcome::Advanced;
+    }
+    AckOutcome::Stale
+}
+
 #[async_trait]
 impl MessageStore for MemoryStore {
     async fn append(&self, new: &NewMessage) -> Result<AppendOutcome, StoreError> {
@@ -227,37 +256,30 @@ impl PendingStore for MemoryStore {
         seq: Seq,
     ) -> Result<AckOutcome, StoreError> {
         let mut t = self.tables()?;
-        let key = (user.clone(), conversation.clone());
-        let Some(row) = t.pending.get_mut(&key) else {
-            return Ok(AckOutcome::Stale);
-        };
-        if row.last_seq <= seq {
-            t.pending.remove(&key);
-            return Ok(AckOutcome::Cleared);
-        }
-        if row.first_undelivered_seq <= seq {
-            row.first_undelivered_seq = seq.next();
-            row.updated_at = now_millis();
-            return Ok(AckOutcome::Advanced);
-        }
-        Ok(AckOutcome::Stale)
+        Ok(advance_pending(
+            &mut t.pending,
+            user,
+            conversation,
+            Seq::ZERO,
+            seq,
+        ))
     }
 
-    async fn clear_if_unchanged(
+    async fn settle_posted(
         &self,
         user: &UserId,
         conversation: &ConversationId,
-        last_seq: Seq,
-    ) -> Result<bool, StoreError> {
+        from: Seq,
+        through: Seq,
+    ) -> Result<AckOutcome, StoreError> {
         let mut t = self.tables()?;
-        let key = (user.clone(), conversation.clone());
-        match t.pending.get(&key) {
-            Some(row) if row.last_seq == last_seq => {
-                t.pending.remove(&key);
-                Ok(true)
-            }
-            _ => Ok(false),
-        }
+        Ok(advance_pending(
+            &mut t.pending,
+            user,
+            conversation,
+            from,
+            through,
+        ))
     }
 }
 

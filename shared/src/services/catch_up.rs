@@ -38,7 +38,7 @@ use tracing::{info, instrument, warn};
 use crate::app::App;
 use crate::config::PendingClear;
 use crate::domain::{Connection, ConversationId, PendingDelivery, Seq, UserId};
-use crate::ports::{CatchUpRequest, StoreError};
+use crate::ports::{AckOutcome, CatchUpRequest, StoreError};
 use crate::protocol::{ServerFrame, pack_messages};
 use crate::services::delivery::{self, PostFailed, Posted};
 
@@ -339,8 +339,12 @@ async fn deliver_conversation(
                 (app.settings.delivery.pending_clear, through)
             {
                 // Posted counts as delivered in this mode: move the cursor,
-                // never past what was posted.
-                app.ports.pending.ack(user, &conversation, through).await?;
+                // never past what was posted, never over an older seq
+                // recorded meanwhile (that one waits for the next catch-up).
+                app.ports
+                    .pending
+                    .settle_posted(user, &conversation, from, through)
+                    .await?;
             }
             let more =
                 announce_more(app, user, connection, &conversation, next_seq, request_id).await?;
@@ -351,26 +355,24 @@ async fn deliver_conversation(
         if app.settings.delivery.pending_clear == PendingClear::Ack {
             return Ok(out);
         }
-        // Post mode: delete the row only if nothing newer arrived since we read it.
-        let through = through.unwrap_or(row.last_seq);
-        if through >= row.last_seq
-            && app
-                .ports
-                .pending
-                .clear_if_unchanged(user, &conversation, row.last_seq)
-                .await?
+        // Post mode: `from..=through` was posted. Delete the row if that is
+        // all it holds; if it grew meanwhile (a newer message, or an older
+        // one a retried send recorded again), deliver what it holds now.
+        // Nothing posted (expired by retention): the range read is done.
+        let through = through.unwrap_or(row.last_seq.max(from));
+        if app
+            .ports
+            .pending
+            .settle_posted(user, &conversation, from, through)
+            .await?
+            == AckOutcome::Cleared
         {
             return Ok(out);
         }
-        // It grew (or we read past it): re-read and deliver what is newer.
         match app.ports.pending.get(user, &conversation).await? {
             None => return Ok(out),
-            Some(newer) if newer.last_seq <= through => {
-                app.ports.pending.ack(user, &conversation, through).await?;
-                return Ok(out);
-            }
             Some(newer) => {
-                from = through.next().max(newer.first_undelivered_seq);
+                from = newer.first_undelivered_seq;
                 row = newer;
             }
         }
