@@ -22,6 +22,9 @@ export interface Tuning {
   /** Reconnect backoff: first delay and cap, equal jitter in between. */
   backoffBase: number;
   backoffMax: number;
+  /** Cap of the doubling wait between repeats of one unanswered send, range
+   *  sync or full sync. */
+  retryMax: number;
   /** A handshake not done in this long is abandoned and retried. */
   connectTimeout: number;
   /** How long createConversation/registerDevice/ping wait for their reply. */
@@ -59,6 +62,8 @@ export class CourierError extends Error {
 
 export function isPermanent(code: string): boolean;
 export function backoff(tuning: Pick<Tuning, 'backoffBase' | 'backoffMax'>, attempt: number, random?: () => number): number;
+/** The wait after the `attempt`-th (1-based) unanswered try of a send or sync. */
+export function retryWait(first: number, attempt: number, tuning: Pick<Tuning, 'retryMax'>, random?: () => number): number;
 export function newClientMsgId(): string;
 export function tokenSubject(token: string): string | undefined;
 export function withToken(url: string, token: string): string;
@@ -219,6 +224,8 @@ export class Session {
     me?: string;
     tuning?: Partial<Tuning>;
     emit?: (type: keyof ClientEvents, detail: unknown) => void;
+    /** Jitter source of the retry waits (tests pass a fixed one). */
+    random?: () => number;
   });
   me: string | undefined;
   readonly tuning: Tuning;

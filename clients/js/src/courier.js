@@ -44,6 +44,11 @@ export const DEFAULT_TUNING = Object.freeze({
   /** Reconnect backoff: first delay and cap, equal jitter in between. */
   backoffBase: 200,
   backoffMax: 10000,
+  /** Cap of the doubling wait between repeats of one unanswered send, range
+   *  sync or full sync (sendRetry, syncTimeout and caughtUpTimeout are the
+   *  first waits): a server short of capacity is not answered with more of
+   *  the same load. */
+  retryMax: 60000,
   /** A handshake not done in this long is abandoned and retried. */
   connectTimeout: 10000,
   /** How long createConversation/registerDevice/ping wait for their reply. */
@@ -81,6 +86,18 @@ export class CourierError extends Error {
  */
 export function backoff(tuning, attempt, random = Math.random) {
   const exp = Math.min(tuning.backoffBase * 2 ** Math.min(attempt, 16), tuning.backoffMax);
+  const half = exp / 2;
+  return Math.round(half + random() * half);
+}
+
+/**
+ * The wait after the `attempt`-th (1-based) unanswered try: `first` the first
+ * time, doubling after, capped at `tuning.retryMax`; equal jitter from the
+ * second attempt on.
+ */
+export function retryWait(first, attempt, tuning, random = Math.random) {
+  if (attempt <= 1) return first;
+  const exp = Math.min(first * 2 ** Math.min(attempt - 1, 16), Math.max(tuning.retryMax, first));
   const half = exp / 2;
   return Math.round(half + random() * half);
 }
@@ -270,16 +287,20 @@ export class Session {
   /**
    * @param {{me?: string, tuning?: object, emit?: (type: string, detail: object) => void}} options
    */
-  constructor({ me, tuning = {}, emit = () => {} } = {}) {
+  constructor({ me, tuning = {}, emit = () => {}, random = Math.random } = {}) {
     this.me = me;
     this.tuning = { ...DEFAULT_TUNING, ...tuning };
     this.emit = emit;
+    this.random = random;
     this.timelines = new Map();
-    /** client_msg_id → {conversationId, body, lastAttempt, attempts, waiters} */
+    /** client_msg_id → {conversationId, body, due, attempts, waiters} */
     this.outbox = new Map();
     /** request_id → {frame, sent, resolve, reject} */
     this.requests = new Map();
+    /** conversation → {due, attempts} of its unanswered range sync */
     this.syncsInFlight = new Map();
+    /** full syncs sent since the last caught_up for want of one */
+    this.fullSyncs = 0;
     this.ackWanted = new Map();
     this.ackAt = null;
     this.caughtUpDeadline = null;
@@ -315,14 +336,19 @@ export class Session {
   queueSend(conversationId, clientMsgId, body, waiter, now) {
     let o = this.outbox.get(clientMsgId);
     if (!o) {
-      o = { conversationId, body, lastAttempt: null, attempts: 0, waiters: [] };
+      o = { conversationId, body, due: null, attempts: 0, waiters: [] };
       this.outbox.set(clientMsgId, o);
     }
     if (waiter) o.waiters.push(waiter);
     if (!this.open) return null;
-    o.lastAttempt = now;
-    o.attempts += 1;
+    this.attempted(o, now);
     return sendFrame(o.conversationId, clientMsgId, o.body);
+  }
+
+  /** Counts a send attempt and schedules its repeat. */
+  attempted(o, now) {
+    o.attempts += 1;
+    o.due = now + retryWait(this.tuning.sendRetry, o.attempts, this.tuning, this.random);
   }
 
   /** Registers a request answered by a frame echoing `request_id`; the frame
@@ -353,10 +379,10 @@ export class Session {
     this.openedAt = now;
     this.syncsInFlight.clear();
     this.caughtUpDeadline = now + this.tuning.caughtUpTimeout;
+    this.fullSyncs = 0;
     const out = [];
     for (const [cmid, o] of this.outbox) {
-      o.lastAttempt = now;
-      o.attempts += 1;
+      this.attempted(o, now);
       out.push(sendFrame(o.conversationId, cmid, o.body));
     }
     for (const r of this.requests.values()) {
@@ -432,7 +458,11 @@ export class Session {
       }
       case 'more':
         // The catch-up cap (or a range limit) cut this conversation short.
-        if (typeof f.conversation_id === 'string') out.push(this.rangeSync(f.conversation_id, now));
+        // An answer: the repeats of the last sync start over.
+        if (typeof f.conversation_id === 'string') {
+          this.syncsInFlight.delete(f.conversation_id);
+          out.push(this.rangeSync(f.conversation_id, now));
+        }
         break;
       case 'synced':
         this.syncsInFlight.delete(f.conversation_id);
@@ -440,6 +470,7 @@ export class Session {
       case 'caught_up':
         this.caughtUpCount += 1;
         this.caughtUpDeadline = null;
+        this.fullSyncs = 0;
         this.emit('caughtUp', {
           conversations: f.conversations,
           messages: f.messages,
@@ -543,7 +574,9 @@ export class Session {
   }
 
   rangeSync(conversationId, now) {
-    this.syncsInFlight.set(conversationId, now);
+    const attempts = (this.syncsInFlight.get(conversationId)?.attempts ?? 0) + 1;
+    const due = now + retryWait(this.tuning.syncTimeout, attempts, this.tuning, this.random);
+    this.syncsInFlight.set(conversationId, { due, attempts });
     const t = this.timeline(conversationId);
     t.holeRequested(now);
     return JSON.stringify({
@@ -580,19 +613,21 @@ export class Session {
     if (!this.open) return out;
     if (this.ackAt !== null && now >= this.ackAt) out.push(...this.flushAcks());
     for (const [cmid, o] of this.outbox) {
-      if (o.lastAttempt === null || now - o.lastAttempt >= this.tuning.sendRetry) {
-        o.lastAttempt = now;
-        o.attempts += 1;
+      if (o.due === null || now >= o.due) {
+        this.attempted(o, now);
         out.push(sendFrame(o.conversationId, cmid, o.body));
       }
     }
     if (this.caughtUpDeadline !== null && now >= this.caughtUpDeadline) {
-      out.push(this.fullSync(now));
+      out.push(JSON.stringify({ action: 'sync' }));
+      this.fullSyncs += 1;
+      this.caughtUpDeadline =
+        now + retryWait(this.tuning.caughtUpTimeout, this.fullSyncs, this.tuning, this.random);
     }
     for (const [cid, t] of this.timelines) {
       if (!t.holeOlderThan(this.tuning.holeGrace, now)) continue;
-      const since = this.syncsInFlight.get(cid);
-      if (since === undefined || now - since >= this.tuning.syncTimeout) {
+      const inFlight = this.syncsInFlight.get(cid);
+      if (inFlight === undefined || now >= inFlight.due) {
         out.push(this.rangeSync(cid, now));
       }
     }
@@ -664,7 +699,12 @@ export class CourierClient {
     }
     this.#random = random;
     this.#now = now ?? (() => (globalThis.performance ? performance.now() : Date.now()));
-    this.session = new Session({ me: user, tuning, emit: (t, d) => this.#emit(t, d) });
+    this.session = new Session({
+      me: user,
+      tuning,
+      emit: (t, d) => this.#emit(t, d),
+      random: this.#random,
+    });
     this.tuning = this.session.tuning;
     /** The last handshake refusal's HTTP status, where the platform says it. */
     this.refusedStatus = null;

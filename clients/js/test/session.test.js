@@ -7,6 +7,7 @@ import {
   MAX_ACKS_PER_FRAME,
   Session,
   backoff,
+  retryWait,
   isPermanent,
   tokenSubject,
   withToken,
@@ -165,6 +166,68 @@ test('sends are retried with the same client_msg_id until sent, and land in the 
   // A second `sent` for an earlier retry changes nothing.
   s.onText(JSON.stringify({ type: 'sent', conversation_id: 'c1', client_msg_id: 'k1', seq: 1, sent_at: 9 }), 5000);
   assert.equal(s.timeline('c1').size, 1);
+});
+
+// Ticks every 100 ms from `t0` for `span` ms; the times a frame matching
+// `pick` went out.
+function sentAt(s, t0, span, pick) {
+  const at = [];
+  for (let t = 0; t <= span; t += 100) {
+    if (parsed(s.onTick(t0 + t)).some(pick)) at.push(t);
+  }
+  return at;
+}
+
+// Each gap between repeats lies within [half, all] of the doubled wait.
+function assertBacksOff(at, first) {
+  assert.ok(at.length >= 4, `repeats: ${at}`);
+  for (let i = 1; i < at.length; i += 1) {
+    const gap = at[i] - at[i - 1];
+    const full = Math.min(first * 2 ** (i - 1), T.retryMax);
+    const low = i === 1 ? full : full / 2;
+    assert.ok(gap >= low && gap <= full + 100, `gap ${i} of ${at} is ${gap}, not within [${low}, ${full}]`);
+  }
+}
+
+test('unanswered syncs and sends back off, and start over on an answer', () => {
+  const span = 200_000;
+  const fullSync = (f) => f.action === 'sync' && f.conversation_id === undefined;
+  const rangeSync = (f) => f.action === 'sync' && f.after_seq !== undefined;
+
+  // No caught_up, ever: 4 s, 8, 16, 32, 60 (cap) — not every 4 s.
+  let { s } = session({ ackDelay: 0 });
+  s.onOpen(0);
+  let at = sentAt(s, 0, span, fullSync);
+  assert.equal(at[0], T.caughtUpTimeout);
+  assertBacksOff(at, T.caughtUpTimeout);
+  assert.ok(at.length < 10, `${at.length} full syncs in 200 s`);
+  s.onText(JSON.stringify({ type: 'caught_up', conversations: 0, messages: 0 }), span);
+  s.fullSync(span);
+  assert.deepEqual(sentAt(s, span, 5000, fullSync), [T.caughtUpTimeout], 'caught_up starts it over');
+
+  // A hole whose sync is never answered.
+  ({ s } = session({ ackDelay: 0 }));
+  s.onOpen(0);
+  s.onText(messages('c1', [1, 5]), 0);
+  s.onText(JSON.stringify({ type: 'caught_up', conversations: 1, messages: 2 }), 0);
+  at = sentAt(s, 0, span, rangeSync);
+  assert.equal(at[0], T.holeGrace);
+  assertBacksOff(at, T.syncTimeout);
+  s.onText(JSON.stringify({ type: 'synced', conversation_id: 'c1', through_seq: 5 }), span);
+  assert.deepEqual(sentAt(s, span, 6000, rangeSync), [0, T.syncTimeout], 'synced starts it over');
+
+  // A send never answered.
+  ({ s } = session({ ackDelay: 0 }));
+  s.onOpen(0);
+  s.onText(JSON.stringify({ type: 'caught_up', conversations: 0, messages: 0 }), 0);
+  assert.ok(s.queueSend('c1', 'k1', 'hi', null, 0));
+  at = sentAt(s, 0, span, (f) => f.action === 'sendMessage');
+  assertBacksOff([0, ...at], T.sendRetry);
+
+  assert.equal(retryWait(3000, 1, T, () => 1), 3000, 'the first wait has no jitter');
+  assert.equal(retryWait(3000, 2, T, () => 0), 3000);
+  assert.equal(retryWait(3000, 2, T, () => 1), 6000);
+  assert.equal(retryWait(3000, 30, T, () => 1), T.retryMax);
 });
 
 test('permanent errors fail the send, transient ones keep it for the retry', async () => {

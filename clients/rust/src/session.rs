@@ -17,7 +17,11 @@
 //! - **holes** older than `hole_grace` and **`more`** frames are pulled with
 //!   a range `sync`, one in flight per conversation;
 //! - **catch-up**: no `caught_up` within `caught_up_timeout` of opening means
-//!   the asynchronous catch-up was lost; a full `sync` runs it again.
+//!   the asynchronous catch-up was lost; a full `sync` runs it again;
+//! - **backing off**: a send, range sync or full sync left unanswered is
+//!   repeated after a wait that doubles with each attempt (equal jitter, up
+//!   to `retry_max`), and starts over once the server answers — a server
+//!   short of capacity is not answered with more of the same load.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
@@ -48,6 +52,10 @@ pub struct Tuning {
     /// Reconnect backoff: first delay and cap (equal jitter in between).
     pub backoff_base: Duration,
     pub backoff_max: Duration,
+    /// Cap of the doubling wait between repeats of one unanswered send,
+    /// range sync or full sync (`send_retry`, `sync_timeout` and
+    /// `caught_up_timeout` are the first waits).
+    pub retry_max: Duration,
 }
 
 impl Default for Tuning {
@@ -61,6 +69,7 @@ impl Default for Tuning {
             heartbeat: Duration::from_secs(5 * 60),
             backoff_base: Duration::from_millis(200),
             backoff_max: Duration::from_secs(10),
+            retry_max: Duration::from_secs(60),
         }
     }
 }
@@ -93,7 +102,8 @@ type RequestWaiter = oneshot::Sender<Result<ServerFrame, RequestError>>;
 struct Outgoing {
     conversation_id: ConversationId,
     body: String,
-    last_attempt: Option<Instant>,
+    /// When an unanswered attempt is repeated (`None`: not sent yet).
+    due: Option<Instant>,
     attempts: u32,
     waiters: Vec<SendWaiter>,
 }
@@ -137,8 +147,11 @@ pub struct Session {
     timelines: BTreeMap<ConversationId, Timeline>,
     outbox: BTreeMap<String, Outgoing>,
     requests: HashMap<String, RequestWaiter>,
-    syncs_in_flight: HashMap<ConversationId, Instant>,
+    /// Range syncs unanswered: when to repeat, and how many were sent.
+    syncs_in_flight: HashMap<ConversationId, (Instant, u32)>,
     caught_up_deadline: Option<Instant>,
+    /// Full syncs sent since the last `caught_up` for want of one.
+    full_syncs: u32,
     caught_up: u64,
     opens: u64,
     open: bool,
@@ -156,6 +169,7 @@ impl Session {
             requests: HashMap::new(),
             syncs_in_flight: HashMap::new(),
             caught_up_deadline: None,
+            full_syncs: 0,
             caught_up: 0,
             opens: 0,
             open: false,
@@ -231,7 +245,7 @@ impl Session {
         let entry = self.outbox.entry(key.clone()).or_insert_with(|| Outgoing {
             conversation_id,
             body,
-            last_attempt: None,
+            due: None,
             attempts: 0,
             waiters: Vec::new(),
         });
@@ -239,8 +253,8 @@ impl Session {
         if !self.open {
             return None;
         }
-        entry.last_attempt = Some(now);
         entry.attempts += 1;
+        entry.due = Some(now + retry_wait(self.tuning.send_retry, entry.attempts, &self.tuning));
         Some(send_frame(&entry.conversation_id, &key, &entry.body))
     }
 
@@ -264,11 +278,12 @@ impl Session {
         self.opens += 1;
         self.syncs_in_flight.clear();
         self.caught_up_deadline = Some(now + self.tuning.caught_up_timeout);
+        self.full_syncs = 0;
         self.events.push(Event::Connected);
         let mut out = Vec::new();
         for (cmid, o) in &mut self.outbox {
-            o.last_attempt = Some(now);
             o.attempts += 1;
+            o.due = Some(now + retry_wait(self.tuning.send_retry, o.attempts, &self.tuning));
             out.push(send_frame(&o.conversation_id, cmid, &o.body));
         }
         out
@@ -353,7 +368,9 @@ impl Session {
             ServerFrame::More {
                 conversation_id, ..
             } => {
-                // Pull the rest now: the cap cut this conversation short.
+                // Pull the rest now: the cap cut this conversation short. An
+                // answer, so the repeats of the last sync start over.
+                self.syncs_in_flight.remove(&conversation_id);
                 out.push(self.range_sync(&conversation_id, now));
             }
             ServerFrame::Synced {
@@ -368,6 +385,7 @@ impl Session {
             } => {
                 self.caught_up += 1;
                 self.caught_up_deadline = None;
+                self.full_syncs = 0;
                 self.events.push(Event::CaughtUp {
                     conversations,
                     messages,
@@ -498,7 +516,14 @@ impl Session {
     }
 
     fn range_sync(&mut self, conversation: &ConversationId, now: Instant) -> String {
-        self.syncs_in_flight.insert(conversation.clone(), now);
+        let attempts = self
+            .syncs_in_flight
+            .get(conversation)
+            .map_or(0, |(_, n)| *n)
+            .saturating_add(1);
+        let due = now + retry_wait(self.tuning.sync_timeout, attempts, &self.tuning);
+        self.syncs_in_flight
+            .insert(conversation.clone(), (due, attempts));
         let after = self
             .timelines
             .get(conversation)
@@ -522,18 +547,19 @@ impl Session {
             return out;
         }
         for (cmid, o) in &mut self.outbox {
-            let stale = o
-                .last_attempt
-                .is_none_or(|t| now.duration_since(t) >= self.tuning.send_retry);
-            if stale {
-                o.last_attempt = Some(now);
+            if o.due.is_none_or(|due| now >= due) {
                 o.attempts += 1;
+                o.due = Some(now + retry_wait(self.tuning.send_retry, o.attempts, &self.tuning));
                 out.push(send_frame(&o.conversation_id, cmid, &o.body));
             }
         }
         if self.caught_up_deadline.is_some_and(|d| now >= d) {
             tracing::info!("no caught_up in time: sending sync");
-            out.push(self.full_sync(now));
+            out.push(json!({"action": "sync"}).to_string());
+            self.full_syncs = self.full_syncs.saturating_add(1);
+            self.caught_up_deadline = Some(
+                now + retry_wait(self.tuning.caught_up_timeout, self.full_syncs, &self.tuning),
+            );
         }
         let holes: Vec<ConversationId> = self
             .timelines
@@ -543,7 +569,7 @@ impl Session {
                     && self
                         .syncs_in_flight
                         .get(*c)
-                        .is_none_or(|at| now.duration_since(*at) >= self.tuning.sync_timeout)
+                        .is_none_or(|(due, _)| now >= *due)
             })
             .map(|(c, _)| c.clone())
             .collect();
@@ -552,6 +578,22 @@ impl Session {
         }
         out
     }
+}
+
+/// The wait after the `attempt`-th (1-based) unanswered try: `first` the
+/// first time, doubling after, capped at `retry_max`; equal jitter from the
+/// second attempt on (half fixed, half random), so clients refused together
+/// do not come back together.
+pub fn retry_wait(first: Duration, attempt: u32, tuning: &Tuning) -> Duration {
+    if attempt <= 1 {
+        return first;
+    }
+    let exp = first
+        .saturating_mul(1u32 << (attempt - 1).min(16))
+        .min(tuning.retry_max.max(first));
+    let half = exp / 2;
+    let spread = u64::try_from(half.as_millis()).unwrap_or(u64::MAX);
+    half + Duration::from_millis(rand::random_range(0..=spread))
 }
 
 fn send_frame(conversation: &ConversationId, client_msg_id: &str, body: &str) -> String {
@@ -666,6 +708,101 @@ mod tests {
         ));
         assert_eq!(out[0]["action"], "sync");
         assert_eq!(out[0]["after_seq"], 3);
+    }
+
+    /// Times at which `on_tick`, called every 100 ms from `t0` for `span`,
+    /// sent a frame matching `pick`.
+    fn sent_at(
+        s: &mut Session,
+        t0: Instant,
+        span: Duration,
+        pick: impl Fn(&Value) -> bool,
+    ) -> Vec<Duration> {
+        let mut at = Vec::new();
+        let mut t = Duration::ZERO;
+        while t <= span {
+            if parsed(&s.on_tick(t0 + t)).iter().any(&pick) {
+                at.push(t);
+            }
+            t += Duration::from_millis(100);
+        }
+        at
+    }
+
+    /// Each gap between repeats is within [half, all] of the doubled wait.
+    fn assert_backs_off(at: &[Duration], first: Duration, tuning: &Tuning) {
+        assert!(at.len() >= 4, "repeats: {at:?}");
+        for (i, pair) in at.windows(2).enumerate() {
+            let gap = pair[1] - pair[0];
+            let attempt = u32::try_from(i + 1).unwrap();
+            let full = first
+                .saturating_mul(1 << (attempt - 1))
+                .min(tuning.retry_max);
+            let low = if attempt == 1 { full } else { full / 2 };
+            assert!(
+                gap >= low && gap <= full + Duration::from_millis(100),
+                "gap {i} of {at:?} is {gap:?}, not within [{low:?}, {full:?}]"
+            );
+        }
+    }
+
+    #[test]
+    fn unanswered_syncs_and_sends_back_off_and_start_over_on_an_answer() {
+        let t0 = Instant::now();
+        let span = Duration::from_secs(200);
+        let full_sync = |f: &Value| f["action"] == "sync" && f.get("conversation_id").is_none();
+        let range_sync = |f: &Value| f["action"] == "sync" && f.get("after_seq").is_some();
+
+        // No caught_up, ever: 4 s, then 8, 16, 32, 60 (cap) — not every 4 s.
+        let mut s = session();
+        s.on_open(t0);
+        let at = sent_at(&mut s, t0, span, full_sync);
+        assert_eq!(at[0], s.tuning.caught_up_timeout);
+        assert_backs_off(&at, s.tuning.caught_up_timeout, &s.tuning);
+        assert!(at.len() < 10, "{} full syncs in 200 s", at.len());
+        // caught_up resets it: the next fallback comes after the first wait.
+        let later = t0 + span;
+        s.on_text(
+            r#"{"type":"caught_up","conversations":0,"messages":0}"#,
+            later,
+        );
+        s.full_sync(later);
+        let at = sent_at(&mut s, later, Duration::from_secs(5), full_sync);
+        assert_eq!(at, vec![s.tuning.caught_up_timeout]);
+
+        // A hole whose sync is never answered: 5 s, then doubling.
+        let mut s = session();
+        s.on_open(t0);
+        s.on_text(&messages("c1", &[1, 5]), t0);
+        s.on_text(r#"{"type":"caught_up","conversations":1,"messages":2}"#, t0);
+        let at = sent_at(&mut s, t0, span, range_sync);
+        assert_eq!(at[0], s.tuning.hole_grace);
+        assert_backs_off(&at, s.tuning.sync_timeout, &s.tuning);
+        // Answered (`synced`): the next repeat waits the first wait again.
+        let later = t0 + span;
+        s.on_text(
+            r#"{"type":"synced","conversation_id":"c1","through_seq":5}"#,
+            later,
+        );
+        let at = sent_at(&mut s, later, Duration::from_secs(6), range_sync);
+        assert_eq!(at, vec![Duration::ZERO, s.tuning.sync_timeout]);
+
+        // A send never answered: 3 s, then doubling.
+        let mut s = session();
+        s.on_open(t0);
+        s.on_text(r#"{"type":"caught_up","conversations":0,"messages":0}"#, t0);
+        let first = s.queue_send(
+            cid("c1"),
+            ClientMsgId::parse("k1").unwrap(),
+            "hi".into(),
+            None,
+            t0,
+        );
+        assert!(first.is_some());
+        let at = sent_at(&mut s, t0, span, |f| f["action"] == "sendMessage");
+        let mut all = vec![Duration::ZERO];
+        all.extend(at);
+        assert_backs_off(&all, s.tuning.send_retry, &s.tuning);
     }
 
     #[test]
