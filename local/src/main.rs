@@ -152,6 +152,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tables: TableNames::with_prefix(&args.tables.table_prefix),
         auth,
         settings,
+        rate_limit: courier::config::RateLimitConfig::from_env(&env)?,
         via_aws_apis: args.via_aws_apis,
     };
     let listener = tokio::net::TcpListener::bind(&args.addr)

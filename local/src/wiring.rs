@@ -30,13 +30,14 @@ use courier::adapters::aws::{AwsClients, AwsEndpoints};
 use courier::adapters::dynamo::DynamoStore;
 use courier::adapters::lambda::LambdaTrigger;
 use courier::adapters::memory::{MemoryRegistry, MemoryStore};
+use courier::adapters::rate_limit::{MemoryRateLimiter, RedisRateLimiter, Unlimited};
 use courier::adapters::redis::RedisRegistry;
 use courier::app::{App, Ports, Settings};
 use courier::auth::AuthConfig;
-use courier::config::{RegistryConfig, TableNames};
+use courier::config::{RateLimitConfig, RegistryConfig, TableNames};
 use courier::ports::{
     CatchUpTrigger, ConnectionRegistry, ConversationStore, DeviceStore, Gateway, MessageStore,
-    PendingStore,
+    PendingStore, RateLimiter,
 };
 use lambda_runtime::LambdaEvent;
 use serde_json::Value;
@@ -127,6 +128,10 @@ pub struct LocalOptions {
     pub tables: TableNames,
     pub auth: AuthConfig,
     pub settings: Settings,
+    /// Per-user send limit, as send-message applies it: a token bucket in
+    /// the Redis of `redis_url`, in memory without. `per_sec: 0.0` turns it
+    /// off.
+    pub rate_limit: RateLimitConfig,
     /// Post and trigger through this gateway's own HTTP APIs with the real
     /// AWS adapters instead of in process.
     pub via_aws_apis: bool,
@@ -141,6 +146,7 @@ impl Default for LocalOptions {
             tables: TableNames::with_prefix(LOCAL_TABLE_PREFIX),
             auth: AuthConfig::hs256(LOCAL_JWT_SECRET),
             settings: Settings::default(),
+            rate_limit: RateLimitConfig::default(),
             via_aws_apis: false,
         }
     }
@@ -288,7 +294,15 @@ pub async fn start_with(
         notifier: Arc::new(pushes.clone()),
     };
     let pending = stores.pending;
-    let app = App::new(ports, options.settings.clone());
+    let limiter: Arc<dyn RateLimiter> = match (&options.redis_url, options.rate_limit) {
+        (_, limits) if !limits.enabled() => Arc::new(Unlimited),
+        (Some(url), limits) => Arc::new(
+            RedisRateLimiter::new(&RegistryConfig::new(url.clone()), limits)
+                .map_err(|e| anyhow::anyhow!("REDIS_URL: {}", e.0))?,
+        ),
+        (None, limits) => Arc::new(MemoryRateLimiter::new(limits)),
+    };
+    let app = App::new(ports, options.settings.clone()).with_rate_limiter(limiter);
     let auth = authorizer::AuthorizerState::new(&options.auth)
         .map_err(|e| anyhow::anyhow!("authorizer configuration: {e}"))?;
     let routes = customize(app.clone(), courier_routes(app, Arc::new(auth)));

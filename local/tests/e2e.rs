@@ -8,6 +8,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -20,7 +21,7 @@ use courier_local::routes::CONNECT;
 use courier_local::wiring::{self, LOCAL_JWT_SECRET, LocalOptions, Started};
 use futures::{SinkExt, StreamExt};
 use lambda_runtime::LambdaEvent;
-use serde_json::Value;
+use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
 #[derive(Clone, Copy, Debug)]
@@ -184,6 +185,69 @@ macro_rules! on_both_backends {
     )*};
 }
 
+/// The local gateway limits sends per user as send-message does: a flood
+/// from one socket gets `rate_limited` frames naming each refused
+/// `client_msg_id`, stores nothing for them, and another member of the same
+/// conversation sends at once.
+async fn a_flood_is_rate_limited_and_other_users_are_not(backend: Backend) {
+    let env = start_with(
+        backend,
+        |o| {
+            o.rate_limit = courier::config::RateLimitConfig {
+                per_sec: 1.0,
+                burst: 5,
+            };
+        },
+        Box::new(|_, r| r),
+    )
+    .await;
+    let (alice, bob) = (env.client("alice").await, env.client("bob").await);
+    let conv = alice
+        .create_conversation(&[&env.name("alice"), &env.name("bob")])
+        .await
+        .unwrap();
+    // alice floods from a second socket of her own, frames sent back to back.
+    let mut ws = raw(&env, &env.token("alice")).await.unwrap();
+    let flood = 30;
+    for i in 0..flood {
+        let frame = json!({
+            "action": "sendMessage",
+            "conversation_id": conv,
+            "client_msg_id": format!("flood-{i}"),
+            "body": format!("f{i}"),
+        });
+        ws.send(Message::text(frame.to_string())).await.unwrap();
+    }
+    let (mut sent, mut refused) = (BTreeSet::new(), BTreeSet::new());
+    while sent.len() + refused.len() < flood {
+        let v = next_json(&mut ws).await;
+        let key = v["client_msg_id"].as_str().map(str::to_owned);
+        match v["type"].as_str() {
+            Some("sent") => assert!(sent.insert(key.unwrap())),
+            Some("error") => {
+                assert_eq!(v["code"], "rate_limited", "{v}");
+                assert!(refused.insert(key.expect("a refusal names its frame")));
+            }
+            _ => {} // caught_up of the socket's own catch-up
+        }
+    }
+    // The burst, plus what refilled while the flood ran (1/s).
+    assert!((5..=8).contains(&sent.len()), "{} sent", sent.len());
+    assert!(sent.is_disjoint(&refused));
+    // bob, same conversation, is not limited by alice's flood.
+    let seq = bob.send(&conv, "from bob").await.unwrap().seq;
+    assert_eq!(
+        seq.get(),
+        sent.len() as u64 + 1,
+        "refused sends stored nothing"
+    );
+    eprintln!(
+        "outcome: local gateway flood: sent={flood} stored={} refused={} other_user_sent=1/1",
+        sent.len(),
+        refused.len()
+    );
+}
+
 on_both_backends!(
     seed_story_through_the_demo,
     seed_story_through_the_sdk_adapters,
@@ -195,6 +259,7 @@ on_both_backends!(
     sdk_clients_pointed_at_the_gateway_work,
     a_lost_catch_up_is_recovered_by_the_clients_sync,
     a_capped_catch_up_is_completed_with_more_and_range_syncs,
+    a_flood_is_rate_limited_and_other_users_are_not,
 );
 
 #[test]
