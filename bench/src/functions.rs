@@ -82,8 +82,8 @@ pub fn workspace_root() -> PathBuf {
 }
 
 /// Sizes of the function binaries in `dir`, in bytes.
-pub fn sizes(dir: &Path) -> anyhow::Result<Vec<(&'static str, u64)>> {
-    FUNCTIONS
+pub fn sizes(dir: &Path, functions: &[&'static str]) -> anyhow::Result<Vec<(&'static str, u64)>> {
+    functions
         .iter()
         .map(|f| {
             let path = dir.join(f);
@@ -449,9 +449,14 @@ pub struct StartUp {
 }
 
 /// `reps` cold starts of each function in `bin_dir`.
-pub async fn start_ups(bin_dir: &Path, fx: &Fixture, reps: usize) -> anyhow::Result<Vec<StartUp>> {
+pub async fn start_ups(
+    bin_dir: &Path,
+    fx: &Fixture,
+    reps: usize,
+    functions: &[&'static str],
+) -> anyhow::Result<Vec<StartUp>> {
     let mut out = Vec::new();
-    for function in FUNCTIONS {
+    for &function in functions {
         let bin = bin_dir.join(function);
         let mut init = Vec::new();
         let mut first = Vec::new();
@@ -631,6 +636,9 @@ pub struct Figures {
 }
 
 pub struct Config {
+    /// The binaries measured (sizes, start-up); catch-up and send-message
+    /// are always needed for memory and CPU.
+    pub functions: &'static [&'static str],
     pub start_up_reps: usize,
     pub backlog: (usize, usize),
     pub sends: usize,
@@ -639,6 +647,7 @@ pub struct Config {
 impl Config {
     pub fn full() -> Self {
         Self {
+            functions: &FUNCTIONS,
             start_up_reps: 7,
             backlog: (20, 500),
             sends: 300,
@@ -647,9 +656,9 @@ impl Config {
 }
 
 pub async fn measure(bin_dir: &Path, config: &Config) -> anyhow::Result<Figures> {
-    let sizes = sizes(bin_dir)?;
+    let sizes = sizes(bin_dir, config.functions)?;
     let fx = Fixture::new(config.backlog.0, config.backlog.1).await?;
-    let start_ups = start_ups(bin_dir, &fx, config.start_up_reps).await?;
+    let start_ups = start_ups(bin_dir, &fx, config.start_up_reps, config.functions).await?;
     let catch_up = catch_up_process(bin_dir, &fx).await?;
     let send = send_process(bin_dir, &fx, config.sends).await?;
     // Catch-up deletes nothing in ack mode: every pending row is still

@@ -160,13 +160,17 @@ async fn run_functions(report: &mut Report, bin_dir: Option<PathBuf>) -> anyhow:
     let dir = bin_dir.unwrap_or_else(|| functions::release_dir(&target));
     let f = functions::measure(&dir, &functions::Config::full()).await?;
     // The arm64 artefacts of `scripts/lambda-build`, if it ran.
-    let arm64 = profiles::arm64_sizes(&target).ok();
+    let arm64 = profiles::arm64_sizes(&target, &functions::FUNCTIONS).ok();
     report.extend(functions::report(&f, arm64.as_deref()));
     Ok(())
 }
 
 async fn run_profiles(report: &mut Report, arm64: bool) -> anyhow::Result<()> {
-    let measured = profiles::run(&functions::Config::full(), arm64).await?;
+    let config = functions::Config {
+        functions: &profiles::PROFILE_FUNCTIONS,
+        ..functions::Config::full()
+    };
+    let measured = profiles::run(&config, arm64).await?;
     report.extend(profiles::report(&measured));
     Ok(())
 }
