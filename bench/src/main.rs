@@ -41,10 +41,10 @@ enum Command {
     Storm {
         #[arg(long, default_value_t = 1000)]
         clients: usize,
-        /// Clients double the wait between syncs instead of courier-client's
-        /// fixed 4 s.
+        /// Clients sync every 4 s while no caught_up comes, instead of
+        /// doubling the wait as courier-client does.
         #[arg(long)]
-        sync_backoff: bool,
+        fixed_sync: bool,
         /// Stores on moto instead of in memory.
         #[arg(long)]
         moto: bool,
@@ -77,11 +77,8 @@ async fn main() -> anyhow::Result<()> {
             run_catch_up(&mut report, &catchup::Config::full()).await?;
             run_send(&mut report, &send::Config::full()).await?;
             run_storm(&mut report, &storm::Config::full()).await?;
-            // On moto the clients back off their syncs: with courier-client's
-            // fixed 4 s the emulator never drains (docs/performance.md).
             let moto = storm::Config {
                 backend: storm::Backend::Moto,
-                sync_backoff: true,
                 ..storm::Config::full()
             };
             run_storm(&mut report, &moto).await?;
@@ -96,12 +93,12 @@ async fn main() -> anyhow::Result<()> {
         Command::Send => run_send(&mut report, &send::Config::full()).await?,
         Command::Storm {
             clients,
-            sync_backoff,
+            fixed_sync,
             moto,
         } => {
             let config = storm::Config {
                 clients,
-                sync_backoff,
+                sync_backoff: !fixed_sync,
                 backend: if moto {
                     storm::Backend::Moto
                 } else {

@@ -11,8 +11,10 @@
 //! then cleared by those acks (`PENDING_CLEAR=ack`: rows go only on ack).
 //!
 //! Clients behave as `courier-client` does when the asynchronous catch-up
-//! is lost (it fails, or is never run): no `caught_up` 4 s after opening,
-//! or after the last `sync`, means a full `sync`. Duplicates that a second
+//! is lost (it fails, or is never run): no `caught_up` 4 s after opening
+//! means a full `sync`, and each further one waits twice as long (equal
+//! jitter, up to a minute); `--fixed-sync` keeps the wait at 4 s, as the
+//! clients did before they backed off. Duplicates that a second
 //! catch-up brings are dropped by seq, as a client drops them.
 //!
 //! No latency is injected: this measures how the system behaves under a
@@ -53,8 +55,8 @@ pub struct Config {
     pub backend: Backend,
     pub clients: usize,
     pub pending_per_client: usize,
-    /// Double the wait between a client's syncs (with jitter) instead of
-    /// `courier-client`'s fixed 4 s.
+    /// Double the wait between a client's syncs (with jitter), as
+    /// `courier-client` does; `false`: a fixed 4 s.
     pub sync_backoff: bool,
 }
 
@@ -64,7 +66,7 @@ impl Config {
             backend: Backend::Memory,
             clients: 1000,
             pending_per_client: 3,
-            sync_backoff: false,
+            sync_backoff: true,
         }
     }
 
@@ -73,7 +75,7 @@ impl Config {
             backend: Backend::Moto,
             clients: 20,
             pending_per_client: 3,
-            sync_backoff: false,
+            sync_backoff: true,
         }
     }
 }
