@@ -577,6 +577,114 @@ mod tests {
         assert_eq!(most_reads_at_once(100, 3).await, 100);
     }
 
+    /// The gateway of a memory `App`, which records `seq` for `user` in the
+    /// pending store just before its first post goes out: a retried send
+    /// re-delivering an older message while catch-up is posting.
+    struct RecordsBeforeFirstPost {
+        inner: Arc<dyn crate::ports::Gateway>,
+        store: MemoryStore,
+        row: (UserId, ConversationId, Seq),
+        done: std::sync::atomic::AtomicBool,
+    }
+
+    #[async_trait]
+    impl crate::ports::Gateway for RecordsBeforeFirstPost {
+        async fn post(
+            &self,
+            connection: &ConnectionId,
+            data: &[u8],
+        ) -> Result<(), crate::ports::PostError> {
+            if !self.done.swap(true, Ordering::SeqCst) {
+                let (u, c, s) = &self.row;
+                self.store.record(u, c, *s).await.unwrap();
+            }
+            self.inner.post(connection, data).await
+        }
+        async fn get(
+            &self,
+            connection: &ConnectionId,
+        ) -> Result<Option<crate::ports::ConnectionInfo>, crate::ports::PostError> {
+            self.inner.get(connection).await
+        }
+        async fn delete(&self, connection: &ConnectionId) -> Result<(), crate::ports::PostError> {
+            self.inner.delete(connection).await
+        }
+    }
+
+    /// The model test's finding, made deterministic: in `post` mode carol's
+    /// row reads `2..=2`; while catch-up posts seq 2, a retried send records
+    /// seq 1 (stored by a crashed attempt, never delivered). Settling what
+    /// was posted must not delete the row over seq 1: catch-up re-reads it
+    /// and delivers seq 1 too.
+    #[tokio::test]
+    async fn post_mode_never_settles_over_an_older_seq_recorded_meanwhile() {
+        let (mut app, handles) = App::in_memory();
+        app.settings.delivery.pending_clear = PendingClear::Post;
+        let store = handles.store.clone();
+        let (alice, carol) = (
+            UserId::parse("alice").unwrap(),
+            UserId::parse("carol").unwrap(),
+        );
+        let c = ConversationId::parse("c2").unwrap();
+        assert!(
+            store
+                .create(&Conversation {
+                    conversation_id: c.clone(),
+                    members: vec![alice.clone(), carol.clone()],
+                    last_seq: Seq::ZERO,
+                    created_at: 1,
+                })
+                .await
+                .unwrap()
+        );
+        for seq in 1..=2u64 {
+            let message = Message {
+                conversation_id: c.clone(),
+                seq: Seq(seq),
+                message_id: format!("m{seq}"),
+                client_msg_id: ClientMsgId::parse(&format!("k{seq}")).unwrap(),
+                sender_id: alice.clone(),
+                body: format!("b{seq}"),
+                sent_at: 1,
+            };
+            let new = NewMessage {
+                message,
+                pending_for: Vec::new(),
+                idempotency_expires_at: i64::MAX,
+                message_expires_at: None,
+            };
+            assert_eq!(store.append(&new).await.unwrap(), AppendOutcome::Stored);
+        }
+        store.record(&carol, &c, Seq(2)).await.unwrap();
+        app.ports.gateway = Arc::new(RecordsBeforeFirstPost {
+            inner: app.ports.gateway.clone(),
+            store: store.clone(),
+            row: (carol.clone(), c.clone(), Seq(1)),
+            done: std::sync::atomic::AtomicBool::new(false),
+        });
+        let connection = ConnectionId::parse("carol-conn").unwrap();
+        handles.gateway.open(&connection);
+        let request = CatchUpRequest {
+            user_id: carol.clone(),
+            connection_id: connection.clone(),
+            connected_at: None,
+        };
+        let report = catch_up(&app, &request, None, None).await.unwrap();
+        assert_eq!(report.ending, Ending::CaughtUp);
+        let got_seq_1 = handles.gateway.frames(&connection).iter().any(|f| {
+            matches!(
+                serde_json::from_str::<ServerFrame>(f),
+                Ok(ServerFrame::Messages { ref messages, .. }) if messages.iter().any(|m| m.seq == Seq(1))
+            )
+        });
+        let row = PendingStore::get(&store, &carol, &c).await.unwrap();
+        assert!(
+            got_seq_1 || row.is_some_and(|r| r.first_undelivered_seq <= Seq(1)),
+            "seq 1 neither posted nor pending"
+        );
+        assert!(got_seq_1, "catch-up re-reads the row and delivers seq 1");
+    }
+
     #[tokio::test]
     async fn full_conversations_queue_by_messages_in_flight() {
         // 500 claimed each: the message budget admits 32 at a time.
