@@ -9,7 +9,9 @@
 //!    retries (it has no `sent` yet) and the retry finishes the job — live
 //!    frame, pending rows in `post` mode, push.
 //! 2. **Strongly consistent conversation read**: membership, and the
-//!    `last_seq` the next seq is computed from.
+//!    `last_seq` the next seq is computed from. It runs at the same time as
+//!    the idempotency read (neither depends on the other; a retry needs the
+//!    members too), so steps 1 and 2 cost one round trip.
 //! 3. **One atomic append** ([`MessageStore::append`]): counter
 //!    `last_seq → last_seq+1` on condition, message, idempotency record and,
 //!    in `PENDING_CLEAR=ack`, a pending row for every other member. A lost
@@ -109,17 +111,28 @@ pub async fn send_message(
         Err(e) => warn!(error = %e, "rate limiter unavailable; letting the send through"),
     }
 
-    if let Some(original) = ports
-        .messages
-        .find_sent(conversation_id, sender, client_msg_id)
-        .await?
-    {
-        return replay(app, original, request_id).await;
+    // The idempotency read and the conversation read do not depend on each
+    // other: one round trip for both. A retry needs the conversation too
+    // (its recipients), and a new send needs it for the seq.
+    let (original, read) = futures::try_join!(
+        ports
+            .messages
+            .find_sent(conversation_id, sender, client_msg_id),
+        ports.conversations.get(conversation_id),
+    )?;
+    if let Some(original) = original {
+        return replay(app, read, original, request_id).await;
     }
 
     let mut conflicts = 0u32;
+    let mut read = Some(read);
     let (conversation, message) = loop {
-        let conversation = match ports.conversations.get(conversation_id).await? {
+        // A seq conflict means the conversation moved on: read it again.
+        let fresh = match read.take() {
+            Some(r) => r,
+            None => ports.conversations.get(conversation_id).await?,
+        };
+        let conversation = match fresh {
             None => {
                 return reject(
                     ErrorCode::ConversationNotFound,
@@ -138,7 +151,9 @@ pub async fn send_message(
         match ports.messages.append(&new).await? {
             AppendOutcome::Stored => break (conversation, new.message),
             // A concurrent send of the same client_msg_id won the race.
-            AppendOutcome::Duplicate(original) => return replay(app, original, request_id).await,
+            AppendOutcome::Duplicate(original) => {
+                return replay(app, Some(conversation), original, request_id).await;
+            }
             AppendOutcome::NotAMember => {
                 return reject(
                     ErrorCode::NotAMember,
@@ -216,18 +231,17 @@ fn sent(message: &Message, request_id: Option<String>) -> ServerFrame {
 /// deliver again, because the first attempt may have died before (or while)
 /// delivering. Extra live frames are dropped by the client by seq; an extra
 /// push collapses into the same banner (collapse id = conversation).
+/// A `client_msg_id` already stored: deliver the original again (the first
+/// attempt may have died before delivering) and answer its seq.
+/// `conversation` is the one the send read (`find_sent` is keyed by it).
 async fn replay(
     app: &App,
+    conversation: Option<Conversation>,
     original: Message,
     request_id: Option<String>,
 ) -> Result<ServerFrame, SendError> {
     info!(seq = %original.seq, "duplicate send; answering the original seq");
-    match app
-        .ports
-        .conversations
-        .get(&original.conversation_id)
-        .await?
-    {
+    match conversation {
         Some(conversation) => {
             deliver(app, &conversation, &original).await?;
         }
