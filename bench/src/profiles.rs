@@ -1,8 +1,9 @@
 //! Release profile variants (issue 7, figure 6): `opt-level` 3 vs `"s"`,
 //! `lto` thin vs fat, each built and measured with [`crate::functions`].
 //!
-//! Variants are built outside `target/release`, in one target directory
-//! per opt-level (`target/bench-profiles/o3`, `…/os`), with the profile
+//! Variants are built in one target directory per opt-level (the
+//! workspace's own for 3, the release profile's; `target/bench-profiles/os`
+//! for `"s"`), with the profile
 //! overridden through Cargo's environment (`CARGO_PROFILE_RELEASE_OPT_LEVEL`,
 //! `CARGO_PROFILE_RELEASE_LTO`); the rest of `[profile.release]`
 //! (`codegen-units = 1`, `strip`, `panic`) stays as the root `Cargo.toml`
@@ -67,7 +68,14 @@ pub const VARIANTS: [Variant; 4] = [
 ];
 
 impl Variant {
+    /// `opt-level` 3 is the release profile's own: those variants build in
+    /// the workspace's target directory, where the thin variant is the
+    /// release build itself (nothing to build) and the fat one relinks.
+    /// `"s"` gets a directory of its own.
     pub fn target_dir(&self) -> PathBuf {
+        if self.opt_level == "3" {
+            return target_dir();
+        }
         target_dir()
             .join("bench-profiles")
             .join(format!("o{}", self.opt_level))
@@ -119,7 +127,7 @@ pub async fn build_host(v: &Variant) -> anyhow::Result<(PathBuf, Duration)> {
         .args(packages(&PROFILE_FUNCTIONS));
     let took = run_logged(
         cmd,
-        &td.join("build-host.log"),
+        &td.join(format!("build-host-{}.log", v.name)),
         &format!("cargo build ({})", v.name),
     )
     .await?;
