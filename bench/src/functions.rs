@@ -188,7 +188,7 @@ impl Fixture {
     /// The environment of `function`, as the SAM template gives it, with
     /// the stand-in as Runtime API, `@connections` and Lambda endpoint.
     fn env(&self, function: &str, api: &RuntimeApi, t: &TableNames) -> Vec<(String, String)> {
-        let pairs: [(&str, String); 26] = [
+        let pairs: [(&str, String); 27] = [
             ("AWS_LAMBDA_RUNTIME_API", api.runtime_api()),
             ("AWS_LAMBDA_FUNCTION_NAME", function.to_owned()),
             ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128".into()),
@@ -211,6 +211,10 @@ impl Fixture {
             ("DYNAMODB_ENDPOINT", self.backends.dynamodb_endpoint.clone()),
             ("SNS_ENDPOINT", self.backends.dynamodb_endpoint.clone()),
             ("REDIS_URL", self.backends.redis_url.clone()),
+            // moto serves one request at a time: the 10,000-message
+            // catch-up's 20 concurrent 500-item queries queue for seconds
+            // there (DynamoDB answers each in milliseconds).
+            ("DYNAMODB_ATTEMPT_TIMEOUT_MS", "30000".into()),
             ("MANAGEMENT_ENDPOINT", api.management_endpoint()),
             ("LAMBDA_ENDPOINT", api.lambda_endpoint()),
             ("CATCH_UP_FUNCTION", "catch-up".into()),

@@ -201,6 +201,8 @@ impl Needs {
 pub struct PortsConfig {
     pub endpoints: AwsEndpoints,
     pub tables: Option<TableNames>,
+    /// `DYNAMODB_ATTEMPT_TIMEOUT_MS`; `None`: [`DYNAMODB_ATTEMPT_TIMEOUT`].
+    pub dynamodb_attempt_timeout: Option<Duration>,
     pub registry: Option<RegistryConfig>,
     pub management: Option<ManagementConfig>,
     pub trigger: Option<TriggerConfig>,
@@ -246,6 +248,18 @@ impl PortsConfig {
         env: &Env<F>,
     ) -> Result<Self, ConfigError> {
         self.tables = Some(TableNames::from_env(env)?);
+        if let Some(raw) = env.optional("DYNAMODB_ATTEMPT_TIMEOUT_MS") {
+            let ms: u64 = raw
+                .trim()
+                .parse()
+                .ok()
+                .filter(|ms| (100..=60_000).contains(ms))
+                .ok_or(ConfigError::Invalid {
+                    name: "DYNAMODB_ATTEMPT_TIMEOUT_MS",
+                    reason: "must be a whole number of milliseconds from 100 to 60000".into(),
+                })?;
+            self.dynamodb_attempt_timeout = Some(Duration::from_millis(ms));
+        }
         Ok(self)
     }
 
@@ -310,6 +324,7 @@ pub const DYNAMODB_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
 pub struct AwsClients {
     sdk: SdkConfig,
     endpoints: AwsEndpoints,
+    dynamodb_attempt_timeout: Duration,
 }
 
 impl AwsClients {
@@ -323,7 +338,19 @@ impl AwsClients {
     /// From an SDK config built elsewhere (tests: fixed region and
     /// credentials, nothing read from the machine).
     pub fn from_sdk_config(sdk: SdkConfig, endpoints: AwsEndpoints) -> Self {
-        Self { sdk, endpoints }
+        Self {
+            sdk,
+            endpoints,
+            dynamodb_attempt_timeout: DYNAMODB_ATTEMPT_TIMEOUT,
+        }
+    }
+
+    /// Another attempt timeout for the DynamoDB client than
+    /// [`DYNAMODB_ATTEMPT_TIMEOUT`]: a slower DynamoDB-compatible server
+    /// (DynamoDB Local, an emulator serving one request at a time).
+    pub fn with_dynamodb_attempt_timeout(mut self, timeout: Duration) -> Self {
+        self.dynamodb_attempt_timeout = timeout;
+        self
     }
 
     pub fn sdk_config(&self) -> &SdkConfig {
@@ -350,7 +377,7 @@ impl AwsClients {
     pub fn dynamodb(&self) -> aws_sdk_dynamodb::Client {
         let timeouts = TimeoutConfig::builder()
             .connect_timeout(Duration::from_secs(3))
-            .operation_attempt_timeout(DYNAMODB_ATTEMPT_TIMEOUT)
+            .operation_attempt_timeout(self.dynamodb_attempt_timeout)
             .build();
         let mut b = aws_sdk_dynamodb::config::Builder::from(&self.sdk)
             .timeout_config(timeouts)
@@ -439,9 +466,11 @@ pub async fn ports_from_env<F: Fn(&str) -> Option<String>>(
     needs: Needs,
 ) -> Result<Ports, ConfigError> {
     let config = PortsConfig::from_env(env, needs)?;
-    AwsClients::load(config.endpoints.clone())
-        .await
-        .ports(&config)
+    let mut clients = AwsClients::load(config.endpoints.clone()).await;
+    if let Some(timeout) = config.dynamodb_attempt_timeout {
+        clients = clients.with_dynamodb_attempt_timeout(timeout);
+    }
+    clients.ports(&config)
 }
 
 /// Stands in for a port the function did not ask for; every call fails.
@@ -639,6 +668,37 @@ mod tests {
         let e = PortsConfig::from_env(&env(pairs), Needs::CATCH_UP).unwrap_err();
         assert_eq!(e, ConfigError::Missing("MANAGEMENT_ENDPOINT"));
         assert!(e.to_string().contains("MANAGEMENT_ENDPOINT"));
+    }
+
+    #[test]
+    fn the_dynamodb_attempt_timeout_is_optional_and_bounded() {
+        let with = |extra: &'static str| {
+            let mut pairs = TABLES.to_vec();
+            if !extra.is_empty() {
+                pairs.push(("DYNAMODB_ATTEMPT_TIMEOUT_MS", extra));
+            }
+            let pairs: &'static [(&str, &str)] = Box::leak(pairs.into_boxed_slice());
+            PortsConfig::new(&env(pairs))
+                .unwrap()
+                .with_stores(&env(pairs))
+        };
+        assert_eq!(with("").unwrap().dynamodb_attempt_timeout, None);
+        assert_eq!(
+            with("30000").unwrap().dynamodb_attempt_timeout,
+            Some(Duration::from_secs(30))
+        );
+        for bad in ["0", "99", "60001", "3s", "-1"] {
+            assert!(
+                matches!(
+                    with(bad),
+                    Err(ConfigError::Invalid {
+                        name: "DYNAMODB_ATTEMPT_TIMEOUT_MS",
+                        ..
+                    })
+                ),
+                "{bad}"
+            );
+        }
     }
 
     #[test]
