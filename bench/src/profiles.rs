@@ -2,8 +2,8 @@
 //! `lto` thin vs fat, each built and measured with [`crate::functions`].
 //!
 //! Variants are built in one target directory per opt-level (the
-//! workspace's own for 3, the release profile's; `target/bench-profiles/os`
-//! for `"s"`), with the profile
+//! workspace's own for `"s"`, the release profile's; `target/bench-profiles/o3`
+//! for 3), with the profile
 //! overridden through Cargo's environment (`CARGO_PROFILE_RELEASE_OPT_LEVEL`,
 //! `CARGO_PROFILE_RELEASE_LTO`); the rest of `[profile.release]`
 //! (`codegen-units = 1`, `strip`, `panic`) stays as the root `Cargo.toml`
@@ -68,12 +68,12 @@ pub const VARIANTS: [Variant; 4] = [
 ];
 
 impl Variant {
-    /// `opt-level` 3 is the release profile's own: those variants build in
-    /// the workspace's target directory, where the thin variant is the
-    /// release build itself (nothing to build) and the fat one relinks.
-    /// `"s"` gets a directory of its own.
+    /// The variants of the release profile's own `opt-level` (`"s"`) build
+    /// in the workspace's target directory, where one of them is the
+    /// release build itself (nothing to build) and the other relinks.
+    /// `opt-level` 3 gets a directory of its own.
     pub fn target_dir(&self) -> PathBuf {
-        if self.opt_level == "3" {
+        if self.opt_level == "s" {
             return target_dir();
         }
         target_dir()
