@@ -124,19 +124,7 @@ async fn start_moto() -> anyhow::Result<String> {
         .stderr(out)
         .spawn()
         .with_context(|| format!("starting {}", launcher.display()))?;
-    let script = "while kill -0 \"$0\" 2>/dev/null; do sleep 0.5; done; kill \"$1\" 2>/dev/null";
-    std::process::Command::new("sh")
-        .args([
-            "-c",
-            script,
-            &std::process::id().to_string(),
-            &child.id().to_string(),
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting the watchdog of moto")?;
+    courier_tests::kill_with_this_process(&child);
     let url = format!("http://127.0.0.1:{port}");
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {

@@ -319,7 +319,8 @@ fn free_port() -> u16 {
 
 /// A shell that waits for this test process to end, then kills the server.
 /// Its own output goes nowhere, so it never holds a pipe of `cargo test` open.
-fn kill_with_this_process(child: &Child) {
+/// The benchmark starts its own moto with it too.
+pub fn kill_with_this_process(child: &Child) {
     let script = "while kill -0 \"$0\" 2>/dev/null; do sleep 0.5; done; \
                   kill \"$1\" 2>/dev/null; sleep 2; kill -9 \"$1\" 2>/dev/null; true";
     let spawned = Command::new("sh")

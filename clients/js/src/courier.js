@@ -85,7 +85,11 @@ export class CourierError extends Error {
  * half, so a fleet of clients dropped at once does not come back at once.
  */
 export function backoff(tuning, attempt, random = Math.random) {
-  const exp = Math.min(tuning.backoffBase * 2 ** Math.min(attempt, 16), tuning.backoffMax);
+  return equalJitter(Math.min(tuning.backoffBase * 2 ** Math.min(attempt, 16), tuning.backoffMax), random);
+}
+
+/** Half of `exp` fixed, plus a random part of the other half. */
+function equalJitter(exp, random) {
   const half = exp / 2;
   return Math.round(half + random() * half);
 }
@@ -97,9 +101,7 @@ export function backoff(tuning, attempt, random = Math.random) {
  */
 export function retryWait(first, attempt, tuning, random = Math.random) {
   if (attempt <= 1) return first;
-  const exp = Math.min(first * 2 ** Math.min(attempt - 1, 16), Math.max(tuning.retryMax, first));
-  const half = exp / 2;
-  return Math.round(half + random() * half);
+  return equalJitter(Math.min(first * 2 ** Math.min(attempt - 1, 16), Math.max(tuning.retryMax, first)), random);
 }
 
 /** A v4 UUID; crypto.randomUUID exists only in secure contexts. */

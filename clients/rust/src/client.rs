@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 use courier::domain::{ClientMsgId, ConversationId, Platform, UserId};
 use courier::protocol::{ServerFrame, WireMessage};
 use futures::{SinkExt, StreamExt};
-use rand::Rng;
 use serde_json::json;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio_tungstenite::tungstenite::Message;
@@ -336,13 +335,12 @@ impl Client {
 /// Equal jitter: half the exponential delay, plus a random part of the
 /// other half, so a fleet of clients dropped at once does not return at once.
 pub fn backoff(tuning: &Tuning, attempt: u32) -> Duration {
-    let exp = tuning
-        .backoff_base
-        .saturating_mul(1u32 << attempt.min(16))
-        .min(tuning.backoff_max);
-    let half = exp / 2;
-    let jitter = rand::rng().random_range(0..=u64::try_from(half.as_millis()).unwrap_or(0));
-    half + Duration::from_millis(jitter)
+    crate::session::equal_jitter(
+        tuning
+            .backoff_base
+            .saturating_mul(1u32 << attempt.min(16))
+            .min(tuning.backoff_max),
+    )
 }
 
 /// `ws://host:port` + token → `ws://host:port/?token=…` (a handshake needs

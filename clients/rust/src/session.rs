@@ -588,9 +588,15 @@ pub fn retry_wait(first: Duration, attempt: u32, tuning: &Tuning) -> Duration {
     if attempt <= 1 {
         return first;
     }
-    let exp = first
-        .saturating_mul(1u32 << (attempt - 1).min(16))
-        .min(tuning.retry_max.max(first));
+    equal_jitter(
+        first
+            .saturating_mul(1u32 << (attempt - 1).min(16))
+            .min(tuning.retry_max.max(first)),
+    )
+}
+
+/// Equal jitter: half of `exp` fixed, plus a random part of the other half.
+pub fn equal_jitter(exp: Duration) -> Duration {
     let half = exp / 2;
     let spread = u64::try_from(half.as_millis()).unwrap_or(u64::MAX);
     half + Duration::from_millis(rand::random_range(0..=spread))

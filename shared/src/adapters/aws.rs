@@ -248,16 +248,14 @@ impl PortsConfig {
         env: &Env<F>,
     ) -> Result<Self, ConfigError> {
         self.tables = Some(TableNames::from_env(env)?);
-        if let Some(raw) = env.optional("DYNAMODB_ATTEMPT_TIMEOUT_MS") {
-            let ms: u64 = raw
-                .trim()
-                .parse()
-                .ok()
-                .filter(|ms| (100..=60_000).contains(ms))
-                .ok_or(ConfigError::Invalid {
+        if env.optional("DYNAMODB_ATTEMPT_TIMEOUT_MS").is_some() {
+            let ms: u64 = env.parsed("DYNAMODB_ATTEMPT_TIMEOUT_MS", 0)?;
+            if !(100..=60_000).contains(&ms) {
+                return Err(ConfigError::Invalid {
                     name: "DYNAMODB_ATTEMPT_TIMEOUT_MS",
-                    reason: "must be a whole number of milliseconds from 100 to 60000".into(),
-                })?;
+                    reason: "must be from 100 to 60000 milliseconds".into(),
+                });
+            }
             self.dynamodb_attempt_timeout = Some(Duration::from_millis(ms));
         }
         Ok(self)
