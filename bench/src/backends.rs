@@ -18,9 +18,9 @@ use std::path::PathBuf;
 use std::process::Stdio;
 
 use anyhow::{Context as _, bail};
-use courier::adapters::aws::{AwsClients, AwsEndpoints};
-use courier::adapters::dynamo::create_tables;
-use courier::config::TableNames;
+use courier_aws::dynamo::create_tables;
+use courier_aws::wiring::{AwsClients, AwsEndpoints};
+use courier_core::config::TableNames;
 use courier_tests::proxy::{FaultProxy, Mode};
 
 /// Where Redis and moto are.

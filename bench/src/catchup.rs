@@ -45,15 +45,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow, ensure};
-use courier::adapters::apigw::ApiGatewayManagement;
-use courier::adapters::dynamo::DynamoStore;
-use courier::app::{App, Ports, Settings};
-use courier::domain::{
+use courier_aws::apigw::ApiGatewayManagement;
+use courier_aws::dynamo::DynamoStore;
+use courier_core::app::{App, Ports, Settings};
+use courier_core::domain::{
     ClientMsgId, Connection, ConnectionId, Conversation, ConversationId, Message, Seq, UserId,
     now_millis,
 };
-use courier::ports::{AppendOutcome, NewMessage};
-use courier::protocol::{DEFAULT_FRAME_BYTES, ServerFrame, WireMessage};
+use courier_core::ports::{AppendOutcome, NewMessage};
+use courier_core::protocol::{DEFAULT_FRAME_BYTES, ServerFrame, WireMessage};
 use courier_local::wiring::LocalOptions;
 use lambda_runtime::{Context, LambdaEvent};
 use serde_json::json;

@@ -32,11 +32,11 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow, bail, ensure};
-use courier::adapters::dynamo::DynamoStore;
-use courier::adapters::redis::RedisRegistry;
-use courier::config::{RegistryConfig, TableNames};
-use courier::domain::{Connection, ConnectionId, ConversationId, UserId, now_millis};
-use courier::ports::{ConnectionRegistry, PendingStore};
+use courier_aws::dynamo::DynamoStore;
+use courier_aws::redis::RedisRegistry;
+use courier_core::config::{RegistryConfig, TableNames};
+use courier_core::domain::{Connection, ConnectionId, ConversationId, UserId, now_millis};
+use courier_core::ports::{ConnectionRegistry, PendingStore};
 use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 

@@ -11,17 +11,17 @@
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use courier::adapters::apigw::ApiGatewayManagement;
-use courier::adapters::aws::{AwsClients, AwsEndpoints};
-use courier::adapters::dynamo::DynamoStore;
-use courier::adapters::lambda::LambdaTrigger;
-use courier::adapters::memory::MemoryStore;
-use courier::adapters::rate_limit::RedisRateLimiter;
-use courier::adapters::redis::RedisRegistry;
-use courier::app::{App, Ports, Settings};
-use courier::auth::AuthConfig;
-use courier::config::{RateLimitConfig, RegistryConfig, TableNames};
-use courier::ports::{
+use courier_aws::apigw::ApiGatewayManagement;
+use courier_aws::auth::AuthConfig;
+use courier_aws::dynamo::DynamoStore;
+use courier_aws::lambda::LambdaTrigger;
+use courier_aws::rate_limit::RedisRateLimiter;
+use courier_aws::redis::RedisRegistry;
+use courier_aws::wiring::{AwsClients, AwsEndpoints};
+use courier_core::adapters::memory::MemoryStore;
+use courier_core::app::{App, Ports, Settings};
+use courier_core::config::{RateLimitConfig, RegistryConfig, TableNames};
+use courier_core::ports::{
     ConnectionRegistry, ConversationStore, DeviceStore, MessageStore, PendingStore,
 };
 use courier_local::pushes::RecordingNotifier;

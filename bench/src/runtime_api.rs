@@ -190,8 +190,8 @@ async fn next(State(s): State<Shared>) -> Response {
         notified.await;
     };
     let request_id = uuid::Uuid::new_v4().to_string();
-    let deadline_ms =
-        courier::domain::now_millis() + i64::try_from(DEADLINE.as_millis()).unwrap_or(i64::MAX);
+    let deadline_ms = courier_core::domain::now_millis()
+        + i64::try_from(DEADLINE.as_millis()).unwrap_or(i64::MAX);
     s.lock().invocations.push(Invocation {
         request_id: request_id.clone(),
         polled_at,

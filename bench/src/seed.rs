@@ -6,7 +6,7 @@
 //! cost one `TransactWriteItems` each on a moto that serializes requests,
 //! minutes of set-up for figures that do not measure sending. So items go
 //! in with `BatchWriteItem`, 25 at a time, in the layout `DynamoStore`
-//! writes (attribute names from `courier::adapters::dynamo::attr`), and
+//! writes (attribute names from `courier_aws::dynamo::attr`), and
 //! [`Backlog::verify`] reads a sample back through `DynamoStore` itself, so
 //! a drift between that layout and this one is a seeding error, not a
 //! silently wrong figure.
@@ -16,10 +16,10 @@ use std::collections::HashMap;
 use anyhow::{Context as _, bail, ensure};
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, WriteRequest};
-use courier::adapters::dynamo::{DynamoStore, attr};
-use courier::config::TableNames;
-use courier::domain::{ConversationId, Seq, UserId, now_millis};
-use courier::ports::{ConversationStore, MessageStore, PendingStore};
+use courier_aws::dynamo::{DynamoStore, attr};
+use courier_core::config::TableNames;
+use courier_core::domain::{ConversationId, Seq, UserId, now_millis};
+use courier_core::ports::{ConversationStore, MessageStore, PendingStore};
 
 /// Items one `BatchWriteItem` may carry.
 const BATCH: usize = 25;
@@ -226,11 +226,11 @@ pub async fn put_all(client: &Client, table: &str, items: Vec<Item>) -> anyhow::
 /// The same backlogs as [`seed_many`], in an in-memory store, through its
 /// own `append` (one message at a time, pending row included).
 pub async fn seed_memory(
-    store: &courier::adapters::memory::MemoryStore,
+    store: &courier_core::adapters::memory::MemoryStore,
     specs: &[Spec<'_>],
 ) -> anyhow::Result<Vec<Backlog>> {
-    use courier::domain::{ClientMsgId, Conversation, Message};
-    use courier::ports::{AppendOutcome, NewMessage};
+    use courier_core::domain::{ClientMsgId, Conversation, Message};
+    use courier_core::ports::{AppendOutcome, NewMessage};
     let now = now_millis();
     let mut out = Vec::with_capacity(specs.len());
     for spec in specs {

@@ -19,8 +19,8 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow, bail, ensure};
-use courier::domain::{ConversationId, UserId};
-use courier::protocol::{ErrorCode, ServerFrame};
+use courier_core::domain::{ConversationId, UserId};
+use courier_core::protocol::{ErrorCode, ServerFrame};
 use serde_json::json;
 
 use crate::backends::{Backends, set_all};

@@ -26,11 +26,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, ensure};
-use courier::adapters::dynamo::DynamoStore;
-use courier::adapters::memory::MemoryStore;
-use courier::domain::UserId;
-use courier::ports::PendingStore;
-use courier::protocol::ServerFrame;
+use courier_aws::dynamo::DynamoStore;
+use courier_core::adapters::memory::MemoryStore;
+use courier_core::domain::UserId;
+use courier_core::ports::PendingStore;
+use courier_core::protocol::ServerFrame;
 use serde_json::json;
 use tokio::sync::Barrier;
 

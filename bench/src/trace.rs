@@ -13,12 +13,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use courier::app::Ports;
-use courier::domain::{
+use courier_core::app::Ports;
+use courier_core::domain::{
     ClientMsgId, Connection, ConnectionId, Conversation, ConversationId, Device, Message,
     PendingDelivery, Platform, Seq, UserId,
 };
-use courier::ports::{
+use courier_core::ports::{
     AckOutcome, AppendOutcome, CatchUpRequest, CatchUpTrigger, ConnectionInfo, ConnectionRegistry,
     ConversationStore, DeviceStore, Gateway, MessageStore, NewMessage, Notifier, PendingStore,
     PostError, PushError, PushMessage, RateDecision, RateLimiter, RegistryError, StoreError,

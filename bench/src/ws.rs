@@ -9,8 +9,8 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow, bail};
-use courier::domain::UserId;
-use courier::protocol::ServerFrame;
+use courier_core::domain::UserId;
+use courier_core::protocol::ServerFrame;
 use futures::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
@@ -32,7 +32,7 @@ pub struct WsClient {
 
 /// An HS256 token for `user`, signed with the local gateway's secret.
 pub fn token(user: &UserId) -> String {
-    courier::auth::mint_hs256(
+    courier_aws::auth::mint_hs256(
         courier_local::wiring::LOCAL_JWT_SECRET.as_bytes(),
         user,
         Duration::from_secs(3600),

@@ -19,8 +19,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
-use courier::domain::{ConnectionId, Millis, now_millis};
-use courier::ports::{ConnectionInfo, Gateway, PostError};
+use courier_core::domain::{ConnectionId, Millis, now_millis};
+use courier_core::ports::{ConnectionInfo, Gateway, PostError};
 use tokio::sync::mpsc;
 
 /// What the socket task is asked to send.

@@ -15,7 +15,7 @@ use aws_lambda_events::apigw::{
 };
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE};
-use courier::domain::{Millis, now_millis};
+use courier_core::domain::{Millis, now_millis};
 use http::HeaderMap;
 use rand::RngCore;
 use serde_json::{Map, Value, json};
@@ -361,7 +361,7 @@ impl Frame {
     /// `action`, or none (non-JSON, binary, no action) for `$default`.
     pub fn action(&self) -> Option<String> {
         match self {
-            Frame::Text(t) => courier::protocol::action_of(t),
+            Frame::Text(t) => courier_core::protocol::action_of(t),
             Frame::Binary(_) => None,
         }
     }
@@ -394,7 +394,7 @@ mod tests {
         let id = new_id();
         assert_eq!(id.len(), 16);
         assert!(id.ends_with('='));
-        assert!(courier::domain::ConnectionId::parse(&id).is_ok());
+        assert!(courier_core::domain::ConnectionId::parse(&id).is_ok());
         assert_ne!(new_id(), new_id());
     }
 
@@ -418,7 +418,7 @@ mod tests {
         let api = ApiInfo::default();
         let f = facts();
         let e = message_event(&api, &f, "sendMessage", &Frame::Text("{}".into()), "r2").unwrap();
-        let req = courier::edge::WsRequest::from_event(&e).unwrap();
+        let req = courier_aws::edge::WsRequest::from_event(&e).unwrap();
         assert_eq!(req.user_id.as_str(), "bob");
         assert_eq!(req.connection_id.as_str(), f.connection_id);
         assert_eq!(req.connected_at, f.connected_at);

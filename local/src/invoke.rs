@@ -13,7 +13,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use courier::ports::{CatchUpRequest, CatchUpTrigger, TriggerError};
+use courier_core::ports::{CatchUpRequest, CatchUpTrigger, TriggerError};
 use lambda_runtime::{Context, LambdaEvent};
 use serde_json::Value;
 use tracing::Instrument;
@@ -56,7 +56,7 @@ pub const HANDLER_ERROR: &str = "Runtime.HandlerError";
 pub fn lambda_context(api: &ApiInfo, function: &str, timeout: Duration) -> Context {
     let mut ctx = Context::default();
     ctx.request_id = uuid::Uuid::new_v4().to_string();
-    let now = u64::try_from(courier::domain::now_millis()).unwrap_or(0);
+    let now = u64::try_from(courier_core::domain::now_millis()).unwrap_or(0);
     ctx.deadline = now + u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX / 2);
     ctx.invoked_function_arn = api.function_arn(function);
     ctx
@@ -240,8 +240,8 @@ mod tests {
         invoker.install(Arc::new(routes), ApiInfo::default());
         let trigger = LocalTrigger::new(invoker.clone(), "catch-up");
         let req = CatchUpRequest {
-            user_id: courier::domain::UserId::parse("bob").unwrap(),
-            connection_id: courier::domain::ConnectionId::parse("abc=").unwrap(),
+            user_id: courier_core::domain::UserId::parse("bob").unwrap(),
+            connection_id: courier_core::domain::ConnectionId::parse("abc=").unwrap(),
             connected_at: Some(5),
         };
         trigger.trigger(&req).await.unwrap();

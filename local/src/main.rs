@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
-use courier::auth::AuthConfig;
-use courier::config::{TableNames, process_env};
-use courier::domain::UserId;
+use courier_aws::auth::AuthConfig;
+use courier_core::config::{TableNames, process_env};
+use courier_core::domain::UserId;
 use courier_local::GatewayConfig;
 use courier_local::wiring::{self, LOCAL_JWT_SECRET, LOCAL_TABLE_PREFIX, LocalOptions};
 
@@ -100,7 +100,7 @@ async fn main() -> anyhow::Result<()> {
             let user = UserId::parse(&t.user).context("--user")?;
             let secret = t.jwt_secret.unwrap_or_else(|| LOCAL_JWT_SECRET.to_owned());
             let env = process_env();
-            let token = courier::auth::mint_hs256(
+            let token = courier_aws::auth::mint_hs256(
                 secret.as_bytes(),
                 &user,
                 Duration::from_secs(t.ttl_secs),
@@ -131,7 +131,7 @@ fn init_logs() {
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     init_logs();
     let env = process_env();
-    let settings = courier::app::Settings::from_env(&env)?;
+    let settings = courier_core::app::Settings::from_env(&env)?;
     let mut auth = match &args.jwt_secret {
         Some(secret) => AuthConfig::hs256(secret.as_bytes().to_vec()),
         None if env.optional("JWKS_URL").is_some() => AuthConfig::from_env(&env)?,
@@ -152,7 +152,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tables: TableNames::with_prefix(&args.tables.table_prefix),
         auth,
         settings,
-        rate_limit: courier::config::RateLimitConfig::from_env(&env)?,
+        rate_limit: courier_core::config::RateLimitConfig::from_env(&env)?,
         via_aws_apis: args.via_aws_apis,
     };
     let listener = tokio::net::TcpListener::bind(&args.addr)

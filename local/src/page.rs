@@ -21,8 +21,8 @@ use std::time::Duration;
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use courier::auth::{AuthConfig, Secret};
-use courier::domain::UserId;
+use courier_aws::auth::{AuthConfig, Secret};
+use courier_core::domain::UserId;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -53,7 +53,7 @@ impl LocalTokens {
     }
 
     pub fn mint(&self, user: &UserId) -> String {
-        courier::auth::mint_hs256(
+        courier_aws::auth::mint_hs256(
             self.secret.expose(),
             user,
             TOKEN_TTL,

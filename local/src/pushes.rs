@@ -10,8 +10,8 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
-use courier::domain::{Platform, UserId, now_millis};
-use courier::ports::{Notifier, PushError, PushMessage};
+use courier_core::domain::{Platform, UserId, now_millis};
+use courier_core::ports::{Notifier, PushError, PushMessage};
 use serde::Serialize;
 
 /// One push the gateway would have sent.
@@ -92,7 +92,7 @@ impl Notifier for RecordingNotifier {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use courier::domain::{ConversationId, Seq};
+    use courier_core::domain::{ConversationId, Seq};
 
     #[tokio::test]
     async fn publishes_to_its_own_endpoints_are_recorded() {

@@ -256,10 +256,10 @@ mod tests {
     fn ok_route() -> Routes {
         Routes::new()
             .route("sendMessage", "send-message", |_e| async {
-                Ok(courier::edge::status(200))
+                Ok(courier_aws::edge::status(200))
             })
             .route(DEFAULT, "default", |_e| async {
-                Ok(courier::edge::status(200))
+                Ok(courier_aws::edge::status(200))
             })
     }
 

@@ -39,8 +39,8 @@ use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, RawQuery, State}
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use courier::domain::{UserId, now_millis};
-use courier::ports::{ConnectionRegistry, PendingStore, PostError};
+use courier_core::domain::{UserId, now_millis};
+use courier_core::ports::{ConnectionRegistry, PendingStore, PostError};
 use futures::SinkExt;
 use lambda_runtime::LambdaEvent;
 use serde_json::{Map, Value, json};
@@ -83,7 +83,7 @@ impl Default for GatewayConfig {
             max_connection_duration: Duration::from_secs(2 * 3600),
             max_frame_bytes: 32 * 1024,
             max_message_bytes: 128 * 1024,
-            max_post_bytes: courier::protocol::MAX_POST_BYTES,
+            max_post_bytes: courier_core::protocol::MAX_POST_BYTES,
             integration_timeout: Duration::from_secs(29),
             local_tokens: None,
         }
@@ -368,7 +368,7 @@ async fn websocket(
     s.connections.mark_open(&id);
     tracing::info!(
         connection_id = %id,
-        user = ?facts.authorizer.get(courier::edge::USER_ID_KEY),
+        user = ?facts.authorizer.get(courier_aws::edge::USER_ID_KEY),
         "connection open"
     );
 

@@ -25,17 +25,18 @@ use anyhow::Context as _;
 use aws_lambda_events::apigw::{
     ApiGatewayCustomAuthorizerRequestTypeRequest, ApiGatewayWebsocketProxyRequest,
 };
-use courier::adapters::apigw::ApiGatewayManagement;
-use courier::adapters::aws::{AwsClients, AwsEndpoints};
-use courier::adapters::dynamo::DynamoStore;
-use courier::adapters::lambda::LambdaTrigger;
-use courier::adapters::memory::{MemoryRegistry, MemoryStore};
-use courier::adapters::rate_limit::{MemoryRateLimiter, RedisRateLimiter, Unlimited};
-use courier::adapters::redis::RedisRegistry;
-use courier::app::{App, Ports, Settings};
-use courier::auth::AuthConfig;
-use courier::config::{RateLimitConfig, RegistryConfig, TableNames};
-use courier::ports::{
+use courier_aws::apigw::ApiGatewayManagement;
+use courier_aws::auth::AuthConfig;
+use courier_aws::dynamo::DynamoStore;
+use courier_aws::lambda::LambdaTrigger;
+use courier_aws::rate_limit::RedisRateLimiter;
+use courier_aws::redis::RedisRegistry;
+use courier_aws::wiring::{AwsClients, AwsEndpoints};
+use courier_core::adapters::memory::{MemoryRegistry, MemoryStore};
+use courier_core::adapters::rate_limit::{MemoryRateLimiter, Unlimited};
+use courier_core::app::{App, Ports, Settings};
+use courier_core::config::{RateLimitConfig, RegistryConfig, TableNames};
+use courier_core::ports::{
     CatchUpTrigger, ConnectionRegistry, ConversationStore, DeviceStore, Gateway, MessageStore,
     PendingStore, RateLimiter,
 };
@@ -190,7 +191,7 @@ pub async fn create_tables(endpoint: &str, tables: &TableNames) -> anyhow::Resul
             ..AwsEndpoints::default()
         },
     );
-    courier::adapters::dynamo::create_tables(&clients.dynamodb(), tables)
+    courier_aws::dynamo::create_tables(&clients.dynamodb(), tables)
         .await
         .with_context(|| format!("creating tables on {endpoint}"))
 }

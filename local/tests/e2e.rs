@@ -13,10 +13,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use aws_lambda_events::apigw::ApiGatewayWebsocketProxyRequest;
-use courier::domain::{ConnectionId, ConversationId, UserId};
-use courier::ports::PostError;
 use courier_client::demo::{self, DemoOptions};
 use courier_client::{Client, ClientConfig, Tuning, minted_token};
+use courier_core::domain::{ConnectionId, ConversationId, UserId};
+use courier_core::ports::PostError;
 use courier_local::routes::CONNECT;
 use courier_local::wiring::{self, LOCAL_JWT_SECRET, LocalOptions, Started};
 use futures::{SinkExt, StreamExt};
@@ -36,7 +36,10 @@ struct Env {
 }
 
 type Customize = Box<
-    dyn FnOnce(courier::app::App, courier_local::routes::Routes) -> courier_local::routes::Routes,
+    dyn FnOnce(
+        courier_core::app::App,
+        courier_local::routes::Routes,
+    ) -> courier_local::routes::Routes,
 >;
 
 async fn start(backend: Backend) -> Env {
@@ -99,7 +102,7 @@ impl Env {
     }
 
     fn token(&self, who: &str) -> String {
-        courier::auth::mint_hs256(
+        courier_aws::auth::mint_hs256(
             LOCAL_JWT_SECRET.as_bytes(),
             &self.user(who),
             Duration::from_secs(600),
@@ -193,7 +196,7 @@ async fn a_flood_is_rate_limited_and_other_users_are_not(backend: Backend) {
     let env = start_with(
         backend,
         |o| {
-            o.rate_limit = courier::config::RateLimitConfig {
+            o.rate_limit = courier_core::config::RateLimitConfig {
                 per_sec: 1.0,
                 burst: 5,
             };
@@ -567,11 +570,11 @@ async fn bad_tokens_are_refused_at_the_handshake(backend: Backend) {
             .as_secs(),
     )
     .unwrap();
-    let expired = courier::auth::sign_hs256(
+    let expired = courier_aws::auth::sign_hs256(
         LOCAL_JWT_SECRET.as_bytes(),
         &serde_json::json!({"sub": env.name("bob"), "iat": now - 7200, "exp": now - 3600}),
     );
-    let wrong_key = courier::auth::mint_hs256(
+    let wrong_key = courier_aws::auth::mint_hs256(
         b"not-the-secret",
         &env.user("bob"),
         Duration::from_secs(600),

@@ -100,7 +100,7 @@ fn routes(p: Probe) -> Routes {
                         p.held.send(id).unwrap();
                         p.release.notified().await;
                     }
-                    Ok(courier::edge::status(200))
+                    Ok(courier_aws::edge::status(200))
                 }
             },
         )
@@ -118,7 +118,7 @@ fn routes(p: Probe) -> Routes {
                             c.disconnect_reason.clone().unwrap_or_default(),
                         ))
                         .unwrap();
-                    Ok(courier::edge::status(200))
+                    Ok(courier_aws::edge::status(200))
                 }
             },
         )
@@ -295,7 +295,10 @@ async fn connect_event_is_filled_as_api_gateway_fills_it() {
     assert_eq!(e.headers.get("origin").unwrap(), "http://localhost:5173");
     assert_eq!(e.query_string_parameters.first("token"), Some("ok-bob"));
     let id = c.connection_id.clone().unwrap();
-    assert!(courier::domain::ConnectionId::parse(&id).is_ok(), "{id}");
+    assert!(
+        courier_core::domain::ConnectionId::parse(&id).is_ok(),
+        "{id}"
+    );
 }
 
 #[tokio::test]

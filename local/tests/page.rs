@@ -75,7 +75,7 @@ async fn a_page_token_opens_the_websocket_on_the_same_root() {
     assert!(
         started
             .registry
-            .lookup(&courier::domain::UserId::parse("bob").unwrap())
+            .lookup(&courier_core::domain::UserId::parse("bob").unwrap())
             .await
             .unwrap()
             .is_some(),

@@ -24,8 +24,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use courier::domain::{ConversationId, UserId};
 use courier_client::{Client, ClientConfig, Tuning, minted_token};
+use courier_core::domain::{ConversationId, UserId};
 use courier_local::wiring::{self, LOCAL_JWT_SECRET, LocalOptions, Started};
 
 #[derive(Clone, Copy, Debug)]

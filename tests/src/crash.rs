@@ -25,12 +25,12 @@ use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
-use courier::app::Ports;
-use courier::domain::{
+use courier_core::app::Ports;
+use courier_core::domain::{
     ClientMsgId, Connection, ConnectionId, Conversation, ConversationId, Device, Message,
     PendingDelivery, Platform, Seq, UserId,
 };
-use courier::ports::{
+use courier_core::ports::{
     AckOutcome, AppendOutcome, CatchUpRequest, CatchUpTrigger, ConnectionInfo, ConnectionRegistry,
     ConversationStore, DeviceStore, Gateway, MessageStore, NewMessage, Notifier, PendingStore,
     PostError, PushError, PushMessage, RegistryError, StoreError, TriggerError,
@@ -476,7 +476,7 @@ impl Notifier for Crashing<dyn Notifier> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use courier::domain::now_millis;
+    use courier_core::domain::now_millis;
 
     fn user(s: &str) -> UserId {
         UserId::parse(s).unwrap()

@@ -32,8 +32,8 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
-use courier::adapters::dynamo::create_tables;
-use courier::config::TableNames;
+use courier_aws::dynamo::create_tables;
+use courier_core::config::TableNames;
 
 /// The region every fake AWS client uses; moto keeps state per region.
 pub const TEST_REGION: &str = "us-east-1";

@@ -14,10 +14,10 @@ use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::config::retry::RetryConfig;
 use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_dynamodb::types::AttributeValue;
-use courier::adapters::dynamo::{DynamoStore, RetryPolicy};
-use courier::config::TableNames;
-use courier::domain::{ClientMsgId, ConversationId, Message, Seq, UserId};
-use courier::ports::{
+use courier_aws::dynamo::{DynamoStore, RetryPolicy};
+use courier_core::config::TableNames;
+use courier_core::domain::{ClientMsgId, ConversationId, Message, Seq, UserId};
+use courier_core::ports::{
     AppendOutcome, ConversationStore, DeviceStore, MessageStore, NewMessage, PendingStore,
     StoreError,
 };
@@ -372,7 +372,7 @@ async fn messages_carry_the_ttl_attribute_only_with_retention() {
     let bob = UserId::parse("bob").unwrap();
     ConversationStore::create(
         &store,
-        &courier::domain::Conversation {
+        &courier_core::domain::Conversation {
             conversation_id: conv(),
             members: vec![alice.clone(), bob.clone()],
             last_seq: Seq(0),

@@ -20,20 +20,20 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use courier::adapters::aws::AwsEndpoints;
-use courier::adapters::dynamo::{DynamoStore, RetryPolicy};
-use courier::adapters::memory::{MemoryGateway, MemoryNotifier, MemoryTrigger};
-use courier::adapters::redis::RedisRegistry;
-use courier::app::{App, Ports, Settings};
-use courier::config::{RegistryConfig, TableNames};
-use courier::domain::{
+use courier_aws::dynamo::{DynamoStore, RetryPolicy};
+use courier_aws::redis::RedisRegistry;
+use courier_aws::wiring::AwsEndpoints;
+use courier_core::adapters::memory::{MemoryGateway, MemoryNotifier, MemoryTrigger};
+use courier_core::app::{App, Ports, Settings};
+use courier_core::config::{RegistryConfig, TableNames};
+use courier_core::domain::{
     ClientMsgId, Connection, ConnectionId, Conversation, ConversationId, Device, Platform, Seq,
     UserId, now_millis,
 };
-use courier::ports::{CatchUpRequest, ConversationStore, MessageStore, Notifier, StoreError};
-use courier::protocol::{AckItem, ServerFrame};
-use courier::services::catch_up::{self, Ending};
-use courier::services::{ack, connect, send};
+use courier_core::ports::{CatchUpRequest, ConversationStore, MessageStore, Notifier, StoreError};
+use courier_core::protocol::{AckItem, ServerFrame};
+use courier_core::services::catch_up::{self, Ending};
+use courier_core::services::{ack, connect, send};
 use courier_tests::crash::{CrashPlan, crashing_ports};
 use courier_tests::proxy::{FaultProxy, Mode};
 use support::http_stub::{Recorded, Reply, StubServer};
@@ -397,7 +397,7 @@ async fn redis_down_or_hung_during_connect_still_connects_and_catches_up() {
 impl Real {
     /// bob's (or anyone's) pending row as `(first_undelivered_seq, last_seq)`.
     async fn store_pending(&self, user: &UserId, conv: &ConversationId) -> (u64, u64) {
-        use courier::ports::PendingStore;
+        use courier_core::ports::PendingStore;
         let row = PendingStore::get(&self.store, user, conv)
             .await
             .unwrap()
@@ -406,7 +406,7 @@ impl Real {
     }
 
     async fn has_pending(&self, user: &UserId) -> usize {
-        use courier::ports::PendingStore;
+        use courier_core::ports::PendingStore;
         self.store.list(user).await.unwrap().len()
     }
 }

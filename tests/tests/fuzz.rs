@@ -29,10 +29,10 @@ use aws_lambda_events::apigw::{
     ApiGatewayWebsocketProxyRequest,
 };
 use aws_lambda_events::encodings::Body;
-use courier::app::App;
-use courier::auth::{AuthConfig, sign_hs256};
-use courier::domain::{Conversation, ConversationId, Seq, UserId, now_millis};
-use courier::protocol::{ErrorCode, MAX_REQUEST_ID_LEN, Request, ServerFrame};
+use courier_aws::auth::{AuthConfig, sign_hs256};
+use courier_core::app::App;
+use courier_core::domain::{Conversation, ConversationId, Seq, UserId, now_millis};
+use courier_core::protocol::{ErrorCode, MAX_REQUEST_ID_LEN, Request, ServerFrame};
 use lambda_runtime::{Context, LambdaEvent};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
@@ -292,7 +292,7 @@ fn app() -> &'static App {
                 .unwrap();
         });
         h.gateway
-            .open(&courier::domain::ConnectionId::parse("conn-bob").unwrap());
+            .open(&courier_core::domain::ConnectionId::parse("conn-bob").unwrap());
         app
     })
 }

@@ -13,9 +13,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use courier::adapters::apigw::ApiGatewayManagement;
-use courier::domain::ConnectionId;
-use courier::ports::{Gateway, PostError};
+use courier_aws::apigw::ApiGatewayManagement;
+use courier_core::domain::ConnectionId;
+use courier_core::ports::{Gateway, PostError};
 use support::http_stub::{Recorded, Reply, StubServer};
 
 /// An API Gateway connection id: base64-ish, ending in `=`.

@@ -4,7 +4,7 @@
 
 use std::io::{Read, Write};
 
-use courier::adapters::dynamo::create_tables;
+use courier_aws::dynamo::create_tables;
 use courier_tests::{drop_tables, dynamo_client, fresh_tables, redis_url};
 
 #[tokio::test]

@@ -8,10 +8,10 @@
 
 mod support;
 
-use courier::adapters::aws::AwsEndpoints;
-use courier::adapters::lambda::LambdaTrigger;
-use courier::domain::{ConnectionId, UserId};
-use courier::ports::{CatchUpRequest, CatchUpTrigger};
+use courier_aws::lambda::LambdaTrigger;
+use courier_aws::wiring::AwsEndpoints;
+use courier_core::domain::{ConnectionId, UserId};
+use courier_core::ports::{CatchUpRequest, CatchUpTrigger};
 use support::http_stub::{Reply, StubServer};
 
 async fn trigger(stub: &StubServer, function: &str) -> LambdaTrigger {

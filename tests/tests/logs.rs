@@ -22,17 +22,17 @@ use aws_lambda_events::apigw::{
     ApiGatewayCustomAuthorizerRequestTypeRequest, ApiGatewayWebsocketProxyRequest,
 };
 use aws_lambda_events::encodings::Body;
-use courier::adapters::aws::AwsEndpoints;
-use courier::adapters::dynamo::DynamoStore;
-use courier::adapters::memory::{MemoryGateway, MemoryTrigger};
-use courier::adapters::rate_limit::MemoryRateLimiter;
-use courier::adapters::redis::RedisRegistry;
-use courier::adapters::sns::SnsNotifier;
-use courier::app::{App, Ports, Settings};
-use courier::auth::{AuthConfig, sign_hs256};
-use courier::config::{PushConfig, PushPreview, RateLimitConfig, RegistryConfig};
-use courier::domain::{ConnectionId, now_millis};
-use courier::protocol::ServerFrame;
+use courier_aws::auth::{AuthConfig, sign_hs256};
+use courier_aws::dynamo::DynamoStore;
+use courier_aws::redis::RedisRegistry;
+use courier_aws::sns::SnsNotifier;
+use courier_aws::wiring::AwsEndpoints;
+use courier_core::adapters::memory::{MemoryGateway, MemoryTrigger};
+use courier_core::adapters::rate_limit::MemoryRateLimiter;
+use courier_core::app::{App, Ports, Settings};
+use courier_core::config::{PushConfig, PushPreview, RateLimitConfig, RegistryConfig};
+use courier_core::domain::{ConnectionId, now_millis};
+use courier_core::protocol::ServerFrame;
 use courier_tests::proxy::{FaultProxy, Mode};
 use lambda_runtime::{Context, LambdaEvent};
 use serde_json::{Value, json};

@@ -39,16 +39,16 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use courier::app::{App, MemoryHandles, Settings};
-use courier::config::PendingClear;
-use courier::domain::{
+use courier_core::app::{App, MemoryHandles, Settings};
+use courier_core::config::PendingClear;
+use courier_core::domain::{
     ClientMsgId, Connection, ConnectionId, Conversation, ConversationId, Message, Seq, UserId,
     now_millis,
 };
-use courier::ports::{CatchUpRequest, ConversationStore, MessageStore, PendingStore};
-use courier::protocol::{AckItem, ErrorCode, ServerFrame};
-use courier::services::catch_up::{self, RangeRefusal};
-use courier::services::{ack, connect, send};
+use courier_core::ports::{CatchUpRequest, ConversationStore, MessageStore, PendingStore};
+use courier_core::protocol::{AckItem, ErrorCode, ServerFrame};
+use courier_core::services::catch_up::{self, RangeRefusal};
+use courier_core::services::{ack, connect, send};
 use courier_tests::crash::{CrashPlan, crashing_ports};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
@@ -328,7 +328,7 @@ enum Call {
 
 enum Outcome {
     Send(Result<ServerFrame, send::SendError>),
-    Ack(Result<ack::AckReport, courier::ports::StoreError>),
+    Ack(Result<ack::AckReport, courier_core::ports::StoreError>),
     Range(Result<Result<catch_up::Report, RangeRefusal>, catch_up::CatchUpError>),
     Done,
 }
@@ -1196,7 +1196,7 @@ enum Mutant {
 }
 
 impl Mutant {
-    fn plant(self, h: &MemoryHandles) -> courier::app::Ports {
+    fn plant(self, h: &MemoryHandles) -> courier_core::app::Ports {
         let mut ports = h.ports();
         match self {
             Mutant::None => {}
@@ -1216,12 +1216,12 @@ impl Mutant {
 
 mod mutants {
     use async_trait::async_trait;
-    use courier::adapters::memory::{MemoryRegistry, MemoryStore};
-    use courier::domain::{
+    use courier_core::adapters::memory::{MemoryRegistry, MemoryStore};
+    use courier_core::domain::{
         ClientMsgId, Connection, ConnectionId, ConversationId, Message, PendingDelivery, Seq,
         UserId,
     };
-    use courier::ports::{
+    use courier_core::ports::{
         AckOutcome, AppendOutcome, ConnectionRegistry, MessageStore, NewMessage, PendingStore,
         RegistryError, StoreError,
     };

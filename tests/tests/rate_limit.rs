@@ -9,13 +9,14 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use courier::adapters::rate_limit::{MemoryRateLimiter, RedisRateLimiter};
-use courier::app::App;
-use courier::config::{RateLimitConfig, RegistryConfig};
-use courier::domain::{ClientMsgId, Conversation, ConversationId, Seq, UserId, now_millis};
-use courier::ports::{RateDecision, RateLimiter};
-use courier::protocol::{ErrorCode, ServerFrame};
-use courier::services::send;
+use courier_aws::rate_limit::RedisRateLimiter;
+use courier_core::adapters::rate_limit::MemoryRateLimiter;
+use courier_core::app::App;
+use courier_core::config::{RateLimitConfig, RegistryConfig};
+use courier_core::domain::{ClientMsgId, Conversation, ConversationId, Seq, UserId, now_millis};
+use courier_core::ports::{RateDecision, RateLimiter};
+use courier_core::protocol::{ErrorCode, ServerFrame};
+use courier_core::services::send;
 use courier_tests::proxy::{FaultProxy, Mode};
 
 fn user(name: &str) -> UserId {

@@ -13,21 +13,21 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use courier::adapters::dynamo::DynamoStore;
-use courier::adapters::memory::{MemoryGateway, MemoryNotifier, MemoryTrigger};
-use courier::adapters::redis::RedisRegistry;
-use courier::app::{App, Ports, Settings};
-use courier::config::{PendingClear, RegistryConfig};
-use courier::domain::{
+use courier_aws::dynamo::DynamoStore;
+use courier_aws::redis::RedisRegistry;
+use courier_core::adapters::memory::{MemoryGateway, MemoryNotifier, MemoryTrigger};
+use courier_core::app::{App, Ports, Settings};
+use courier_core::config::{PendingClear, RegistryConfig};
+use courier_core::domain::{
     ClientMsgId, Connection, ConnectionId, Conversation, ConversationId, Message, PendingDelivery,
     Seq, UserId, now_millis,
 };
-use courier::ports::{
+use courier_core::ports::{
     AckOutcome, AppendOutcome, CatchUpRequest, NewMessage, PendingStore, StoreError,
 };
-use courier::protocol::{AckItem, ServerFrame};
-use courier::services::catch_up::{self, Ending};
-use courier::services::{ack, connect};
+use courier_core::protocol::{AckItem, ServerFrame};
+use courier_core::services::catch_up::{self, Ending};
+use courier_core::services::{ack, connect};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Backend {
@@ -516,7 +516,7 @@ async fn ack_moves_cursor_up_only(backend: Backend) {
     assert!(matches!(
         r.reply(Some("r1".into())),
         Some(ServerFrame::Error {
-            code: courier::protocol::ErrorCode::NotAMember,
+            code: courier_core::protocol::ErrorCode::NotAMember,
             request_id: Some(_),
             ..
         })
@@ -901,12 +901,15 @@ async fn redis_unreachable_connect_succeeds_and_catch_up_runs() {
         .unwrap();
     assert_eq!((report.ending, report.messages), (Ending::CaughtUp, 6));
     // Live delivery falls back to "offline" rather than failing.
-    let live = courier::services::delivery::deliver_live(
+    let live = courier_core::services::delivery::deliver_live(
         &f.app.ports,
         &f.app.settings.delivery,
         &s.bob,
         &["x".into()],
     )
     .await;
-    assert_eq!(live, courier::services::delivery::Live::RegistryUnavailable);
+    assert_eq!(
+        live,
+        courier_core::services::delivery::Live::RegistryUnavailable
+    );
 }

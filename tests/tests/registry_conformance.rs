@@ -11,11 +11,11 @@ use std::net::TcpListener as StdListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use courier::adapters::memory::MemoryRegistry;
-use courier::adapters::redis::RedisRegistry;
-use courier::config::RegistryConfig;
-use courier::domain::{Connection, ConnectionId, UserId};
-use courier::ports::ConnectionRegistry;
+use courier_aws::redis::RedisRegistry;
+use courier_core::adapters::memory::MemoryRegistry;
+use courier_core::config::RegistryConfig;
+use courier_core::domain::{Connection, ConnectionId, UserId};
+use courier_core::ports::ConnectionRegistry;
 
 fn user() -> UserId {
     UserId::parse(&format!("u-{}", uuid::Uuid::new_v4().simple())).unwrap()

@@ -19,14 +19,14 @@
 
 use aws_lambda_events::apigw::{ApiGatewayProxyResponse, ApiGatewayWebsocketProxyRequest};
 use aws_lambda_events::encodings::Body;
-use courier::app::{App, MemoryHandles};
-use courier::domain::{
+use courier_core::app::{App, MemoryHandles};
+use courier_core::domain::{
     Connection, ConnectionId, Conversation, ConversationId, Seq, UserId, now_millis,
 };
-use courier::ports::{
+use courier_core::ports::{
     ConnectionRegistry, ConversationStore, DeviceStore, MessageStore, PendingStore,
 };
-use courier::protocol::{ErrorCode, ServerFrame};
+use courier_core::protocol::{ErrorCode, ServerFrame};
 use lambda_runtime::{Context, LambdaEvent};
 use serde_json::{Value, json};
 
@@ -177,7 +177,7 @@ impl World {
             .map(|r| (r.first_undelivered_seq.get(), r.last_seq.get()))
     }
 
-    async fn stored(&self, conv: &str) -> Vec<courier::domain::Message> {
+    async fn stored(&self, conv: &str) -> Vec<courier_core::domain::Message> {
         self.h.store.range(&cid(conv), Seq(1), 100).await.unwrap()
     }
 }

@@ -25,24 +25,24 @@ use std::time::Duration;
 use async_trait::async_trait;
 use aws_lambda_events::apigw::ApiGatewayWebsocketProxyRequest;
 use aws_lambda_events::encodings::Body;
-use courier::adapters::aws::AwsEndpoints;
-use courier::adapters::dynamo::DynamoStore;
-use courier::adapters::memory::{MemoryGateway, MemoryTrigger};
-use courier::adapters::redis::RedisRegistry;
-use courier::adapters::sns::{GENERIC_ALERT, PushPayload, SnsNotifier};
-use courier::app::{App, Ports, Settings};
-use courier::config::{PendingClear, PushConfig, PushPreview, RegistryConfig, TableNames};
-use courier::domain::{
+use courier_aws::dynamo::DynamoStore;
+use courier_aws::redis::RedisRegistry;
+use courier_aws::sns::{GENERIC_ALERT, PushPayload, SnsNotifier};
+use courier_aws::wiring::AwsEndpoints;
+use courier_core::adapters::memory::{MemoryGateway, MemoryTrigger};
+use courier_core::app::{App, Ports, Settings};
+use courier_core::config::{PendingClear, PushConfig, PushPreview, RegistryConfig, TableNames};
+use courier_core::domain::{
     ClientMsgId, Connection, ConnectionId, ConversationId, Message, PendingDelivery, Platform, Seq,
     UserId, now_millis,
 };
-use courier::ports::{
+use courier_core::ports::{
     AckOutcome, AppendOutcome, ConnectionInfo, ConnectionRegistry, Gateway, MessageStore,
     NewMessage, Notifier, PendingStore, PostError, PushError, PushMessage, StoreError,
 };
-use courier::protocol::{ErrorCode, ServerFrame};
-use courier::services::send::{SendError, send_message};
-use courier::services::{catch_up, connect, conversations, devices};
+use courier_core::protocol::{ErrorCode, ServerFrame};
+use courier_core::services::send::{SendError, send_message};
+use courier_core::services::{catch_up, connect, conversations, devices};
 use serde_json::Value;
 
 /// One test's world: fresh tables, unique users (Redis is shared), SNS

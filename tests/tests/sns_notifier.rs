@@ -16,11 +16,11 @@
 mod support;
 
 use aws_sdk_sns::Client;
-use courier::adapters::aws::AwsEndpoints;
-use courier::adapters::sns::{GENERIC_ALERT, PushPayload, SnsNotifier};
-use courier::config::{PushConfig, PushPreview};
-use courier::domain::{ConversationId, Platform, Seq, UserId};
-use courier::ports::{Notifier, PushError, PushMessage};
+use courier_aws::sns::{GENERIC_ALERT, PushPayload, SnsNotifier};
+use courier_aws::wiring::AwsEndpoints;
+use courier_core::config::{PushConfig, PushPreview};
+use courier_core::domain::{ConversationId, Platform, Seq, UserId};
+use courier_core::ports::{Notifier, PushError, PushMessage};
 use serde_json::Value;
 
 struct Sns {

@@ -9,13 +9,13 @@
 use std::collections::BTreeSet;
 
 use aws_sdk_dynamodb::types::AttributeValue;
-use courier::adapters::dynamo::DynamoStore;
-use courier::adapters::memory::MemoryStore;
-use courier::config::TableNames;
-use courier::domain::{
+use courier_aws::dynamo::DynamoStore;
+use courier_core::adapters::memory::MemoryStore;
+use courier_core::config::TableNames;
+use courier_core::domain::{
     ClientMsgId, Conversation, ConversationId, Device, Message, Platform, Seq, UserId,
 };
-use courier::ports::{
+use courier_core::ports::{
     AckOutcome, AppendOutcome, ConversationStore, DeviceStore, MessageStore, NewMessage,
     PendingStore,
 };

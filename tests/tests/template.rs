@@ -22,7 +22,7 @@
 //!   DynamoDB or VPC access its crate's `NEEDS` does not ask for (or lacks
 //!   what it does);
 //! - catch-up's deadline margin does not fit its timeout;
-//! - the tables differ from what `courier::adapters::dynamo::create_tables`
+//! - the tables differ from what `courier_aws::dynamo::create_tables`
 //!   makes (compared on moto).
 //!
 //! Each check is a function from a parsed template to the problems it found.
@@ -34,9 +34,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use courier::adapters::aws::Needs;
-use courier::config::{CatchUpConfig, ConfigError, DeliveryConfig, Env, TableNames};
-use courier::protocol::{ErrorCode, Request};
+use courier_aws::wiring::Needs;
+use courier_core::config::{CatchUpConfig, ConfigError, DeliveryConfig, Env, TableNames};
+use courier_core::protocol::{ErrorCode, Request};
 use serde_yaml::Value;
 
 // ---------------------------------------------------------------------------
@@ -689,7 +689,7 @@ impl<'a> Resolver<'a> {
     }
 
     /// The environment a function gets: `""` counts as unset, as in
-    /// `courier::config::process_env`.
+    /// `courier_core::config::process_env`.
     fn env(&self, id: &str) -> Result<BTreeMap<String, String>, String> {
         let mut out = BTreeMap::new();
         for (k, v) in self.t.env_vars(id) {
@@ -907,7 +907,7 @@ fn check_routes(t: &Template) -> Vec<String> {
             && e.code == ErrorCode::UnknownAction
         {
             problems.push(format!(
-                "route {key:?} is not an action courier::protocol parses"
+                "route {key:?} is not an action courier_core::protocol parses"
             ));
         }
         let function = match route_integration(t, route) {
@@ -2040,7 +2040,7 @@ Resources:
         let t = bad("RouteKey: ping", "RouteKey: teleport");
         assert_found(
             &check_routes(&t),
-            "route \"teleport\" is not an action courier::protocol parses",
+            "route \"teleport\" is not an action courier_core::protocol parses",
         );
         let t = bad("RouteKey: $disconnect", "RouteKey: sync");
         assert_found(&check_routes(&t), "no $disconnect route");

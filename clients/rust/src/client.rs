@@ -11,8 +11,8 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use courier::domain::{ClientMsgId, ConversationId, Platform, UserId};
-use courier::protocol::{ServerFrame, WireMessage};
+use courier_core::domain::{ClientMsgId, ConversationId, Platform, UserId};
+use courier_core::protocol::{ServerFrame, WireMessage};
 use futures::{SinkExt, StreamExt};
 use serde_json::json;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};

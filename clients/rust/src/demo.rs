@@ -15,7 +15,7 @@
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
-use courier::domain::{ConversationId, Platform, Seq, UserId};
+use courier_core::domain::{ConversationId, Platform, Seq, UserId};
 use serde::Deserialize;
 
 use crate::client::{Client, ClientConfig, ClientError};

@@ -26,7 +26,7 @@ pub use client::{Client, ClientConfig, ClientError, TokenSource};
 pub use session::{Event, RequestError, Sent, Session, Tuning};
 pub use timeline::Timeline;
 
-use courier::domain::UserId;
+use courier_core::domain::UserId;
 
 /// The HS256 secret `courier-local` checks tokens with unless told
 /// otherwise (kept equal to `courier_local::wiring::LOCAL_JWT_SECRET`; a
@@ -39,7 +39,7 @@ pub fn minted_token(secret: &str, user: &UserId) -> TokenSource {
     let secret = secret.as_bytes().to_vec();
     let user = user.clone();
     Arc::new(move || {
-        courier::auth::mint_hs256(&secret, &user, Duration::from_secs(3600), None, None)
+        courier_aws::auth::mint_hs256(&secret, &user, Duration::from_secs(3600), None, None)
     })
 }
 

@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
-use courier::domain::{ConversationId, Platform, UserId};
 use courier_client::demo::{self, DemoOptions};
 use courier_client::{Client, ClientConfig, Event, LOCAL_JWT_SECRET, minted_token, static_token};
+use courier_core::domain::{ConversationId, Platform, UserId};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 #[derive(Parser)]

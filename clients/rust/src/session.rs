@@ -26,8 +26,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
-use courier::domain::{ClientMsgId, ConversationId, Seq, UserId};
-use courier::protocol::{ErrorCode, ServerFrame, WireMessage};
+use courier_core::domain::{ClientMsgId, ConversationId, Seq, UserId};
+use courier_core::protocol::{ErrorCode, ServerFrame, WireMessage};
 use serde_json::json;
 use tokio::sync::oneshot;
 

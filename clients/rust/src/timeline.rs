@@ -16,8 +16,8 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use courier::domain::Seq;
-use courier::protocol::WireMessage;
+use courier_core::domain::Seq;
+use courier_core::protocol::WireMessage;
 
 /// A conversation's messages in seq order.
 #[derive(Debug, Clone, Default)]
@@ -145,7 +145,7 @@ impl Timeline {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use courier::domain::UserId;
+    use courier_core::domain::UserId;
 
     fn m(seq: u64) -> WireMessage {
         WireMessage {

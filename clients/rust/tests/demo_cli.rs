@@ -19,7 +19,7 @@ async fn gateway(break_acks: bool) -> Started {
                 "ack",
                 "ack",
                 |_e: LambdaEvent<ApiGatewayWebsocketProxyRequest>| async {
-                    Ok(courier::edge::status(200))
+                    Ok(courier_aws::edge::status(200))
                 },
             )
         } else {

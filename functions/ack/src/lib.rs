@@ -4,9 +4,9 @@
 //! response carries one `error` frame.
 
 use aws_lambda_events::apigw::{ApiGatewayProxyResponse, ApiGatewayWebsocketProxyRequest};
-use courier::app::App;
-use courier::edge::{self, WsRequest};
-use courier::protocol::ClientFrame;
+use courier_aws::edge::{self, WsRequest};
+use courier_core::app::App;
+use courier_core::protocol::ClientFrame;
 use lambda_runtime::{Error, LambdaEvent};
 
 pub async fn handle(
@@ -21,16 +21,16 @@ pub async fn handle(
     let ClientFrame::Ack { acks } = request.frame else {
         return Ok(edge::wrong_route("ack", request.request_id));
     };
-    let report = courier::services::ack::ack(app, &ws.user_id, &acks).await?;
+    let report = courier_core::services::ack::ack(app, &ws.user_id, &acks).await?;
     Ok(edge::reply(report.reply(request.request_id).as_ref()))
 }
 
 /// The ports this function uses.
-pub const NEEDS: courier::adapters::aws::Needs = courier::adapters::aws::Needs::ACK;
+pub const NEEDS: courier_aws::wiring::Needs = courier_aws::wiring::Needs::ACK;
 
 /// Parses every variable this function reads at start-up (no network).
 pub fn check_env<F: Fn(&str) -> Option<String>>(
-    env: &courier::config::Env<F>,
-) -> Result<(), courier::config::ConfigError> {
-    courier::app::check_env(env, NEEDS)
+    env: &courier_core::config::Env<F>,
+) -> Result<(), courier_core::config::ConfigError> {
+    courier_aws::wiring::check_env(env, NEEDS)
 }

@@ -3,7 +3,7 @@
 //! API Gateway calls it with the WebSocket upgrade request (identity source
 //! `route.request.querystring.token`); what it returns decides whether the
 //! socket opens, and the `user_id` it puts in the context is the identity
-//! every later route of the connection trusts ([`courier::edge`]).
+//! every later route of the connection trusts ([`courier_aws::edge`]).
 //!
 //! How each outcome reaches the client. A WebSocket authorizer can only be
 //! on `$connect`, its status is the HTTP answer to the upgrade, and API
@@ -36,10 +36,10 @@ use aws_lambda_events::apigw::{
 };
 use aws_lambda_events::http::header::ORIGIN;
 use aws_lambda_events::iam::{IamPolicyEffect, IamPolicyStatement};
-use courier::auth::{AuthConfig, OriginAllowlist, Rejection, Verifier, VerifierError};
-use courier::config::{ConfigError, Env};
-use courier::domain::UserId;
-use courier::edge::USER_ID_KEY;
+use courier_aws::auth::{AuthConfig, OriginAllowlist, Rejection, Verifier, VerifierError};
+use courier_aws::edge::USER_ID_KEY;
+use courier_core::config::{ConfigError, Env};
+use courier_core::domain::UserId;
 use lambda_runtime::LambdaEvent;
 use serde_json::json;
 use tracing::{info, instrument, warn};

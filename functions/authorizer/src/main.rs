@@ -2,13 +2,13 @@
 //! once per execution environment, then one handler call per `$connect`.
 
 use authorizer::{AuthorizerState, handle};
-use courier::auth::AuthConfig;
+use courier_aws::auth::AuthConfig;
 use lambda_runtime::{Error, service_fn};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    courier::edge::init_tracing();
-    let config = AuthConfig::from_env(&courier::config::process_env())?;
+    courier_aws::edge::init_tracing();
+    let config = AuthConfig::from_env(&courier_core::config::process_env())?;
     let state = AuthorizerState::new(&config)?;
     // In the init phase, so the first `$connect` does not wait for the IdP.
     state.warm_up().await;

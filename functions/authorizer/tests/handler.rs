@@ -14,12 +14,14 @@ use aws_lambda_events::apigw::{
 };
 use aws_lambda_events::http::HeaderValue;
 use aws_lambda_events::iam::IamPolicyEffect;
-use courier::auth::testing::{
+use courier_aws::auth::testing::{
     JwksServer, RsaKey, claims, dead_url, jwks_json, now_plus, unsigned_token,
 };
-use courier::auth::{AuthConfig, JwksConfig, OriginAllowlist, Rejection, mint_hs256, sign_hs256};
-use courier::config::{ConfigError, Env};
-use courier::domain::UserId;
+use courier_aws::auth::{
+    AuthConfig, JwksConfig, OriginAllowlist, Rejection, mint_hs256, sign_hs256,
+};
+use courier_core::config::{ConfigError, Env};
+use courier_core::domain::UserId;
 use lambda_runtime::{Context, LambdaEvent};
 use serde_json::json;
 

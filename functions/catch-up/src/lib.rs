@@ -9,12 +9,12 @@
 use std::time::{Duration, Instant};
 
 use aws_lambda_events::apigw::ApiGatewayWebsocketProxyRequest;
-use courier::app::App;
-use courier::domain::{Connection, now_millis};
-use courier::edge::{self, WsRequest};
-use courier::ports::CatchUpRequest;
-use courier::protocol::{ClientFrame, ErrorCode, FrameError, SyncRequest};
-use courier::services::catch_up::{self, Ending, RangeRefusal, Report};
+use courier_aws::edge::{self, WsRequest};
+use courier_core::app::App;
+use courier_core::domain::{Connection, now_millis};
+use courier_core::ports::CatchUpRequest;
+use courier_core::protocol::{ClientFrame, ErrorCode, FrameError, SyncRequest};
+use courier_core::services::catch_up::{self, Ending, RangeRefusal, Report};
 use lambda_runtime::{Error, LambdaEvent};
 use serde_json::{Value, json};
 
@@ -109,11 +109,11 @@ fn report_json(report: &Report) -> Value {
 }
 
 /// The ports this function uses.
-pub const NEEDS: courier::adapters::aws::Needs = courier::adapters::aws::Needs::CATCH_UP;
+pub const NEEDS: courier_aws::wiring::Needs = courier_aws::wiring::Needs::CATCH_UP;
 
 /// Parses every variable this function reads at start-up (no network).
 pub fn check_env<F: Fn(&str) -> Option<String>>(
-    env: &courier::config::Env<F>,
-) -> Result<(), courier::config::ConfigError> {
-    courier::app::check_env(env, NEEDS)
+    env: &courier_core::config::Env<F>,
+) -> Result<(), courier_core::config::ConfigError> {
+    courier_aws::wiring::check_env(env, NEEDS)
 }

@@ -5,9 +5,9 @@
 //! `$connect` has returned) — catch-up does, asynchronously.
 
 use aws_lambda_events::apigw::{ApiGatewayProxyResponse, ApiGatewayWebsocketProxyRequest};
-use courier::app::App;
-use courier::domain::Connection;
-use courier::edge::{self, WsRequest};
+use courier_aws::edge::{self, WsRequest};
+use courier_core::app::App;
+use courier_core::domain::Connection;
 use lambda_runtime::{Error, LambdaEvent};
 
 pub async fn handle(
@@ -19,16 +19,16 @@ pub async fn handle(
         connection_id: request.connection_id,
         connected_at: request.connected_at,
     };
-    courier::services::connect::connect(&app.ports, &request.user_id, &connection).await;
+    courier_core::services::connect::connect(&app.ports, &request.user_id, &connection).await;
     Ok(edge::status(200))
 }
 
 /// The ports this function uses.
-pub const NEEDS: courier::adapters::aws::Needs = courier::adapters::aws::Needs::CONNECT;
+pub const NEEDS: courier_aws::wiring::Needs = courier_aws::wiring::Needs::CONNECT;
 
 /// Parses every variable this function reads at start-up (no network).
 pub fn check_env<F: Fn(&str) -> Option<String>>(
-    env: &courier::config::Env<F>,
-) -> Result<(), courier::config::ConfigError> {
-    courier::app::check_env(env, NEEDS)
+    env: &courier_core::config::Env<F>,
+) -> Result<(), courier_core::config::ConfigError> {
+    courier_aws::wiring::check_env(env, NEEDS)
 }

@@ -4,17 +4,17 @@
 //! The creator is the authorizer context's `user_id`. A refused member list
 //! is a `bad_request` frame and `Ok`; a store fault is `Err` (Lambda counts
 //! it), after an `internal` error frame naming the `request_id` is posted to
-//! the caller (see `courier::services::fault`). Retrying a create that
+//! the caller (see `courier_core::services::fault`). Retrying a create that
 //! faulted may create a second conversation; the orphan is harmless (nobody
 //! learnt its id).
 
 use aws_lambda_events::apigw::{ApiGatewayProxyResponse, ApiGatewayWebsocketProxyRequest};
-use courier::adapters::aws::Needs;
-use courier::app::App;
-use courier::config::{ConfigError, Env};
-use courier::edge::{self, WsRequest};
-use courier::protocol::ClientFrame;
-use courier::services::{conversations, fault};
+use courier_aws::edge::{self, WsRequest};
+use courier_aws::wiring::Needs;
+use courier_core::app::App;
+use courier_core::config::{ConfigError, Env};
+use courier_core::protocol::ClientFrame;
+use courier_core::services::{conversations, fault};
 use lambda_runtime::{Error, LambdaEvent};
 
 /// The ports this function uses.
@@ -22,7 +22,7 @@ pub const NEEDS: Needs = Needs::CONVERSATIONS;
 
 /// Parses every variable the function reads at start-up.
 pub fn check_env<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<(), ConfigError> {
-    courier::app::check_env(env, NEEDS)
+    courier_aws::wiring::check_env(env, NEEDS)
 }
 
 pub async fn handle(
@@ -57,11 +57,11 @@ pub async fn handle(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use aws_lambda_events::encodings::Body;
-    use courier::protocol::ServerFrame;
+    use courier_core::protocol::ServerFrame;
     use lambda_runtime::Context;
 
     use super::*;
-    use courier::protocol::ErrorCode;
+    use courier_core::protocol::ErrorCode;
 
     const EVENT: &str = include_str!("../../../events/conversations.json");
 

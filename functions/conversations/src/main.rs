@@ -6,7 +6,7 @@ use lambda_runtime::{Error, service_fn};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    courier::edge::init_tracing();
-    let app = courier::app::app_from_env(conversations::NEEDS).await?;
+    courier_aws::edge::init_tracing();
+    let app = courier_aws::wiring::app_from_env(conversations::NEEDS).await?;
     lambda_runtime::run(service_fn(|event| conversations::handle(&app, event))).await
 }

@@ -10,11 +10,11 @@
 //! must never cost the client its socket.
 
 use aws_lambda_events::apigw::{ApiGatewayProxyResponse, ApiGatewayWebsocketProxyRequest};
-use courier::adapters::aws::Needs;
-use courier::app::App;
-use courier::config::{ConfigError, Env};
-use courier::edge::{self, WsRequest};
-use courier::protocol::{ClientFrame, ErrorCode, FrameError, Request, ServerFrame, action_of};
+use courier_aws::edge::{self, WsRequest};
+use courier_aws::wiring::Needs;
+use courier_core::app::App;
+use courier_core::config::{ConfigError, Env};
+use courier_core::protocol::{ClientFrame, ErrorCode, FrameError, Request, ServerFrame, action_of};
 use lambda_runtime::{Error, LambdaEvent};
 
 /// The ports this function uses: none.
@@ -22,7 +22,7 @@ pub const NEEDS: Needs = Needs::NONE;
 
 /// Parses every variable the function reads at start-up.
 pub fn check_env<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<(), ConfigError> {
-    courier::app::check_env(env, NEEDS)
+    courier_aws::wiring::check_env(env, NEEDS)
 }
 
 pub async fn handle(

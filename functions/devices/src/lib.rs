@@ -8,12 +8,12 @@
 //! `request_id` is posted to the caller; registering again is safe.
 
 use aws_lambda_events::apigw::{ApiGatewayProxyResponse, ApiGatewayWebsocketProxyRequest};
-use courier::adapters::aws::Needs;
-use courier::app::App;
-use courier::config::{ConfigError, Env};
-use courier::edge::{self, WsRequest};
-use courier::protocol::ClientFrame;
-use courier::services::{devices, fault};
+use courier_aws::edge::{self, WsRequest};
+use courier_aws::wiring::Needs;
+use courier_core::app::App;
+use courier_core::config::{ConfigError, Env};
+use courier_core::protocol::ClientFrame;
+use courier_core::services::{devices, fault};
 use lambda_runtime::{Error, LambdaEvent};
 
 /// The ports this function uses.
@@ -21,7 +21,7 @@ pub const NEEDS: Needs = Needs::DEVICES;
 
 /// Parses every variable the function reads at start-up.
 pub fn check_env<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<(), ConfigError> {
-    courier::app::check_env(env, NEEDS)
+    courier_aws::wiring::check_env(env, NEEDS)
 }
 
 pub async fn handle(
@@ -62,12 +62,12 @@ pub async fn handle(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use aws_lambda_events::encodings::Body;
-    use courier::domain::{Platform, UserId};
-    use courier::protocol::ServerFrame;
+    use courier_core::domain::{Platform, UserId};
+    use courier_core::protocol::ServerFrame;
     use lambda_runtime::Context;
 
     use super::*;
-    use courier::protocol::ErrorCode;
+    use courier_core::protocol::ErrorCode;
 
     const EVENT: &str = include_str!("../../../events/devices.json");
 

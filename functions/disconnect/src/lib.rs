@@ -5,8 +5,8 @@
 //! newer entry.
 
 use aws_lambda_events::apigw::{ApiGatewayProxyResponse, ApiGatewayWebsocketProxyRequest};
-use courier::app::App;
-use courier::edge::{self, WsRequest};
+use courier_aws::edge::{self, WsRequest};
+use courier_core::app::App;
 use lambda_runtime::{Error, LambdaEvent};
 
 pub async fn handle(
@@ -14,17 +14,21 @@ pub async fn handle(
     event: LambdaEvent<ApiGatewayWebsocketProxyRequest>,
 ) -> Result<ApiGatewayProxyResponse, Error> {
     let request = WsRequest::from_event(&event.payload)?;
-    courier::services::connect::disconnect(&app.ports, &request.user_id, &request.connection_id)
-        .await;
+    courier_core::services::connect::disconnect(
+        &app.ports,
+        &request.user_id,
+        &request.connection_id,
+    )
+    .await;
     Ok(edge::status(200))
 }
 
 /// The ports this function uses.
-pub const NEEDS: courier::adapters::aws::Needs = courier::adapters::aws::Needs::DISCONNECT;
+pub const NEEDS: courier_aws::wiring::Needs = courier_aws::wiring::Needs::DISCONNECT;
 
 /// Parses every variable this function reads at start-up (no network).
 pub fn check_env<F: Fn(&str) -> Option<String>>(
-    env: &courier::config::Env<F>,
-) -> Result<(), courier::config::ConfigError> {
-    courier::app::check_env(env, NEEDS)
+    env: &courier_core::config::Env<F>,
+) -> Result<(), courier_core::config::ConfigError> {
+    courier_aws::wiring::check_env(env, NEEDS)
 }

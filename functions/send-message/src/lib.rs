@@ -6,16 +6,16 @@
 //! `Ok`. A server fault is `Err`, so Lambda counts it; because API Gateway
 //! then sends the client only an untyped "Internal server error", the
 //! handler first posts an `internal` error frame naming the `client_msg_id`
-//! (see `courier::services::fault`), and the client retries that send —
+//! (see `courier_core::services::fault`), and the client retries that send —
 //! safely, since sends are idempotent.
 
 use aws_lambda_events::apigw::{ApiGatewayProxyResponse, ApiGatewayWebsocketProxyRequest};
-use courier::adapters::aws::Needs;
-use courier::app::App;
-use courier::config::{ConfigError, Env};
-use courier::edge::{self, WsRequest};
-use courier::protocol::ClientFrame;
-use courier::services::{fault, send};
+use courier_aws::edge::{self, WsRequest};
+use courier_aws::wiring::Needs;
+use courier_core::app::App;
+use courier_core::config::{ConfigError, Env};
+use courier_core::protocol::ClientFrame;
+use courier_core::services::{fault, send};
 use lambda_runtime::{Error, LambdaEvent};
 
 /// The ports this function uses.
@@ -24,7 +24,7 @@ pub const NEEDS: Needs = Needs::SEND;
 /// Parses every variable the function reads at start-up, so a bad
 /// deployment fails its init phase with the variable's name.
 pub fn check_env<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<(), ConfigError> {
-    courier::app::check_env(env, NEEDS)
+    courier_aws::wiring::check_env(env, NEEDS)
 }
 
 pub async fn handle(
@@ -74,13 +74,13 @@ pub async fn handle(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use aws_lambda_events::encodings::Body;
-    use courier::app::MemoryHandles;
-    use courier::domain::{Conversation, ConversationId, Seq, UserId, now_millis};
-    use courier::protocol::ServerFrame;
+    use courier_core::app::MemoryHandles;
+    use courier_core::domain::{Conversation, ConversationId, Seq, UserId, now_millis};
+    use courier_core::protocol::ServerFrame;
     use lambda_runtime::Context;
 
     use super::*;
-    use courier::protocol::ErrorCode;
+    use courier_core::protocol::ErrorCode;
 
     const EVENT: &str = include_str!("../../../events/send-message.json");
 

@@ -6,11 +6,11 @@ use lambda_runtime::{Error, service_fn};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    courier::edge::init_tracing();
-    let app = courier::app::app_from_env(send_message::NEEDS)
+    courier_aws::edge::init_tracing();
+    let app = courier_aws::wiring::app_from_env(send_message::NEEDS)
         .await?
-        .with_rate_limiter(courier::app::rate_limiter_from_env(
-            &courier::config::process_env(),
+        .with_rate_limiter(courier_aws::wiring::rate_limiter_from_env(
+            &courier_core::config::process_env(),
         )?);
     lambda_runtime::run(service_fn(|event| send_message::handle(&app, event))).await
 }

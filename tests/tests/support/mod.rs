@@ -5,7 +5,7 @@
 
 pub mod http_stub;
 
-use courier::adapters::aws::{AwsClients, AwsEndpoints};
+use courier_aws::wiring::{AwsClients, AwsEndpoints};
 
 /// AWS clients with fixed test credentials and region, reading nothing of
 /// the machine's AWS setup; every endpoint override as given.

@@ -31,8 +31,8 @@ use aws_sdk_apigatewaymanagement::error::{DisplayErrorContext, ProvideErrorMetad
 use aws_sdk_apigatewaymanagement::primitives::{Blob, DateTime};
 use rand::Rng;
 
-use crate::domain::{ConnectionId, Millis};
-use crate::ports::{ConnectionInfo, Gateway, PostError};
+use courier_core::domain::{ConnectionId, Millis};
+use courier_core::ports::{ConnectionInfo, Gateway, PostError};
 
 /// How a 429 or 5xx is retried.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

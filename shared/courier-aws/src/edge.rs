@@ -11,8 +11,8 @@
 use aws_lambda_events::apigw::{ApiGatewayProxyResponse, ApiGatewayWebsocketProxyRequest};
 use aws_lambda_events::encodings::Body;
 
-use crate::domain::{ConnectionId, Millis, UserId};
-use crate::protocol::{ErrorCode, FrameError, Request, ServerFrame};
+use courier_core::domain::{ConnectionId, Millis, UserId};
+use courier_core::protocol::{ErrorCode, FrameError, Request, ServerFrame};
 
 /// The authorizer context key that carries the user id.
 pub const USER_ID_KEY: &str = "user_id";

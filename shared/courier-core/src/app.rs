@@ -3,14 +3,16 @@
 //!
 //! [`Ports`] is a bundle of `Arc<dyn Port>`; [`Ports::in_memory`] gives the
 //! embedded default (and keeps typed handles to the in-memory adapters so
-//! tests can inspect them and inject faults). The AWS wiring lives in
-//! `adapters::aws`.
+//! tests can inspect them and inject faults). The wiring from environment
+//! variables to real adapters lives in `courier_aws::wiring`, which builds a
+//! [`Ports`]; nothing here knows it exists.
 
 use std::sync::Arc;
 
 use crate::adapters::memory::{
     MemoryGateway, MemoryNotifier, MemoryRegistry, MemoryStore, MemoryTrigger,
 };
+use crate::adapters::unwired::Unwired;
 use crate::ports::{
     CatchUpTrigger, ConnectionRegistry, ConversationStore, DeviceStore, Gateway, MessageStore,
     Notifier, PendingStore, RateLimiter,
@@ -59,6 +61,22 @@ impl MemoryHandles {
 }
 
 impl Ports {
+    /// Every port [`Unwired`]: the start of a wiring that fills in the ports
+    /// a function asks for.
+    pub fn unwired() -> Ports {
+        let unwired = Arc::new(Unwired);
+        Ports {
+            registry: unwired.clone(),
+            messages: unwired.clone(),
+            conversations: unwired.clone(),
+            pending: unwired.clone(),
+            devices: unwired.clone(),
+            gateway: unwired.clone(),
+            trigger: unwired.clone(),
+            notifier: unwired,
+        }
+    }
+
     /// Every port in memory, and the handles to reach into them.
     pub fn in_memory() -> (Ports, MemoryHandles) {
         let handles = MemoryHandles::new();
@@ -121,45 +139,4 @@ impl App {
         let (ports, handles) = Ports::in_memory();
         (App::new(ports, Settings::default()), handles)
     }
-}
-
-/// A Lambda function's start-up: settings and the ports `needs` asks for,
-/// from the process environment, clients built once.
-pub async fn app_from_env(
-    needs: crate::adapters::aws::Needs,
-) -> Result<App, crate::config::ConfigError> {
-    let env = crate::config::process_env();
-    let settings = Settings::from_env(&env)?;
-    let ports = crate::adapters::aws::ports_from_env(&env, needs).await?;
-    Ok(App::new(ports, settings))
-}
-
-/// The per-user send limiter of a Lambda function: a token bucket in the
-/// Redis of `REDIS_URL`, limits from `RATE_LIMIT_PER_SEC`/`RATE_LIMIT_BURST`.
-/// Nothing connects until the first send.
-pub fn rate_limiter_from_env<F: Fn(&str) -> Option<String>>(
-    env: &crate::config::Env<F>,
-) -> Result<Arc<dyn RateLimiter>, crate::config::ConfigError> {
-    let redis = crate::config::RegistryConfig::from_env(env)?;
-    let limits = crate::config::RateLimitConfig::from_env(env)?;
-    let limiter =
-        crate::adapters::rate_limit::RedisRateLimiter::new(&redis, limits).map_err(|e| {
-            crate::config::ConfigError::Invalid {
-                name: "REDIS_URL",
-                reason: e.0,
-            }
-        })?;
-    Ok(Arc::new(limiter))
-}
-
-/// Parses every variable a function with `needs` reads at start-up, without
-/// touching the network (the SAM template test calls this with the
-/// template's variables).
-pub fn check_env<F: Fn(&str) -> Option<String>>(
-    env: &crate::config::Env<F>,
-    needs: crate::adapters::aws::Needs,
-) -> Result<(), crate::config::ConfigError> {
-    Settings::from_env(env)?;
-    crate::adapters::aws::PortsConfig::from_env(env, needs)?;
-    Ok(())
 }

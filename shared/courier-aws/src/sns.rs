@@ -38,9 +38,9 @@ use aws_sdk_sns::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_sns::types::MessageAttributeValue;
 use serde_json::json;
 
-use crate::config::PushConfig;
-use crate::domain::{Platform, UserId};
-use crate::ports::{Notifier, PushError, PushMessage};
+use courier_core::config::PushConfig;
+use courier_core::domain::{Platform, UserId};
+use courier_core::ports::{Notifier, PushError, PushMessage};
 
 /// Shown when the preview is off (or empty).
 pub const GENERIC_ALERT: &str = "New message";
@@ -344,7 +344,7 @@ impl Notifier for SnsNotifier {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::domain::{ConversationId, Seq};
+    use courier_core::domain::{ConversationId, Seq};
     use serde_json::Value;
 
     fn message(preview: Option<&str>) -> PushMessage {

@@ -28,30 +28,30 @@
 //! SDK's retries off: [`ApiGatewayManagement`] and [`DynamoStore`] retry
 //! themselves with a shorter, bounded backoff, and the two must not multiply.
 
+#[cfg(any(feature = "sdk", feature = "redis"))]
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
+#[cfg(feature = "sdk")]
 use aws_config::{BehaviorVersion, SdkConfig};
+#[cfg(any(feature = "dynamodb", feature = "apigw"))]
 use aws_smithy_types::retry::RetryConfig;
+#[cfg(feature = "sdk")]
 use aws_smithy_types::timeout::TimeoutConfig;
 
-use crate::adapters::apigw::ApiGatewayManagement;
-use crate::adapters::dynamo::DynamoStore;
-use crate::adapters::lambda::LambdaTrigger;
-use crate::adapters::redis::RedisRegistry;
-use crate::adapters::sns::SnsNotifier;
-use crate::app::Ports;
-use crate::config::{ConfigError, Env, PushConfig, RegistryConfig, TableNames};
-use crate::domain::{
-    ClientMsgId, Connection, ConnectionId, Conversation, ConversationId, Device, Message,
-    PendingDelivery, Platform, Seq, UserId,
-};
-use crate::ports::{
-    AckOutcome, AppendOutcome, CatchUpRequest, CatchUpTrigger, ConnectionInfo, ConnectionRegistry,
-    ConversationStore, DeviceStore, Gateway, MessageStore, NewMessage, Notifier, PendingStore,
-    PostError, PushError, PushMessage, RegistryError, StoreError, TriggerError,
-};
+use courier_core::app::{App, Ports, Settings};
+use courier_core::config::{ConfigError, Env, PushConfig, RegistryConfig, TableNames};
+
+#[cfg(feature = "apigw")]
+use crate::apigw::ApiGatewayManagement;
+#[cfg(feature = "dynamodb")]
+use crate::dynamo::DynamoStore;
+#[cfg(feature = "lambda")]
+use crate::lambda::LambdaTrigger;
+#[cfg(feature = "redis")]
+use crate::redis::RedisRegistry;
+#[cfg(feature = "sns")]
+use crate::sns::SnsNotifier;
 
 /// An `http://` or `https://` URL from variable `name`.
 fn url_var<F: Fn(&str) -> Option<String>>(
@@ -268,6 +268,7 @@ impl PortsConfig {
         env: &Env<F>,
     ) -> Result<Self, ConfigError> {
         let config = RegistryConfig::from_env(env)?;
+        #[cfg(feature = "redis")]
         RedisRegistry::check_url(&config.url).map_err(|e| ConfigError::Invalid {
             name: "REDIS_URL",
             reason: e.0,
@@ -318,6 +319,7 @@ impl PortsConfig {
 pub const DYNAMODB_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// The AWS SDK config, loaded once, and every client built from it.
+#[cfg(feature = "sdk")]
 #[derive(Debug, Clone)]
 pub struct AwsClients {
     sdk: SdkConfig,
@@ -325,6 +327,7 @@ pub struct AwsClients {
     dynamodb_attempt_timeout: Duration,
 }
 
+#[cfg(feature = "sdk")]
 impl AwsClients {
     /// Loads region and credentials the standard way (environment, profile,
     /// Lambda's role).
@@ -355,6 +358,7 @@ impl AwsClients {
         &self.sdk
     }
 
+    #[cfg(any(feature = "sns", feature = "lambda", feature = "apigw"))]
     fn timeouts() -> TimeoutConfig {
         TimeoutConfig::builder()
             .connect_timeout(Duration::from_secs(3))
@@ -372,6 +376,7 @@ impl AwsClients {
     /// the other clients: the store makes up to five attempts per call, and
     /// five 10 s attempts held a send on a hung DynamoDB for 50 s, long after
     /// Lambda had killed it.
+    #[cfg(feature = "dynamodb")]
     pub fn dynamodb(&self) -> aws_sdk_dynamodb::Client {
         let timeouts = TimeoutConfig::builder()
             .connect_timeout(Duration::from_secs(3))
@@ -386,6 +391,7 @@ impl AwsClients {
         aws_sdk_dynamodb::Client::from_conf(b.build())
     }
 
+    #[cfg(feature = "sns")]
     pub fn sns(&self) -> aws_sdk_sns::Client {
         let mut b = aws_sdk_sns::config::Builder::from(&self.sdk).timeout_config(Self::timeouts());
         if let Some(url) = &self.endpoints.sns {
@@ -394,6 +400,7 @@ impl AwsClients {
         aws_sdk_sns::Client::from_conf(b.build())
     }
 
+    #[cfg(feature = "lambda")]
     pub fn lambda(&self) -> aws_sdk_lambda::Client {
         let mut b =
             aws_sdk_lambda::config::Builder::from(&self.sdk).timeout_config(Self::timeouts());
@@ -405,6 +412,7 @@ impl AwsClients {
 
     /// The Management API client of one stage; SDK retries off (see the
     /// module doc).
+    #[cfg(feature = "apigw")]
     pub fn management(&self, endpoint: &str) -> aws_sdk_apigatewaymanagement::Client {
         let conf = aws_sdk_apigatewaymanagement::config::Builder::from(&self.sdk)
             .endpoint_url(endpoint)
@@ -416,199 +424,166 @@ impl AwsClients {
 
     /// The adapters `config` names; [`Unwired`] for the rest.
     pub fn ports(&self, config: &PortsConfig) -> Result<Ports, ConfigError> {
-        let unwired = Arc::new(Unwired);
-        let mut ports = Ports {
-            registry: unwired.clone(),
-            messages: unwired.clone(),
-            conversations: unwired.clone(),
-            pending: unwired.clone(),
-            devices: unwired.clone(),
-            gateway: unwired.clone(),
-            trigger: unwired.clone(),
-            notifier: unwired,
-        };
+        let mut ports = sdk_free_ports(config)?;
         if let Some(tables) = &config.tables {
-            let store = Arc::new(DynamoStore::new(self.dynamodb(), tables.clone()));
-            ports.messages = store.clone();
-            ports.conversations = store.clone();
-            ports.pending = store.clone();
-            ports.devices = store;
-        }
-        if let Some(registry) = &config.registry {
-            let registry =
-                RedisRegistry::new(registry.clone()).map_err(|e| ConfigError::Invalid {
-                    name: "REDIS_URL",
-                    reason: e.0,
-                })?;
-            ports.registry = Arc::new(registry);
-        }
-        if let Some(management) = &config.management {
-            ports.gateway = Arc::new(ApiGatewayManagement::new(
-                self.management(&management.endpoint),
+            #[cfg(feature = "dynamodb")]
+            {
+                let store = Arc::new(DynamoStore::new(self.dynamodb(), tables.clone()));
+                ports.messages = store.clone();
+                ports.conversations = store.clone();
+                ports.pending = store.clone();
+                ports.devices = store;
+            }
+            #[cfg(not(feature = "dynamodb"))]
+            return Err(not_built(
+                tables.messages.clone(),
+                "MESSAGES_TABLE",
+                "dynamodb",
             ));
         }
+        if let Some(management) = &config.management {
+            #[cfg(feature = "apigw")]
+            {
+                ports.gateway = Arc::new(ApiGatewayManagement::new(
+                    self.management(&management.endpoint),
+                ));
+            }
+            #[cfg(not(feature = "apigw"))]
+            return Err(not_built(management, "MANAGEMENT_ENDPOINT", "apigw"));
+        }
         if let Some(trigger) = &config.trigger {
-            ports.trigger = Arc::new(LambdaTrigger::new(self.lambda(), trigger.function.clone()));
+            #[cfg(feature = "lambda")]
+            {
+                ports.trigger =
+                    Arc::new(LambdaTrigger::new(self.lambda(), trigger.function.clone()));
+            }
+            #[cfg(not(feature = "lambda"))]
+            return Err(not_built(trigger, "CATCH_UP_FUNCTION", "lambda"));
         }
         if let Some(push) = &config.push {
-            ports.notifier = Arc::new(SnsNotifier::new(self.sns(), push.clone()));
+            #[cfg(feature = "sns")]
+            {
+                ports.notifier = Arc::new(SnsNotifier::new(self.sns(), push.clone()));
+            }
+            #[cfg(not(feature = "sns"))]
+            return Err(not_built(push, "PUSH_PREVIEW", "sns"));
         }
         Ok(ports)
     }
 }
 
+/// The refusal for a port this build of `courier-aws` left out: a function
+/// whose `Cargo.toml` features and [`Needs`] disagree fails at start-up,
+/// naming both. Takes the config value the missing adapter would have used,
+/// so a build without the feature leaves no binding unused.
+#[allow(dead_code)]
+fn not_built<T>(_: T, variable: &'static str, feature: &str) -> ConfigError {
+    ConfigError::Invalid {
+        name: variable,
+        reason: format!("this function was built without courier-aws's `{feature}` feature"),
+    }
+}
+
+/// The ports that need no AWS SDK client (the Redis registry); [`Unwired`]
+/// for every other.
+fn sdk_free_ports(config: &PortsConfig) -> Result<Ports, ConfigError> {
+    let ports = Ports::unwired();
+    let Some(registry) = &config.registry else {
+        return Ok(ports);
+    };
+    #[cfg(feature = "redis")]
+    {
+        let registry = RedisRegistry::new(registry.clone()).map_err(|e| ConfigError::Invalid {
+            name: "REDIS_URL",
+            reason: e.0,
+        })?;
+        Ok(Ports {
+            registry: Arc::new(registry),
+            ..ports
+        })
+    }
+    #[cfg(not(feature = "redis"))]
+    Err(not_built(registry, "REDIS_URL", "redis"))
+}
+
+impl PortsConfig {
+    /// True when a port needs an AWS SDK client (so the SDK config must be
+    /// loaded at start-up).
+    pub fn needs_sdk(&self) -> bool {
+        self.tables.is_some()
+            || self.management.is_some()
+            || self.trigger.is_some()
+            || self.push.is_some()
+    }
+}
+
 /// The whole wiring of a Lambda `main`: parse what `needs` asks for, load
-/// the SDK config once, build the adapters.
+/// the SDK config once (only if a port needs it), build the adapters.
 pub async fn ports_from_env<F: Fn(&str) -> Option<String>>(
     env: &Env<F>,
     needs: Needs,
 ) -> Result<Ports, ConfigError> {
     let config = PortsConfig::from_env(env, needs)?;
-    let mut clients = AwsClients::load(config.endpoints.clone()).await;
-    if let Some(timeout) = config.dynamodb_attempt_timeout {
-        clients = clients.with_dynamodb_attempt_timeout(timeout);
+    if !config.needs_sdk() {
+        return sdk_free_ports(&config);
     }
-    clients.ports(&config)
+    #[cfg(feature = "sdk")]
+    {
+        let mut clients = AwsClients::load(config.endpoints.clone()).await;
+        if let Some(timeout) = config.dynamodb_attempt_timeout {
+            clients = clients.with_dynamodb_attempt_timeout(timeout);
+        }
+        clients.ports(&config)
+    }
+    #[cfg(not(feature = "sdk"))]
+    Err(not_built((), "AWS_REGION", "sdk"))
 }
 
-/// Stands in for a port the function did not ask for; every call fails.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Unwired;
-
-const UNWIRED: &str = "not wired in this function (see adapters::aws::Needs)";
-
-fn store_unwired<T>(port: &str) -> Result<T, StoreError> {
-    Err(StoreError::Unavailable(format!("{port} {UNWIRED}")))
+/// A Lambda function's start-up: settings and the ports `needs` asks for,
+/// from the process environment, clients built once.
+pub async fn app_from_env(needs: Needs) -> Result<App, ConfigError> {
+    let env = courier_core::config::process_env();
+    let settings = Settings::from_env(&env)?;
+    let ports = ports_from_env(&env, needs).await?;
+    Ok(App::new(ports, settings))
 }
 
-#[async_trait]
-impl ConnectionRegistry for Unwired {
-    async fn register(&self, _: &UserId, _: &Connection) -> Result<(), RegistryError> {
-        Err(RegistryError(format!("registry {UNWIRED}")))
-    }
-    async fn lookup(&self, _: &UserId) -> Result<Option<Connection>, RegistryError> {
-        Err(RegistryError(format!("registry {UNWIRED}")))
-    }
-    async fn remove_if(&self, _: &UserId, _: &ConnectionId) -> Result<bool, RegistryError> {
-        Err(RegistryError(format!("registry {UNWIRED}")))
-    }
+/// The per-user send limiter of a Lambda function: a token bucket in the
+/// Redis of `REDIS_URL`, limits from `RATE_LIMIT_PER_SEC`/`RATE_LIMIT_BURST`.
+/// Nothing connects until the first send.
+#[cfg(feature = "redis")]
+pub fn rate_limiter_from_env<F: Fn(&str) -> Option<String>>(
+    env: &Env<F>,
+) -> Result<Arc<dyn courier_core::ports::RateLimiter>, ConfigError> {
+    let redis = RegistryConfig::from_env(env)?;
+    let limits = courier_core::config::RateLimitConfig::from_env(env)?;
+    let limiter = crate::rate_limit::RedisRateLimiter::new(&redis, limits).map_err(|e| {
+        ConfigError::Invalid {
+            name: "REDIS_URL",
+            reason: e.0,
+        }
+    })?;
+    Ok(Arc::new(limiter))
 }
 
-#[async_trait]
-impl MessageStore for Unwired {
-    async fn append(&self, _: &NewMessage) -> Result<AppendOutcome, StoreError> {
-        store_unwired("message store")
-    }
-    async fn find_sent(
-        &self,
-        _: &ConversationId,
-        _: &UserId,
-        _: &ClientMsgId,
-    ) -> Result<Option<Message>, StoreError> {
-        store_unwired("message store")
-    }
-    async fn range(
-        &self,
-        _: &ConversationId,
-        _: Seq,
-        _: usize,
-    ) -> Result<Vec<Message>, StoreError> {
-        store_unwired("message store")
-    }
-}
-
-#[async_trait]
-impl ConversationStore for Unwired {
-    async fn create(&self, _: &Conversation) -> Result<bool, StoreError> {
-        store_unwired("conversation store")
-    }
-    async fn get(&self, _: &ConversationId) -> Result<Option<Conversation>, StoreError> {
-        store_unwired("conversation store")
-    }
-}
-
-#[async_trait]
-impl PendingStore for Unwired {
-    async fn list(&self, _: &UserId) -> Result<Vec<PendingDelivery>, StoreError> {
-        store_unwired("pending store")
-    }
-    async fn get(
-        &self,
-        _: &UserId,
-        _: &ConversationId,
-    ) -> Result<Option<PendingDelivery>, StoreError> {
-        store_unwired("pending store")
-    }
-    async fn record(&self, _: &UserId, _: &ConversationId, _: Seq) -> Result<(), StoreError> {
-        store_unwired("pending store")
-    }
-    async fn ack(&self, _: &UserId, _: &ConversationId, _: Seq) -> Result<AckOutcome, StoreError> {
-        store_unwired("pending store")
-    }
-    async fn settle_posted(
-        &self,
-        _: &UserId,
-        _: &ConversationId,
-        _: Seq,
-        _: Seq,
-    ) -> Result<AckOutcome, StoreError> {
-        store_unwired("pending store")
-    }
-}
-
-#[async_trait]
-impl DeviceStore for Unwired {
-    async fn put(&self, _: &Device) -> Result<(), StoreError> {
-        store_unwired("device store")
-    }
-    async fn by_token(&self, _: &str) -> Result<Option<Device>, StoreError> {
-        store_unwired("device store")
-    }
-    async fn for_user(&self, _: &UserId) -> Result<Vec<Device>, StoreError> {
-        store_unwired("device store")
-    }
-    async fn delete(&self, _: &str) -> Result<(), StoreError> {
-        store_unwired("device store")
-    }
-}
-
-#[async_trait]
-impl Gateway for Unwired {
-    async fn post(&self, _: &ConnectionId, _: &[u8]) -> Result<(), PostError> {
-        Err(PostError::Unavailable(format!("gateway {UNWIRED}")))
-    }
-    async fn get(&self, _: &ConnectionId) -> Result<Option<ConnectionInfo>, PostError> {
-        Err(PostError::Unavailable(format!("gateway {UNWIRED}")))
-    }
-    async fn delete(&self, _: &ConnectionId) -> Result<(), PostError> {
-        Err(PostError::Unavailable(format!("gateway {UNWIRED}")))
-    }
-}
-
-#[async_trait]
-impl CatchUpTrigger for Unwired {
-    async fn trigger(&self, _: &CatchUpRequest) -> Result<(), TriggerError> {
-        Err(TriggerError(format!("catch-up trigger {UNWIRED}")))
-    }
-}
-
-#[async_trait]
-impl Notifier for Unwired {
-    async fn create_endpoint(&self, _: Platform, _: &str, _: &UserId) -> Result<String, PushError> {
-        Err(PushError::Unavailable(format!("notifier {UNWIRED}")))
-    }
-    async fn publish(&self, _: &str, _: &PushMessage) -> Result<(), PushError> {
-        Err(PushError::Unavailable(format!("notifier {UNWIRED}")))
-    }
-    async fn delete_endpoint(&self, _: &str) -> Result<(), PushError> {
-        Err(PushError::Unavailable(format!("notifier {UNWIRED}")))
-    }
+/// Parses every variable a function with `needs` reads at start-up, without
+/// touching the network (the SAM template test calls this with the
+/// template's variables).
+pub fn check_env<F: Fn(&str) -> Option<String>>(
+    env: &Env<F>,
+    needs: Needs,
+) -> Result<(), ConfigError> {
+    Settings::from_env(env)?;
+    PortsConfig::from_env(env, needs)?;
+    Ok(())
 }
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use courier_core::domain::{ConnectionId, UserId};
+    use courier_core::ports::CatchUpRequest;
 
     fn env(pairs: &'static [(&'static str, &'static str)]) -> Env<impl Fn(&str) -> Option<String>> {
         Env(move |k: &str| {

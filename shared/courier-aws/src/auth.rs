@@ -45,8 +45,8 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 use tokio::sync::Mutex;
 
-use crate::config::{ConfigError, Env};
-use crate::domain::{InvalidValue, UserId};
+use courier_core::config::{ConfigError, Env};
+use courier_core::domain::{InvalidValue, UserId};
 
 /// Longest token accepted. API Gateway caps the whole request line far
 /// above any real JWT; refusing early keeps base64 and JSON work bounded.

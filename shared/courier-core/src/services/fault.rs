@@ -54,7 +54,7 @@ pub async fn fail<E>(
     client_msg_id: Option<String>,
     request_id: Option<String>,
     error: E,
-) -> lambda_runtime::Error
+) -> Box<dyn std::error::Error + Send + Sync>
 where
     E: std::error::Error + Send + Sync + 'static,
 {

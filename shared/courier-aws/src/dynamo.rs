@@ -72,12 +72,12 @@ use aws_smithy_types::error::display::DisplayErrorContext;
 use rand::Rng;
 use tracing::{debug, warn};
 
-use crate::config::TableNames;
-use crate::domain::{
+use courier_core::config::TableNames;
+use courier_core::domain::{
     ClientMsgId, Conversation, ConversationId, Device, Message, Millis, PendingDelivery, Platform,
     Seq, UserId, now_millis,
 };
-use crate::ports::{
+use courier_core::ports::{
     AckOutcome, AppendOutcome, ConversationStore, DeviceStore, MessageStore, NewMessage,
     PendingStore, StoreError,
 };
@@ -1385,7 +1385,7 @@ fn get_id<T>(
     item: &Item,
     name: &str,
     table: &str,
-    parse: impl Fn(&str) -> Result<T, crate::domain::InvalidValue>,
+    parse: impl Fn(&str) -> Result<T, courier_core::domain::InvalidValue>,
 ) -> Result<T, StoreError> {
     parse(get_s(item, name, table)?).map_err(|e| corrupt(table, name, &format!("is invalid: {e}")))
 }

@@ -16,7 +16,7 @@ use aws_sdk_lambda::error::DisplayErrorContext;
 use aws_sdk_lambda::primitives::Blob;
 use aws_sdk_lambda::types::InvocationType;
 
-use crate::ports::{CatchUpRequest, CatchUpTrigger, TriggerError};
+use courier_core::ports::{CatchUpRequest, CatchUpTrigger, TriggerError};
 
 /// [`CatchUpTrigger`] that invokes the catch-up function asynchronously.
 #[derive(Debug, Clone)]

@@ -40,9 +40,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
-use crate::config::RegistryConfig;
-use crate::domain::{Connection, ConnectionId, UserId};
-use crate::ports::{ConnectionRegistry, RegistryError};
+use courier_core::config::RegistryConfig;
+use courier_core::domain::{Connection, ConnectionId, UserId};
+use courier_core::ports::{ConnectionRegistry, RegistryError};
 
 /// Deletes `KEYS[1]` only if the connection id stored in it is `ARGV[1]`.
 const REMOVE_IF_SCRIPT: &str = r"

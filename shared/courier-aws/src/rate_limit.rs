@@ -1,9 +1,8 @@
-//! Per-user rate limiting of sends: [`RateLimiter`] on Redis, in memory, and
-//! switched off.
+//! Per-user rate limiting of sends on Redis: the token bucket of
+//! `courier_core::adapters::rate_limit`, shared by every execution
+//! environment.
 //!
-//! The bucket is the classic token bucket: it holds at most `burst` tokens,
-//! refills at `per_sec` tokens a second, and a send takes one. On Redis the
-//! whole read-refill-take-write is one Lua script on one key
+//! The whole read-refill-take-write is one Lua script on one key
 //! (`rl:{user_id}`), so concurrent sends of one user in many Lambda
 //! environments can never take more tokens than the bucket had, and the
 //! script is safe on a clustered (serverless) cache. The clock is Redis's own
@@ -12,25 +11,16 @@
 //! user costs no memory.
 //!
 //! Like the registry, the limiter is bounded by `REDIS_TIMEOUT_MS` and never
-//! touches the network at construction. A failure is an `Err`; the send
-//! service decides to fail open (`services::send`).
-//!
-//! [`MemoryRateLimiter`] has the same semantics in one process (the local
-//! gateway's embedded default, unit tests), and the conformance suite in
-//! `tests/tests/rate_limit.rs` holds both to the same cases. [`Unlimited`]
-//! is what an [`App`](crate::app::App) has until it is given a limiter.
+//! touches the network at construction.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
+use courier_core::config::{RateLimitConfig, RegistryConfig};
+use courier_core::domain::UserId;
+use courier_core::ports::{RateDecision, RateLimiter, RegistryError};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-
-use crate::config::{RateLimitConfig, RegistryConfig};
-use crate::domain::UserId;
-use crate::ports::{RateDecision, RateLimiter, RegistryError};
 
 /// KEYS[1] = bucket; ARGV = per_sec, burst. Returns {allowed, retry_after_ms}.
 const TAKE_SCRIPT: &str = r"
@@ -153,105 +143,10 @@ impl RateLimiter for RedisRateLimiter {
         })
     }
 }
-
-/// The token bucket in one process.
-#[derive(Debug)]
-pub struct MemoryRateLimiter {
-    limits: RateLimitConfig,
-    buckets: Mutex<HashMap<UserId, (f64, Instant)>>,
-    down: AtomicBool,
-}
-
-impl MemoryRateLimiter {
-    pub fn new(limits: RateLimitConfig) -> Self {
-        Self {
-            limits,
-            buckets: Mutex::new(HashMap::new()),
-            down: AtomicBool::new(false),
-        }
-    }
-
-    /// While down, every call fails, like an unreachable Redis.
-    pub fn set_down(&self, down: bool) {
-        self.down.store(down, Ordering::SeqCst);
-    }
-}
-
-#[async_trait]
-impl RateLimiter for MemoryRateLimiter {
-    async fn acquire(&self, user: &UserId) -> Result<RateDecision, RegistryError> {
-        if self.down.load(Ordering::SeqCst) {
-            return Err(RegistryError(
-                "memory rate limiter is down (injected)".into(),
-            ));
-        }
-        if !self.limits.enabled() {
-            return Ok(RateDecision::Allowed);
-        }
-        let burst = f64::from(self.limits.burst);
-        let now = Instant::now();
-        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
-        let (tokens, at) = buckets.entry(user.clone()).or_insert((burst, now));
-        let elapsed = now.saturating_duration_since(*at).as_secs_f64();
-        *tokens = (*tokens + elapsed * self.limits.per_sec).min(burst);
-        *at = now;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
-            return Ok(RateDecision::Allowed);
-        }
-        let wait = (1.0 - *tokens) / self.limits.per_sec;
-        Ok(RateDecision::Limited {
-            retry_after: Duration::from_secs_f64(wait.clamp(0.0, 3600.0)),
-        })
-    }
-}
-
-/// Allows everything: an [`App`](crate::app::App) that was not given a
-/// limiter (tests, tools).
-#[derive(Debug, Default, Clone, Copy)]
-pub struct Unlimited;
-
-#[async_trait]
-impl RateLimiter for Unlimited {
-    async fn acquire(&self, _user: &UserId) -> Result<RateDecision, RegistryError> {
-        Ok(RateDecision::Allowed)
-    }
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-
-    #[tokio::test]
-    async fn memory_bucket_holds_burst_then_refills_at_the_rate() {
-        let l = MemoryRateLimiter::new(RateLimitConfig {
-            per_sec: 50.0,
-            burst: 3,
-        });
-        let bob = UserId::parse("bob").unwrap();
-        for _ in 0..3 {
-            assert_eq!(l.acquire(&bob).await.unwrap(), RateDecision::Allowed);
-        }
-        let RateDecision::Limited { retry_after } = l.acquire(&bob).await.unwrap() else {
-            panic!("a fourth send within the burst window must be limited")
-        };
-        assert!(retry_after <= Duration::from_millis(20), "{retry_after:?}");
-        tokio::time::sleep(Duration::from_millis(30)).await;
-        assert_eq!(l.acquire(&bob).await.unwrap(), RateDecision::Allowed);
-    }
-
-    #[tokio::test]
-    async fn zero_rate_means_off() {
-        let l = MemoryRateLimiter::new(RateLimitConfig {
-            per_sec: 0.0,
-            burst: 1,
-        });
-        let bob = UserId::parse("bob").unwrap();
-        for _ in 0..100 {
-            assert_eq!(l.acquire(&bob).await.unwrap(), RateDecision::Allowed);
-        }
-    }
 
     #[test]
     fn construction_needs_no_server() {
