@@ -169,7 +169,7 @@ impl Fixture {
                 &Connection {
                     connection_id: ConnectionId::parse("bench-bob").map_err(|e| anyhow!("{e}"))?,
                     // Past the open window: a 410 would mean gone at once.
-                    connected_at: now_millis() - 60_000,
+                    connected_at: Some(now_millis() - 60_000),
                 },
             )
             .await?;

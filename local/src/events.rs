@@ -421,7 +421,7 @@ mod tests {
         let req = courier_aws::edge::WsRequest::from_event(&e).unwrap();
         assert_eq!(req.user_id.as_str(), "bob");
         assert_eq!(req.connection_id.as_str(), f.connection_id);
-        assert_eq!(req.connected_at, f.connected_at);
+        assert_eq!(req.connected_at, Some(f.connected_at));
         assert_eq!(e.request_context.event_type.as_deref(), Some("MESSAGE"));
         assert_eq!(e.request_context.message_direction.as_deref(), Some("IN"));
         assert!(e.request_context.message_id.is_some());

@@ -485,7 +485,7 @@ mod tests {
     fn conn(s: &str) -> Connection {
         Connection {
             connection_id: ConnectionId::parse(s).unwrap(),
-            connected_at: now_millis(),
+            connected_at: Some(now_millis()),
         }
     }
 

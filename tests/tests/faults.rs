@@ -176,7 +176,7 @@ impl Real {
     async fn connect(&self, user: &UserId) -> (Connection, connect::Connected) {
         let c = Connection {
             connection_id: ConnectionId::parse(&unique("conn")).unwrap(),
-            connected_at: now_millis() - 10_000,
+            connected_at: Some(now_millis() - 10_000),
         };
         self.gateway.open(&c.connection_id);
         let connected = connect::connect(&self.app.ports, user, &c).await;
@@ -187,7 +187,7 @@ impl Real {
         CatchUpRequest {
             user_id: user.clone(),
             connection_id: c.connection_id.clone(),
-            connected_at: Some(c.connected_at),
+            connected_at: c.connected_at,
         }
     }
 
@@ -214,7 +214,10 @@ async fn send_with(
     key: &str,
 ) -> Result<Seq, send::SendError> {
     let key = ClientMsgId::parse(key).unwrap();
-    match send::send_message(app, from, conv, &key, &format!("body of {key}"), None).await? {
+    match send::send_message(app, from, conv, &key, &format!("body of {key}"), None)
+        .await?
+        .into_frame()
+    {
         ServerFrame::Sent { seq, .. } => Ok(seq),
         other => panic!("send answered {other:?}"),
     }
@@ -676,7 +679,7 @@ async fn ack_all(r: &Real, user: &UserId, got: &Received) {
             seq: Seq(*s.iter().next_back().unwrap()),
         })
         .collect();
-    let report = ack::ack(&r.app, user, &acks).await.unwrap();
+    let report = ack::ack(&r.app, user, &acks).await.unwrap().done().unwrap();
     assert!(report.refused.is_empty());
 }
 

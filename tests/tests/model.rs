@@ -47,7 +47,8 @@ use courier_core::domain::{
 };
 use courier_core::ports::{CatchUpRequest, ConversationStore, MessageStore, PendingStore};
 use courier_core::protocol::{AckItem, ErrorCode, ServerFrame};
-use courier_core::services::catch_up::{self, RangeRefusal};
+use courier_core::services::Answer;
+use courier_core::services::catch_up;
 use courier_core::services::{ack, connect, send};
 use courier_tests::crash::{CrashPlan, crashing_ports};
 use proptest::prelude::*;
@@ -328,8 +329,8 @@ enum Call {
 
 enum Outcome {
     Send(Result<ServerFrame, send::SendError>),
-    Ack(Result<ack::AckReport, courier_core::ports::StoreError>),
-    Range(Result<Result<catch_up::Report, RangeRefusal>, catch_up::CatchUpError>),
+    Ack(Result<Answer<ack::AckReport>, courier_core::ports::StoreError>),
+    Range(Result<Answer<catch_up::Report>, catch_up::CatchUpError>),
     Done,
 }
 
@@ -415,7 +416,7 @@ impl World {
     fn connection(&self, user: usize) -> Option<Connection> {
         self.clients[user].current.clone().map(|c| Connection {
             connection_id: c,
-            connected_at: now_millis() - 60_000,
+            connected_at: Some(now_millis() - 60_000),
         })
     }
 
@@ -466,7 +467,7 @@ impl World {
                     user,
                     connection: Connection {
                         connection_id: id,
-                        connected_at: now_millis() - 60_000,
+                        connected_at: Some(now_millis() - 60_000),
                     },
                 })
             }
@@ -519,7 +520,7 @@ impl World {
                     request: CatchUpRequest {
                         user_id: uid(user),
                         connection_id: connection.connection_id,
-                        connected_at: Some(connection.connected_at),
+                        connected_at: connection.connected_at,
                     },
                 })
             }
@@ -570,7 +571,7 @@ impl World {
                         // refusal must not depend on it.
                         let connection = self.connection(user).unwrap_or(Connection {
                             connection_id: ConnectionId::parse("nobody").unwrap(),
-                            connected_at: now_millis(),
+                            connected_at: Some(now_millis()),
                         });
                         Some(Call::Range {
                             user,
@@ -594,7 +595,11 @@ impl World {
                 key,
                 body,
                 ..
-            } => Outcome::Send(send::send_message(app, &uid(*user), conv, key, body, None).await),
+            } => Outcome::Send(
+                send::send_message(app, &uid(*user), conv, key, body, None)
+                    .await
+                    .map(Answer::into_frame),
+            ),
             Call::Connect { user, connection } => {
                 connect::connect(&app.ports, &uid(*user), connection).await;
                 Outcome::Done
@@ -699,7 +704,7 @@ impl World {
                 (false, Err(_)) => {}
             },
             (Call::Ack { user, acks, member }, Outcome::Ack(result)) => match (member, result) {
-                (true, Ok(report)) => {
+                (true, Ok(Answer::Done(report))) => {
                     prop_assert!(report.refused.is_empty(), "{:?}", report.refused);
                     let c = &mut self.clients[user];
                     for a in acks {
@@ -707,7 +712,12 @@ impl World {
                         *e = (*e).max(a.seq.get());
                     }
                 }
-                (false, Ok(report)) => {
+                (_, Ok(Answer::Refused(e))) => {
+                    return Err(TestCaseError::fail(format!(
+                        "an ack is served for its valid entries, never refused whole: {e:?}"
+                    )));
+                }
+                (false, Ok(Answer::Done(report))) => {
                     prop_assert!(report.outcomes.is_empty(), "{:?}", report.outcomes);
                     prop_assert_eq!(report.refused.len(), 1);
                     prop_assert_eq!(report.refused[0].code, ErrorCode::NotAMember);
@@ -716,13 +726,15 @@ impl World {
                 (_, Err(_)) => {}
             },
             (Call::Range { member, .. }, Outcome::Range(result)) => match (member, result) {
-                (true, Ok(Ok(_)) | Err(_)) => {}
-                (true, Ok(Err(refusal))) => {
+                (true, Ok(Answer::Done(_)) | Err(_)) => {}
+                (true, Ok(Answer::Refused(refusal))) => {
                     return Err(TestCaseError::fail(format!(
                         "member's range sync refused: {refusal:?}"
                     )));
                 }
-                (false, Ok(Err(RangeRefusal::NotAMember))) => self.refused += 1,
+                (false, Ok(Answer::Refused(e))) if e.code == ErrorCode::NotAMember => {
+                    self.refused += 1
+                }
                 (false, Err(_)) => {}
                 (false, Ok(other)) => {
                     return Err(TestCaseError::fail(format!(

@@ -199,6 +199,7 @@ async fn send(app: &App, from: &UserId, conv: &ConversationId, i: usize) -> Serv
     send::send_message(app, from, conv, &key, "hi", Some(format!("r{i}")))
         .await
         .unwrap()
+        .into_frame()
 }
 
 #[tokio::test]

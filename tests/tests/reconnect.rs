@@ -25,7 +25,7 @@ use courier_core::domain::{
 use courier_core::ports::{
     AckOutcome, AppendOutcome, CatchUpRequest, NewMessage, PendingStore, StoreError,
 };
-use courier_core::protocol::{AckItem, ServerFrame};
+use courier_core::protocol::{AckItem, ErrorCode, ServerFrame};
 use courier_core::services::catch_up::{self, Ending};
 use courier_core::services::{ack, connect};
 
@@ -187,7 +187,7 @@ fn conn(id: &str, connected_at: i64) -> Connection {
             &uuid::Uuid::new_v4().simple().to_string()[..8]
         ))
         .unwrap(),
-        connected_at,
+        connected_at: Some(connected_at),
     }
 }
 
@@ -195,7 +195,7 @@ fn request(user: &UserId, c: &Connection) -> CatchUpRequest {
     CatchUpRequest {
         user_id: user.clone(),
         connection_id: c.connection_id.clone(),
-        connected_at: Some(c.connected_at),
+        connected_at: c.connected_at,
     }
 }
 
@@ -290,7 +290,11 @@ async fn story_delivers_everything_in_order(backend: Backend, mode: PendingClear
                     seq: Seq(19),
                 },
             ];
-            let r = ack::ack(&f.app, &s.bob, &acks).await.unwrap();
+            let r = ack::ack(&f.app, &s.bob, &acks)
+                .await
+                .unwrap()
+                .done()
+                .unwrap();
             assert!(r.refused.is_empty());
             assert!(r.outcomes.iter().all(|(_, o)| *o == AckOutcome::Cleared));
             assert!(rows(&f.app, &s.bob).await.is_empty());
@@ -409,6 +413,8 @@ async fn message_after_pending_read_is_not_wiped(backend: Backend, mode: Pending
                 }],
             )
             .await
+            .unwrap()
+            .done()
             .unwrap();
             let row = f
                 .app
@@ -463,7 +469,11 @@ async fn ack_moves_cursor_up_only(backend: Backend) {
         }]
     };
 
-    let r = ack::ack(&f.app, &s.bob, &a(42)).await.unwrap();
+    let r = ack::ack(&f.app, &s.bob, &a(42))
+        .await
+        .unwrap()
+        .done()
+        .unwrap();
     assert_eq!(r.outcomes, vec![(s.abc.clone(), AckOutcome::Advanced)]);
     let row = f
         .app
@@ -479,7 +489,11 @@ async fn ack_moves_cursor_up_only(backend: Backend) {
     );
 
     // A stale (lower) ack never moves the cursor down.
-    let r = ack::ack(&f.app, &s.bob, &a(41)).await.unwrap();
+    let r = ack::ack(&f.app, &s.bob, &a(41))
+        .await
+        .unwrap()
+        .done()
+        .unwrap();
     assert_eq!(r.outcomes, vec![(s.abc.clone(), AckOutcome::Stale)]);
     let row = f
         .app
@@ -491,10 +505,18 @@ async fn ack_moves_cursor_up_only(backend: Backend) {
         .unwrap();
     assert_eq!(row.first_undelivered_seq, Seq(43));
 
-    let r = ack::ack(&f.app, &s.bob, &a(44)).await.unwrap();
+    let r = ack::ack(&f.app, &s.bob, &a(44))
+        .await
+        .unwrap()
+        .done()
+        .unwrap();
     assert_eq!(r.outcomes, vec![(s.abc.clone(), AckOutcome::Cleared)]);
     // Acking again, after the row is gone, is harmless.
-    let r = ack::ack(&f.app, &s.bob, &a(44)).await.unwrap();
+    let r = ack::ack(&f.app, &s.bob, &a(44))
+        .await
+        .unwrap()
+        .done()
+        .unwrap();
     assert_eq!(r.outcomes, vec![(s.abc.clone(), AckOutcome::Stale)]);
     assert!(r.reply(None).is_none());
     // The other conversation was not touched.
@@ -509,10 +531,18 @@ async fn ack_moves_cursor_up_only(backend: Backend) {
     );
 
     // Beyond the end, or where bob is not a member: refused with an error frame.
-    let r = ack::ack(&f.app, &s.bob, &a(99)).await.unwrap();
+    let r = ack::ack(&f.app, &s.bob, &a(99))
+        .await
+        .unwrap()
+        .done()
+        .unwrap();
     assert_eq!(r.refused.len(), 1);
     let mallory = unique("mallory");
-    let r = ack::ack(&f.app, &mallory, &a(44)).await.unwrap();
+    let r = ack::ack(&f.app, &mallory, &a(44))
+        .await
+        .unwrap()
+        .done()
+        .unwrap();
     assert!(matches!(
         r.reply(Some("r1".into())),
         Some(ServerFrame::Error {
@@ -564,6 +594,8 @@ async fn ack_sends_receipts_to_online_members(backend: Backend) {
         }],
     )
     .await
+    .unwrap()
+    .done()
     .unwrap();
     assert_eq!(
         parse(&f.gateway.frames(&alice_conn.connection_id)),
@@ -583,6 +615,8 @@ async fn ack_sends_receipts_to_online_members(backend: Backend) {
         }],
     )
     .await
+    .unwrap()
+    .done()
     .unwrap();
     assert_eq!(f.gateway.frames(&alice_conn.connection_id).len(), 1);
 }
@@ -768,6 +802,7 @@ async fn large_backlog_is_paged_capped_and_complete(backend: Backend) {
         let r = catch_up::sync_range(&f.app, &bob, &c, &conv, after, Some(100), Some("r".into()))
             .await
             .unwrap()
+            .done()
             .unwrap();
         assert_eq!(r.ending, Ending::CaughtUp);
         let new = parse(&f.gateway.frames(&c.connection_id)[before..]);
@@ -820,11 +855,11 @@ async fn range_sync_refuses_non_members_and_unknown_conversations() {
     let r = catch_up::sync_range(&f.app, &mallory, &c, &s.abc, Seq(0), None, None)
         .await
         .unwrap();
-    assert_eq!(r.unwrap_err(), catch_up::RangeRefusal::NotAMember);
+    assert_eq!(r.refused().unwrap().code, ErrorCode::NotAMember);
     let r = catch_up::sync_range(&f.app, &s.bob, &c, &cid("nope-nope"), Seq(0), None, None)
         .await
         .unwrap();
-    assert_eq!(r.unwrap_err(), catch_up::RangeRefusal::ConversationNotFound);
+    assert_eq!(r.refused().unwrap().code, ErrorCode::ConversationNotFound);
     assert!(
         f.gateway.frames(&c.connection_id).is_empty(),
         "nothing leaked"

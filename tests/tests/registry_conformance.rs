@@ -24,7 +24,7 @@ fn user() -> UserId {
 fn conn(id: &str, at: i64) -> Connection {
     Connection {
         connection_id: ConnectionId::parse(id).unwrap(),
-        connected_at: at,
+        connected_at: Some(at),
     }
 }
 

@@ -136,7 +136,7 @@ impl World {
                 &uid(user),
                 &Connection {
                     connection_id: c,
-                    connected_at: now_millis() - 60_000,
+                    connected_at: Some(now_millis() - 60_000),
                 },
             )
             .await

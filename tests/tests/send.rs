@@ -140,7 +140,8 @@ impl World {
             None,
         )
         .await
-        .unwrap();
+        .unwrap()
+        .into_frame();
         let ServerFrame::Conversation {
             conversation_id, ..
         } = created
@@ -190,7 +191,8 @@ impl World {
         for (user, platform) in [(&self.bob, Platform::Fcm), (&self.carol, Platform::Apns)] {
             let f = devices::register_device(&app, user, platform, &unique("token"), None)
                 .await
-                .unwrap();
+                .unwrap()
+                .into_frame();
             assert!(matches!(f, ServerFrame::DeviceRegistered { .. }), "{f:?}");
         }
     }
@@ -199,6 +201,7 @@ impl World {
         send_message(app, from, &self.conv, &cmid(key), body, None)
             .await
             .unwrap()
+            .into_frame()
     }
 
     async fn stored(&self, app: &App) -> Vec<Message> {
@@ -250,7 +253,7 @@ impl World {
                 user,
                 &Connection {
                     connection_id: c.clone(),
-                    connected_at: now_millis() - age_ms,
+                    connected_at: Some(now_millis() - age_ms),
                 },
             )
             .await
@@ -269,7 +272,7 @@ impl World {
             &self.bob,
             &Connection {
                 connection_id: conn.clone(),
-                connected_at: now_millis(),
+                connected_at: Some(now_millis()),
             },
         )
         .await;
@@ -689,7 +692,7 @@ async fn gone_connection_never_removes_a_newer_one() {
     w.gateway.close(&dead);
     let newer = Connection {
         connection_id: ConnectionId::parse(&unique("conn-new")).unwrap(),
-        connected_at: now_millis(),
+        connected_at: Some(now_millis()),
     };
     ports.gateway = Arc::new(ReconnectsDuringPost {
         inner: w.gateway.clone(),
@@ -966,7 +969,8 @@ async fn create_conversation_validates_and_deduplicates() {
         Some("r9".into()),
     )
     .await
-    .unwrap();
+    .unwrap()
+    .into_frame();
     let ServerFrame::Conversation {
         conversation_id,
         members,
@@ -995,7 +999,8 @@ async fn create_conversation_validates_and_deduplicates() {
     for list in [vec![], vec![w.alice.clone()], crowd] {
         let f = conversations::create_conversation(&app, &w.alice, &list, None)
             .await
-            .unwrap();
+            .unwrap()
+            .into_frame();
         assert!(
             matches!(
                 f,
@@ -1017,11 +1022,13 @@ async fn register_device_moves_a_token_between_users() {
     let token = unique("fcm-token");
     devices::register_device(&app, &w.bob, Platform::Fcm, &token, None)
         .await
-        .unwrap();
+        .unwrap()
+        .into_frame();
     let first = app.ports.devices.by_token(&token).await.unwrap().unwrap();
     devices::register_device(&app, &w.carol, Platform::Fcm, &token, None)
         .await
-        .unwrap();
+        .unwrap()
+        .into_frame();
 
     assert!(app.ports.devices.for_user(&w.bob).await.unwrap().is_empty());
     let carol = app.ports.devices.for_user(&w.carol).await.unwrap();

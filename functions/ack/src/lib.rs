@@ -4,7 +4,7 @@
 //! response carries one `error` frame.
 
 use aws_lambda_events::apigw::{ApiGatewayProxyResponse, ApiGatewayWebsocketProxyRequest};
-use courier_aws::edge::{self, WsRequest};
+use courier_aws::edge;
 use courier_core::app::App;
 use courier_core::protocol::ClientFrame;
 use lambda_runtime::{Error, LambdaEvent};
@@ -13,16 +13,13 @@ pub async fn handle(
     app: &App,
     event: LambdaEvent<ApiGatewayWebsocketProxyRequest>,
 ) -> Result<ApiGatewayProxyResponse, Error> {
-    let ws = WsRequest::from_event(&event.payload)?;
-    let request = match edge::frame(&ws) {
-        Ok(r) => r,
-        Err(reply) => return Ok(*reply),
-    };
-    let ClientFrame::Ack { acks } = request.frame else {
-        return Ok(edge::wrong_route("ack", request.request_id));
-    };
-    let report = courier_core::services::ack::ack(app, &ws.user_id, &acks).await?;
-    Ok(edge::reply(report.reply(request.request_id).as_ref()))
+    edge::serve_frame(app, &event.payload, |ws, request| async move {
+        let ClientFrame::Ack { acks } = request.frame else {
+            return Ok(edge::wrong_route("ack"));
+        };
+        courier_core::services::ack::ack(app, &ws.user_id, &acks).await
+    })
+    .await
 }
 
 /// The ports this function uses.

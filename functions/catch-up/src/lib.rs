@@ -9,12 +9,13 @@
 use std::time::{Duration, Instant};
 
 use aws_lambda_events::apigw::ApiGatewayWebsocketProxyRequest;
-use courier_aws::edge::{self, WsRequest};
+use courier_aws::edge;
 use courier_core::app::App;
 use courier_core::domain::{Connection, now_millis};
 use courier_core::ports::CatchUpRequest;
-use courier_core::protocol::{ClientFrame, ErrorCode, FrameError, SyncRequest};
-use courier_core::services::catch_up::{self, Ending, RangeRefusal, Report};
+use courier_core::protocol::{ClientFrame, SyncRequest};
+use courier_core::services::Answer;
+use courier_core::services::catch_up::{self, Ending, Report};
 use lambda_runtime::{Error, LambdaEvent};
 use serde_json::{Value, json};
 
@@ -43,59 +44,43 @@ async fn sync_route(
     route: &ApiGatewayWebsocketProxyRequest,
     deadline: Option<Instant>,
 ) -> Result<aws_lambda_events::apigw::ApiGatewayProxyResponse, Error> {
-    let ws = WsRequest::from_event(route)?;
-    let request = match edge::frame(&ws) {
-        Ok(r) => r,
-        Err(reply) => return Ok(*reply),
-    };
-    let ClientFrame::Sync(sync) = request.frame else {
-        return Ok(edge::wrong_route("sync", request.request_id));
-    };
-    match sync {
-        SyncRequest::Full => {
-            let req = CatchUpRequest {
-                user_id: ws.user_id,
-                connection_id: ws.connection_id,
-                connected_at: (ws.connected_at > 0).then_some(ws.connected_at),
-            };
-            catch_up::catch_up(app, &req, deadline, request.request_id).await?;
-            Ok(edge::reply(None))
-        }
-        SyncRequest::Range {
-            conversation_id,
-            after_seq,
-            limit,
-        } => {
-            let connection = Connection {
-                connection_id: ws.connection_id,
-                connected_at: ws.connected_at,
-            };
-            let outcome = catch_up::sync_range(
-                app,
-                &ws.user_id,
-                &connection,
-                &conversation_id,
+    edge::serve_frame(app, route, |ws, request| async move {
+        let ClientFrame::Sync(sync) = request.frame else {
+            return Ok(edge::wrong_route("sync"));
+        };
+        match sync {
+            SyncRequest::Full => {
+                let req = CatchUpRequest {
+                    user_id: ws.user_id,
+                    connection_id: ws.connection_id,
+                    connected_at: ws.connected_at,
+                };
+                let report = catch_up::catch_up(app, &req, deadline, request.request_id).await?;
+                Ok(Answer::Done(report))
+            }
+            SyncRequest::Range {
+                conversation_id,
                 after_seq,
                 limit,
-                request.request_id.clone(),
-            )
-            .await?;
-            let refusal = match outcome {
-                Ok(_) => return Ok(edge::reply(None)),
-                Err(RangeRefusal::ConversationNotFound) => FrameError::new(
-                    ErrorCode::ConversationNotFound,
-                    format!("conversation {conversation_id} does not exist"),
-                ),
-                Err(RangeRefusal::NotAMember) => FrameError::new(
-                    ErrorCode::NotAMember,
-                    format!("not a member of {conversation_id}"),
-                ),
-            };
-            Ok(edge::reply(Some(
-                &refusal.with_request_id(request.request_id).to_frame(),
-            )))
+            } => {
+                let connection = Connection {
+                    connection_id: ws.connection_id,
+                    connected_at: ws.connected_at,
+                };
+                catch_up::sync_range(
+                    app,
+                    &ws.user_id,
+                    &connection,
+                    &conversation_id,
+                    after_seq,
+                    limit,
+                    request.request_id,
+                )
+                .await
+            }
         }
-    }
+    })
+    .await
 }
 
 fn report_json(report: &Report) -> Value {

@@ -9,12 +9,12 @@
 //! learnt its id).
 
 use aws_lambda_events::apigw::{ApiGatewayProxyResponse, ApiGatewayWebsocketProxyRequest};
-use courier_aws::edge::{self, WsRequest};
+use courier_aws::edge;
 use courier_aws::wiring::Needs;
 use courier_core::app::App;
 use courier_core::config::{ConfigError, Env};
 use courier_core::protocol::ClientFrame;
-use courier_core::services::{conversations, fault};
+use courier_core::services::conversations;
 use lambda_runtime::{Error, LambdaEvent};
 
 /// The ports this function uses.
@@ -29,28 +29,13 @@ pub async fn handle(
     app: &App,
     event: LambdaEvent<ApiGatewayWebsocketProxyRequest>,
 ) -> Result<ApiGatewayProxyResponse, Error> {
-    let ws = WsRequest::from_event(&event.payload)?;
-    let request = match edge::frame(&ws) {
-        Ok(r) => r,
-        Err(reply) => return Ok(*reply),
-    };
-    let ClientFrame::CreateConversation { members } = request.frame else {
-        return Ok(edge::wrong_route("createConversation", request.request_id));
-    };
-    match conversations::create_conversation(app, &ws.user_id, &members, request.request_id.clone())
-        .await
-    {
-        Ok(frame) => Ok(edge::reply(Some(&frame))),
-        Err(e) => Err(fault::fail(
-            &app.ports,
-            &ws.user_id,
-            &ws.connection_id,
-            None,
-            request.request_id,
-            e,
-        )
-        .await),
-    }
+    edge::serve_frame(app, &event.payload, |ws, request| async move {
+        let ClientFrame::CreateConversation { members } = request.frame else {
+            return Ok(edge::wrong_route("createConversation"));
+        };
+        conversations::create_conversation(app, &ws.user_id, &members, request.request_id).await
+    })
+    .await
 }
 
 #[cfg(test)]

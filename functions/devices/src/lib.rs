@@ -8,12 +8,12 @@
 //! `request_id` is posted to the caller; registering again is safe.
 
 use aws_lambda_events::apigw::{ApiGatewayProxyResponse, ApiGatewayWebsocketProxyRequest};
-use courier_aws::edge::{self, WsRequest};
+use courier_aws::edge;
 use courier_aws::wiring::Needs;
 use courier_core::app::App;
 use courier_core::config::{ConfigError, Env};
 use courier_core::protocol::ClientFrame;
-use courier_core::services::{devices, fault};
+use courier_core::services::devices;
 use lambda_runtime::{Error, LambdaEvent};
 
 /// The ports this function uses.
@@ -28,34 +28,13 @@ pub async fn handle(
     app: &App,
     event: LambdaEvent<ApiGatewayWebsocketProxyRequest>,
 ) -> Result<ApiGatewayProxyResponse, Error> {
-    let ws = WsRequest::from_event(&event.payload)?;
-    let request = match edge::frame(&ws) {
-        Ok(r) => r,
-        Err(reply) => return Ok(*reply),
-    };
-    let ClientFrame::RegisterDevice { platform, token } = request.frame else {
-        return Ok(edge::wrong_route("registerDevice", request.request_id));
-    };
-    match devices::register_device(
-        app,
-        &ws.user_id,
-        platform,
-        &token,
-        request.request_id.clone(),
-    )
+    edge::serve_frame(app, &event.payload, |ws, request| async move {
+        let ClientFrame::RegisterDevice { platform, token } = request.frame else {
+            return Ok(edge::wrong_route("registerDevice"));
+        };
+        devices::register_device(app, &ws.user_id, platform, &token, request.request_id).await
+    })
     .await
-    {
-        Ok(frame) => Ok(edge::reply(Some(&frame))),
-        Err(e) => Err(fault::fail(
-            &app.ports,
-            &ws.user_id,
-            &ws.connection_id,
-            None,
-            request.request_id,
-            e,
-        )
-        .await),
-    }
 }
 
 #[cfg(test)]

@@ -10,12 +10,12 @@
 //! safely, since sends are idempotent.
 
 use aws_lambda_events::apigw::{ApiGatewayProxyResponse, ApiGatewayWebsocketProxyRequest};
-use courier_aws::edge::{self, WsRequest};
+use courier_aws::edge;
 use courier_aws::wiring::Needs;
 use courier_core::app::App;
 use courier_core::config::{ConfigError, Env};
 use courier_core::protocol::ClientFrame;
-use courier_core::services::{fault, send};
+use courier_core::services::send;
 use lambda_runtime::{Error, LambdaEvent};
 
 /// The ports this function uses.
@@ -31,43 +31,26 @@ pub async fn handle(
     app: &App,
     event: LambdaEvent<ApiGatewayWebsocketProxyRequest>,
 ) -> Result<ApiGatewayProxyResponse, Error> {
-    let ws = WsRequest::from_event(&event.payload)?;
-    let request = match edge::frame(&ws) {
-        Ok(r) => r,
-        Err(reply) => return Ok(*reply),
-    };
-    let ClientFrame::SendMessage {
-        conversation_id,
-        client_msg_id,
-        body,
-    } = request.frame
-    else {
-        return Ok(edge::wrong_route("sendMessage", request.request_id));
-    };
-    match send::send_message(
-        app,
-        &ws.user_id,
-        &conversation_id,
-        &client_msg_id,
-        &body,
-        request.request_id.clone(),
-    )
+    edge::serve_frame(app, &event.payload, |ws, request| async move {
+        let ClientFrame::SendMessage {
+            conversation_id,
+            client_msg_id,
+            body,
+        } = request.frame
+        else {
+            return Ok(edge::wrong_route("sendMessage"));
+        };
+        send::send_message(
+            app,
+            &ws.user_id,
+            &conversation_id,
+            &client_msg_id,
+            &body,
+            request.request_id,
+        )
+        .await
+    })
     .await
-    {
-        Ok(frame) => Ok(edge::reply(Some(&frame))),
-        Err(e) => {
-            let cmid = Some(client_msg_id.to_string());
-            Err(fault::fail(
-                &app.ports,
-                &ws.user_id,
-                &ws.connection_id,
-                cmid,
-                request.request_id,
-                e,
-            )
-            .await)
-        }
-    }
 }
 
 #[cfg(test)]
@@ -169,7 +152,7 @@ mod tests {
     #[tokio::test]
     async fn a_fault_is_err_and_the_client_gets_an_internal_frame() {
         let (app, h) = app().await;
-        let ws = WsRequest::from_event(&event_with_body(None).payload).unwrap();
+        let ws = edge::WsRequest::from_event(&event_with_body(None).payload).unwrap();
         h.gateway.open(&ws.connection_id);
         h.store.set_down(true);
         assert!(handle(&app, event_with_body(None)).await.is_err());

@@ -8,11 +8,14 @@
 //! without the authorizer), so it is a server fault (`Err`), not a client
 //! mistake.
 
+use std::future::Future;
+
 use aws_lambda_events::apigw::{ApiGatewayProxyResponse, ApiGatewayWebsocketProxyRequest};
 use aws_lambda_events::encodings::Body;
-
+use courier_core::app::App;
 use courier_core::domain::{ConnectionId, Millis, UserId};
 use courier_core::protocol::{ErrorCode, FrameError, Request, ServerFrame};
+use courier_core::services::{Answer, Reply, fault};
 
 /// The authorizer context key that carries the user id.
 pub const USER_ID_KEY: &str = "user_id";
@@ -32,8 +35,9 @@ pub enum EdgeError {
 pub struct WsRequest {
     pub user_id: UserId,
     pub connection_id: ConnectionId,
-    /// API Gateway's `connectedAt` (ms); 0 if the event did not carry it.
-    pub connected_at: Millis,
+    /// API Gateway's `connectedAt` (ms); `None` if the event did not carry
+    /// it (a positive value).
+    pub connected_at: Option<Millis>,
     pub route_key: String,
     /// The frame's text; `None` for `$connect`/`$disconnect` and binary frames.
     pub body: Option<String>,
@@ -69,7 +73,7 @@ impl WsRequest {
         Ok(Self {
             user_id: user_id(event)?,
             connection_id: connection_id(event)?,
-            connected_at: event.request_context.connected_at,
+            connected_at: Some(event.request_context.connected_at).filter(|at| *at > 0),
             route_key: event.request_context.route_key.clone().unwrap_or_default(),
             body: if binary { None } else { event.body.clone() },
             binary,
@@ -94,15 +98,57 @@ pub fn frame(ws: &WsRequest) -> Result<Request, Box<ApiGatewayProxyResponse>> {
         .map_err(|e| Box::new(reply(Some(&e.to_frame()))))
 }
 
-/// The reply to a frame whose action is not the route's own (API Gateway
+/// The refusal of a frame whose action is not the route's own (API Gateway
 /// routes on `action`, so only a misconfigured stage gets here).
-pub fn wrong_route(action: &str, request_id: Option<String>) -> ApiGatewayProxyResponse {
-    let e = FrameError::new(
+pub fn wrong_route<T>(action: &str) -> Answer<T> {
+    Answer::Refused(FrameError::new(
         ErrorCode::BadRequest,
         format!("this route takes {action} frames only"),
-    )
-    .with_request_id(request_id);
-    reply(Some(&e.to_frame()))
+    ))
+}
+
+/// The skeleton of every route that takes a client frame: read the caller
+/// and the frame from the event (a bad frame is answered with its `error`
+/// frame), run `serve`, and map its outcome to the route response in one
+/// place (the convention of `courier_core::services`):
+///
+/// - `Ok(answer)`: `200` with the answer's reply, if any; an `error` frame
+///   gets the frame's `request_id` if the service did not set it.
+/// - `Err(fault)`: logged, the typed `internal` frame naming the request
+///   posted to the caller, and the fault returned for Lambda to count.
+pub async fn serve_frame<T, E, F, Fut>(
+    app: &App,
+    event: &ApiGatewayWebsocketProxyRequest,
+    serve: F,
+) -> Result<ApiGatewayProxyResponse, lambda_runtime::Error>
+where
+    T: Reply,
+    E: std::error::Error + Send + Sync + 'static,
+    F: FnOnce(WsRequest, Request) -> Fut,
+    Fut: Future<Output = Result<Answer<T>, E>>,
+{
+    let ws = WsRequest::from_event(event)?;
+    let request = match frame(&ws) {
+        Ok(r) => r,
+        Err(reply) => return Ok(*reply),
+    };
+    let request_id = request.request_id.clone();
+    let client_msg_id = request.frame.client_msg_id();
+    let (user, connection) = (ws.user_id.clone(), ws.connection_id.clone());
+    match serve(ws, request).await {
+        Ok(answer) => {
+            let mut frame = answer.into_reply();
+            if let Some(ServerFrame::Error { request_id: r, .. }) = &mut frame
+                && r.is_none()
+            {
+                r.clone_from(&request_id);
+            }
+            Ok(reply(frame.as_ref()))
+        }
+        Err(e) => {
+            Err(fault::fail(&app.ports, &user, &connection, client_msg_id, request_id, e).await)
+        }
+    }
 }
 
 /// A bare status, as `$connect` and `$disconnect` answer.
@@ -137,7 +183,7 @@ mod tests {
         let r = WsRequest::from_event(&e).unwrap();
         assert_eq!(r.user_id.as_str(), "bob");
         assert_eq!(r.connection_id.as_str(), "abc=");
-        assert_eq!(r.connected_at, 1_795_000_000_000);
+        assert_eq!(r.connected_at, Some(1_795_000_000_000));
         assert_eq!(r.route_key, "sendMessage");
     }
 

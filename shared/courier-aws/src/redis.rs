@@ -1,7 +1,7 @@
 //! The connection registry on Redis (ElastiCache in production).
 //!
 //! One key per user, `ws:{user_id}`, holding `"{connection_id}|{connected_at}"`
-//! (connected_at in epoch milliseconds), written with `SET … PX ttl` so an
+//! (connected_at in epoch milliseconds, `0` when unknown), written with `SET … PX ttl` so an
 //! entry that no `$disconnect` ever cleaned up (a crashed function, a lost
 //! event) disappears a little after API Gateway's 2-hour connection limit.
 //! The `|` separator is safe: [`ConnectionId`] refuses it. `remove_if` is a
@@ -113,8 +113,11 @@ impl RedisRegistry {
         format!("ws:{user}")
     }
 
+    /// An unknown opening time is stored as `0`, as entries written before
+    /// it was an `Option` hold it.
     fn encode(connection: &Connection) -> String {
-        format!("{}|{}", connection.connection_id, connection.connected_at)
+        let at = connection.connected_at.unwrap_or(0);
+        format!("{}|{at}", connection.connection_id)
     }
 
     fn decode(user: &UserId, raw: &str) -> Result<Connection, RegistryError> {
@@ -122,7 +125,7 @@ impl RedisRegistry {
         let (id, at) = raw.split_once('|').ok_or_else(corrupt)?;
         Ok(Connection {
             connection_id: ConnectionId::parse(id).map_err(|_| corrupt())?,
-            connected_at: at.parse().map_err(|_| corrupt())?,
+            connected_at: Some(at.parse::<i64>().map_err(|_| corrupt())?).filter(|at| *at > 0),
         })
     }
 
@@ -242,7 +245,7 @@ mod tests {
         let user = UserId::parse("bob").unwrap();
         let c = Connection {
             connection_id: ConnectionId::parse("L0SM9cOFvHcCIhw=").unwrap(),
-            connected_at: 1_795_000_000_000,
+            connected_at: Some(1_795_000_000_000),
         };
         let raw = RedisRegistry::encode(&c);
         assert_eq!(raw, "L0SM9cOFvHcCIhw=|1795000000000");
@@ -250,6 +253,15 @@ mod tests {
         assert!(RedisRegistry::decode(&user, "no-separator").is_err());
         assert!(RedisRegistry::decode(&user, "id|not-a-number").is_err());
         assert!(RedisRegistry::decode(&user, "bad id|1").is_err());
+        // Unknown opening time: stored as 0 (as older entries hold it), read
+        // back as unknown.
+        let unknown = Connection {
+            connected_at: None,
+            ..c
+        };
+        let raw = RedisRegistry::encode(&unknown);
+        assert_eq!(raw, "L0SM9cOFvHcCIhw=|0");
+        assert_eq!(RedisRegistry::decode(&user, &raw).unwrap(), unknown);
     }
 
     #[test]

@@ -228,9 +228,10 @@ impl Conversation {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Connection {
     pub connection_id: ConnectionId,
-    /// When API Gateway accepted the connection (its `connectedAt`). Used to
-    /// tell "not open yet" 410s from "gone" 410s.
-    pub connected_at: Millis,
+    /// When API Gateway accepted the connection (its `connectedAt`); `None`
+    /// when the event did not say. Used to tell "not open yet" 410s from
+    /// "gone" 410s; unknown, the open window runs from the first post.
+    pub connected_at: Option<Millis>,
 }
 
 /// Push platform of a device token.

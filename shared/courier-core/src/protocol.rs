@@ -145,6 +145,16 @@ pub enum ClientFrame {
     Ping,
 }
 
+impl ClientFrame {
+    /// The `client_msg_id` a fault frame names, for the frames that carry one.
+    pub fn client_msg_id(&self) -> Option<String> {
+        match self {
+            ClientFrame::SendMessage { client_msg_id, .. } => Some(client_msg_id.to_string()),
+            _ => None,
+        }
+    }
+}
+
 /// A client frame with its optional `request_id`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {

@@ -21,7 +21,7 @@ use crate::app::App;
 use crate::domain::{ConversationId, Seq, UserId};
 use crate::ports::{AckOutcome, StoreError};
 use crate::protocol::{AckItem, ErrorCode, FrameError, ServerFrame};
-use crate::services::delivery;
+use crate::services::{Answer, Reply, delivery};
 
 /// What one ack frame did.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -50,8 +50,20 @@ impl AckReport {
     }
 }
 
+/// An ack is served for its valid conversations; the reply names the
+/// refused ones, if any.
+impl Reply for AckReport {
+    fn into_reply(self) -> Option<ServerFrame> {
+        self.reply(None)
+    }
+}
+
 #[instrument(skip_all, fields(user_id = %user, acks = acks.len()))]
-pub async fn ack(app: &App, user: &UserId, acks: &[AckItem]) -> Result<AckReport, StoreError> {
+pub async fn ack(
+    app: &App,
+    user: &UserId,
+    acks: &[AckItem],
+) -> Result<Answer<AckReport>, StoreError> {
     let mut highest: BTreeMap<&ConversationId, Seq> = BTreeMap::new();
     for a in acks {
         let s = highest.entry(&a.conversation_id).or_insert(a.seq);
@@ -89,7 +101,7 @@ pub async fn ack(app: &App, user: &UserId, acks: &[AckItem]) -> Result<AckReport
         }
     }
     report.receipts_posted = send_receipts(app, user, &receipts).await;
-    Ok(report)
+    Ok(Answer::Done(report))
 }
 
 /// Tells the other members online that `user` now holds everything through

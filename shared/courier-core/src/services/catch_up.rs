@@ -39,8 +39,9 @@ use crate::app::App;
 use crate::config::PendingClear;
 use crate::domain::{Connection, ConversationId, PendingDelivery, Seq, UserId};
 use crate::ports::{AckOutcome, CatchUpRequest, StoreError};
-use crate::protocol::{ServerFrame, pack_messages};
+use crate::protocol::{ErrorCode, FrameError, ServerFrame, pack_messages};
 use crate::services::delivery::{self, PostFailed, Posted};
+use crate::services::{Answer, Reply};
 
 /// Rounds of "post, then find the row grew meanwhile" one conversation may
 /// take in `post` mode before leaving the rest to the next catch-up.
@@ -82,6 +83,14 @@ pub struct Report {
     pub more: usize,
 }
 
+/// A catch-up's frames went out through the gateway: the route itself
+/// responds with nothing.
+impl Reply for Report {
+    fn into_reply(self) -> Option<ServerFrame> {
+        None
+    }
+}
+
 /// Runs a catch-up for `request.user_id` on `request.connection_id`.
 ///
 /// `deadline` is the invocation's (Lambda's) deadline; `request_id` is
@@ -97,7 +106,7 @@ pub async fn catch_up(
     let user = &request.user_id;
     let connection = Connection {
         connection_id: request.connection_id.clone(),
-        connected_at: request.connected_at.unwrap_or(0),
+        connected_at: request.connected_at,
     };
     let stop_at = deadline.map(|d| {
         d.checked_sub(app.settings.catch_up.deadline_margin)
@@ -390,13 +399,6 @@ async fn deliver_conversation(
     Ok(out)
 }
 
-/// A range `sync` that failed on the client's side of the contract.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RangeRefusal {
-    ConversationNotFound,
-    NotAMember,
-}
-
 /// Serves `{"action":"sync","conversation_id":…,"after_seq":…,"limit":…}`:
 /// posts messages after `after_seq` (at most `limit`), then `more` if the
 /// limit cut them short, else `synced`.
@@ -410,12 +412,24 @@ pub async fn sync_range(
     after_seq: Seq,
     limit: Option<u32>,
     request_id: Option<String>,
-) -> Result<Result<Report, RangeRefusal>, CatchUpError> {
+) -> Result<Answer<Report>, CatchUpError> {
     let Some(conv) = app.ports.conversations.get(conversation).await? else {
-        return Ok(Err(RangeRefusal::ConversationNotFound));
+        return Ok(Answer::Refused(
+            FrameError::new(
+                ErrorCode::ConversationNotFound,
+                format!("conversation {conversation} does not exist"),
+            )
+            .with_request_id(request_id),
+        ));
     };
     if !conv.is_member(user) {
-        return Ok(Err(RangeRefusal::NotAMember));
+        return Ok(Answer::Refused(
+            FrameError::new(
+                ErrorCode::NotAMember,
+                format!("not a member of {conversation}"),
+            )
+            .with_request_id(request_id),
+        ));
     }
     let limit = limit.map_or(app.settings.catch_up.per_conversation_cap, |l| l as usize);
     let mut messages = app
@@ -458,7 +472,7 @@ pub async fn sync_range(
         Posted::All => Ending::CaughtUp,
         Posted::Gone { .. } => Ending::Gone,
     };
-    Ok(Ok(Report {
+    Ok(Answer::Done(Report {
         ending,
         conversations: 1,
         messages: messages.len(),

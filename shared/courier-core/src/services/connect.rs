@@ -35,7 +35,7 @@ pub async fn connect(ports: &Ports, user: &UserId, connection: &Connection) -> C
     let request = CatchUpRequest {
         user_id: user.clone(),
         connection_id: connection.connection_id.clone(),
-        connected_at: (connection.connected_at > 0).then_some(connection.connected_at),
+        connected_at: connection.connected_at,
     };
     let catch_up_triggered = match ports.trigger.trigger(&request).await {
         Ok(()) => true,
@@ -78,7 +78,7 @@ mod tests {
     fn conn(id: &str) -> Connection {
         Connection {
             connection_id: ConnectionId::parse(id).unwrap(),
-            connected_at: now_millis(),
+            connected_at: Some(now_millis()),
         }
     }
 
@@ -93,7 +93,7 @@ mod tests {
         let reqs = h.trigger.requests();
         assert_eq!(reqs.len(), 1);
         assert_eq!(reqs[0].connection_id, c.connection_id);
-        assert_eq!(reqs[0].connected_at, Some(c.connected_at));
+        assert_eq!(reqs[0].connected_at, c.connected_at);
     }
 
     #[tokio::test]

@@ -17,6 +17,7 @@ use crate::app::App;
 use crate::domain::{Conversation, ConversationId, Seq, UserId, now_millis};
 use crate::ports::StoreError;
 use crate::protocol::{ErrorCode, FrameError, ServerFrame};
+use crate::services::Answer;
 
 /// Creates a conversation; answers `conversation` or a `bad_request` error.
 #[instrument(skip_all, fields(user_id = %creator, requested = members.len()))]
@@ -25,11 +26,11 @@ pub async fn create_conversation(
     creator: &UserId,
     members: &[UserId],
     request_id: Option<String>,
-) -> Result<ServerFrame, StoreError> {
+) -> Result<Answer, StoreError> {
     let reject = |message: String| {
-        Ok(FrameError::new(ErrorCode::BadRequest, message)
-            .with_request_id(request_id.clone())
-            .to_frame())
+        Ok(Answer::Refused(
+            FrameError::new(ErrorCode::BadRequest, message).with_request_id(request_id.clone()),
+        ))
     };
     let max = app.settings.send.max_members;
     let mut all: Vec<UserId> = Vec::with_capacity(members.len() + 1);
@@ -64,11 +65,11 @@ pub async fn create_conversation(
         )));
     }
     info!(conversation_id = %conversation.conversation_id, members = conversation.members.len(), "conversation created");
-    Ok(ServerFrame::Conversation {
+    Ok(Answer::Done(ServerFrame::Conversation {
         conversation_id: conversation.conversation_id,
         members: conversation.members,
         request_id,
-    })
+    }))
 }
 
 fn new_id() -> Result<ConversationId, StoreError> {
@@ -100,7 +101,8 @@ mod tests {
             Some("r1".into()),
         )
         .await
-        .unwrap();
+        .unwrap()
+        .into_frame();
         let ServerFrame::Conversation {
             conversation_id,
             members,
@@ -130,7 +132,8 @@ mod tests {
         for _ in 0..20 {
             let f = create_conversation(&app, &user("alice"), &users(&["bob"]), None)
                 .await
-                .unwrap();
+                .unwrap()
+                .into_frame();
             let ServerFrame::Conversation {
                 conversation_id, ..
             } = f
@@ -156,7 +159,8 @@ mod tests {
         ] {
             let f = create_conversation(&app, &user("alice"), &users(&list), Some("r".into()))
                 .await
-                .unwrap();
+                .unwrap()
+                .into_frame();
             let ServerFrame::Error {
                 code, request_id, ..
             } = f
@@ -174,7 +178,8 @@ mod tests {
             None,
         )
         .await
-        .unwrap();
+        .unwrap()
+        .into_frame();
         assert!(matches!(f, ServerFrame::Conversation { ref members, .. } if members.len() == 3));
         drop(h);
     }

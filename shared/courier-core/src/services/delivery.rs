@@ -44,11 +44,11 @@ pub struct PostFailed {
 
 /// When a 410 stops meaning "not open yet" for `connection`.
 fn open_deadline(connection: &Connection, window: Duration, first_attempt: Instant) -> Instant {
-    if connection.connected_at <= 0 {
+    let Some(connected_at) = connection.connected_at else {
         // No connectedAt: measure the window from our first attempt.
         return first_attempt + window;
-    }
-    let age_ms = (now_millis() - connection.connected_at).max(0);
+    };
+    let age_ms = (now_millis() - connected_at).max(0);
     let age = Duration::from_millis(u64::try_from(age_ms).unwrap_or(0));
     match window.checked_sub(age) {
         Some(left) => first_attempt + left,
@@ -189,7 +189,7 @@ mod tests {
     fn conn(id: &str, connected_at: i64) -> Connection {
         Connection {
             connection_id: ConnectionId::parse(id).unwrap(),
-            connected_at,
+            connected_at: Some(connected_at),
         }
     }
 

@@ -15,6 +15,7 @@ use crate::app::App;
 use crate::domain::{Device, Platform, UserId, now_millis};
 use crate::ports::{PushError, StoreError};
 use crate::protocol::{ErrorCode, FrameError, ServerFrame};
+use crate::services::Answer;
 
 /// A server fault while registering; the client may retry.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -35,18 +36,19 @@ pub async fn register_device(
     platform: Platform,
     token: &str,
     request_id: Option<String>,
-) -> Result<ServerFrame, DeviceError> {
+) -> Result<Answer, DeviceError> {
     let ports = &app.ports;
     let previous = ports.devices.by_token(token).await?;
     let endpoint_arn = match ports.notifier.create_endpoint(platform, token, user).await {
         Ok(arn) => arn,
         Err(PushError::PlatformNotConfigured(p)) => {
-            return Ok(FrameError::new(
-                ErrorCode::BadRequest,
-                format!("push platform {p} is not enabled on this server"),
-            )
-            .with_request_id(request_id)
-            .to_frame());
+            return Ok(Answer::Refused(
+                FrameError::new(
+                    ErrorCode::BadRequest,
+                    format!("push platform {p} is not enabled on this server"),
+                )
+                .with_request_id(request_id),
+            ));
         }
         Err(e) => return Err(e.into()),
     };
@@ -73,10 +75,10 @@ pub async fn register_device(
         }
     }
     info!("device registered");
-    Ok(ServerFrame::DeviceRegistered {
+    Ok(Answer::Done(ServerFrame::DeviceRegistered {
         platform,
         request_id,
-    })
+    }))
 }
 
 #[cfg(test)]
@@ -95,7 +97,8 @@ mod tests {
         for _ in 0..2 {
             let f = register_device(&app, &user("bob"), Platform::Fcm, "tok", Some("r".into()))
                 .await
-                .unwrap();
+                .unwrap()
+                .into_frame();
             assert_eq!(
                 f,
                 ServerFrame::DeviceRegistered {
@@ -114,10 +117,12 @@ mod tests {
         let (app, h) = App::in_memory();
         register_device(&app, &user("bob"), Platform::Apns, "tok", None)
             .await
-            .unwrap();
+            .unwrap()
+            .into_frame();
         register_device(&app, &user("carol"), Platform::Apns, "tok", None)
             .await
-            .unwrap();
+            .unwrap()
+            .into_frame();
         assert!(h.store.for_user(&user("bob")).await.unwrap().is_empty());
         let carol = h.store.for_user(&user("carol")).await.unwrap();
         assert_eq!(carol.len(), 1);
@@ -129,11 +134,13 @@ mod tests {
         let (app, h) = App::in_memory();
         register_device(&app, &user("bob"), Platform::ApnsSandbox, "tok", None)
             .await
-            .unwrap();
+            .unwrap()
+            .into_frame();
         let old = h.store.by_token("tok").await.unwrap().unwrap().endpoint_arn;
         register_device(&app, &user("bob"), Platform::Apns, "tok", None)
             .await
-            .unwrap();
+            .unwrap()
+            .into_frame();
         let new = h.store.by_token("tok").await.unwrap().unwrap();
         assert_eq!(new.platform, Platform::Apns);
         assert_ne!(new.endpoint_arn, old);

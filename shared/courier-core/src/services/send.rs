@@ -45,6 +45,7 @@ use crate::domain::{
 };
 use crate::ports::{AppendOutcome, NewMessage, PushMessage, RateDecision, StoreError};
 use crate::protocol::{ErrorCode, FrameError, ServerFrame, pack_messages};
+use crate::services::Answer;
 use crate::services::delivery::{self, Live};
 use crate::services::push::{self, PushReport};
 
@@ -77,12 +78,13 @@ pub async fn send_message(
     client_msg_id: &ClientMsgId,
     body: &str,
     request_id: Option<String>,
-) -> Result<ServerFrame, SendError> {
+) -> Result<Answer, SendError> {
     let reject = |code: ErrorCode, message: &str| {
-        Ok(FrameError::new(code, message)
-            .with_client_msg_id(Some(client_msg_id.to_string()))
-            .with_request_id(request_id.clone())
-            .to_frame())
+        Ok(Answer::Refused(
+            FrameError::new(code, message)
+                .with_client_msg_id(Some(client_msg_id.to_string()))
+                .with_request_id(request_id.clone()),
+        ))
     };
     let body = match Body::parse(body, app.settings.send.max_body_bytes) {
         Ok(b) => b,
@@ -174,7 +176,7 @@ pub async fn send_message(
     };
     debug!(seq = %message.seq, conflicts, "stored");
     deliver(app, &conversation, &message).await?;
-    Ok(sent(&message, request_id))
+    Ok(Answer::Done(sent(&message, request_id)))
 }
 
 fn new_message(
@@ -239,7 +241,7 @@ async fn replay(
     conversation: Option<Conversation>,
     original: Message,
     request_id: Option<String>,
-) -> Result<ServerFrame, SendError> {
+) -> Result<Answer, SendError> {
     info!(seq = %original.seq, "duplicate send; answering the original seq");
     match conversation {
         Some(conversation) => {
@@ -249,7 +251,7 @@ async fn replay(
             warn!(seq = %original.seq, "message stored for a conversation that no longer exists")
         }
     }
-    Ok(sent(&original, request_id))
+    Ok(Answer::Done(sent(&original, request_id)))
 }
 
 /// What delivering a message did for one recipient.
@@ -437,7 +439,7 @@ mod tests {
                 &user(u),
                 &Connection {
                     connection_id: c.clone(),
-                    connected_at: now_millis() - 60_000,
+                    connected_at: Some(now_millis() - 60_000),
                 },
             )
             .await
@@ -456,6 +458,7 @@ mod tests {
         )
         .await
         .unwrap()
+        .into_frame()
     }
 
     fn seq_of(frame: &ServerFrame) -> u64 {
@@ -647,7 +650,7 @@ mod tests {
                 &user("bob"),
                 &Connection {
                     connection_id: c.clone(),
-                    connected_at: now_millis(),
+                    connected_at: Some(now_millis()),
                 },
             )
             .await
@@ -714,7 +717,7 @@ mod tests {
                         u,
                         &Connection {
                             connection_id: c,
-                            connected_at: now_millis(),
+                            connected_at: Some(now_millis()),
                         },
                     )
                     .await?;
@@ -840,7 +843,8 @@ mod tests {
                 Some("r".into()),
             )
             .await
-            .unwrap();
+            .unwrap()
+            .into_frame();
             assert_eq!(error_code(&f), code, "{from} {conv}");
             let ServerFrame::Error {
                 client_msg_id,
