@@ -31,3 +31,77 @@ pub fn check_env<F: Fn(&str) -> Option<String>>(
 ) -> Result<(), courier_core::config::ConfigError> {
     courier_aws::wiring::check_env(env, NEEDS)
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use courier_core::protocol::{ErrorCode, ServerFrame};
+    use lambda_runtime::Context;
+
+    use super::*;
+
+    const EVENT: &str = include_str!("../../../events/ack.json");
+
+    #[tokio::test]
+    async fn a_fault_is_err_and_the_client_gets_a_typed_internal_frame() {
+        let (app, h) = App::in_memory();
+        let event: ApiGatewayWebsocketProxyRequest = serde_json::from_str(EVENT).unwrap();
+        let ws = edge::WsRequest::from_event(&event).unwrap();
+        h.gateway.open(&ws.connection_id);
+        h.store.set_down(true);
+        let with_id = {
+            let mut e = event.clone();
+            e.body = Some(
+                r#"{"action":"ack","request_id":"r-9","acks":[{"conversation_id":"c1","seq":1}]}"#
+                    .into(),
+            );
+            e
+        };
+        assert!(
+            handle(&app, LambdaEvent::new(with_id, Context::default()))
+                .await
+                .is_err(),
+            "a store fault is a fault, for Lambda to count"
+        );
+        let posted = h.gateway.frames(&ws.connection_id);
+        assert_eq!(posted.len(), 1);
+        let f: ServerFrame = serde_json::from_str(&posted[0]).unwrap();
+        assert!(
+            matches!(
+                &f,
+                ServerFrame::Error {
+                    code: ErrorCode::Internal,
+                    request_id: Some(r),
+                    ..
+                } if r == "r-9"
+            ),
+            "{f:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refused_ack_is_an_error_frame_not_a_fault() {
+        let (app, h) = App::in_memory();
+        let event: ApiGatewayWebsocketProxyRequest = serde_json::from_str(EVENT).unwrap();
+        let ws = edge::WsRequest::from_event(&event).unwrap();
+        h.gateway.open(&ws.connection_id);
+        let r = handle(&app, LambdaEvent::new(event, Context::default()))
+            .await
+            .unwrap();
+        let Some(aws_lambda_events::encodings::Body::Text(t)) = r.body else {
+            panic!("no reply body")
+        };
+        let f: ServerFrame = serde_json::from_str(&t).unwrap();
+        assert!(
+            matches!(
+                f,
+                ServerFrame::Error {
+                    code: ErrorCode::ConversationNotFound,
+                    ..
+                }
+            ),
+            "{f:?}"
+        );
+        assert!(h.gateway.frames(&ws.connection_id).is_empty());
+    }
+}

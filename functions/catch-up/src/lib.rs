@@ -102,3 +102,80 @@ pub fn check_env<F: Fn(&str) -> Option<String>>(
 ) -> Result<(), courier_core::config::ConfigError> {
     courier_aws::wiring::check_env(env, NEEDS)
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use courier_core::protocol::{ErrorCode, ServerFrame};
+    use lambda_runtime::Context;
+
+    use super::*;
+
+    /// A store fault on either kind of `sync` is `Err` for Lambda, and the
+    /// caller gets the typed `internal` frame echoing its `request_id`, not
+    /// API Gateway's untyped one.
+    #[tokio::test]
+    async fn sync_faults_are_err_and_the_client_gets_a_typed_internal_frame() {
+        for (event, request_id) in [
+            (include_str!("../../../events/catch-up-sync.json"), "r-1"),
+            (
+                include_str!("../../../events/catch-up-sync-range.json"),
+                "r-2",
+            ),
+        ] {
+            let (app, h) = App::in_memory();
+            let route: ApiGatewayWebsocketProxyRequest = serde_json::from_str(event).unwrap();
+            let ws = courier_aws::edge::WsRequest::from_event(&route).unwrap();
+            h.gateway.open(&ws.connection_id);
+            h.store.set_down(true);
+            let payload = serde_json::to_value(&route).unwrap();
+            assert!(
+                handle(&app, LambdaEvent::new(payload, Context::default()))
+                    .await
+                    .is_err(),
+                "{request_id}"
+            );
+            let posted = h.gateway.frames(&ws.connection_id);
+            assert_eq!(posted.len(), 1, "{request_id}: {posted:?}");
+            let f: ServerFrame = serde_json::from_str(&posted[0]).unwrap();
+            assert!(
+                matches!(
+                    &f,
+                    ServerFrame::Error {
+                        code: ErrorCode::Internal,
+                        request_id: Some(r),
+                        ..
+                    } if r == request_id
+                ),
+                "{f:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_range_sync_of_an_unknown_conversation_is_refused_not_a_fault() {
+        let (app, h) = App::in_memory();
+        let route: ApiGatewayWebsocketProxyRequest =
+            serde_json::from_str(include_str!("../../../events/catch-up-sync-range.json")).unwrap();
+        let ws = courier_aws::edge::WsRequest::from_event(&route).unwrap();
+        h.gateway.open(&ws.connection_id);
+        let payload = serde_json::to_value(&route).unwrap();
+        let r = handle(&app, LambdaEvent::new(payload, Context::default()))
+            .await
+            .unwrap();
+        let f = r.get("body").and_then(Value::as_str).unwrap();
+        let f: ServerFrame = serde_json::from_str(f).unwrap();
+        assert!(
+            matches!(
+                &f,
+                ServerFrame::Error {
+                    code: ErrorCode::ConversationNotFound,
+                    request_id: Some(r),
+                    ..
+                } if r == "r-2"
+            ),
+            "{f:?}"
+        );
+        assert!(h.gateway.frames(&ws.connection_id).is_empty());
+    }
+}
