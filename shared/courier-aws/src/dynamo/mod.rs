@@ -35,8 +35,10 @@
 //!
 //! - Append, one `TransactWriteItems` (`append.rs`): `last_seq = seq - 1 AND
 //!   contains(members, sender)` on the conversation — seqs stay gap-free and
-//!   unique, and only members post; `attribute_not_exists` on the message and
-//!   on the idempotency record — a retried `client_msg_id` is stored once.
+//!   unique, and only members post; `attribute_not_exists` on the idempotency
+//!   record — a retried `client_msg_id` is stored once; on the message — a
+//!   stored message is never overwritten. A retry after a timeout reuses the
+//!   `ClientRequestToken`, so an attempt that did commit reads as success.
 //!   A cancelled transaction wrote nothing; its reasons, plus one consistent
 //!   read of the idempotency record, tell `Duplicate`, `NotAMember` and
 //!   `SeqConflict` apart.
@@ -45,7 +47,8 @@
 //! - Ack and settle (`pending.rs`): delete only on `last_seq <= seq` — a
 //!   message stored after the client read the row keeps it; otherwise raise
 //!   the cursor only on `first_undelivered_seq <= seq` — a late ack never
-//!   moves it back down.
+//!   moves it back down. Settle also needs `first_undelivered_seq >= from`:
+//!   a seq recorded below what catch-up posted stays pending.
 //! - Record (`pending.rs`): raise `last_seq` on `last_seq < seq`, then lower
 //!   `first_undelivered_seq` on `first_undelivered_seq > seq`, another round
 //!   if an ack deleted the row in between.

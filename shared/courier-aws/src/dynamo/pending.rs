@@ -157,6 +157,7 @@ impl PendingStore for DynamoStore {
             let values = [(":seq", n(seq.get())), (":now", n(now_millis()))];
             // Create the row, or raise last_seq to seq. An existing row's
             // first is <= its last < seq, so keeping it is the min.
+            // `#last < :seq`: a late record of an older seq never lowers last.
             if self
                 .update_pending_if(
                     "UpdateItem pending raise",
@@ -171,7 +172,8 @@ impl PendingStore for DynamoStore {
                 return Ok(());
             }
             // The row exists with last_seq >= seq: lower the cursor if it is
-            // past seq.
+            // past seq. `attribute_exists`: if an ack deleted the row since,
+            // this must not create one holding a cursor and no last_seq.
             if self
                 .update_pending_if(
                     "UpdateItem pending lower",
