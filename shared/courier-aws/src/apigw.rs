@@ -9,8 +9,8 @@
 //!
 //! - 410 (`GoneException`) → [`PostError::Gone`]: unknown, closed, or (right
 //!   after `$connect`) not open yet. What that means is the delivery
-//!   service's call (the open window of DESIGN §4), not this adapter's, so a
-//!   410 is never retried here.
+//!   service's call (the open window of a new connection, `docs/protocol.md`
+//!   on delivery), not this adapter's, so a 410 is never retried here.
 //! - 413 (`PayloadTooLargeException`) → [`PostError::PayloadTooLarge`], never
 //!   retried.
 //! - 429 (`LimitExceededException`, the account-wide 10,000 rps shared with
@@ -29,8 +29,8 @@ use async_trait::async_trait;
 use aws_sdk_apigatewaymanagement::Client;
 use aws_sdk_apigatewaymanagement::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_apigatewaymanagement::primitives::{Blob, DateTime};
-use rand::Rng;
 
+use courier_core::backoff::Backoff;
 use courier_core::domain::{ConnectionId, Millis};
 use courier_core::ports::{ConnectionInfo, Gateway, PostError};
 
@@ -58,14 +58,10 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
-    /// Full jitter: uniform in `0..=min(cap, base * 2^retry)`.
-    fn delay(&self, retry: u32) -> Duration {
-        let ceiling = self
-            .base
-            .saturating_mul(1u32.checked_shl(retry).unwrap_or(u32::MAX))
-            .min(self.cap);
-        let max_ms = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX);
-        Duration::from_millis(rand::rng().random_range(0..=max_ms))
+    /// Full jitter: posters throttled together by the account-wide limit
+    /// come back spread over the whole window.
+    fn backoff(&self) -> Backoff {
+        Backoff::full(self.base, self.cap)
     }
 }
 
@@ -151,7 +147,7 @@ impl ApiGatewayManagement {
             };
             match failure {
                 Failure::Retryable(reason) if retry + 1 < attempts => {
-                    let delay = self.retry.delay(retry);
+                    let delay = self.retry.backoff().delay(retry);
                     tracing::debug!(op, %reason, retry, delay_ms = delay.as_millis() as u64, "retrying @connections call");
                     tokio::time::sleep(delay).await;
                     retry += 1;
@@ -220,10 +216,11 @@ mod tests {
     #[test]
     fn jittered_delay_stays_under_its_ceiling() {
         let p = RetryPolicy::default();
+        assert_eq!(p.backoff(), Backoff::full(p.base, p.cap));
         for retry in 0..40 {
             let ceiling = (p.base * 2u32.saturating_pow(retry.min(20))).min(p.cap);
             for _ in 0..20 {
-                assert!(p.delay(retry) <= ceiling);
+                assert!(p.backoff().delay(retry) <= ceiling);
             }
         }
     }

@@ -6,6 +6,8 @@
 //!
 //! - [`domain`]: ids, seqs, messages, pending rows — types that only hold
 //!   valid values.
+//! - [`backoff`]: the doubling, capped, jittered wait of every retry loop
+//!   (here and in `courier-aws`).
 //! - [`protocol`]: the JSON frames of `docs/protocol.md`, parsed and built in
 //!   one place.
 //! - [`config`]: typed configuration read once from the environment.
@@ -26,6 +28,7 @@
 
 pub mod adapters;
 pub mod app;
+pub mod backoff;
 pub mod config;
 pub mod domain;
 pub mod ports;

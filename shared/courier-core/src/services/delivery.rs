@@ -13,10 +13,10 @@
 
 use std::time::{Duration, Instant};
 
-use rand::Rng;
 use tracing::{debug, warn};
 
 use crate::app::Ports;
+use crate::backoff::Backoff;
 use crate::config::DeliveryConfig;
 use crate::domain::{Connection, UserId, now_millis};
 use crate::ports::PostError;
@@ -56,13 +56,11 @@ fn open_deadline(connection: &Connection, window: Duration, first_attempt: Insta
     }
 }
 
+/// Equal jitter (a wait in the upper half of the window): spreads retries of
+/// concurrent posters, and never retries at once a connection that needs
+/// time to open.
 fn backoff(base: Duration, attempt: u32) -> Duration {
-    let exp = base
-        .saturating_mul(1u32 << attempt.min(8))
-        .min(MAX_RETRY_DELAY);
-    // Full jitter on the upper half: spreads retries of concurrent posters.
-    let half = exp / 2;
-    half + Duration::from_micros(rand::rng().random_range(0..=half.as_micros() as u64))
+    Backoff::equal(base, MAX_RETRY_DELAY).delay(attempt)
 }
 
 /// Posts `frames` in order to `user`'s `connection`.
@@ -243,6 +241,17 @@ mod tests {
         async fn registry_register(&self, user: &UserId, c: &Connection) {
             use crate::ports::ConnectionRegistry;
             self.registry.register(user, c).await.unwrap();
+        }
+    }
+
+    #[test]
+    fn open_retry_waits_keep_a_floor_and_a_cap() {
+        let base = Duration::from_millis(25);
+        for attempt in 0..40 {
+            let d = backoff(base, attempt);
+            let window = (base * 2u32.saturating_pow(attempt)).min(MAX_RETRY_DELAY);
+            assert!(d >= window / 2, "attempt {attempt}: {d:?}");
+            assert!(d <= MAX_RETRY_DELAY, "attempt {attempt}: {d:?}");
         }
     }
 }

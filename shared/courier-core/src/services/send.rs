@@ -35,10 +35,10 @@
 use std::time::Duration;
 
 use futures::future::join_all;
-use rand::Rng;
 use tracing::{debug, info, instrument, warn};
 
 use crate::app::App;
+use crate::backoff::Backoff;
 use crate::config::PendingClear;
 use crate::domain::{
     Body, BodyError, ClientMsgId, Conversation, ConversationId, Message, UserId, now_millis,
@@ -54,9 +54,11 @@ use crate::services::push::{self, PushReport};
 /// well inside this; the bound keeps a pathological pile-up inside API
 /// Gateway's 29 s integration timeout (64 × at most 100 ms of backoff).
 pub const MAX_APPEND_ATTEMPTS: u32 = 64;
-/// First backoff after a conflict; doubles per conflict up to the cap.
-const CONFLICT_BACKOFF_BASE: Duration = Duration::from_millis(2);
-const CONFLICT_BACKOFF_CAP: Duration = Duration::from_millis(100);
+/// The wait after the n-th conflict: up to 2 ms doubling per conflict, at
+/// most 100 ms. Full jitter: concurrent losers spread out instead of
+/// colliding again on the next seq.
+const CONFLICT_BACKOFF: Backoff =
+    Backoff::full(Duration::from_millis(2), Duration::from_millis(100));
 
 /// A server fault: the send may or may not have been stored, and the client
 /// should retry with the same `client_msg_id` (which is safe).
@@ -170,7 +172,7 @@ pub async fn send_message(
                         attempts: conflicts,
                     });
                 }
-                tokio::time::sleep(conflict_backoff(conflicts)).await;
+                tokio::time::sleep(CONFLICT_BACKOFF.delay(conflicts)).await;
             }
         }
     };
@@ -207,16 +209,6 @@ fn new_message(
             (sent_at / 1000).saturating_add(i64::try_from(keep.as_secs()).unwrap_or(i64::MAX))
         }),
     }
-}
-
-/// Full jitter over a doubling window: concurrent losers spread out instead
-/// of colliding again on the next seq.
-fn conflict_backoff(conflicts: u32) -> Duration {
-    let window = CONFLICT_BACKOFF_BASE
-        .saturating_mul(1u32 << conflicts.min(10))
-        .min(CONFLICT_BACKOFF_CAP);
-    let micros = u64::try_from(window.as_micros()).unwrap_or(u64::MAX);
-    Duration::from_micros(rand::rng().random_range(0..=micros))
 }
 
 fn sent(message: &Message, request_id: Option<String>) -> ServerFrame {
@@ -884,8 +876,18 @@ mod tests {
 
     #[test]
     fn conflict_backoff_stays_under_its_cap() {
+        assert_eq!(CONFLICT_BACKOFF.cap, Duration::from_millis(100));
         for n in 0..100 {
-            assert!(conflict_backoff(n) <= CONFLICT_BACKOFF_CAP);
+            assert!(CONFLICT_BACKOFF.delay(n) <= CONFLICT_BACKOFF.cap);
         }
+    }
+
+    /// `MAX_APPEND_ATTEMPTS` conflicts must fit API Gateway's 29 s.
+    #[test]
+    fn conflict_backoff_budget_fits_the_integration_timeout() {
+        let worst: Duration = (1..MAX_APPEND_ATTEMPTS)
+            .map(|n| CONFLICT_BACKOFF.window(n))
+            .sum();
+        assert!(worst < Duration::from_secs(29), "{worst:?}");
     }
 }
