@@ -178,6 +178,13 @@ impl Routes {
         self
     }
 
+    /// [`Routes::timeout`] for each `(function, timeout)`.
+    pub fn timeouts(self, timeouts: &[(&str, Duration)]) -> Self {
+        timeouts
+            .iter()
+            .fold(self, |routes, (f, t)| routes.timeout(f, *t))
+    }
+
     pub fn get_authorizer(&self) -> Option<&Authorizer> {
         self.authorizer.as_ref()
     }
@@ -205,6 +212,13 @@ impl Routes {
             .get(name)
             .copied()
             .unwrap_or(DEFAULT_FUNCTION_TIMEOUT)
+    }
+
+    /// Every route key served, sorted.
+    pub fn route_keys(&self) -> Vec<String> {
+        let mut keys: Vec<String> = self.routes.keys().cloned().collect();
+        keys.sort();
+        keys
     }
 
     pub fn function_names(&self) -> Vec<String> {

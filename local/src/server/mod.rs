@@ -148,6 +148,7 @@ struct Shared {
 pub struct RunningGateway {
     pub addr: SocketAddr,
     pub stage: String,
+    routes: Arc<Routes>,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<std::io::Result<()>>>,
 }
@@ -166,6 +167,11 @@ impl RunningGateway {
     /// What `MANAGEMENT_ENDPOINT` is on AWS: the stage URL.
     pub fn management_endpoint(&self) -> String {
         format!("http://{}/{}", self.addr, self.stage)
+    }
+
+    /// What this gateway serves: route keys, functions, their timeouts.
+    pub fn routes(&self) -> &Routes {
+        &self.routes
     }
 
     /// Stops accepting and waits for the server task.
@@ -212,7 +218,7 @@ pub async fn serve(
     let stage = config.api.stage.clone();
     let shared = Arc::new(Shared {
         config,
-        routes,
+        routes: routes.clone(),
         connections: core.connections.clone(),
         invoker: core.invoker.clone(),
         inspect,
@@ -233,6 +239,7 @@ pub async fn serve(
     Ok(RunningGateway {
         addr,
         stage,
+        routes,
         shutdown: Some(tx),
         task: Some(task),
     })
