@@ -76,7 +76,9 @@ pub struct Routes {
     timeouts: HashMap<String, Duration>,
 }
 
-/// Lambda's own default, used when a function was given no timeout.
+/// Used when a function was given no timeout (tests' own routes). Not
+/// Lambda's 3 s default, so a slow test handler is not cut off; Courier's
+/// functions all get theirs from `wiring::FUNCTION_TIMEOUTS`.
 pub const DEFAULT_FUNCTION_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Routes {

@@ -9,9 +9,10 @@
 //!
 //! Each client frame is dispatched on its own task, as API Gateway invokes a
 //! Lambda per frame without waiting for the previous one: a slow `sync` must
-//! not hold up a `sendMessage` behind it. A handler is cut off at the
-//! smaller of its function timeout and the 29 s integration timeout, and the
-//! client then gets API Gateway's own error frame, not the handler's.
+//! not hold up a `sendMessage` behind it. A route's answer is waited for at
+//! most the smaller of its function timeout and the 29 s integration
+//! timeout; past that the client gets API Gateway's own error frame
+//! (`Endpoint request timed out`), not the handler's.
 //!
 //! When the socket ends, for whatever reason, the connection leaves the
 //! table *before* `$disconnect` runs, so a post racing the close gets 410 as
