@@ -2,11 +2,11 @@
 //! function timeout enforced, a panic turned into a function error, and
 //! `Event` invocations run in the background.
 //!
-//! [`Invoker`] serves the Lambda Invoke API (`server.rs`) and the in-process
-//! [`LocalTrigger`], the `CatchUpTrigger` port of the embedded mode. Both go
-//! through the same path, so an asynchronous catch-up started by `connect`
-//! runs the same way whether the `connect` handler reached it through the
-//! real `aws-sdk-lambda` adapter or in process.
+//! [`Invoker`] serves the Lambda Invoke API (`server/invoke_api.rs`) and the
+//! in-process [`LocalTrigger`], the `CatchUpTrigger` port of the embedded
+//! mode. Both go through the same path, so an asynchronous catch-up started
+//! by `connect` runs the same way whether the `connect` handler reached it
+//! through the real `aws-sdk-lambda` adapter or in process.
 
 use std::future::Future;
 use std::sync::{Arc, OnceLock};

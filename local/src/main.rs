@@ -131,7 +131,9 @@ fn init_logs() {
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     init_logs();
     let env = process_env();
-    let settings = courier_core::app::Settings::from_env(&env)?;
+    // Unset service settings take the template's values, not the code's.
+    let service_env = wiring::template_env(|k| (env.0)(k));
+    let settings = courier_core::app::Settings::from_env(&service_env)?;
     let mut auth = match &args.jwt_secret {
         Some(secret) => AuthConfig::hs256(secret.as_bytes().to_vec()),
         None if env.optional("JWKS_URL").is_some() => AuthConfig::from_env(&env)?,
@@ -152,7 +154,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tables: TableNames::with_prefix(&args.tables.table_prefix),
         auth,
         settings,
-        rate_limit: courier_core::config::RateLimitConfig::from_env(&env)?,
+        rate_limit: courier_core::config::RateLimitConfig::from_env(&service_env)?,
         via_aws_apis: args.via_aws_apis,
     };
     let listener = tokio::net::TcpListener::bind(&args.addr)

@@ -76,7 +76,9 @@ pub struct Routes {
     timeouts: HashMap<String, Duration>,
 }
 
-/// Lambda's own default, used when a function was given no timeout.
+/// Used when a function was given no timeout (tests' own routes). Not
+/// Lambda's 3 s default, so a slow test handler is not cut off; Courier's
+/// functions all get theirs from `wiring::FUNCTION_TIMEOUTS`.
 pub const DEFAULT_FUNCTION_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Routes {
@@ -178,6 +180,13 @@ impl Routes {
         self
     }
 
+    /// [`Routes::timeout`] for each `(function, timeout)`.
+    pub fn timeouts(self, timeouts: &[(&str, Duration)]) -> Self {
+        timeouts
+            .iter()
+            .fold(self, |routes, (f, t)| routes.timeout(f, *t))
+    }
+
     pub fn get_authorizer(&self) -> Option<&Authorizer> {
         self.authorizer.as_ref()
     }
@@ -205,6 +214,13 @@ impl Routes {
             .get(name)
             .copied()
             .unwrap_or(DEFAULT_FUNCTION_TIMEOUT)
+    }
+
+    /// Every route key served, sorted.
+    pub fn route_keys(&self) -> Vec<String> {
+        let mut keys: Vec<String> = self.routes.keys().cloned().collect();
+        keys.sort();
+        keys
     }
 
     pub fn function_names(&self) -> Vec<String> {

@@ -35,7 +35,7 @@ use courier_aws::wiring::{AwsClients, AwsEndpoints};
 use courier_core::adapters::memory::{MemoryRegistry, MemoryStore};
 use courier_core::adapters::rate_limit::{MemoryRateLimiter, Unlimited};
 use courier_core::app::{App, Ports, Settings};
-use courier_core::config::{RateLimitConfig, RegistryConfig, TableNames};
+use courier_core::config::{Env, RateLimitConfig, RegistryConfig, TableNames};
 use courier_core::ports::{
     CatchUpTrigger, ConnectionRegistry, ConversationStore, DeviceStore, Gateway, MessageStore,
     PendingStore, RateLimiter,
@@ -66,6 +66,59 @@ pub mod functions {
     pub const CONVERSATIONS: &str = "conversations";
     pub const DEVICES: &str = "devices";
     pub const DEFAULT: &str = "default";
+}
+
+/// Each function's `Timeout` in `template.yaml`, by function name.
+///
+/// Copied rather than read at run time so the gateway needs no template to
+/// start; `local/tests/template.rs` fails when a value here and the
+/// template's (the function's own `Timeout`, else `Globals`) differ, so the
+/// copy cannot drift. They matter locally because a handler is cut off at
+/// its timeout as on Lambda, and catch-up plans its work back from the
+/// deadline its context carries.
+pub const FUNCTION_TIMEOUTS: &[(&str, Duration)] = &[
+    (functions::AUTHORIZER, Duration::from_secs(10)),
+    (functions::CONNECT, Duration::from_secs(10)),
+    (functions::DISCONNECT, Duration::from_secs(10)),
+    (functions::CATCH_UP, Duration::from_secs(28)),
+    (functions::SEND_MESSAGE, Duration::from_secs(20)),
+    (functions::ACK, Duration::from_secs(15)),
+    (functions::CONVERSATIONS, Duration::from_secs(10)),
+    (functions::DEVICES, Duration::from_secs(10)),
+    (functions::DEFAULT, Duration::from_secs(5)),
+];
+
+/// The service settings `template.yaml` gives the functions' environments
+/// (literal values and the defaults of the parameters they refer to).
+///
+/// Where the code's own default differs (catch-up's deadline margin), a
+/// local run would otherwise behave unlike a deploy. The process
+/// environment still wins ([`template_env`]); `local/tests/template.rs`
+/// checks this table against the template.
+pub const TEMPLATE_ENV: &[(&str, &str)] = &[
+    ("OPEN_WINDOW_MS", "3000"),
+    ("CATCH_UP_DEADLINE_MARGIN_MS", "5000"),
+    ("RATE_LIMIT_PER_SEC", "10"),
+    ("RATE_LIMIT_BURST", "30"),
+    ("PENDING_CLEAR", "ack"),
+    ("PUSH_PREVIEW", "full"),
+    ("MESSAGE_RETENTION_DAYS", "0"),
+];
+
+/// `lookup` (the process environment, say), falling back to
+/// [`TEMPLATE_ENV`] for what it does not set.
+pub fn template_env<F>(lookup: F) -> Env<impl Fn(&str) -> Option<String>>
+where
+    F: Fn(&str) -> Option<String>,
+{
+    Env(move |name: &str| {
+        lookup(name).or_else(|| {
+            TEMPLATE_ENV
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| (*v).to_owned())
+        })
+    })
 }
 
 /// Every function on its route, with the SAM template's timeouts.
@@ -107,15 +160,7 @@ pub fn courier_routes(app: App, auth: Arc<authorizer::AuthorizerState>) -> Route
             async move { catch_up::handle(&app, e).await }
         })
         .route_to_function("sync", f::CATCH_UP)
-        .timeout(f::AUTHORIZER, Duration::from_secs(10))
-        .timeout(f::CONNECT, Duration::from_secs(10))
-        .timeout(f::DISCONNECT, Duration::from_secs(10))
-        .timeout(f::CATCH_UP, Duration::from_secs(28))
-        .timeout(f::SEND_MESSAGE, Duration::from_secs(20))
-        .timeout(f::ACK, Duration::from_secs(15))
-        .timeout(f::CONVERSATIONS, Duration::from_secs(10))
-        .timeout(f::DEVICES, Duration::from_secs(10))
-        .timeout(f::DEFAULT, Duration::from_secs(5))
+        .timeouts(FUNCTION_TIMEOUTS)
 }
 
 /// How to run Courier locally.
@@ -146,11 +191,22 @@ impl Default for LocalOptions {
             dynamodb_endpoint: None,
             tables: TableNames::with_prefix(LOCAL_TABLE_PREFIX),
             auth: AuthConfig::hs256(LOCAL_JWT_SECRET),
-            settings: Settings::default(),
-            rate_limit: RateLimitConfig::default(),
+            settings: template_settings(),
+            rate_limit: template_rate_limit(),
             via_aws_apis: false,
         }
     }
+}
+
+/// The service settings of a deploy with the template's defaults.
+fn template_settings() -> Settings {
+    // Every value in TEMPLATE_ENV parses (the template test builds these
+    // same settings from the template); the fallback only keeps this total.
+    Settings::from_env(&template_env(|_| None)).unwrap_or_default()
+}
+
+fn template_rate_limit() -> RateLimitConfig {
+    RateLimitConfig::from_env(&template_env(|_| None)).unwrap_or_default()
 }
 
 /// A running local Courier and what tests reach into.
