@@ -18,7 +18,7 @@
 //! Before every call the wrapper also yields to the scheduler a random number
 //! of times (seeded, so a failing case replays): invocations run with
 //! `join_all` then interleave at port-call granularity, which is where the
-//! races of DESIGN §4 live.
+//! races of the delivery rules (docs/architecture.md) live.
 
 use std::collections::HashSet;
 use std::future::Future;

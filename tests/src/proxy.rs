@@ -2,7 +2,7 @@
 //! and switch, while the test runs, between passing bytes through, delaying
 //! them, resetting every connection, black-holing them, or cutting them after
 //! a number of bytes. There is no toxiproxy on this machine, and the faults
-//! DESIGN §4 cares about are all of this shape: a registry that is down, slow
+//! the delivery rules (docs/architecture.md) care about are all of this shape: a registry that is down, slow
 //! or hung, a store whose connection dies mid-reply.
 //!
 //! One task per proxied connection owns both sockets and runs one `select!`

@@ -12,7 +12,7 @@
 //! duplicates, ack the highest contiguous seq, retry unanswered sends with
 //! the same `client_msg_id`).
 //!
-//! After every step the invariants of DESIGN §4 are checked against the
+//! After every step the delivery rules of docs/architecture.md are checked against the
 //! stores and the clients:
 //! - every stored message (`ack` mode) or every answered one (`post` mode) is,
 //!   for each recipient, in the recipient's hands or covered by a pending row;
@@ -861,7 +861,7 @@ impl World {
         self.h.store.range(conv, Seq(1), usize::MAX).await.unwrap()
     }
 
-    /// The invariants of DESIGN §4, on the stores and the clients.
+    /// The invariants of docs/architecture.md, delivery rules, on the stores and the clients.
     async fn check(&mut self) -> Result<(), TestCaseError> {
         let mut answered_at: BTreeSet<(ConversationId, u64)> = BTreeSet::new();
         for ((sender, key), (conv, seq)) in &self.answered {
@@ -1159,7 +1159,7 @@ fn model_holds_every_invariant_in_ack_and_post_mode() {
     run_model(PendingClear::Post, false);
 }
 
-/// The trade-off `post` mode makes (DESIGN §4), shown rather than claimed: a
+/// The trade-off `post` mode makes (docs/architecture.md, delivery rules), shown rather than claimed: a
 /// post a half-open connection swallowed counts as delivered, and nothing is
 /// left to redeliver it. `ack` mode, same history, redelivers.
 #[test]

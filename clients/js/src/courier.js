@@ -1,7 +1,7 @@
 // Courier's client for browsers and Node.js: an ES module with no dependencies.
 //
 // The server's half of the reconnect flow is only safe with a client that keeps
-// its half (DESIGN §1 step 4, §4). This module is that half, the same rules as
+// its half (docs/architecture.md: the reconnect flow, step 4, and the delivery rules). This module is that half, the same rules as
 // the Rust client (clients/rust) in the same three layers:
 //
 // - `Timeline`: one conversation in seq order, duplicates dropped by seq, the

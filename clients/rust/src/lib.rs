@@ -1,7 +1,7 @@
 //! `courier-client`: a Courier client that gets the delivery rules right.
 //!
 //! The server's half of the reconnect flow is only safe with a client that
-//! keeps its half (DESIGN §1 step 4, §4): messages placed by seq with
+//! keeps its half (docs/architecture.md: the reconnect flow, step 4, and the delivery rules): messages placed by seq with
 //! duplicates dropped, acks only for the contiguous prefix, holes and `more`
 //! pulled with a range `sync`, a full `sync` when `caught_up` is late, sends
 //! retried with the same `client_msg_id` until `sent`, reconnects with

@@ -1,7 +1,7 @@
 //! One conversation as the client holds it: messages by seq, what is
 //! contiguous, what was acknowledged, and where the holes are.
 //!
-//! This is DESIGN §1 step 4 in code. Messages arrive from three directions
+//! This is docs/architecture.md: the reconnect flow, step 4 in code. Messages arrive from three directions
 //! that race each other (catch-up frames, live posts, range `sync`
 //! replies) and any of them may repeat what another delivered, so the
 //! timeline is keyed by seq: a second copy of a seq is dropped, never shown

@@ -1,4 +1,4 @@
-//! The `$connect` REQUEST authorizer (DESIGN §1 step 1).
+//! The `$connect` REQUEST authorizer (docs/architecture.md: the reconnect flow, step 1).
 //!
 //! API Gateway calls it with the WebSocket upgrade request (identity source
 //! `route.request.querystring.token`); what it returns decides whether the

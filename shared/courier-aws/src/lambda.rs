@@ -7,7 +7,7 @@
 //! [`CatchUpRequest`] JSON, exactly what the catch-up handler parses.
 //!
 //! Lambda may deliver an `Event` invocation more than once; catch-up is
-//! idempotent (DESIGN §4), so this side does nothing about it. Errors are the
+//! idempotent (docs/architecture.md, delivery rules), so this side does nothing about it. Errors are the
 //! caller's to log: a failed trigger leaves the client to ask with `sync`.
 
 use async_trait::async_trait;

@@ -12,7 +12,7 @@
 //! The semantics are exactly [`MemoryRegistry`](super::memory::MemoryRegistry)'s,
 //! and `tests/tests/registry_conformance.rs` holds both to the same cases.
 //!
-//! Redis is a hint (DESIGN §4): a function must start, and `$connect` must
+//! Redis is a hint (docs/architecture.md, delivery rules): a function must start, and `$connect` must
 //! succeed, while Redis is down or slow. Hence:
 //!
 //! - [`RedisRegistry::new`] never touches the network: it only parses the

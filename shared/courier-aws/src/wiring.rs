@@ -124,7 +124,7 @@ impl TriggerConfig {
     }
 }
 
-/// Which ports a function uses. The constants are the functions of DESIGN §2
+/// Which ports a function uses. The constants are the functions of the functions of docs/architecture.md
 /// as their services stand; a function may ask for more.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Needs {

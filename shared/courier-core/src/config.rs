@@ -54,7 +54,7 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
     }
 }
 
-/// DynamoDB table names (DESIGN §3).
+/// DynamoDB table names (docs/architecture.md, data model).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TableNames {
     pub messages: String,
@@ -88,7 +88,7 @@ impl TableNames {
     }
 }
 
-/// When pending rows are cleared (DESIGN §4).
+/// When pending rows are cleared (docs/architecture.md, delivery rules).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum PendingClear {
     /// Rows for every recipient, cleared by the client's ack. The default:

@@ -16,10 +16,10 @@ use crate::domain::{
     ClientMsgId, ConversationId, InvalidValue, Message, Millis, Platform, Seq, UserId,
 };
 
-/// Longest `request_id` echoed back (DESIGN §5).
+/// Longest `request_id` echoed back (docs/protocol.md).
 pub const MAX_REQUEST_ID_LEN: usize = 64;
 
-/// Error codes of DESIGN §5.
+/// Error codes of docs/protocol.md.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {

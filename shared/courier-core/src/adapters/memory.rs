@@ -8,7 +8,7 @@
 //! is.
 //!
 //! Each adapter also has a switch to make it fail (`set_down`), so tests can
-//! inject the faults DESIGN §4 names without a network in between.
+//! inject the faults the delivery rules (docs/architecture.md) name without a network in between.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -1,5 +1,5 @@
 //! Acks: the client says "I hold every message of this conversation through
-//! `seq`", and the pending row shrinks or goes (DESIGN §4, `PENDING_CLEAR=ack`).
+//! `seq`", and the pending row shrinks or goes (docs/architecture.md, delivery rules, `PENDING_CLEAR=ack`).
 //!
 //! The conditional writes live in [`PendingStore::ack`]: a row is deleted only
 //! if `last_seq <= seq` (a message that arrived meanwhile is never wiped), and

@@ -1,7 +1,7 @@
 //! Catch-up: everything a user missed, in one round of parallel reads.
 //!
 //! The critical path is three sequential round trips whatever the number of
-//! conversations (DESIGN §1): the pending query, then every conversation's
+//! conversations (docs/architecture.md, the reconnect flow): the pending query, then every conversation's
 //! range query at once, then every conversation's posts at once. Inside one
 //! conversation frames go out strictly in seq order; across conversations
 //! there is no order to keep, so they run concurrently, bounded twice: at

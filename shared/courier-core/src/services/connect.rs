@@ -3,7 +3,7 @@
 //! Connect writes the registry *before* it triggers catch-up, and catch-up
 //! reads pending strongly consistently; the send path writes pending *before*
 //! it reads the registry. Whatever the interleaving, a message sent while the
-//! recipient connects is seen by one of the two (DESIGN §4, no lost race).
+//! recipient connects is seen by one of the two (docs/architecture.md, delivery rules, no lost race).
 //!
 //! Neither step may refuse the connection: Redis is a hint (a failed write
 //! only costs live delivery until the next connect), and a failed trigger is

@@ -1,4 +1,4 @@
-//! Posting frames to a user's live connection, with DESIGN §4's 410 rule.
+//! Posting frames to a user's live connection, with the delivery rules' (docs/architecture.md) 410 rule.
 //!
 //! API Gateway answers 410 both for a connection that is gone and for one
 //! whose `$connect` has not returned yet — and a sender (or catch-up) can find

@@ -1,4 +1,4 @@
-//! Push notifications to a user's devices (DESIGN §1 phase 1).
+//! Push notifications to a user's devices (docs/architecture.md: the reconnect flow, phase 1).
 //!
 //! A recipient the send path could not reach live gets one push per
 //! registered device. The payload is what the phone's OS needs to show a

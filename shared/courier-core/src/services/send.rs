@@ -1,6 +1,6 @@
 //! Sending a message: validate, assign the next seq, store, deliver or push.
 //!
-//! The order of steps is the contract of DESIGN §4, and each one is here for
+//! The order of steps is the contract of the delivery rules (docs/architecture.md), and each one is here for
 //! a failure it prevents:
 //!
 //! 1. **Idempotency first.** A `client_msg_id` this sender already used in
