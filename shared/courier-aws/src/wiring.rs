@@ -428,11 +428,8 @@ impl AwsClients {
         if let Some(tables) = &config.tables {
             #[cfg(feature = "dynamodb")]
             {
-                let store = Arc::new(DynamoStore::new(self.dynamodb(), tables.clone()));
-                ports.messages = store.clone();
-                ports.conversations = store.clone();
-                ports.pending = store.clone();
-                ports.devices = store;
+                let store = DynamoStore::new(self.dynamodb(), tables.clone());
+                ports = ports.with_store(Arc::new(store));
             }
             #[cfg(not(feature = "dynamodb"))]
             return Err(not_built(
@@ -444,9 +441,8 @@ impl AwsClients {
         if let Some(management) = &config.management {
             #[cfg(feature = "apigw")]
             {
-                ports.gateway = Arc::new(ApiGatewayManagement::new(
-                    self.management(&management.endpoint),
-                ));
+                let gateway = ApiGatewayManagement::new(self.management(&management.endpoint));
+                ports = ports.with_gateway(Arc::new(gateway));
             }
             #[cfg(not(feature = "apigw"))]
             return Err(not_built(management, "MANAGEMENT_ENDPOINT", "apigw"));
@@ -454,8 +450,8 @@ impl AwsClients {
         if let Some(trigger) = &config.trigger {
             #[cfg(feature = "lambda")]
             {
-                ports.trigger =
-                    Arc::new(LambdaTrigger::new(self.lambda(), trigger.function.clone()));
+                let trigger = LambdaTrigger::new(self.lambda(), trigger.function.clone());
+                ports = ports.with_trigger(Arc::new(trigger));
             }
             #[cfg(not(feature = "lambda"))]
             return Err(not_built(trigger, "CATCH_UP_FUNCTION", "lambda"));
@@ -463,7 +459,7 @@ impl AwsClients {
         if let Some(push) = &config.push {
             #[cfg(feature = "sns")]
             {
-                ports.notifier = Arc::new(SnsNotifier::new(self.sns(), push.clone()));
+                ports = ports.with_notifier(Arc::new(SnsNotifier::new(self.sns(), push.clone())));
             }
             #[cfg(not(feature = "sns"))]
             return Err(not_built(push, "PUSH_PREVIEW", "sns"));
@@ -497,10 +493,7 @@ fn sdk_free_ports(config: &PortsConfig) -> Result<Ports, ConfigError> {
             name: "REDIS_URL",
             reason: e.0,
         })?;
-        Ok(Ports {
-            registry: Arc::new(registry),
-            ..ports
-        })
+        Ok(ports.with_registry(Arc::new(registry)))
     }
     #[cfg(not(feature = "redis"))]
     Err(not_built(registry, "REDIS_URL", "redis"))

@@ -47,16 +47,12 @@ impl MemoryHandles {
     }
 
     pub fn ports(&self) -> Ports {
-        Ports {
-            registry: Arc::new(self.registry.clone()),
-            messages: Arc::new(self.store.clone()),
-            conversations: Arc::new(self.store.clone()),
-            pending: Arc::new(self.store.clone()),
-            devices: Arc::new(self.store.clone()),
-            gateway: Arc::new(self.gateway.clone()),
-            trigger: Arc::new(self.trigger.clone()),
-            notifier: Arc::new(self.notifier.clone()),
-        }
+        Ports::unwired()
+            .with_store(Arc::new(self.store.clone()))
+            .with_registry(Arc::new(self.registry.clone()))
+            .with_gateway(Arc::new(self.gateway.clone()))
+            .with_trigger(Arc::new(self.trigger.clone()))
+            .with_notifier(Arc::new(self.notifier.clone()))
     }
 }
 
@@ -75,6 +71,38 @@ impl Ports {
             trigger: unwired.clone(),
             notifier: unwired,
         }
+    }
+
+    /// One store behind all four store ports (messages, conversations,
+    /// pending, devices), as the DynamoDB and in-memory stores are: the one
+    /// place that knows a store fills four ports.
+    pub fn with_store<S>(self, store: Arc<S>) -> Ports
+    where
+        S: MessageStore + ConversationStore + PendingStore + DeviceStore + 'static,
+    {
+        Ports {
+            messages: store.clone(),
+            conversations: store.clone(),
+            pending: store.clone(),
+            devices: store,
+            ..self
+        }
+    }
+
+    pub fn with_registry(self, registry: Arc<dyn ConnectionRegistry>) -> Ports {
+        Ports { registry, ..self }
+    }
+
+    pub fn with_gateway(self, gateway: Arc<dyn Gateway>) -> Ports {
+        Ports { gateway, ..self }
+    }
+
+    pub fn with_trigger(self, trigger: Arc<dyn CatchUpTrigger>) -> Ports {
+        Ports { trigger, ..self }
+    }
+
+    pub fn with_notifier(self, notifier: Arc<dyn Notifier>) -> Ports {
+        Ports { notifier, ..self }
     }
 
     /// Every port in memory, and the handles to reach into them.
