@@ -18,12 +18,9 @@ use courier_aws::lambda::LambdaTrigger;
 use courier_aws::rate_limit::RedisRateLimiter;
 use courier_aws::redis::RedisRegistry;
 use courier_aws::wiring::{AwsClients, AwsEndpoints};
-use courier_core::adapters::memory::MemoryStore;
 use courier_core::app::{App, Ports, Settings};
 use courier_core::config::{RateLimitConfig, RegistryConfig, TableNames};
-use courier_core::ports::{
-    ConnectionRegistry, ConversationStore, DeviceStore, MessageStore, PendingStore,
-};
+use courier_core::ports::ConnectionRegistry;
 use courier_local::pushes::RecordingNotifier;
 use courier_local::wiring::{LOCAL_JWT_SECRET, courier_routes, functions};
 use courier_local::{Core, GatewayConfig, Inspect, RunningGateway};
@@ -80,19 +77,15 @@ pub async fn start(
     );
     let core = Core::new(config);
     let pushes = RecordingNotifier::new();
-    let store_arc = Arc::new(store.clone());
-    let ports = Ports {
-        registry: registry.clone(),
-        messages: store_arc.clone(),
-        conversations: store_arc.clone(),
-        pending: store_arc.clone(),
-        devices: store_arc.clone(),
-        gateway: Arc::new(ApiGatewayManagement::new(
+    let ports = Ports::unwired()
+        .with_store(Arc::new(store.clone()))
+        .with_registry(registry.clone())
+        .with_gateway(Arc::new(ApiGatewayManagement::new(
             clients.management(&management.url),
-        )),
-        trigger: Arc::new(core.trigger(functions::CATCH_UP)),
-        notifier: Arc::new(pushes.clone()),
-    };
+        )))
+        .with_trigger(Arc::new(core.trigger(functions::CATCH_UP)))
+        .with_notifier(Arc::new(pushes.clone()));
+    let pending = ports.pending.clone();
     let tape = Tape::new();
     // As the send-message binary wires it: a token bucket in Redis, asked
     // before any store call. Limits far above the benchmark's rates, so it
@@ -112,7 +105,7 @@ pub async fn start(
     let routes = courier_routes(app, Arc::new(auth));
     let inspect = Inspect {
         pushes: Some(pushes),
-        pending: Some(store_arc),
+        pending: Some(pending),
         registry: Some(registry.clone()),
     };
     let running = courier_local::serve(core, routes, inspect, listener)
@@ -129,31 +122,12 @@ pub async fn start(
     })
 }
 
-/// The stores a [`start_sdk`] gateway runs on.
-pub struct Stores {
-    pub messages: Arc<dyn MessageStore>,
-    pub conversations: Arc<dyn ConversationStore>,
-    pub pending: Arc<dyn PendingStore>,
-    pub devices: Arc<dyn DeviceStore>,
-}
-
-impl Stores {
-    pub fn memory(store: &MemoryStore) -> Stores {
-        Stores {
-            messages: Arc::new(store.clone()),
-            conversations: Arc::new(store.clone()),
-            pending: Arc::new(store.clone()),
-            devices: Arc::new(store.clone()),
-        }
-    }
-}
-
 /// A gateway on `stores` and Redis whose functions post through the SDK to
 /// its own `@connections` and invoke catch-up through the SDK on its own
 /// Invoke API (production's path, as `courier-local --via-aws-apis`), with
 /// no proxy: for the storm, where the stores may be in memory so that the
 /// figure is the gateway's, the functions' and Redis's, not moto's.
-pub async fn start_sdk(stores: Stores, redis_url: &str) -> anyhow::Result<RunningGateway> {
+pub async fn start_sdk(stores: Ports, redis_url: &str) -> anyhow::Result<RunningGateway> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let config = GatewayConfig::default();
@@ -170,25 +144,23 @@ pub async fn start_sdk(stores: Stores, redis_url: &str) -> anyhow::Result<Runnin
     );
     let core = Core::new(config.clone());
     let pushes = RecordingNotifier::new();
-    let ports = Ports {
-        registry: registry.clone(),
-        messages: stores.messages,
-        conversations: stores.conversations,
-        pending: stores.pending.clone(),
-        devices: stores.devices,
-        gateway: Arc::new(ApiGatewayManagement::new(
-            clients.management(&format!("http://{addr}/{}", config.api.stage)),
-        )),
-        trigger: Arc::new(LambdaTrigger::new(clients.lambda(), functions::CATCH_UP)),
-        notifier: Arc::new(pushes.clone()),
-    };
+    let management = clients.management(&format!("http://{addr}/{}", config.api.stage));
+    let ports = stores
+        .with_registry(registry.clone())
+        .with_gateway(Arc::new(ApiGatewayManagement::new(management)))
+        .with_trigger(Arc::new(LambdaTrigger::new(
+            clients.lambda(),
+            functions::CATCH_UP,
+        )))
+        .with_notifier(Arc::new(pushes.clone()));
+    let pending = ports.pending.clone();
     let app = App::new(ports, Settings::default());
     let auth = authorizer::AuthorizerState::new(&AuthConfig::hs256(LOCAL_JWT_SECRET))
         .map_err(|e| anyhow::anyhow!("authorizer: {e}"))?;
     let routes = courier_routes(app, Arc::new(auth));
     let inspect = Inspect {
         pushes: Some(pushes),
-        pending: Some(stores.pending),
+        pending: Some(pending),
         registry: Some(registry),
     };
     courier_local::serve(core, routes, inspect, listener)

@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, ensure};
 use courier_aws::dynamo::DynamoStore;
 use courier_core::adapters::memory::MemoryStore;
+use courier_core::app::Ports;
 use courier_core::domain::UserId;
 use courier_core::ports::PendingStore;
 use courier_core::protocol::ServerFrame;
@@ -35,7 +36,7 @@ use serde_json::json;
 use tokio::sync::Barrier;
 
 use crate::backends::Backends;
-use crate::gateway::{self, Stores};
+use crate::gateway;
 use crate::report::{Report, Verdict};
 use crate::seed::{self, Backlog, Spec};
 use crate::stats::{ms, percentile};
@@ -177,7 +178,7 @@ pub async fn run(config: &Config) -> anyhow::Result<Figures> {
             body_bytes: 100,
         })
         .collect();
-    let (backlogs, pending, stores): (Vec<Backlog>, Arc<dyn PendingStore>, Stores) =
+    let (backlogs, pending, stores): (Vec<Backlog>, Arc<dyn PendingStore>, Ports) =
         match config.backend {
             Backend::Moto => {
                 let tables = backends.fresh_tables().await?;
@@ -187,18 +188,14 @@ pub async fn run(config: &Config) -> anyhow::Result<Figures> {
                 if let Some(b) = backlogs.first() {
                     b.verify(&store).await?;
                 }
-                let stores = Stores {
-                    messages: store.clone(),
-                    conversations: store.clone(),
-                    pending: store.clone(),
-                    devices: store.clone(),
-                };
+                let stores = Ports::unwired().with_store(store.clone());
                 (backlogs, store, stores)
             }
             Backend::Memory => {
                 let store = MemoryStore::new();
                 let backlogs = seed::seed_memory(&store, &specs).await?;
-                (backlogs, Arc::new(store.clone()), Stores::memory(&store))
+                let stores = Ports::unwired().with_store(Arc::new(store.clone()));
+                (backlogs, Arc::new(store), stores)
             }
         };
     let gateway = gateway::start_sdk(stores, &backends.redis_url).await?;

@@ -36,10 +36,7 @@ use courier_core::adapters::memory::{MemoryRegistry, MemoryStore};
 use courier_core::adapters::rate_limit::{MemoryRateLimiter, Unlimited};
 use courier_core::app::{App, Ports, Settings};
 use courier_core::config::{Env, RateLimitConfig, RegistryConfig, TableNames};
-use courier_core::ports::{
-    CatchUpTrigger, ConnectionRegistry, ConversationStore, DeviceStore, Gateway, MessageStore,
-    PendingStore, RateLimiter,
-};
+use courier_core::ports::{CatchUpTrigger, ConnectionRegistry, Gateway, PendingStore, RateLimiter};
 use lambda_runtime::LambdaEvent;
 use serde_json::Value;
 
@@ -252,28 +249,6 @@ pub async fn create_tables(endpoint: &str, tables: &TableNames) -> anyhow::Resul
         .with_context(|| format!("creating tables on {endpoint}"))
 }
 
-/// The four store ports, one adapter behind them all.
-struct Stores {
-    messages: Arc<dyn MessageStore>,
-    conversations: Arc<dyn ConversationStore>,
-    pending: Arc<dyn PendingStore>,
-    devices: Arc<dyn DeviceStore>,
-}
-
-impl Stores {
-    fn of<S>(store: Arc<S>) -> Self
-    where
-        S: MessageStore + ConversationStore + PendingStore + DeviceStore + 'static,
-    {
-        Self {
-            messages: store.clone(),
-            conversations: store.clone(),
-            pending: store.clone(),
-            devices: store,
-        }
-    }
-}
-
 /// Binds `listener`, builds the ports and the handlers, and serves.
 pub async fn start(
     options: LocalOptions,
@@ -318,12 +293,10 @@ pub async fn start_with(
         Some(endpoint) => {
             create_tables(endpoint, &options.tables).await?;
             tracing::info!(%endpoint, prefix = %options.tables.messages, "stores: dynamodb");
-            Stores::of(Arc::new(DynamoStore::new(
-                clients.dynamodb(),
-                options.tables.clone(),
-            )))
+            let store = DynamoStore::new(clients.dynamodb(), options.tables.clone());
+            Ports::unwired().with_store(Arc::new(store))
         }
-        None => Stores::of(Arc::new(MemoryStore::new())),
+        None => Ports::unwired().with_store(Arc::new(MemoryStore::new())),
     };
 
     let (gateway, trigger): (Arc<dyn Gateway>, Arc<dyn CatchUpTrigger>) = if options.via_aws_apis {
@@ -340,17 +313,12 @@ pub async fn start_with(
     };
 
     let pushes = RecordingNotifier::new();
-    let ports = Ports {
-        registry: registry.clone(),
-        messages: stores.messages,
-        conversations: stores.conversations,
-        pending: stores.pending.clone(),
-        devices: stores.devices,
-        gateway,
-        trigger,
-        notifier: Arc::new(pushes.clone()),
-    };
-    let pending = stores.pending;
+    let ports = stores
+        .with_registry(registry.clone())
+        .with_gateway(gateway)
+        .with_trigger(trigger)
+        .with_notifier(Arc::new(pushes.clone()));
+    let pending = ports.pending.clone();
     let limiter: Arc<dyn RateLimiter> = match (&options.redis_url, options.rate_limit) {
         (_, limits) if !limits.enabled() => Arc::new(Unlimited),
         (Some(url), limits) => Arc::new(
