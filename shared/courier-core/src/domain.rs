@@ -125,8 +125,11 @@ pub struct Seq(pub u64);
 impl Seq {
     pub const ZERO: Seq = Seq(0);
 
+    /// The seq after this one. Saturates: a client's `after_seq` of
+    /// `u64::MAX` asks for nothing (an empty range), never a panic or a wrap
+    /// back to the start of the conversation.
     pub fn next(self) -> Seq {
-        Seq(self.0 + 1)
+        Seq(self.0.saturating_add(1))
     }
 
     pub fn get(self) -> u64 {
@@ -279,6 +282,12 @@ pub struct Device {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_seq_after_the_largest_saturates() {
+        assert_eq!(Seq(41).next(), Seq(42));
+        assert_eq!(Seq(u64::MAX).next(), Seq(u64::MAX));
+    }
 
     #[test]
     fn ids_refuse_separators_and_empty() {
