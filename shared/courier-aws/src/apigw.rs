@@ -3,7 +3,7 @@
 //! `POST/GET/DELETE {MANAGEMENT_ENDPOINT}/@connections/{id}`, through
 //! `aws-sdk-apigatewaymanagement`. The client must be built with the stage's
 //! endpoint (`https://{api}.execute-api.{region}.amazonaws.com/{stage}`, or
-//! the local gateway's); `adapters::aws` does that.
+//! the local gateway's); `wiring` does that.
 //!
 //! Outcomes are mapped here, once, to [`PostError`]:
 //!
@@ -16,7 +16,7 @@
 //! - 429 (`LimitExceededException`, the account-wide 10,000 rps shared with
 //!   new connections) and 5xx → retried a few times with full-jitter backoff,
 //!   then [`PostError::Unavailable`]. Bounded so one slow post never eats the
-//!   caller's deadline; the client built by `adapters::aws` has the SDK's own
+//!   caller's deadline; the client built by `wiring` has the SDK's own
 //!   retries turned off so the two never multiply.
 //! - Anything else (403 from a wrong stage or missing IAM permission, a
 //!   transport failure, a timeout) → [`PostError::Unavailable`] at once. A

@@ -9,7 +9,7 @@
 //! delete a newer connection that replaced the entry in between; the script
 //! touches one key, so it is also safe on a clustered (serverless) cache.
 //!
-//! The semantics are exactly [`MemoryRegistry`](super::memory::MemoryRegistry)'s,
+//! The semantics are exactly [`MemoryRegistry`](courier_core::adapters::memory::MemoryRegistry)'s,
 //! and `tests/tests/registry_conformance.rs` holds both to the same cases.
 //!
 //! Redis is a hint (docs/architecture.md, delivery rules): a function must start, and `$connect` must

@@ -124,8 +124,8 @@ impl TriggerConfig {
     }
 }
 
-/// Which ports a function uses. The constants are the functions of the functions of docs/architecture.md
-/// as their services stand; a function may ask for more.
+/// Which ports a function uses. The constants are the functions of
+/// docs/architecture.md as their services stand; a function may ask for more.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Needs {
     /// Every DynamoDB table (messages, pending, conversations, idempotency,

@@ -15,9 +15,11 @@
 //!
 //! Safety properties, and where they come from:
 //! - *Nothing lost.* In `PENDING_CLEAR=ack` catch-up never deletes anything;
-//!   the client's ack does. In `post` it deletes a row only on condition that
-//!   its `last_seq` is the one it read (else it delivers the newer messages
-//!   first), and advances the cursor only to what it posted.
+//!   the client's ack does. In `post` it settles a row only on condition
+//!   that the row holds nothing but what it posted (`settle_posted`: no newer
+//!   `last_seq`, no older `first_undelivered_seq` recorded meanwhile; else
+//!   it re-reads the row and delivers from its cursor), and advances the
+//!   cursor only to what it posted.
 //! - *Idempotent.* Running twice (Lambda may) posts the same frames twice; the
 //!   client drops duplicates by `(conversation_id, seq)`.
 //! - *Bounded.* At most `per_conversation_cap` messages per conversation (the

@@ -225,8 +225,6 @@ fn sent(message: &Message, request_id: Option<String>) -> ServerFrame {
 /// deliver again, because the first attempt may have died before (or while)
 /// delivering. Extra live frames are dropped by the client by seq; an extra
 /// push collapses into the same banner (collapse id = conversation).
-/// A `client_msg_id` already stored: deliver the original again (the first
-/// attempt may have died before delivering) and answer its seq.
 /// `conversation` is the one the send read (`find_sent` is keyed by it).
 async fn replay(
     app: &App,
