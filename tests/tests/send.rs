@@ -166,19 +166,15 @@ impl World {
             ..AwsEndpoints::default()
         })
         .await;
-        Ports {
-            registry: Arc::new(registry),
-            messages: store.clone(),
-            conversations: store.clone(),
-            pending: store.clone(),
-            devices: store,
-            gateway: Arc::new(self.gateway.clone()),
-            trigger: Arc::new(self.trigger.clone()),
-            notifier: Arc::new(Accepted {
+        Ports::unwired()
+            .with_store(store)
+            .with_registry(Arc::new(registry))
+            .with_gateway(Arc::new(self.gateway.clone()))
+            .with_trigger(Arc::new(self.trigger.clone()))
+            .with_notifier(Arc::new(Accepted {
                 sns: SnsNotifier::new(aws.sns(), self.push.clone()),
                 log: Arc::clone(&self.accepted),
-            }),
-        }
+            }))
     }
 
     async fn app(&self) -> App {
