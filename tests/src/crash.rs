@@ -5,7 +5,9 @@
 //! invocation that made it: that call fails (before or after its effect, as
 //! armed), and so does every later call of the same invocation, as if the
 //! Lambda function had died at that instruction. Other invocations running
-//! at the same time are untouched.
+//! at the same time are untouched. [`CrashPlan::arm_on`] aims the crash at
+//! the next call of one port method instead, named as the wrappers name it
+//! (`"messages.append"`, `"pending.record"`, `"gateway.post"`, ...).
 //!
 //! An invocation is a future run through [`CrashPlan::invocation`]; its id
 //! rides in a task-local, so futures the service polls inside it (the
@@ -52,6 +54,8 @@ enum Verdict {
 struct PlanState {
     /// Calls left before the crash; `Some(0)` crashes the next call.
     countdown: Option<u64>,
+    /// The port method whose next call crashes (`arm_on`).
+    target: Option<&'static str>,
     after_effect: bool,
     crashed: HashSet<u64>,
     calls: u64,
@@ -87,11 +91,26 @@ impl CrashPlan {
     pub fn arm(&self, k: u64, after_effect: bool) {
         let mut s = self.state();
         s.countdown = Some(k.saturating_sub(1));
+        s.target = None;
+        s.after_effect = after_effect;
+    }
+
+    /// The next call of `port` (a port method as the wrappers name it:
+    /// `"messages.append"`, `"pending.record"`, `"gateway.post"`, ...)
+    /// crashes its invocation, however many calls of other ports come
+    /// first; `after_effect`: that call takes effect, then fails. Replaces
+    /// an [`arm`](Self::arm) countdown, and is replaced by one.
+    pub fn arm_on(&self, port: &'static str, after_effect: bool) {
+        let mut s = self.state();
+        s.countdown = None;
+        s.target = Some(port);
         s.after_effect = after_effect;
     }
 
     pub fn disarm(&self) {
-        self.state().countdown = None;
+        let mut s = self.state();
+        s.countdown = None;
+        s.target = None;
     }
 
     /// Port calls made through the wrappers so far.
@@ -121,7 +140,7 @@ impl CrashPlan {
         s.rng
     }
 
-    async fn verdict(&self) -> Verdict {
+    async fn verdict(&self, port: &'static str) -> Verdict {
         let yields = {
             let mut s = self.state();
             if s.max_yields == 0 {
@@ -139,22 +158,31 @@ impl CrashPlan {
         if s.crashed.contains(&id) {
             return Verdict::FailBefore;
         }
-        match s.countdown {
-            Some(0) => {
-                s.countdown = None;
-                s.crashed.insert(id);
-                s.crashes += 1;
-                if s.after_effect {
-                    Verdict::FailAfter
-                } else {
-                    Verdict::FailBefore
+        let crash = if s.target == Some(port) {
+            s.target = None;
+            true
+        } else {
+            match s.countdown {
+                Some(0) => {
+                    s.countdown = None;
+                    true
                 }
+                Some(n) => {
+                    s.countdown = Some(n - 1);
+                    false
+                }
+                None => false,
             }
-            Some(n) => {
-                s.countdown = Some(n - 1);
-                Verdict::Run
-            }
-            None => Verdict::Run,
+        };
+        if !crash {
+            return Verdict::Run;
+        }
+        s.crashed.insert(id);
+        s.crashes += 1;
+        if s.after_effect {
+            Verdict::FailAfter
+        } else {
+            Verdict::FailBefore
         }
     }
 
@@ -167,7 +195,7 @@ impl CrashPlan {
     where
         Fut: Future<Output = Result<T, E>>,
     {
-        let verdict = self.verdict().await;
+        let verdict = self.verdict(port).await;
         if trace_enabled() {
             let id = INVOCATION.try_with(|id| *id).unwrap_or(0);
             eprintln!("  [invocation {id}] {port}: {verdict:?}");
@@ -531,6 +559,53 @@ mod tests {
             .await;
         assert!(r.is_err());
         assert!(h.registry.lookup(&bob).await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn arm_on_crashes_the_next_call_of_that_port_only() {
+        let (ports, h) = Ports::in_memory();
+        let plan = CrashPlan::new(1, 0);
+        let p = crashing_ports(&ports, &plan);
+        let bob = user("bob");
+
+        // After its effect: calls of other ports pass, the named one takes
+        // effect then fails, and the rest of the invocation fails.
+        plan.arm_on("registry.register", true);
+        let r = plan
+            .invocation(1, async {
+                let a = p.registry.lookup(&bob).await;
+                let b = p.registry.register(&bob, &conn("c1")).await;
+                let c = p.registry.lookup(&bob).await;
+                (a, b, c)
+            })
+            .await;
+        assert!(r.0.is_ok(), "another port method runs");
+        assert!(r.1.is_err(), "the named call crashes");
+        assert!(r.2.is_err(), "calls after the crash fail too");
+        let held = h.registry.lookup(&bob).await.unwrap().unwrap();
+        assert_eq!(held.connection_id.as_str(), "c1", "it took effect");
+        assert_eq!(plan.crashes(), 1);
+
+        // Spent: the next invocation's call of that port runs.
+        let again = plan
+            .invocation(1, p.registry.register(&bob, &conn("c2")))
+            .await;
+        assert!(again.is_ok());
+        assert_eq!(plan.crashes(), 1);
+
+        // Before its effect: the named call does nothing.
+        plan.arm_on("registry.register", false);
+        let r = plan
+            .invocation(2, p.registry.register(&bob, &conn("c3")))
+            .await;
+        assert!(r.is_err());
+        let held = h.registry.lookup(&bob).await.unwrap().unwrap();
+        assert_eq!(
+            held.connection_id.as_str(),
+            "c2",
+            "the crashed write did nothing"
+        );
+        assert_eq!(plan.crashes(), 2);
     }
 
     #[tokio::test]

@@ -99,16 +99,12 @@ async fn real() -> Real {
     let gateway = MemoryGateway::new();
     let trigger = MemoryTrigger::new();
     let notifier = MemoryNotifier::new();
-    let ports = Ports {
-        registry: Arc::new(RedisRegistry::new(config).unwrap()),
-        messages: proxied.clone(),
-        conversations: proxied.clone(),
-        pending: proxied.clone(),
-        devices: proxied,
-        gateway: Arc::new(gateway.clone()),
-        trigger: Arc::new(trigger.clone()),
-        notifier: Arc::new(notifier.clone()),
-    };
+    let ports = Ports::unwired()
+        .with_store(proxied)
+        .with_registry(Arc::new(RedisRegistry::new(config).unwrap()))
+        .with_gateway(Arc::new(gateway.clone()))
+        .with_trigger(Arc::new(trigger.clone()))
+        .with_notifier(Arc::new(notifier.clone()));
     let r = Real {
         app: App::new(ports, settings()),
         gateway,

@@ -160,16 +160,12 @@ async fn a_full_flow_with_faults_logs_no_token_body_preview_or_device_token() {
     registry.timeout = Duration::from_millis(300);
     let gateway = MemoryGateway::new();
     let trigger = MemoryTrigger::new();
-    let ports = Ports {
-        registry: Arc::new(RedisRegistry::new(registry).unwrap()),
-        messages: store.clone(),
-        conversations: store.clone(),
-        pending: store.clone(),
-        devices: store,
-        gateway: Arc::new(gateway.clone()),
-        trigger: Arc::new(trigger.clone()),
-        notifier: Arc::new(SnsNotifier::new(sns, push.clone())),
-    };
+    let ports = Ports::unwired()
+        .with_store(store)
+        .with_registry(Arc::new(RedisRegistry::new(registry).unwrap()))
+        .with_gateway(Arc::new(gateway.clone()))
+        .with_trigger(Arc::new(trigger.clone()))
+        .with_notifier(Arc::new(SnsNotifier::new(sns, push.clone())));
     let mut settings = Settings {
         push,
         ..Settings::default()

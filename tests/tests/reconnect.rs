@@ -68,16 +68,12 @@ async fn fixture(backend: Backend, settings: Settings) -> Fixture {
             ));
             let registry =
                 RedisRegistry::new(RegistryConfig::new(courier_tests::redis_url().await)).unwrap();
-            Ports {
-                registry: Arc::new(registry),
-                messages: store.clone(),
-                conversations: store.clone(),
-                pending: store.clone(),
-                devices: store,
-                gateway: Arc::new(gateway.clone()),
-                trigger: Arc::new(trigger.clone()),
-                notifier: Arc::new(notifier),
-            }
+            Ports::unwired()
+                .with_store(store)
+                .with_registry(Arc::new(registry))
+                .with_gateway(Arc::new(gateway.clone()))
+                .with_trigger(Arc::new(trigger.clone()))
+                .with_notifier(Arc::new(notifier))
         }
     };
     Fixture {
@@ -308,26 +304,6 @@ async fn story_delivers_everything_in_order(backend: Backend, mode: PendingClear
     }
 }
 
-#[tokio::test]
-async fn story_ack_mode_memory() {
-    story_delivers_everything_in_order(Backend::Memory, PendingClear::Ack).await;
-}
-
-#[tokio::test]
-async fn story_ack_mode_real() {
-    story_delivers_everything_in_order(Backend::Real, PendingClear::Ack).await;
-}
-
-#[tokio::test]
-async fn story_post_mode_memory() {
-    story_delivers_everything_in_order(Backend::Memory, PendingClear::Post).await;
-}
-
-#[tokio::test]
-async fn story_post_mode_real() {
-    story_delivers_everything_in_order(Backend::Real, PendingClear::Post).await;
-}
-
 /// A pending store that lets a send land right after catch-up read the rows:
 /// the message the race is about.
 struct SendAfterList {
@@ -439,26 +415,6 @@ async fn message_after_pending_read_is_not_wiped(backend: Backend, mode: Pending
     }
 }
 
-#[tokio::test]
-async fn message_after_pending_read_survives_ack_mode_memory() {
-    message_after_pending_read_is_not_wiped(Backend::Memory, PendingClear::Ack).await;
-}
-
-#[tokio::test]
-async fn message_after_pending_read_survives_ack_mode_real() {
-    message_after_pending_read_is_not_wiped(Backend::Real, PendingClear::Ack).await;
-}
-
-#[tokio::test]
-async fn message_after_pending_read_is_delivered_post_mode_memory() {
-    message_after_pending_read_is_not_wiped(Backend::Memory, PendingClear::Post).await;
-}
-
-#[tokio::test]
-async fn message_after_pending_read_is_delivered_post_mode_real() {
-    message_after_pending_read_is_not_wiped(Backend::Real, PendingClear::Post).await;
-}
-
 async fn ack_moves_cursor_up_only(backend: Backend) {
     let f = fixture(backend, settings(PendingClear::Ack)).await;
     let s = seed_story(&f.app).await;
@@ -553,16 +509,6 @@ async fn ack_moves_cursor_up_only(backend: Backend) {
     ));
 }
 
-#[tokio::test]
-async fn ack_moves_cursor_up_only_memory() {
-    ack_moves_cursor_up_only(Backend::Memory).await;
-}
-
-#[tokio::test]
-async fn ack_moves_cursor_up_only_real() {
-    ack_moves_cursor_up_only(Backend::Real).await;
-}
-
 async fn ack_sends_receipts_to_online_members(backend: Backend) {
     let f = fixture(backend, settings(PendingClear::Ack)).await;
     let s = seed_story(&f.app).await;
@@ -621,16 +567,6 @@ async fn ack_sends_receipts_to_online_members(backend: Backend) {
     assert_eq!(f.gateway.frames(&alice_conn.connection_id).len(), 1);
 }
 
-#[tokio::test]
-async fn ack_sends_receipts_to_online_members_memory() {
-    ack_sends_receipts_to_online_members(Backend::Memory).await;
-}
-
-#[tokio::test]
-async fn ack_sends_receipts_to_online_members_real() {
-    ack_sends_receipts_to_online_members(Backend::Real).await;
-}
-
 async fn gone_for_a_while_after_connect_then_delivered(backend: Backend) {
     let f = fixture(backend, settings(PendingClear::Ack)).await;
     let s = seed_story(&f.app).await;
@@ -647,16 +583,6 @@ async fn gone_for_a_while_after_connect_then_delivered(backend: Backend) {
     assert_eq!(by_conv[&s.abc], vec![42, 43, 44]);
     assert_eq!(by_conv[&s.def], vec![17, 18, 19]);
     assert_eq!(f.app.ports.registry.lookup(&s.bob).await.unwrap(), Some(c));
-}
-
-#[tokio::test]
-async fn gone_for_a_while_after_connect_then_delivered_memory() {
-    gone_for_a_while_after_connect_then_delivered(Backend::Memory).await;
-}
-
-#[tokio::test]
-async fn gone_for_a_while_after_connect_then_delivered_real() {
-    gone_for_a_while_after_connect_then_delivered(Backend::Real).await;
 }
 
 async fn gone_past_window_keeps_pending_and_newer_connection(backend: Backend, mode: PendingClear) {
@@ -695,21 +621,6 @@ async fn gone_past_window_keeps_pending_and_newer_connection(backend: Backend, m
     assert_eq!(rows(&f.app, &s.bob).await.len(), 2);
 }
 
-#[tokio::test]
-async fn gone_past_window_keeps_pending_ack_mode_memory() {
-    gone_past_window_keeps_pending_and_newer_connection(Backend::Memory, PendingClear::Ack).await;
-}
-
-#[tokio::test]
-async fn gone_past_window_keeps_pending_ack_mode_real() {
-    gone_past_window_keeps_pending_and_newer_connection(Backend::Real, PendingClear::Ack).await;
-}
-
-#[tokio::test]
-async fn gone_past_window_keeps_pending_post_mode_real() {
-    gone_past_window_keeps_pending_and_newer_connection(Backend::Real, PendingClear::Post).await;
-}
-
 async fn two_catch_ups_at_once(backend: Backend, mode: PendingClear) {
     let f = fixture(backend, settings(mode)).await;
     let s = seed_story(&f.app).await;
@@ -735,21 +646,6 @@ async fn two_catch_ups_at_once(backend: Backend, mode: PendingClear) {
         PendingClear::Ack => assert_eq!(rows(&f.app, &s.bob).await.len(), 2, "no row lost"),
         PendingClear::Post => assert!(rows(&f.app, &s.bob).await.is_empty()),
     }
-}
-
-#[tokio::test]
-async fn two_catch_ups_at_once_ack_mode_memory() {
-    two_catch_ups_at_once(Backend::Memory, PendingClear::Ack).await;
-}
-
-#[tokio::test]
-async fn two_catch_ups_at_once_ack_mode_real() {
-    two_catch_ups_at_once(Backend::Real, PendingClear::Ack).await;
-}
-
-#[tokio::test]
-async fn two_catch_ups_at_once_post_mode_real() {
-    two_catch_ups_at_once(Backend::Real, PendingClear::Post).await;
 }
 
 /// 300 messages of ~8 KB: 2.4 MB, more than two DynamoDB query pages, and
@@ -836,16 +732,6 @@ async fn large_backlog_is_paged_capped_and_complete(backend: Backend) {
 }
 
 #[tokio::test]
-async fn large_backlog_is_paged_capped_and_complete_memory() {
-    large_backlog_is_paged_capped_and_complete(Backend::Memory).await;
-}
-
-#[tokio::test]
-async fn large_backlog_is_paged_capped_and_complete_real() {
-    large_backlog_is_paged_capped_and_complete(Backend::Real).await;
-}
-
-#[tokio::test]
 async fn range_sync_refuses_non_members_and_unknown_conversations() {
     let f = fixture(Backend::Real, settings(PendingClear::Ack)).await;
     let s = seed_story(&f.app).await;
@@ -896,16 +782,6 @@ async fn deadline_turns_remaining_work_into_more_frames(backend: Backend) {
     assert_eq!(rows(&f.app, &s.bob).await.len(), 2);
 }
 
-#[tokio::test]
-async fn deadline_turns_remaining_work_into_more_frames_memory() {
-    deadline_turns_remaining_work_into_more_frames(Backend::Memory).await;
-}
-
-#[tokio::test]
-async fn deadline_turns_remaining_work_into_more_frames_real() {
-    deadline_turns_remaining_work_into_more_frames(Backend::Real).await;
-}
-
 /// Redis unreachable: connect still answers, catch-up still runs.
 #[tokio::test]
 async fn redis_unreachable_connect_succeeds_and_catch_up_runs() {
@@ -947,4 +823,70 @@ async fn redis_unreachable_connect_succeeds_and_catch_up_runs() {
         live,
         courier_core::services::delivery::Live::RegistryUnavailable
     );
+}
+
+// ---- the matrix ------------------------------------------------------------
+
+macro_rules! backend {
+    (memory) => {
+        crate::Backend::Memory
+    };
+    (real) => {
+        crate::Backend::Real
+    };
+}
+
+macro_rules! mode {
+    (ack_mode) => {
+        crate::PendingClear::Ack
+    };
+    (post_mode) => {
+        crate::PendingClear::Post
+    };
+}
+
+/// One line per scenario, listing the cases it runs: `scenario [backends]`
+/// for a scenario of `(backend)`, `scenario { mode: [backends], .. }` for one
+/// of `(backend, mode)`. Each case is a `#[tokio::test]` named
+/// `scenario::backend` or `scenario::mode::backend`.
+macro_rules! matrix {
+    ($($scenario:ident $cases:tt;)*) => {
+        $(matrix!(@scenario $scenario $cases);)*
+    };
+    (@scenario $scenario:ident [$($backend:ident),+ $(,)?]) => {
+        mod $scenario {
+            $(
+                #[tokio::test]
+                async fn $backend() {
+                    crate::$scenario(backend!($backend)).await;
+                }
+            )+
+        }
+    };
+    (@scenario $scenario:ident { $($mode:ident: [$($backend:ident),+ $(,)?]),+ $(,)? }) => {
+        mod $scenario {
+            $(
+                mod $mode {
+                    $(
+                        #[tokio::test]
+                        async fn $backend() {
+                            crate::$scenario(backend!($backend), mode!($mode)).await;
+                        }
+                    )+
+                }
+            )+
+        }
+    };
+}
+
+matrix! {
+    story_delivers_everything_in_order { ack_mode: [memory, real], post_mode: [memory, real] };
+    message_after_pending_read_is_not_wiped { ack_mode: [memory, real], post_mode: [memory, real] };
+    ack_moves_cursor_up_only [memory, real];
+    ack_sends_receipts_to_online_members [memory, real];
+    gone_for_a_while_after_connect_then_delivered [memory, real];
+    gone_past_window_keeps_pending_and_newer_connection { ack_mode: [memory, real], post_mode: [real] };
+    two_catch_ups_at_once { ack_mode: [memory, real], post_mode: [real] };
+    large_backlog_is_paged_capped_and_complete [memory, real];
+    deadline_turns_remaining_work_into_more_frames [memory, real];
 }

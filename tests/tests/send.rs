@@ -37,12 +37,13 @@ use courier_core::domain::{
     UserId, now_millis,
 };
 use courier_core::ports::{
-    AckOutcome, AppendOutcome, ConnectionInfo, ConnectionRegistry, Gateway, MessageStore,
-    NewMessage, Notifier, PendingStore, PostError, PushError, PushMessage, StoreError,
+    AckOutcome, ConnectionInfo, ConnectionRegistry, Gateway, Notifier, PendingStore, PostError,
+    PushError, PushMessage, StoreError,
 };
 use courier_core::protocol::{ErrorCode, ServerFrame};
 use courier_core::services::send::{SendError, send_message};
 use courier_core::services::{catch_up, connect, conversations, devices};
+use courier_tests::crash::{CrashPlan, crashing_ports};
 use serde_json::Value;
 
 /// One test's world: fresh tables, unique users (Redis is shared), SNS
@@ -166,19 +167,15 @@ impl World {
             ..AwsEndpoints::default()
         })
         .await;
-        Ports {
-            registry: Arc::new(registry),
-            messages: store.clone(),
-            conversations: store.clone(),
-            pending: store.clone(),
-            devices: store,
-            gateway: Arc::new(self.gateway.clone()),
-            trigger: Arc::new(self.trigger.clone()),
-            notifier: Arc::new(Accepted {
+        Ports::unwired()
+            .with_store(store)
+            .with_registry(Arc::new(registry))
+            .with_gateway(Arc::new(self.gateway.clone()))
+            .with_trigger(Arc::new(self.trigger.clone()))
+            .with_notifier(Arc::new(Accepted {
                 sns: SnsNotifier::new(aws.sns(), self.push.clone()),
                 log: Arc::clone(&self.accepted),
-            }),
-        }
+            }))
     }
 
     async fn app(&self) -> App {
@@ -444,44 +441,22 @@ async fn five_concurrent_first_sends_of_one_client_msg_id_store_it_once() {
 
 // ------------------------------------------------------ crash recovery
 
-/// DynamoDB commits the append, then the function dies before answering.
-struct CrashAfterAppend(Arc<dyn MessageStore>);
-
-#[async_trait]
-impl MessageStore for CrashAfterAppend {
-    async fn append(&self, new: &NewMessage) -> Result<AppendOutcome, StoreError> {
-        self.0.append(new).await?;
-        Err(StoreError::Unavailable(
-            "injected: crashed after commit".into(),
-        ))
-    }
-    async fn find_sent(
-        &self,
-        c: &ConversationId,
-        s: &UserId,
-        k: &ClientMsgId,
-    ) -> Result<Option<Message>, StoreError> {
-        self.0.find_sent(c, s, k).await
-    }
-    async fn range(
-        &self,
-        c: &ConversationId,
-        from: Seq,
-        limit: usize,
-    ) -> Result<Vec<Message>, StoreError> {
-        self.0.range(c, from, limit).await
-    }
-}
-
 async fn crash_after_store_is_completed_by_the_retry(mode: PendingClear) {
     let w = World::new(mode, PushPreview::Full).await;
     w.register_devices().await;
-    let mut ports = w.ports().await;
-    ports.messages = Arc::new(CrashAfterAppend(ports.messages.clone()));
-    let crashing = App::new(ports, w.settings.clone());
+    // DynamoDB commits the append, then the function dies before answering.
+    let plan = CrashPlan::new(1, 0);
+    let crashing = App::new(crashing_ports(&w.ports().await, &plan), w.settings.clone());
+    plan.arm_on("messages.append", true);
 
-    let first = send_message(&crashing, &w.alice, &w.conv, &cmid("m1"), "hello??", None).await;
+    let first = plan
+        .invocation(
+            1,
+            send_message(&crashing, &w.alice, &w.conv, &cmid("m1"), "hello??", None),
+        )
+        .await;
     assert!(matches!(first, Err(SendError::Store(_))), "{first:?}");
+    assert_eq!(plan.crashes(), 1, "the crash hit the append");
     let app = w.app().await;
     assert_eq!(w.stored(&app).await.len(), 1, "the message was stored");
     assert!(
