@@ -1,4 +1,5 @@
-//! The `$connect` REQUEST authorizer (DESIGN §1 step 1).
+//! The `$connect` REQUEST authorizer (docs/protocol.md, Connecting: what
+//! the authorizer checks and the handshake outcomes).
 //!
 //! API Gateway calls it with the WebSocket upgrade request (identity source
 //! `route.request.querystring.token`); what it returns decides whether the
