@@ -1,9 +1,14 @@
-//! Test kit shared with other crates' tests (feature `test-util`): an RSA
-//! key that signs RS256 tokens and publishes its JWK, token helpers, and a
-//! loopback JWKS server that counts the requests it serves.
+//! The test kit, shared with other crates' tests through feature
+//! `test-util`: an RSA key that signs RS256 tokens and publishes its JWK,
+//! token helpers, and [`JwksServer`], an IdP's JWKS endpoint.
+//!
+//! [`http`] is the workspace's one loopback HTTP server. It lives here
+//! because the JWKS tests needed it first; `courier-tests` uses it for every
+//! AWS endpoint it fakes, so a fix to how it reads requests or closes
+//! connections reaches every test at once. Keys are generated per run, so no
+//! private key is ever committed.
 
-use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use aws_lc_rs::encoding::AsDer;
 use aws_lc_rs::rsa::{KeyPair, KeySize};
@@ -12,11 +17,12 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use jsonwebtoken::jwk::{Jwk, PublicKeyUse};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
 
+use self::http::{Reply, StubServer};
 use super::mint::unix_now;
+
+pub mod http;
 
 /// Now, in seconds since the epoch, plus `offset` (negative for the past).
 pub fn now_plus(offset: i64) -> u64 {
@@ -102,95 +108,55 @@ pub fn jwks_json(keys: &[&RsaKey]) -> String {
     json!({ "keys": keys.iter().map(|k| k.jwk()).collect::<Vec<_>>() }).to_string()
 }
 
-/// A one-route HTTP/1.1 server on 127.0.0.1:0 answering every request
-/// with the current body and status, counting requests.
+/// An IdP's JWKS endpoint: a [`StubServer`] answering every request with
+/// the current key set and status, which a test changes to rotate keys or
+/// take the IdP down.
 pub struct JwksServer {
     pub url: String,
-    requests: Arc<AtomicUsize>,
-    body: Arc<Mutex<String>>,
-    status: Arc<AtomicU16>,
-    task: JoinHandle<()>,
+    reply: Arc<Mutex<Reply>>,
+    server: StubServer,
 }
 
 impl JwksServer {
+    /// Serves `body` (a JWK set, or garbage) with status 200.
     pub async fn start(body: String) -> Self {
-        Self::spawn(body, true).await
+        Self::serving(Reply::json(200, &body)).await
     }
 
-    /// Accepts connections and never answers: a black-holed IdP.
+    /// Accepts requests and never answers: a black-holed IdP.
     pub async fn start_silent() -> Self {
-        Self::spawn(String::new(), false).await
+        Self::serving(Reply::hang()).await
     }
 
-    async fn spawn(body: String, answer: bool) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind loopback");
-        let addr = listener.local_addr().expect("local addr");
-        let requests = Arc::new(AtomicUsize::new(0));
-        let body = Arc::new(Mutex::new(body));
-        let status = Arc::new(AtomicU16::new(200));
-        let (r, b, s) = (requests.clone(), body.clone(), status.clone());
-        let task = tokio::spawn(async move {
-            let mut held = Vec::new();
-            while let Ok((mut sock, _)) = listener.accept().await {
-                if !answer {
-                    held.push(sock);
-                    continue;
-                }
-                let (r, b, s) = (r.clone(), b.clone(), s.clone());
-                tokio::spawn(async move {
-                    let mut buf = Vec::new();
-                    let mut chunk = [0u8; 1024];
-                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 16 * 1024 {
-                        match sock.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                    }
-                    r.fetch_add(1, Ordering::SeqCst);
-                    let body = b.lock().map(|g| g.clone()).unwrap_or_default();
-                    let status = s.load(Ordering::SeqCst);
-                    let response = format!(
-                        "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                        body.len()
-                    );
-                    let _ = sock.write_all(response.as_bytes()).await;
-                    let _ = sock.shutdown().await;
-                });
-            }
-        });
+    async fn serving(reply: Reply) -> Self {
+        let reply = Arc::new(Mutex::new(reply));
+        let current = reply.clone();
+        let server = StubServer::start(move |_| lock(&current).clone()).await;
         Self {
-            url: format!("http://{addr}/.well-known/jwks.json"),
-            requests,
-            body,
-            status,
-            task,
+            url: format!("{}/.well-known/jwks.json", server.url()),
+            reply,
+            server,
         }
     }
 
     /// Requests served so far.
     pub fn requests(&self) -> usize {
-        self.requests.load(Ordering::SeqCst)
+        self.server.hits()
     }
 
     /// What later requests get (a key rotation).
     pub fn set_body(&self, body: String) {
-        if let Ok(mut b) = self.body.lock() {
-            *b = body;
-        }
+        lock(&self.reply).body = body.into_bytes();
     }
 
     /// The status later requests get (an IdP answering errors).
     pub fn set_status(&self, status: u16) {
-        self.status.store(status, Ordering::SeqCst);
+        lock(&self.reply).status = status;
     }
 }
 
-impl Drop for JwksServer {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+fn lock(reply: &Mutex<Reply>) -> MutexGuard<'_, Reply> {
+    reply.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// A loopback URL nothing listens on (bound, then released): connection
