@@ -24,9 +24,10 @@
 //!   this `kid`, or why there is none" and knows nothing of claims.
 //! - `mint.rs`: issuing HS256 tokens, for local runs, tools and tests. Kept
 //!   apart from verification so nothing on the verify path can sign.
-//! - [`testing`] (tests and feature `test-util`): keys, tokens and the one
-//!   loopback HTTP server every test in the workspace uses to stand in for a
-//!   remote (an IdP's JWKS here, AWS endpoints in `courier-tests`).
+//! - [`testing`] (tests and feature `test-util`): keys, tokens and a JWKS
+//!   endpoint for tests; its [`testing::http`] is the one loopback HTTP
+//!   server every test in the workspace uses to stand in for a remote (an
+//!   IdP here, AWS endpoints in `courier-tests`).
 //!
 //! The submodules are private and their public items re-exported here, so
 //! the paths callers use (`courier_aws::auth::Verifier`, …) do not depend on
