@@ -268,15 +268,18 @@ mod tests {
 
         assert!(v.verify(&k1.sign(&claims("bob"))).await.is_ok());
         assert_eq!(server.requests(), 1);
+        // Signed up front: RSA signing in a debug build is slow enough that
+        // signing inside the flood could outlast the interval under test.
+        let rotated = k2.sign(&claims("bob"));
+        let flood: Vec<String> = (0..50)
+            .map(|i| k1.sign_with_kid(Some(&format!("random-{i}")), &claims("bob")))
+            .collect();
 
         // The IdP rotates in k2; the first k2 token makes the cache refresh
         // at once (the last fetch is old enough), and it verifies.
         server.set_body(jwks_json(&[&k1, &k2]));
         tokio::time::sleep(Duration::from_millis(450)).await;
-        assert_eq!(
-            v.verify(&k2.sign(&claims("bob"))).await.unwrap().as_str(),
-            "bob"
-        );
+        assert_eq!(v.verify(&rotated).await.unwrap().as_str(), "bob");
         assert_eq!(
             server.requests(),
             2,
@@ -284,13 +287,8 @@ mod tests {
         );
 
         // A flood of random kids right after: refused, and no more fetches.
-        for i in 0..50 {
-            let kid = format!("random-{i}");
-            assert_eq!(
-                v.verify(&k1.sign_with_kid(Some(&kid), &claims("bob")))
-                    .await,
-                Err(Rejection::UnknownKey)
-            );
+        for token in &flood {
+            assert_eq!(v.verify(token).await, Err(Rejection::UnknownKey));
         }
         assert_eq!(server.requests(), 2, "the rate limit holds under a flood");
 
