@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use courier_aws::auth::testing::http::{Recorded, Reply, StubServer};
 use courier_aws::dynamo::{DynamoStore, RetryPolicy};
 use courier_aws::redis::RedisRegistry;
 use courier_aws::wiring::AwsEndpoints;
@@ -36,7 +37,6 @@ use courier_core::services::catch_up::{self, Ending};
 use courier_core::services::{ack, connect, send};
 use courier_tests::crash::{CrashPlan, crashing_ports};
 use courier_tests::proxy::{FaultProxy, Mode};
-use support::http_stub::{Recorded, Reply, StubServer};
 
 /// Registry timeout in these tests: short, so a dead Redis costs little.
 const REDIS_TIMEOUT: Duration = Duration::from_millis(300);

@@ -14,9 +14,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use courier_aws::apigw::ApiGatewayManagement;
+use courier_aws::auth::testing::http::{Recorded, Reply, StubServer};
 use courier_core::domain::ConnectionId;
 use courier_core::ports::{Gateway, PostError};
-use support::http_stub::{Recorded, Reply, StubServer};
 
 /// An API Gateway connection id: base64-ish, ending in `=`.
 const CONN: &str = "L0SM9cOFvHcCIhw=";

@@ -8,11 +8,11 @@
 
 mod support;
 
+use courier_aws::auth::testing::http::{Reply, StubServer};
 use courier_aws::lambda::LambdaTrigger;
 use courier_aws::wiring::AwsEndpoints;
 use courier_core::domain::{ConnectionId, UserId};
 use courier_core::ports::{CatchUpRequest, CatchUpTrigger};
-use support::http_stub::{Reply, StubServer};
 
 async fn trigger(stub: &StubServer, function: &str) -> LambdaTrigger {
     let aws = support::aws_with(AwsEndpoints {

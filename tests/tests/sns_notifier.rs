@@ -91,7 +91,7 @@ impl Sns {
     /// Messages moto recorded for `endpoint_arn`, oldest first.
     async fn published(&self, endpoint_arn: &str) -> Vec<String> {
         let data: Value = serde_json::from_str(
-            &support::http_stub::http_get(&format!("{}/moto-api/data.json", self.endpoint)).await,
+            &support::http_get(&format!("{}/moto-api/data.json", self.endpoint)).await,
         )
         .unwrap();
         let endpoints = data["sns"]["PlatformEndpoint"].as_array().unwrap();
@@ -294,7 +294,7 @@ async fn a_platform_without_an_application_is_refused_by_name() {
 /// collapse id and push type as message attributes.
 #[tokio::test]
 async fn publish_sends_json_structure_and_the_apns_collapse_attributes() {
-    use support::http_stub::{Reply, StubServer, percent_decode};
+    use courier_aws::auth::testing::http::{Reply, StubServer, percent_decode};
 
     let stub = StubServer::start(|_| {
         Reply::status(200).header("content-type", "text/xml").body(

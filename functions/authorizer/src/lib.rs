@@ -1,4 +1,6 @@
-//! The `$connect` REQUEST authorizer (docs/architecture.md: the reconnect flow, step 1).
+//! The `$connect` REQUEST authorizer (docs/architecture.md: the reconnect
+//! flow, step 1; docs/protocol.md, Connecting: what it checks and the
+//! handshake outcomes).
 //!
 //! API Gateway calls it with the WebSocket upgrade request (identity source
 //! `route.request.querystring.token`); what it returns decides whether the
