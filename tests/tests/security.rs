@@ -12,7 +12,7 @@
 //!
 //! The authorizer's own attacks (alg `none`, HS256 signed with the RSA
 //! public key, expired, not yet valid, wrong issuer or audience, malformed,
-//! unknown `kid` floods, `Origin`) are tested in `shared/src/auth.rs` and
+//! unknown `kid` floods, `Origin`) are tested in `shared/courier-aws/src/auth/` and
 //! `functions/authorizer/tests/handler.rs`.
 
 #![allow(clippy::unwrap_used)]
