@@ -1,6 +1,9 @@
 //! Courier end to end: real WebSocket clients (`courier-client` and raw
 //! tungstenite) through the local gateway running the real handlers.
 //!
+//! Over 700 lines: one suite, every scenario on the embedded and the Redis +
+//! moto backend through one harness.
+//!
 //! Every scenario runs twice: on the embedded default (everything in
 //! memory) and on real services (Redis for the registry, moto's DynamoDB
 //! for the stores, fresh tables per test). Redis is shared by the tests of

@@ -6,6 +6,9 @@
 //! swallows them); the end-to-end path through the local gateway is the race
 //! suite's (`tests/tests/race.rs`).
 //!
+//! Over 700 lines: one suite, each injected fault sharing one harness of real
+//! services and proxies.
+//!
 //! Each test prints one `outcome:` line (messages sent, delivered, lost,
 //! duplicated, requests refused) that RELIABILITY.md quotes; see it with
 //! `--nocapture`.

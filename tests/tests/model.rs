@@ -1,5 +1,8 @@
 //! A model-based test of the whole protocol over the in-memory adapters.
 //!
+//! Over 700 lines: the model, its generator and its invariant checks are one
+//! test and read together.
+//!
 //! Proptest generates a history of steps — sends and retries, connects,
 //! clean and dirty disconnects, stale `$disconnect`s, half-open connections
 //! that swallow posts, connections that die after k posts, acks, full and

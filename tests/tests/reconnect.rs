@@ -1,6 +1,9 @@
 //! The reconnect flow (issue 2's "must show"), each scenario run twice: on
 //! the in-memory adapters and on real Redis + DynamoDB (moto).
 //!
+//! Over 700 lines: one suite, the reconnect scenarios sharing one fixture and
+//! one table of cases.
+//!
 //! The gateway is the in-memory one in both runs: it can open a connection
 //! late (410 until `$connect` returns), swallow posts or never open, which is
 //! what these scenarios need; the real API Gateway path is exercised through

@@ -4,6 +4,9 @@
 //! pending rows and pushes, the 410 rule, the connect race, client mistakes,
 //! push previews, endpoint cleanup, conversations and devices.
 //!
+//! Over 700 lines: one suite, the send scenarios sharing one `World` on real
+//! Redis, DynamoDB and SNS.
+//!
 //! Live delivery goes to the in-memory gateway (moto's `@connections` never
 //! answers 410, and the in-memory one can open a connection late or lose
 //! it); the API Gateway path itself is covered through the local gateway.

@@ -3,6 +3,9 @@
 //! must give the same answers. A case is written once, generic over the port
 //! traits; the `conformance!` macro at the bottom makes a `memory::` and a
 //! `dynamo::` test of each.
+//!
+//! Over 700 lines: one suite, every case of every store port run on both
+//! stores; splitting it would split the one contract.
 
 #![allow(clippy::unwrap_used)]
 

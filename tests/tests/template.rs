@@ -1,5 +1,8 @@
 //! `template.yaml` and `samconfig.toml` checked against the code.
 //!
+//! Over 700 lines: every check parses the same template once; one file keeps
+//! the template's contract in one place.
+//!
 //! The SAM template is the one part of Courier that no handler test runs, so
 //! its mistakes would surface at deploy time or, worse, as a function that
 //! deploys and then fails on its first event. This file reads the template

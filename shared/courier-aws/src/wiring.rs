@@ -1,5 +1,9 @@
 //! AWS wiring: from environment variables to a [`Ports`] of real adapters.
 //!
+//! Over 700 lines with its tests (the code is ~575): parsing and building are
+//! one job, and the tests check every `Needs` against the variables it
+//! requires.
+//!
 //! Two steps, kept apart so a test can check a set of variables without a
 //! network:
 //!

@@ -1,5 +1,8 @@
 //! Catch-up: everything a user missed, in one round of parallel reads.
 //!
+//! Over 700 lines with its tests (the code is ~490): the tests exercise
+//! private steps (settling, paging, deadline) and stay beside them.
+//!
 //! The critical path is three sequential round trips whatever the number of
 //! conversations (docs/architecture.md, the reconnect flow): the pending query, then every conversation's
 //! range query at once, then every conversation's posts at once. Inside one
