@@ -972,6 +972,8 @@ mod tests {
             let (app, h) = limited_setup(max_frame, max_frame).await;
             let bob = online(&h, "bob", "conn-bob").await;
             let envelope = frame_len_of("");
+            // The figure docs/protocol.md gives (section 12).
+            assert_eq!(envelope, 190 + "c1".len() + "alice".len());
             // Quotes (2 bytes each as encoded) and one `a` to make up the
             // exact length, whatever the parity of the room left.
             let room = max_frame - envelope;
