@@ -505,25 +505,63 @@ pub const DEFAULT_FRAME_BYTES: usize = 32 * 1024;
 /// API Gateway's hard limit for a post to a connection.
 pub const MAX_POST_BYTES: usize = 128 * 1024;
 
+/// The literals of a `messages` frame, in the order [`finish_frame`] writes
+/// them around the JSON of the conversation id and the messages: the frame
+/// is `HEAD cid MID m1,m2,… TAIL`.
+const FRAME_HEAD: &str = r#"{"type":"messages","conversation_id":"#;
+const FRAME_MID: &str = r#","messages":["#;
+const FRAME_TAIL: &str = "]}";
+
+/// One message's JSON as it appears inside a `messages` frame.
+fn encode_message(message: &WireMessage) -> String {
+    // Cannot fail: every field is a string or an integer.
+    serde_json::to_string(message).unwrap_or_default()
+}
+
+/// The JSON of a conversation id as it appears inside a `messages` frame.
+fn encode_conversation_id(conversation_id: &ConversationId) -> String {
+    serde_json::to_string(conversation_id).unwrap_or_default()
+}
+
+/// Bytes of a `messages` frame of this conversation that are not messages
+/// or the commas between them.
+fn envelope_len(cid_json: &str) -> usize {
+    FRAME_HEAD.len() + cid_json.len() + FRAME_MID.len() + FRAME_TAIL.len()
+}
+
+/// The exact length in bytes of the `messages` frame that carries `message`
+/// alone in `conversation_id`, encoded as [`pack_messages`] encodes it. The
+/// send service refuses a message whose frame (with the fields it does not
+/// know before storing at their widest) would be over `FRAME_BYTES`.
+pub fn one_message_frame_len(conversation_id: &ConversationId, message: &WireMessage) -> usize {
+    envelope_len(&encode_conversation_id(conversation_id)) + encode_message(message).len()
+}
+
 /// Packs one conversation's messages, already in seq order, into `messages`
 /// frames of at most `max_frame_bytes` each, keeping seq order across frames.
-/// A single message too large for `max_frame_bytes` travels alone (the body
-/// limit keeps it under API Gateway's 128 KB).
+///
+/// Every frame is at most `max_frame_bytes` as long as each message fits in a
+/// frame alone ([`one_message_frame_len`]), which the send service guarantees
+/// for every message it accepts. Defensive fallback, for messages stored
+/// before that check existed: a message too large for `max_frame_bytes`
+/// still travels alone, in a frame of its own over the limit (the body limit
+/// keeps it under API Gateway's 128 KB), rather than blocking the messages
+/// after it.
 pub fn pack_messages(
     conversation_id: &ConversationId,
     messages: &[Message],
     max_frame_bytes: usize,
 ) -> Vec<String> {
-    // `{"type":"messages","conversation_id":"…","messages":[` + `]}`
-    let overhead = serde_json::to_string(conversation_id).map_or(64, |s| s.len()) + 48;
+    let cid = encode_conversation_id(conversation_id);
+    let overhead = envelope_len(&cid);
     let mut frames = Vec::new();
     let mut batch: Vec<String> = Vec::new();
     let mut size = overhead;
     for m in messages {
-        let one = serde_json::to_string(&WireMessage::from(m)).unwrap_or_default();
+        let one = encode_message(&WireMessage::from(m));
         let extra = one.len() + usize::from(!batch.is_empty());
         if !batch.is_empty() && size + extra > max_frame_bytes {
-            frames.push(finish_frame(conversation_id, &batch));
+            frames.push(finish_frame(&cid, &batch));
             batch.clear();
             size = overhead;
         }
@@ -531,24 +569,27 @@ pub fn pack_messages(
         batch.push(one);
     }
     if !batch.is_empty() {
-        frames.push(finish_frame(conversation_id, &batch));
+        frames.push(finish_frame(&cid, &batch));
     }
     frames
 }
 
-fn finish_frame(conversation_id: &ConversationId, batch: &[String]) -> String {
-    let cid = serde_json::to_string(conversation_id).unwrap_or_default();
-    let mut out = String::with_capacity(batch.iter().map(|s| s.len() + 1).sum::<usize>() + 64);
-    out.push_str(r#"{"type":"messages","conversation_id":"#);
-    out.push_str(&cid);
-    out.push_str(r#","messages":["#);
+/// `cid_json` is the conversation id's JSON ([`encode_conversation_id`]),
+/// `batch` the messages' ([`encode_message`]).
+fn finish_frame(cid_json: &str, batch: &[String]) -> String {
+    let mut out = String::with_capacity(
+        envelope_len(cid_json) + batch.iter().map(|s| s.len() + 1).sum::<usize>(),
+    );
+    out.push_str(FRAME_HEAD);
+    out.push_str(cid_json);
+    out.push_str(FRAME_MID);
     out.push_str(&batch.join(","));
-    out.push_str("]}");
+    out.push_str(FRAME_TAIL);
     out
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn msg(seq: u64, body: &str) -> Message {
@@ -700,6 +741,146 @@ mod tests {
         assert!(frames.len() <= 1 + total.div_ceil(DEFAULT_FRAME_BYTES));
     }
 
+    /// Pieces of adversarial bodies: what JSON escapes (quote, backslash,
+    /// every control character), what it does not but is easy to miscount
+    /// (U+007F, 2- and 4-byte UTF-8), and HTML-looking text.
+    pub(crate) fn adversarial_piece() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        prop_oneof![
+            Just("\"".to_owned()),
+            Just("\\".to_owned()),
+            (0u32..=0x1f).prop_map(|c| char::from_u32(c).unwrap_or('\0').to_string()),
+            Just("\u{7f}".to_owned()),
+            Just("😀".to_owned()),
+            Just("é".to_owned()),
+            Just("\u{2028}".to_owned()),
+            Just("</script>".to_owned()),
+            Just("a".to_owned()),
+            Just(" ".to_owned()),
+        ]
+    }
+
+    pub(crate) fn adversarial_body(
+        pieces: std::ops::Range<usize>,
+    ) -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        proptest::collection::vec(adversarial_piece(), pieces).prop_map(|v| v.concat())
+    }
+
+    fn wire(m: &Message) -> WireMessage {
+        WireMessage::from(m)
+    }
+
+    fn parse_messages(frame: &str) -> (ConversationId, Vec<WireMessage>) {
+        match serde_json::from_str(frame) {
+            Ok(ServerFrame::Messages {
+                conversation_id,
+                messages,
+            }) => (conversation_id, messages),
+            other => panic!("not a messages frame: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn envelope_is_the_literals_finish_frame_writes() {
+        let cid = ConversationId::parse("c1").unwrap();
+        let cid_json = encode_conversation_id(&cid);
+        assert_eq!(
+            envelope_len(&cid_json),
+            finish_frame(&cid_json, &[]).len(),
+            "an empty frame is all envelope"
+        );
+        let m = msg(7, "x");
+        assert_eq!(
+            one_message_frame_len(&cid, &wire(&m)),
+            pack_messages(&cid, &[m], DEFAULT_FRAME_BYTES)[0].len()
+        );
+    }
+
+    /// The bound is exact: two messages whose frame is exactly the limit
+    /// share it; one byte less and they are split.
+    #[test]
+    fn two_messages_at_exactly_the_limit_share_a_frame_one_byte_less_splits() {
+        let cid = ConversationId::parse("c1").unwrap();
+        for body in ["x", "\"\u{1}😀</script>\\", "\u{0}".repeat(40).as_str()] {
+            let msgs = vec![msg(1, body), msg(2, body)];
+            let both = pack_messages(&cid, &msgs, usize::MAX);
+            assert_eq!(both.len(), 1);
+            let exact = both[0].len();
+            assert_eq!(pack_messages(&cid, &msgs, exact), both, "{body:?}");
+            let split = pack_messages(&cid, &msgs, exact - 1);
+            assert_eq!(split.len(), 2, "{body:?}");
+            for f in &split {
+                assert!(
+                    f.len() < exact,
+                    "frame of {} bytes over {}",
+                    f.len(),
+                    exact - 1
+                );
+            }
+        }
+    }
+
+    proptest::proptest! {
+        /// `one_message_frame_len` is exactly the length of the frame
+        /// `pack_messages` makes of that message alone, whatever the body.
+        #[test]
+        fn one_message_frame_len_is_exact(
+            body in adversarial_body(0..200),
+            seq in proptest::prelude::any::<u64>(),
+            sent_at in proptest::prelude::any::<i64>(),
+        ) {
+            let cid = ConversationId::parse("c1").unwrap();
+            let mut m = msg(1, &body);
+            m.seq = Seq(seq);
+            m.sent_at = sent_at;
+            let frames = pack_messages(&cid, std::slice::from_ref(&m), usize::MAX);
+            proptest::prop_assert_eq!(frames.len(), 1);
+            proptest::prop_assert_eq!(frames[0].len(), one_message_frame_len(&cid, &wire(&m)));
+            let (_, back) = parse_messages(&frames[0]);
+            proptest::prop_assert_eq!(&back[0].body, &body);
+        }
+
+        /// Over random batches of adversarial messages: every message exactly
+        /// once, in seq order; no frame over the limit unless it is a single
+        /// message too large for any frame (the fallback); and no frame
+        /// closed early (the next frame's first message would not have fit).
+        #[test]
+        fn packed_frames_stay_within_the_limit_in_order_exactly_once(
+            bodies in proptest::collection::vec(adversarial_body(0..60), 1..40),
+            first_seq in 1u64..1_000_000,
+            max_frame_bytes in 200usize..1500,
+        ) {
+            let cid = ConversationId::parse("c1").unwrap();
+            let msgs: Vec<Message> = bodies
+                .iter()
+                .zip(first_seq..)
+                .map(|(b, s)| msg(s, b))
+                .collect();
+            let frames = pack_messages(&cid, &msgs, max_frame_bytes);
+            let mut seen: Vec<WireMessage> = Vec::new();
+            for (i, f) in frames.iter().enumerate() {
+                let (c, messages) = parse_messages(f);
+                proptest::prop_assert_eq!(&c, &cid);
+                proptest::prop_assert!(!messages.is_empty());
+                if f.len() > max_frame_bytes {
+                    proptest::prop_assert_eq!(messages.len(), 1, "an over-limit frame of several messages");
+                    proptest::prop_assert!(one_message_frame_len(&cid, &messages[0]) > max_frame_bytes);
+                }
+                if let Some(next) = frames.get(i + 1) {
+                    let (_, after) = parse_messages(next);
+                    let first = encode_message(&after[0]);
+                    proptest::prop_assert!(f.len() + 1 + first.len() > max_frame_bytes, "frame {} closed early", i);
+                }
+                seen.extend(messages);
+            }
+            let sent: Vec<WireMessage> = msgs.iter().map(wire).collect();
+            proptest::prop_assert_eq!(seen, sent);
+        }
+    }
+
+    /// The defensive fallback for messages stored before the send service
+    /// measured frames: too large for any frame, it still goes, alone.
     #[test]
     fn oversized_message_travels_alone() {
         let cid = ConversationId::parse("c1").unwrap();

@@ -44,10 +44,13 @@ use crate::app::App;
 use crate::backoff::Backoff;
 use crate::config::PendingClear;
 use crate::domain::{
-    Body, BodyError, ClientMsgId, Conversation, ConversationId, Message, UserId, now_millis,
+    Body, BodyError, ClientMsgId, Conversation, ConversationId, Message, Millis, Seq, UserId,
+    now_millis,
 };
 use crate::ports::{AppendOutcome, NewMessage, PushMessage, RateDecision, StoreError};
-use crate::protocol::{ErrorCode, FrameError, ServerFrame, pack_messages};
+use crate::protocol::{
+    ErrorCode, FrameError, ServerFrame, WireMessage, one_message_frame_len, pack_messages,
+};
 use crate::services::Answer;
 use crate::services::delivery::{self, Live};
 use crate::services::push::{self, PushReport};
@@ -98,6 +101,19 @@ pub async fn send_message(
             return reject(ErrorCode::PayloadTooLarge, &e.to_string());
         }
     };
+    // The body as it travels: JSON-escaped inside a `messages` frame, which
+    // live delivery and catch-up both post and API Gateway closes the socket
+    // over. A message that cannot fit one frame would be stored and then
+    // never delivered, so it is refused here.
+    let max_frame = app.settings.delivery.max_frame_bytes;
+    let frame_len = worst_frame_len(conversation_id, sender, &body);
+    if frame_len > max_frame {
+        let message = format!(
+            "message is {frame_len} bytes as encoded in its frame (JSON escaping included); \
+             the limit is {max_frame} bytes as encoded"
+        );
+        return reject(ErrorCode::PayloadTooLarge, &message);
+    }
     let ports = &app.ports;
 
     // Before any store call: a flood costs a Redis round trip per frame, not
@@ -184,6 +200,28 @@ pub async fn send_message(
     Ok(Answer::Done(sent(&message, request_id)))
 }
 
+/// A new message's id; all have the same length (a hyphenated UUID).
+fn new_message_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+/// The length of the `messages` frame that will carry `body` from `sender`
+/// alone in `conversation_id`, at its largest: the fields not known before
+/// storing at their widest (`seq` and `sent_at` with the most digits the
+/// types allow, an id as [`new_message_id`] makes them).
+pub fn worst_frame_len(conversation_id: &ConversationId, sender: &UserId, body: &Body) -> usize {
+    one_message_frame_len(
+        conversation_id,
+        &WireMessage {
+            seq: Seq(u64::MAX),
+            message_id: new_message_id(),
+            sender_id: sender.clone(),
+            body: body.as_str().to_owned(),
+            sent_at: Millis::MIN,
+        },
+    )
+}
+
 fn new_message(
     app: &App,
     conversation: &Conversation,
@@ -197,7 +235,7 @@ fn new_message(
         message: Message {
             conversation_id: conversation.conversation_id.clone(),
             seq: conversation.last_seq.next(),
-            message_id: uuid::Uuid::new_v4().to_string(),
+            message_id: new_message_id(),
             client_msg_id: client_msg_id.clone(),
             sender_id: sender.clone(),
             body: body.as_str().to_owned(),
@@ -362,9 +400,8 @@ mod tests {
 
     use super::*;
     use crate::app::{MemoryHandles, Ports, Settings};
-    use crate::domain::{Connection, ConnectionId, Device, Platform, Seq};
+    use crate::domain::{Connection, ConnectionId, Device, Platform};
     use crate::ports::{ConnectionRegistry, MessageStore, Notifier, RegistryError};
-    use crate::protocol::WireMessage;
 
     fn user(s: &str) -> UserId {
         UserId::parse(s).unwrap()
@@ -862,6 +899,156 @@ mod tests {
                 .is_empty()
         );
         assert!(h.notifier.sent().is_empty());
+    }
+
+    /// The one `messages` frame `conn` got, parsed.
+    fn only_messages_frame(h: &MemoryHandles, conn: &ConnectionId) -> (String, WireMessage) {
+        let frames = h.gateway.frames(conn);
+        assert_eq!(frames.len(), 1, "{frames:?}");
+        let ServerFrame::Messages { mut messages, .. } = serde_json::from_str(&frames[0]).unwrap()
+        else {
+            panic!("not a messages frame")
+        };
+        assert_eq!(messages.len(), 1);
+        (frames[0].clone(), messages.remove(0))
+    }
+
+    fn limited(max_frame_bytes: usize, max_body_bytes: usize) -> Settings {
+        let mut s = settings(PendingClear::Ack);
+        s.delivery.max_frame_bytes = max_frame_bytes;
+        s.send.max_body_bytes = max_body_bytes;
+        s
+    }
+
+    async fn limited_setup(max_frame_bytes: usize, max_body_bytes: usize) -> (App, MemoryHandles) {
+        let h = MemoryHandles::new();
+        let app = App::new(h.ports(), limited(max_frame_bytes, max_body_bytes));
+        seed(&app.ports, &h).await;
+        (app, h)
+    }
+
+    fn frame_len_of(body: &str) -> usize {
+        worst_frame_len(
+            &cid("c1"),
+            &user("alice"),
+            &Body::from_stored(body.to_owned()),
+        )
+    }
+
+    /// The headline case: with the defaults, a body within `MAX_BODY_BYTES`
+    /// whose escaping doubles it past `FRAME_BYTES` is refused, and stored
+    /// nowhere, instead of being stored and then undeliverable.
+    #[tokio::test]
+    async fn body_within_max_body_bytes_but_over_the_frame_as_encoded_is_refused() {
+        let (app, h) = setup(PendingClear::Ack).await;
+        let bob = online(&h, "bob", "conn-bob").await;
+        let max_body = app.settings.send.max_body_bytes;
+        let max_frame = app.settings.delivery.max_frame_bytes;
+        for body in ["\"".repeat(max_body), "\u{1}".repeat(max_body / 2)] {
+            assert!(body.len() <= max_body);
+            let f = send(&app, "alice", "big", &body).await;
+            let ServerFrame::Error { code, message, .. } = f else {
+                panic!(
+                    "accepted a body of {} bytes as encoded",
+                    frame_len_of(&body)
+                )
+            };
+            assert_eq!(code, ErrorCode::PayloadTooLarge);
+            assert!(
+                message.contains(&format!("{max_frame} bytes as encoded")),
+                "{message}"
+            );
+        }
+        assert!(stored(&app).await.is_empty());
+        assert!(h.gateway.frames(&bob).is_empty());
+        assert!(row(&app, "bob").await.is_none());
+    }
+
+    /// A body whose frame (at its widest) is exactly `FRAME_BYTES` is
+    /// accepted and delivered; one byte more as encoded — one more
+    /// character, or one character that escapes longer — is refused.
+    #[tokio::test]
+    async fn body_at_exactly_the_frame_limit_is_accepted_one_byte_more_refused() {
+        for max_frame in [1024, 4096, crate::protocol::DEFAULT_FRAME_BYTES] {
+            let (app, h) = limited_setup(max_frame, max_frame).await;
+            let bob = online(&h, "bob", "conn-bob").await;
+            let envelope = frame_len_of("");
+            // The figure docs/protocol.md gives (section 12).
+            assert_eq!(envelope, 190 + "c1".len() + "alice".len());
+            // Quotes (2 bytes each as encoded) and one `a` to make up the
+            // exact length, whatever the parity of the room left.
+            let room = max_frame - envelope;
+            let quotes = (room - 1) / 2;
+            let fill = room - 2 * quotes;
+            let exact = format!("{}{}", "\"".repeat(quotes), "a".repeat(fill));
+            assert_eq!(frame_len_of(&exact), max_frame);
+            let f = send(&app, "alice", "exact", &exact).await;
+            assert!(matches!(f, ServerFrame::Sent { .. }), "{max_frame}: {f:?}");
+            let (frame, m) = only_messages_frame(&h, &bob);
+            assert!(frame.len() <= max_frame, "{} > {max_frame}", frame.len());
+            assert_eq!(m.body, exact);
+
+            let longer = format!("{exact}a");
+            let escapes_longer = format!("{}\"", &exact[..exact.len() - 1]);
+            for (key, body) in [("longer", longer), ("escapes", escapes_longer)] {
+                assert_eq!(frame_len_of(&body), max_frame + 1);
+                let f = send(&app, "alice", key, &body).await;
+                assert_eq!(
+                    error_code(&f),
+                    ErrorCode::PayloadTooLarge,
+                    "{max_frame} {key}"
+                );
+            }
+            assert_eq!(stored(&app).await.len(), 1);
+            assert_eq!(h.gateway.frames(&bob).len(), 1);
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(128))]
+        /// Adversarial bodies sized around the point where their frame
+        /// reaches `FRAME_BYTES` (an adversarial piece straddles it): every
+        /// accepted message reaches the online recipient in one frame within
+        /// the limit, with its body intact; every refused one is
+        /// `payload_too_large` and stored nowhere; and the line between them
+        /// is exactly the frame measure (or the decoded `MAX_BODY_BYTES`).
+        #[test]
+        fn accepted_bodies_are_delivered_within_the_frame_refused_ones_are_payload_too_large(
+            head in crate::protocol::tests::adversarial_body(0..400),
+            tail in crate::protocol::tests::adversarial_body(1..3),
+            short_by in 0usize..12,
+            max_frame in proptest::sample::select(vec![1024usize, 1500, 2048]),
+            body_factor in proptest::sample::select(vec![1usize, 2, 4]),
+        ) {
+            // A decoded limit below, at or above the frame's.
+            let max_body = max_frame * body_factor / 2;
+            // `a`s so that the frame of head + padding is `short_by` below
+            // the limit (when head alone is not already past it); the tail
+            // then lands on either side.
+            let padding = max_frame.saturating_sub(short_by + frame_len_of(&head));
+            let body = format!("{head}{}{tail}", "a".repeat(padding));
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                let (app, h) = limited_setup(max_frame, max_body).await;
+                let bob = online(&h, "bob", "conn-bob").await;
+                let f = send(&app, "alice", "p", &body).await;
+                let fits = body.len() <= max_body && frame_len_of(&body) <= max_frame;
+                match f {
+                    ServerFrame::Sent { .. } => {
+                        assert!(fits, "accepted a body whose frame is {} bytes", frame_len_of(&body));
+                        let (frame, m) = only_messages_frame(&h, &bob);
+                        assert!(frame.len() <= max_frame, "delivered a frame of {} > {max_frame}", frame.len());
+                        assert_eq!(m.body, body);
+                    }
+                    other => {
+                        assert_eq!(error_code(&other), ErrorCode::PayloadTooLarge);
+                        assert!(!fits, "refused a body that fits: {}", frame_len_of(&body));
+                        assert!(stored(&app).await.is_empty());
+                        assert!(h.gateway.frames(&bob).is_empty());
+                    }
+                }
+            });
+        }
     }
 
     #[tokio::test]
