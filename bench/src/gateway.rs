@@ -100,9 +100,7 @@ pub async fn start(
     .map_err(|e| anyhow::anyhow!("rate limiter: {e}"))?;
     let app = App::new(trace::traced(ports, &tape), Settings::default())
         .with_rate_limiter(trace::traced_limiter(Arc::new(limiter), &tape));
-    let auth = authorizer::AuthorizerState::new(&AuthConfig::hs256(LOCAL_JWT_SECRET))
-        .map_err(|e| anyhow::anyhow!("authorizer: {e}"))?;
-    let routes = courier_routes(app, Arc::new(auth));
+    let routes = local_routes(app)?;
     let inspect = Inspect {
         pushes: Some(pushes),
         pending: Some(pending),
@@ -155,9 +153,7 @@ pub async fn start_sdk(stores: Ports, redis_url: &str) -> anyhow::Result<Running
         .with_notifier(Arc::new(pushes.clone()));
     let pending = ports.pending.clone();
     let app = App::new(ports, Settings::default());
-    let auth = authorizer::AuthorizerState::new(&AuthConfig::hs256(LOCAL_JWT_SECRET))
-        .map_err(|e| anyhow::anyhow!("authorizer: {e}"))?;
-    let routes = courier_routes(app, Arc::new(auth));
+    let routes = local_routes(app)?;
     let inspect = Inspect {
         pushes: Some(pushes),
         pending: Some(pending),
@@ -166,4 +162,12 @@ pub async fn start_sdk(stores: Ports, redis_url: &str) -> anyhow::Result<Running
     courier_local::serve(core, routes, inspect, listener)
         .await
         .context("serving the local gateway")
+}
+
+/// Courier's routes on `app`, with the authorizer the local gateway uses
+/// (HS256 with the local secret).
+fn local_routes(app: App) -> anyhow::Result<courier_local::routes::Routes> {
+    let auth = authorizer::AuthorizerState::new(&AuthConfig::hs256(LOCAL_JWT_SECRET))
+        .map_err(|e| anyhow::anyhow!("authorizer: {e}"))?;
+    Ok(courier_routes(app, Arc::new(auth)))
 }

@@ -71,42 +71,42 @@ fn crates() -> Vec<Crate> {
         },
         Crate {
             name: "connect",
-            check_env: connect::check_env::<Lookup>,
+            check_env: |env| courier_aws::wiring::check_env(env, connect::NEEDS),
             needs: connect::NEEDS,
         },
         Crate {
             name: "disconnect",
-            check_env: disconnect::check_env::<Lookup>,
+            check_env: |env| courier_aws::wiring::check_env(env, disconnect::NEEDS),
             needs: disconnect::NEEDS,
         },
         Crate {
             name: "catch-up",
-            check_env: catch_up::check_env::<Lookup>,
+            check_env: |env| courier_aws::wiring::check_env(env, catch_up::NEEDS),
             needs: catch_up::NEEDS,
         },
         Crate {
             name: "ack",
-            check_env: ack::check_env::<Lookup>,
+            check_env: |env| courier_aws::wiring::check_env(env, ack::NEEDS),
             needs: ack::NEEDS,
         },
         Crate {
             name: "send-message",
-            check_env: send_message::check_env::<Lookup>,
+            check_env: |env| courier_aws::wiring::check_env(env, send_message::NEEDS),
             needs: send_message::NEEDS,
         },
         Crate {
             name: "conversations",
-            check_env: conversations::check_env::<Lookup>,
+            check_env: |env| courier_aws::wiring::check_env(env, conversations::NEEDS),
             needs: conversations::NEEDS,
         },
         Crate {
             name: "devices",
-            check_env: devices::check_env::<Lookup>,
+            check_env: |env| courier_aws::wiring::check_env(env, devices::NEEDS),
             needs: devices::NEEDS,
         },
         Crate {
             name: "default",
-            check_env: default::check_env::<Lookup>,
+            check_env: |env| courier_aws::wiring::check_env(env, default::NEEDS),
             needs: default::NEEDS,
         },
     ]

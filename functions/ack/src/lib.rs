@@ -25,13 +25,6 @@ pub async fn handle(
 /// The ports this function uses.
 pub const NEEDS: courier_aws::wiring::Needs = courier_aws::wiring::Needs::ACK;
 
-/// Parses every variable this function reads at start-up (no network).
-pub fn check_env<F: Fn(&str) -> Option<String>>(
-    env: &courier_core::config::Env<F>,
-) -> Result<(), courier_core::config::ConfigError> {
-    courier_aws::wiring::check_env(env, NEEDS)
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

@@ -25,10 +25,3 @@ pub async fn handle(
 
 /// The ports this function uses.
 pub const NEEDS: courier_aws::wiring::Needs = courier_aws::wiring::Needs::CONNECT;
-
-/// Parses every variable this function reads at start-up (no network).
-pub fn check_env<F: Fn(&str) -> Option<String>>(
-    env: &courier_core::config::Env<F>,
-) -> Result<(), courier_core::config::ConfigError> {
-    courier_aws::wiring::check_env(env, NEEDS)
-}

@@ -12,18 +12,12 @@ use aws_lambda_events::apigw::{ApiGatewayProxyResponse, ApiGatewayWebsocketProxy
 use courier_aws::edge;
 use courier_aws::wiring::Needs;
 use courier_core::app::App;
-use courier_core::config::{ConfigError, Env};
 use courier_core::protocol::ClientFrame;
 use courier_core::services::conversations;
 use lambda_runtime::{Error, LambdaEvent};
 
 /// The ports this function uses.
 pub const NEEDS: Needs = Needs::CONVERSATIONS;
-
-/// Parses every variable the function reads at start-up.
-pub fn check_env<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<(), ConfigError> {
-    courier_aws::wiring::check_env(env, NEEDS)
-}
 
 pub async fn handle(
     app: &App,
@@ -42,6 +36,7 @@ pub async fn handle(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use aws_lambda_events::encodings::Body;
+    use courier_core::config::{ConfigError, Env};
     use courier_core::protocol::ServerFrame;
     use lambda_runtime::Context;
 
@@ -115,7 +110,7 @@ mod tests {
 
     #[test]
     fn check_env_needs_the_tables() {
-        let e = check_env(&Env(|_: &str| None)).unwrap_err();
+        let e = courier_aws::wiring::check_env(&Env(|_: &str| None), NEEDS).unwrap_err();
         assert!(matches!(e, ConfigError::Missing(name) if name.ends_with("_TABLE")));
     }
 }

@@ -13,17 +13,11 @@ use aws_lambda_events::apigw::{ApiGatewayProxyResponse, ApiGatewayWebsocketProxy
 use courier_aws::edge::{self, WsRequest};
 use courier_aws::wiring::Needs;
 use courier_core::app::App;
-use courier_core::config::{ConfigError, Env};
 use courier_core::protocol::{ClientFrame, ErrorCode, FrameError, Request, ServerFrame, action_of};
 use lambda_runtime::{Error, LambdaEvent};
 
 /// The ports this function uses: none.
 pub const NEEDS: Needs = Needs::NONE;
-
-/// Parses every variable the function reads at start-up.
-pub fn check_env<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<(), ConfigError> {
-    courier_aws::wiring::check_env(env, NEEDS)
-}
 
 pub async fn handle(
     _app: &App,

@@ -11,18 +11,12 @@ use aws_lambda_events::apigw::{ApiGatewayProxyResponse, ApiGatewayWebsocketProxy
 use courier_aws::edge;
 use courier_aws::wiring::Needs;
 use courier_core::app::App;
-use courier_core::config::{ConfigError, Env};
 use courier_core::protocol::ClientFrame;
 use courier_core::services::devices;
 use lambda_runtime::{Error, LambdaEvent};
 
 /// The ports this function uses.
 pub const NEEDS: Needs = Needs::DEVICES;
-
-/// Parses every variable the function reads at start-up.
-pub fn check_env<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<(), ConfigError> {
-    courier_aws::wiring::check_env(env, NEEDS)
-}
 
 pub async fn handle(
     app: &App,

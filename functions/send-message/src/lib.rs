@@ -13,19 +13,12 @@ use aws_lambda_events::apigw::{ApiGatewayProxyResponse, ApiGatewayWebsocketProxy
 use courier_aws::edge;
 use courier_aws::wiring::Needs;
 use courier_core::app::App;
-use courier_core::config::{ConfigError, Env};
 use courier_core::protocol::ClientFrame;
 use courier_core::services::send;
 use lambda_runtime::{Error, LambdaEvent};
 
 /// The ports this function uses.
 pub const NEEDS: Needs = Needs::SEND;
-
-/// Parses every variable the function reads at start-up, so a bad
-/// deployment fails its init phase with the variable's name.
-pub fn check_env<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<(), ConfigError> {
-    courier_aws::wiring::check_env(env, NEEDS)
-}
 
 pub async fn handle(
     app: &App,
@@ -58,6 +51,7 @@ pub async fn handle(
 mod tests {
     use aws_lambda_events::encodings::Body;
     use courier_core::app::MemoryHandles;
+    use courier_core::config::{ConfigError, Env};
     use courier_core::domain::{Conversation, ConversationId, Seq, UserId, now_millis};
     use courier_core::protocol::ServerFrame;
     use lambda_runtime::Context;
@@ -171,7 +165,7 @@ mod tests {
 
     #[test]
     fn check_env_names_what_is_missing() {
-        let e = check_env(&Env(|_: &str| None)).unwrap_err();
+        let e = courier_aws::wiring::check_env(&Env(|_: &str| None), NEEDS).unwrap_err();
         assert!(matches!(e, ConfigError::Missing(_)));
         let full = |k: &str| -> Option<String> {
             Some(
@@ -186,7 +180,7 @@ mod tests {
                 .to_owned(),
             )
         };
-        check_env(&Env(full)).unwrap();
+        courier_aws::wiring::check_env(&Env(full), NEEDS).unwrap();
         let bad = move |k: &str| {
             if k == "MAX_BODY_BYTES" {
                 Some("lots".into())
@@ -195,7 +189,7 @@ mod tests {
             }
         };
         assert!(matches!(
-            check_env(&Env(bad)),
+            courier_aws::wiring::check_env(&Env(bad), NEEDS),
             Err(ConfigError::Invalid {
                 name: "MAX_BODY_BYTES",
                 ..
