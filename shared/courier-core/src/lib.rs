@@ -1,7 +1,7 @@
 //! Courier's core: everything the flow needs that is not a cloud service.
 //!
 //! Layers, from the inside out; each module uses only those above it in this
-//! list (the compiler does not check that, a reviewer can: every `use
+//! list (`tests/layering.rs` checks it, and a reviewer can: every `use
 //! crate::…` line of a module names one of its elders):
 //!
 //! - [`domain`]: ids, seqs, messages, pending rows — types that only hold
