@@ -70,8 +70,8 @@ where
     T: Send + 'static,
     F: Future<Output = Result<T, HandlerError>> + Send + 'static,
 {
-    let task = tokio::spawn(fut.instrument(tracing::info_span!("function", name = %function)));
-    match tokio::time::timeout(timeout, task).await {
+    let mut task = tokio::spawn(fut.instrument(tracing::info_span!("function", name = %function)));
+    match tokio::time::timeout(timeout, &mut task).await {
         Ok(Ok(Ok(v))) => Ok(v),
         Ok(Ok(Err(e))) => Err(InvokeError::Function {
             error_type: HANDLER_ERROR.into(),
@@ -85,10 +85,15 @@ where
                 "the function was cancelled".into()
             },
         }),
-        Err(_) => Err(InvokeError::Function {
-            error_type: "Sandbox.Timedout".into(),
-            message: format!("Task timed out after {:.2} seconds", timeout.as_secs_f64()),
-        }),
+        Err(_) => {
+            // Lambda stops a function at its timeout; so does this: the
+            // handler is dropped at its next await, not left running.
+            task.abort();
+            Err(InvokeError::Function {
+                error_type: "Sandbox.Timedout".into(),
+                message: format!("Task timed out after {:.2} seconds", timeout.as_secs_f64()),
+            })
+        }
     }
 }
 
@@ -190,6 +195,41 @@ impl CatchUpTrigger for LocalTrigger {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    /// Sends on drop: proves a future was dropped (cancelled) without
+    /// waiting a fixed time and assuming nothing happened.
+    struct Dropped(Option<tokio::sync::oneshot::Sender<()>>);
+
+    impl Drop for Dropped {
+        fn drop(&mut self) {
+            if let Some(tx) = self.0.take() {
+                let _ = tx.send(());
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_timed_out_handler_is_cancelled_not_left_running() {
+        let (tx, dropped) = tokio::sync::oneshot::channel();
+        let finished = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = finished.clone();
+        let handler = async move {
+            let _guard = Dropped(Some(tx));
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            flag.store(true, std::sync::atomic::Ordering::SeqCst);
+            Ok::<(), HandlerError>(())
+        };
+        let r = run_guarded("slow", Duration::from_millis(20), handler).await;
+        assert!(
+            matches!(&r, Err(InvokeError::Function { error_type, .. }) if error_type == "Sandbox.Timedout"),
+            "{r:?}"
+        );
+        tokio::time::timeout(Duration::from_secs(10), dropped)
+            .await
+            .expect("the handler was dropped when its time ran out")
+            .expect("the guard sent on drop");
+        assert!(!finished.load(std::sync::atomic::Ordering::SeqCst));
+    }
 
     #[test]
     fn function_names_from_arns_and_qualifiers() {

@@ -196,10 +196,13 @@ impl Routes {
         self.routes.get(route_key)
     }
 
-    /// Route selection as API Gateway does it: the key if a route has it,
-    /// else `$default` (if there is one).
+    /// Route selection for a client frame as API Gateway does it: the key
+    /// if a route has it, else `$default` (if there is one). A frame can
+    /// never select `$connect` or `$disconnect` (`"action":"$disconnect"`
+    /// goes to `$default`): those run only on the connection's own events.
     pub fn select(&self, route_key: Option<&str>) -> Option<(&str, &Route)> {
         route_key
+            .filter(|k| !k.starts_with('$'))
             .and_then(|k| self.routes.get_key_value(k))
             .or_else(|| self.routes.get_key_value(DEFAULT))
             .map(|(k, r)| (k.as_str(), r))
@@ -286,6 +289,21 @@ mod tests {
         assert_eq!(routes.select(Some("fly")).unwrap().0, DEFAULT);
         assert_eq!(routes.select(None).unwrap().0, DEFAULT);
         assert!(Routes::new().select(Some("x")).is_none());
+    }
+
+    #[test]
+    fn a_frame_never_selects_connect_or_disconnect() {
+        let routes = ok_route()
+            .route("$connect", "connect", |_e| async {
+                Ok(courier_aws::edge::status(200))
+            })
+            .route("$disconnect", "disconnect", |_e| async {
+                Ok(courier_aws::edge::status(200))
+            });
+        for key in ["$connect", "$disconnect", "$default"] {
+            assert_eq!(routes.select(Some(key)).unwrap().0, DEFAULT, "{key}");
+        }
+        assert_eq!(routes.get("$disconnect").unwrap().function, "disconnect");
     }
 
     #[test]
