@@ -763,7 +763,11 @@ async fn the_heartbeat_keeps_an_idle_connection_open() {
     );
     config.tuning.heartbeat = Duration::from_millis(250);
     let bob = Client::connect(config).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // Eight answered heartbeats, 250 ms apart: the connection has lived
+    // through more than two idle timeouts (800 ms) by then.
+    bob.wait_until(Duration::from_secs(15), |s| s.pongs() >= 8)
+        .await
+        .unwrap_or_else(|_| panic!("only {} pongs", bob.inspect(|s| s.pongs())));
     assert_eq!(
         bob.inspect(|s| s.opens()),
         1,

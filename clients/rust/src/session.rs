@@ -156,6 +156,8 @@ pub struct Session {
     /// Full syncs sent since the last `caught_up` for want of one.
     full_syncs: u32,
     caught_up: u64,
+    /// `pong` frames received: heartbeats the server answered.
+    pongs: u64,
     opens: u64,
     open: bool,
     receipts: BTreeMap<(ConversationId, UserId), Seq>,
@@ -174,6 +176,7 @@ impl Session {
             caught_up_deadline: None,
             full_syncs: 0,
             caught_up: 0,
+            pongs: 0,
             opens: 0,
             open: false,
             receipts: BTreeMap::new(),
@@ -203,6 +206,11 @@ impl Session {
     /// `caught_up` frames received.
     pub fn caught_up_count(&self) -> u64 {
         self.caught_up
+    }
+
+    /// `pong` frames received (answered heartbeats).
+    pub fn pongs(&self) -> u64 {
+        self.pongs
     }
 
     pub fn conversations(&self) -> Vec<ConversationId> {
@@ -426,8 +434,12 @@ impl Session {
                 let id = request_id.clone();
                 self.answer(id, Ok(frame));
             }
-            ServerFrame::DeviceRegistered { ref request_id, .. }
-            | ServerFrame::Pong { ref request_id } => {
+            ServerFrame::DeviceRegistered { ref request_id, .. } => {
+                let id = request_id.clone();
+                self.answer(id, Ok(frame));
+            }
+            ServerFrame::Pong { ref request_id } => {
+                self.pongs += 1;
                 let id = request_id.clone();
                 self.answer(id, Ok(frame));
             }
