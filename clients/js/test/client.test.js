@@ -429,3 +429,52 @@ function withTimeout(p, ms) {
     }),
   ]);
 }
+
+/** A WebSocket stand-in (no network) that opens, delivers `greeting` if
+ *  given, then closes with 1006: a connection that dies at once. */
+function dyingSocket(greeting) {
+  return class DyingWebSocket {
+    constructor() {
+      this.readyState = 0;
+      setTimeout(() => {
+        this.readyState = 1;
+        this.onopen?.();
+        if (greeting) this.onmessage?.({ data: greeting });
+        setTimeout(() => {
+          this.readyState = 3;
+          this.onclose?.({ code: 1006 });
+        }, 0);
+      }, 0);
+    }
+
+    send() {}
+
+    close() {
+      this.readyState = 3;
+    }
+  };
+}
+
+async function reconnectDelays(WebSocket, n) {
+  const c = new CourierClient({
+    url: 'ws://127.0.0.1:1',
+    token: 'x.e30.x',
+    user: 'bob',
+    WebSocket,
+    random: () => 0,
+    tuning: { backoffBase: 4, backoffMax: 1000 },
+  });
+  const delays = [];
+  c.on('state', (s) => s.state === 'reconnecting' && s.delay !== undefined && delays.push(s.delay));
+  await c.connect();
+  await waitFor(`${n} reconnects`, () => delays.length >= n);
+  c.close();
+  return delays.slice(0, n);
+}
+
+test('a connection that dies at once does not start the backoff over; one that worked does', async () => {
+  // random 0: each delay is half of min(4 ms × 2^attempt, 1 s).
+  assert.deepEqual(await reconnectDelays(dyingSocket(null), 5), [2, 4, 8, 16, 32]);
+  const caughtUp = JSON.stringify({ type: 'caught_up', conversations: 0, messages: 0 });
+  assert.deepEqual(await reconnectDelays(dyingSocket(caughtUp), 5), [2, 2, 2, 2, 2]);
+});
