@@ -541,8 +541,59 @@ async fn connected(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    /// One connection to a server that says `greeting` (if any) and closes
+    /// at once: whether the client counted it as working.
+    async fn one_connection(greeting: Option<&'static str>) -> bool {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+            if let Some(g) = greeting {
+                ws.send(Message::text(g)).await.unwrap();
+            }
+            let _ = ws.close(None).await;
+        });
+        let url = format!("ws://{addr}/");
+        let (ws, _) = tokio_tungstenite::connect_async(url.as_str())
+            .await
+            .unwrap();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let bob = UserId::parse("bob").unwrap();
+        let inner = Arc::new(Inner {
+            session: Mutex::new(Session::new(bob.clone(), Tuning::default())),
+            commands: tx,
+            version: watch::channel(0).0,
+            events: broadcast::channel(16).0,
+            refused: Mutex::new(None),
+            config: ClientConfig::new(url, bob, crate::static_token("t")),
+        });
+        let (ended, healthy) =
+            tokio::time::timeout(Duration::from_secs(5), connected(&inner, ws, &mut rx))
+                .await
+                .unwrap();
+        assert!(matches!(ended, Ended::Dropped));
+        healthy
+    }
+
+    #[tokio::test]
+    async fn only_a_connection_that_worked_starts_the_backoff_over() {
+        assert!(
+            !one_connection(None).await,
+            "opened and closed with nothing received: keep backing off"
+        );
+        assert!(
+            one_connection(Some(
+                r#"{"type":"caught_up","conversations":0,"messages":0}"#
+            ))
+            .await,
+            "a frame arrived: the connection worked"
+        );
+    }
 
     #[test]
     fn token_urls_always_have_a_path() {
