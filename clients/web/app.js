@@ -92,6 +92,9 @@ const bob = {
   pending: null,
 };
 let story = null;
+/** Sends the client rejected (too large for a frame, refused by the
+ *  server): user → [{conversationId, body, reason}], shown as failed. */
+const failedSends = new Map();
 
 for (const user of USERS) {
   const c = new CourierClient({
@@ -173,7 +176,12 @@ function convBox(user, pane, id) {
     const body = input.value.trim();
     if (!body) return;
     input.value = '';
-    clients[user].send(id, body).then(scheduleRender, (e) => console.warn(e));
+    clients[user].send(id, body).then(scheduleRender, (e) => {
+      console.warn(e);
+      if (!failedSends.has(user)) failedSends.set(user, []);
+      failedSends.get(user).push({ conversationId: id, body, reason: e?.code ?? String(e) });
+      scheduleRender();
+    });
     scheduleRender();
   });
   box = el('article', { class: 'conv', dataset: { conversation: id, peer: others.join(',') } },
@@ -197,6 +205,13 @@ function renderConversation(user, box, id) {
   for (const p of c.pendingSends().filter((p) => p.conversationId === id)) {
     items.push(el('li', { class: 'mine sending', dataset: { pending: p.clientMsgId } },
       el('span', { class: 'seq' }, '…'), el('span', { class: 'from' }, `${user}:`), el('span', { class: 'body' }, `${p.body} (sending)`)));
+  }
+  for (const f of failedSends.get(user) ?? []) {
+    if (f.conversationId !== id) continue;
+    const shown = f.body.length > 80 ? `${f.body.slice(0, 80)}…` : f.body;
+    items.push(el('li', { class: 'mine failed', dataset: { failed: f.reason } },
+      el('span', { class: 'seq' }, '✗'), el('span', { class: 'from' }, `${user}:`),
+      el('span', { class: 'body' }, `${shown} (not sent: ${f.reason === 'payload_too_large' ? 'too large' : f.reason})`)));
   }
   list.replaceChildren(...items);
   if (atBottom || !list.dataset.scrolled) {

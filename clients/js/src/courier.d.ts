@@ -31,6 +31,10 @@ export interface Tuning {
   requestTimeout: number;
   /** Timer resolution of the client. */
   tick: number;
+  /** The largest text frame sent, in UTF-8 bytes of the encoded JSON
+   *  (32768: API Gateway closes the socket with 1009 on a larger one). A
+   *  larger send or request is rejected at once with `payload_too_large`. */
+  maxFrameBytes: number;
 }
 
 export const DEFAULT_TUNING: Readonly<Tuning>;
@@ -58,6 +62,12 @@ export class CourierError extends Error {
   requestId?: string;
   /** The HTTP status of a refused handshake. */
   status?: number;
+  /** `payload_too_large` from the client: the encoded frame's UTF-8 bytes… */
+  frameBytes?: number;
+  /** …and the limit it is over. */
+  limit?: number;
+  /** The close code, when the socket closed on the frame (1009). */
+  closeCode?: number;
 }
 
 export function isPermanent(code: string): boolean;
@@ -65,6 +75,8 @@ export function backoff(tuning: Pick<Tuning, 'backoffBase' | 'backoffMax'>, atte
 /** The wait after the `attempt`-th (1-based) unanswered try of a send or sync. */
 export function retryWait(first: number, attempt: number, tuning: Pick<Tuning, 'retryMax'>, random?: () => number): number;
 export function newClientMsgId(): string;
+/** The UTF-8 byte length of a text frame. */
+export function frameBytes(text: string): number;
 export function tokenSubject(token: string): string | undefined;
 export function withToken(url: string, token: string): string;
 
@@ -241,6 +253,9 @@ export class Session {
   dropRequest(requestId: string): void;
   fullSync(now: number): string;
   onOpen(now: number): string[];
+  /** The socket closed with `code`; call before `onClose`. Fails a send the
+   *  socket closed on (1009, or twice in a row right after it went out). */
+  onDropped(code: number | undefined, now: number): void;
   onClose(): void;
   closeAll(): void;
   onText(raw: string, now: number): string[];

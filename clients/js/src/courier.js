@@ -55,7 +55,43 @@ export const DEFAULT_TUNING = Object.freeze({
   requestTimeout: 30000,
   /** Timer resolution of the client. */
   tick: 50,
+  /** The largest text frame this client sends, in UTF-8 bytes of the encoded
+   *  JSON: API Gateway closes the socket with 1009 on a client frame over
+   *  32 KB. A larger send or request is rejected at once with
+   *  `payload_too_large`. */
+  maxFrameBytes: 32 * 1024,
 });
+
+/** A socket closed this soon (ms) after a send went out, with nothing
+ *  received since, counts against that send; twice in a row fails it. */
+const QUICK_DROP = 1000;
+
+/** The UTF-8 byte length of a text frame: what it weighs on the wire. */
+export function frameBytes(text) {
+  let n = 0;
+  for (let i = 0; i < text.length; i += 1) {
+    const c = text.charCodeAt(i);
+    if (c < 0x80) n += 1;
+    else if (c < 0x800) n += 2;
+    else if (c >= 0xd800 && c <= 0xdbff && i + 1 < text.length) {
+      const d = text.charCodeAt(i + 1);
+      if (d >= 0xdc00 && d <= 0xdfff) {
+        n += 4;
+        i += 1;
+      } else n += 3;
+    } else n += 3; // a lone surrogate goes out as U+FFFD
+  }
+  return n;
+}
+
+/** The error of a frame over the frame limit. */
+function tooLarge(bytes, limit, details = {}) {
+  return new CourierError('payload_too_large', `frame of ${bytes} bytes is over the ${limit}-byte frame limit`, {
+    frameBytes: bytes,
+    limit,
+    ...details,
+  });
+}
 
 /** Most entries one `ack` frame may carry (the server refuses more). */
 export const MAX_ACKS_PER_FRAME = 100;
@@ -311,6 +347,9 @@ export class Session {
     this.opens = 0;
     this.caughtUpCount = 0;
     this.receipts = new Map();
+    /** [client_msg_id, when] of sends that went out since the last frame
+     *  received: the ones to blame if the socket closes on them. */
+    this.suspects = [];
   }
 
   timeline(conversationId) {
@@ -338,12 +377,20 @@ export class Session {
   queueSend(conversationId, clientMsgId, body, waiter, now) {
     let o = this.outbox.get(clientMsgId);
     if (!o) {
-      o = { conversationId, body, due: null, attempts: 0, waiters: [] };
+      const bytes = frameBytes(sendFrame(conversationId, clientMsgId, body));
+      if (bytes > this.tuning.maxFrameBytes) {
+        // It would close the socket (1009) instead of being answered, and
+        // again on every resend: fail it now, never queue it.
+        waiter?.reject(tooLarge(bytes, this.tuning.maxFrameBytes, { clientMsgId }));
+        return null;
+      }
+      o = { conversationId, body, due: null, attempts: 0, waiters: [], bytes, quickDrops: 0 };
       this.outbox.set(clientMsgId, o);
     }
     if (waiter) o.waiters.push(waiter);
     if (!this.open) return null;
     this.attempted(o, now);
+    this.suspects.push([clientMsgId, now]);
     return sendFrame(o.conversationId, clientMsgId, o.body);
   }
 
@@ -357,6 +404,11 @@ export class Session {
    *  to send now, if open (else it goes out on the next open). */
   queueRequest(requestId, frame, waiter) {
     const text = JSON.stringify({ ...frame, request_id: requestId });
+    const bytes = frameBytes(text);
+    if (bytes > this.tuning.maxFrameBytes) {
+      waiter.reject(tooLarge(bytes, this.tuning.maxFrameBytes, { requestId }));
+      return null;
+    }
     this.requests.set(requestId, { text, sent: this.open, ...waiter });
     return this.open ? text : null;
   }
@@ -383,8 +435,10 @@ export class Session {
     this.caughtUpDeadline = now + this.tuning.caughtUpTimeout;
     this.fullSyncs = 0;
     const out = [];
+    this.suspects = [];
     for (const [cmid, o] of this.outbox) {
       this.attempted(o, now);
+      this.suspects.push([cmid, now]);
       out.push(sendFrame(o.conversationId, cmid, o.body));
     }
     for (const r of this.requests.values()) {
@@ -394,6 +448,31 @@ export class Session {
       }
     }
     return out;
+  }
+
+  /**
+   * The socket closed with `code` at `now` (call before `onClose`). A close
+   * with 1009 (message too big) fails the largest send that went out since
+   * the last frame received: resending it would close the socket again,
+   * forever. So does a second close in a row right after it was sent, with
+   * nothing received in between.
+   */
+  onDropped(code, now) {
+    const suspects = this.suspects;
+    this.suspects = [];
+    let worst = null;
+    for (const [cmid, at] of suspects) {
+      const o = this.outbox.get(cmid);
+      if (o && (worst === null || o.bytes > worst.o.bytes)) worst = { cmid, at, o };
+    }
+    if (worst === null) return;
+    const { cmid, at, o } = worst;
+    if (now - at <= QUICK_DROP) o.quickDrops += 1;
+    if (code === 1009 || (now - at <= QUICK_DROP && o.quickDrops >= 2)) {
+      this.outbox.delete(cmid);
+      const err = tooLarge(o.bytes, this.tuning.maxFrameBytes, { clientMsgId: cmid, closeCode: code });
+      for (const w of o.waiters) w.reject(err);
+    }
   }
 
   /** The socket closed: requests sent on it will get no reply. Sends stay
@@ -422,6 +501,10 @@ export class Session {
 
   /** One text frame from the server; the frames to send in answer. */
   onText(raw, now) {
+    // Something came back: the connection works, so the sends that went out
+    // before are not to blame for a later close.
+    this.suspects = [];
+    for (const o of this.outbox.values()) o.quickDrops = 0;
     let frame;
     try {
       frame = JSON.parse(raw);
@@ -617,6 +700,7 @@ export class Session {
     for (const [cmid, o] of this.outbox) {
       if (o.due === null || now >= o.due) {
         this.attempted(o, now);
+        this.suspects.push([cmid, now]);
         out.push(sendFrame(o.conversationId, cmid, o.body));
       }
     }
@@ -670,6 +754,10 @@ export class CourierClient {
   #state = 'idle';
   #wanted = false;
   #attempt = 0;
+  /** When the current socket opened, and whether it has worked (received a
+   *  frame): only a connection that worked starts the backoff over. */
+  #openedAt = 0;
+  #healthy = false;
   #reconnectTimer = null;
   #opening = false;
   #connectTimer = null;
@@ -840,6 +928,8 @@ export class CourierClient {
       return;
     }
     this.#ws = ws;
+    this.#openedAt = 0;
+    this.#healthy = false;
     this.#connectTimer = setTimeout(() => {
       if (this.#ws === ws && ws.readyState !== OPEN) {
         this.#dropSocket(4000, 'handshake timeout');
@@ -849,9 +939,13 @@ export class CourierClient {
     ws.onopen = () => {
       if (this.#ws !== ws) return;
       clearTimeout(this.#connectTimer);
-      this.#attempt = 0;
       this.refusedStatus = null;
       const now = this.#now();
+      // The backoff starts over once this connection proves it works (a
+      // frame arrives, or it stays up a second), not on open: a connection
+      // that dies at once (a frame the gateway refuses) keeps backing off.
+      this.#openedAt = now;
+      this.#healthy = false;
       this.#lastSent = now;
       this.#lastReceived = now;
       this.#pingSentAt = null;
@@ -865,6 +959,10 @@ export class CourierClient {
       const now = this.#now();
       this.#lastReceived = now;
       this.#pingSentAt = null;
+      if (!this.#healthy) {
+        this.#healthy = true;
+        this.#attempt = 0;
+      }
       if (typeof ev.data !== 'string') return; // the protocol is text frames only
       this.#sendAll(this.session.onText(ev.data, now));
     };
@@ -886,6 +984,11 @@ export class CourierClient {
     };
     ws.onclose = (ev) => {
       if (this.#ws !== ws) return;
+      const now = this.#now();
+      if (this.#openedAt > 0 && !this.#healthy && now - this.#openedAt >= QUICK_DROP) {
+        this.#attempt = 0;
+      }
+      this.session.onDropped(ev?.code, now);
       this.#socketGone();
       if (this.#wanted) this.#scheduleReconnect({ code: ev?.code });
     };
@@ -950,6 +1053,9 @@ export class CourierClient {
     const ws = this.#ws;
     if (!ws || ws.readyState !== OPEN) return;
     for (const f of frames) {
+      // Sends and requests over the limit are refused before they get here;
+      // never let one frame close the socket.
+      if (frameBytes(f) > this.tuning.maxFrameBytes) continue;
       ws.send(f);
       this.#lastSent = this.#now();
     }

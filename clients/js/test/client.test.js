@@ -289,11 +289,14 @@ itest('a connection dropped by the server reconnects with backoff, and nothing i
   await waitFor('bob has it', () => bob.contiguousThrough(conversationId) === 1);
   for (let round = 0; round < 3; round += 1) {
     const opens = bob.stats.opens;
+    const caughtUp = bob.session.caughtUpCount;
     const { connection_id: id } = await gw.registry('bob');
     await gw.dropConnection(id);
     // Sent while bob is away or coming back: live, or by his catch-up.
     await alice.send(conversationId, `during ${round}`);
-    await waitFor('bob is back', () => bob.stats.opens > opens && bob.state === 'open');
+    // Back, and the connection worked (a connection dropped before it got
+    // anything does not start the backoff over).
+    await waitFor('bob is back', () => bob.stats.opens > opens && bob.state === 'open' && bob.session.caughtUpCount > caughtUp);
   }
   await alice.send(conversationId, 'after');
   await waitFor('bob has all five', () => bob.contiguousThrough(conversationId) === 5);
@@ -382,4 +385,96 @@ test('a handshake that never completes is abandoned and retried; connect gives u
     for (const s of sockets) s.destroy();
     server.close();
   }
+});
+
+itest('a poison frame (16,384 quotes) is rejected at once; the socket stays up and the next send goes through', async ({ gateway, client }) => {
+  const gw = await gateway();
+  const alice = await client(gw, 'alice');
+  const { conversationId } = await alice.createConversation(['bob']);
+  const states = [];
+  alice.on('state', (s) => states.push(s.state));
+  await assert.rejects(
+    withTimeout(alice.send(conversationId, '"'.repeat(16_384)), 1000),
+    (e) => e instanceof CourierError && e.code === 'payload_too_large' && e.frameBytes > 32_768 && e.limit === 32_768,
+  );
+  assert.equal(alice.pendingSends().length, 0);
+  const sent = await withTimeout(alice.send(conversationId, 'hello'), 5000);
+  assert.equal(sent.seq, 1);
+  assert.deepEqual(states, [], 'the socket never closed');
+  assert.equal(alice.stats.opens, 1);
+});
+
+itest('a frame the gateway closes with 1009 is rejected and never resent', async ({ gateway, client }) => {
+  const gw = await gateway();
+  // The client's own check is loosened, so the frame reaches the gateway.
+  const alice = await client(gw, 'alice', { tuning: { maxFrameBytes: 1 << 20, backoffBase: 20 } });
+  const { conversationId } = await alice.createConversation(['bob']);
+  await assert.rejects(
+    withTimeout(alice.send(conversationId, '"'.repeat(16_384)), 5000),
+    (e) => e instanceof CourierError && e.code === 'payload_too_large' && e.closeCode === 1009,
+  );
+  assert.equal(alice.pendingSends().length, 0);
+  const sent = await withTimeout(alice.send(conversationId, 'hello'), 5000);
+  assert.equal(sent.seq, 1);
+  assert.equal(alice.stats.opens, 2, 'the socket came back once');
+});
+
+/** `p`, or a rejection once `ms` pass. */
+function withTimeout(p, ms) {
+  let timer;
+  return Promise.race([
+    p.finally(() => clearTimeout(timer)),
+    new Promise((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`not settled within ${ms} ms`)), ms);
+    }),
+  ]);
+}
+
+/** A WebSocket stand-in (no network) that opens, delivers `greeting` if
+ *  given, then closes with 1006: a connection that dies at once. */
+function dyingSocket(greeting) {
+  return class DyingWebSocket {
+    constructor() {
+      this.readyState = 0;
+      setTimeout(() => {
+        this.readyState = 1;
+        this.onopen?.();
+        if (greeting) this.onmessage?.({ data: greeting });
+        setTimeout(() => {
+          this.readyState = 3;
+          this.onclose?.({ code: 1006 });
+        }, 0);
+      }, 0);
+    }
+
+    send() {}
+
+    close() {
+      this.readyState = 3;
+    }
+  };
+}
+
+async function reconnectDelays(WebSocket, n) {
+  const c = new CourierClient({
+    url: 'ws://127.0.0.1:1',
+    token: 'x.e30.x',
+    user: 'bob',
+    WebSocket,
+    random: () => 0,
+    tuning: { backoffBase: 4, backoffMax: 1000 },
+  });
+  const delays = [];
+  c.on('state', (s) => s.state === 'reconnecting' && s.delay !== undefined && delays.push(s.delay));
+  await c.connect();
+  await waitFor(`${n} reconnects`, () => delays.length >= n);
+  c.close();
+  return delays.slice(0, n);
+}
+
+test('a connection that dies at once does not start the backoff over; one that worked does', async () => {
+  // random 0: each delay is half of min(4 ms × 2^attempt, 1 s).
+  assert.deepEqual(await reconnectDelays(dyingSocket(null), 5), [2, 4, 8, 16, 32]);
+  const caughtUp = JSON.stringify({ type: 'caught_up', conversations: 0, messages: 0 });
+  assert.deepEqual(await reconnectDelays(dyingSocket(caughtUp), 5), [2, 2, 2, 2, 2]);
 });

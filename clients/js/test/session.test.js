@@ -12,6 +12,7 @@ import {
   tokenSubject,
   withToken,
   newClientMsgId,
+  frameBytes,
 } from '../src/courier.js';
 
 const T = DEFAULT_TUNING;
@@ -338,4 +339,88 @@ test('helpers: token urls, token subjects, client message ids', () => {
   const id = newClientMsgId();
   assert.match(id, /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/);
   assert.notEqual(newClientMsgId(), id);
+});
+
+test('frame size is the UTF-8 bytes of the JSON text, escapes included', () => {
+  const frame = (body) => JSON.stringify({ action: 'sendMessage', conversation_id: 'c1', client_msg_id: 'k1', body });
+  const base = frameBytes(frame(''));
+  assert.equal(base, frame('').length);
+  // `"` `\` and \n \t escape to 2 bytes, other control characters to
+  // \u00XX (6), an astral emoji is 4 UTF-8 bytes (2 UTF-16 units), é 2.
+  assert.equal(frameBytes(frame('"')), base + 2);
+  assert.equal(frameBytes(frame('\\')), base + 2);
+  assert.equal(frameBytes(frame('\n\t')), base + 4);
+  assert.equal(frameBytes(frame('\u0001\u001f')), base + 12);
+  assert.equal(frameBytes(frame('😀')), base + 4);
+  assert.equal(frameBytes(frame('é')), base + 2);
+  assert.equal(frameBytes(frame('a"\\\u0000😀')), base + 1 + 2 + 2 + 6 + 4);
+  const poison = '"'.repeat(16_384);
+  assert.equal(frameBytes(frame(poison)), base + 32_768);
+  for (const body of ['', poison, 'a"\\\u0000😀é\u2028', '\ud83d lone']) {
+    assert.equal(frameBytes(frame(body)), new TextEncoder().encode(frame(body)).length, body.slice(0, 10));
+  }
+});
+
+test('an oversize send is rejected at once and never enters the outbox', async () => {
+  const { s } = session();
+  s.onOpen(0);
+  let rejected;
+  const frame = s.queueSend('c1', 'k1', '"'.repeat(16_384), { resolve() {}, reject: (e) => (rejected = e) }, 0);
+  assert.equal(frame, null);
+  assert.equal(s.outbox.size, 0);
+  assert.equal(rejected.code, 'payload_too_large');
+  assert.equal(rejected.limit, 32_768);
+  assert.ok(rejected.frameBytes > 32_768);
+  // Exactly at the limit goes out.
+  const base = JSON.stringify({ action: 'sendMessage', conversation_id: 'c1', client_msg_id: 'k2', body: '' }).length;
+  const out = s.queueSend('c1', 'k2', 'x'.repeat(32_768 - base), null, 0);
+  assert.equal(frameBytes(out), 32_768);
+  // A request over the limit is refused too.
+  let refused;
+  assert.equal(s.queueRequest('r1', { action: 'createConversation', members: ['"'.repeat(20_000)] }, { resolve() {}, reject: (e) => (refused = e) }), null);
+  assert.equal(refused.code, 'payload_too_large');
+  assert.equal(s.requests.size, 0);
+});
+
+test('a close with 1009 fails the largest send since the last frame; others stay', () => {
+  const { s } = session({ maxFrameBytes: 1 << 20 });
+  s.onOpen(0);
+  const small = [];
+  let big;
+  s.queueSend('c1', 'k1', 'hi', { resolve() {}, reject: (e) => small.push(e) }, 0);
+  s.queueSend('c1', 'k2', '"'.repeat(16_384), { resolve() {}, reject: (e) => (big = e) }, 0);
+  s.onDropped(1009, 5000);
+  s.onClose();
+  assert.equal(big.code, 'payload_too_large');
+  assert.equal(big.closeCode, 1009);
+  assert.deepEqual(small, []);
+  const again = s.onOpen(5000).map((f) => JSON.parse(f));
+  assert.deepEqual(again.map((f) => f.client_msg_id), ['k1']);
+});
+
+test('two closes in a row right after a send fail it; an answer in between resets', () => {
+  const { s } = session();
+  let failed;
+  s.onOpen(0);
+  s.queueSend('c1', 'k1', 'hi', { resolve() {}, reject: (e) => (failed = e) }, 0);
+  const drop = (now) => {
+    s.onDropped(1006, now);
+    s.onClose();
+  };
+  drop(100);
+  assert.equal(s.outbox.size, 1, 'one quick close is not enough');
+  s.onOpen(100);
+  s.onText(JSON.stringify({ type: 'caught_up', conversations: 0, messages: 0 }), 100);
+  drop(100);
+  assert.equal(s.outbox.size, 1, 'the connection answered something');
+  s.onOpen(100);
+  drop(30_000);
+  assert.equal(s.outbox.size, 1, 'a close long after the send');
+  s.onOpen(30_000);
+  drop(30_100);
+  assert.equal(s.outbox.size, 1);
+  s.onOpen(30_100);
+  drop(30_200);
+  assert.equal(s.outbox.size, 0, 'two quick closes in a row');
+  assert.equal(failed.code, 'payload_too_large');
 });

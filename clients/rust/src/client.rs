@@ -211,9 +211,11 @@ impl Client {
     async fn request(&self, mut frame: serde_json::Value) -> Result<ServerFrame, ClientError> {
         let request_id = uuid::Uuid::new_v4().simple().to_string();
         frame["request_id"] = json!(request_id);
+        let frame = frame.to_string();
+        self.fits(&frame)?;
         let (tx, rx) = oneshot::channel();
         self.inner.with_session(|s| s.expect_reply(request_id, tx));
-        let _ = self.inner.commands.send(Command::Frame(frame.to_string()));
+        let _ = self.inner.commands.send(Command::Frame(frame));
         match tokio::time::timeout(self.inner.config.request_timeout, rx).await {
             Ok(Ok(r)) => r.map_err(ClientError::from),
             Ok(Err(_)) => Err(RequestError::Closed.into()),
@@ -264,9 +266,27 @@ impl Client {
         let _ = self.inner.commands.send(Command::Frame(frame));
     }
 
-    /// Sends a raw text frame (tests of malformed input).
-    pub fn send_raw(&self, text: impl Into<String>) {
-        let _ = self.inner.commands.send(Command::Frame(text.into()));
+    /// Sends a raw text frame (tests of malformed input); one over the
+    /// frame limit is refused.
+    pub fn send_raw(&self, text: impl Into<String>) -> Result<(), ClientError> {
+        let text = text.into();
+        self.fits(&text)?;
+        let _ = self.inner.commands.send(Command::Frame(text));
+        Ok(())
+    }
+
+    /// A frame over [`Tuning::max_frame_bytes`] would close the socket
+    /// (1009) instead of getting an answer: refuse it before it is sent.
+    fn fits(&self, frame: &str) -> Result<(), ClientError> {
+        let limit = self.inner.config.tuning.max_frame_bytes;
+        if frame.len() > limit {
+            return Err(RequestError::FrameTooLarge {
+                bytes: frame.len(),
+                limit,
+            }
+            .into());
+        }
+        Ok(())
     }
 
     /// The conversation's messages in seq order.
@@ -376,9 +396,15 @@ async fn run(inner: Arc<Inner>, mut commands: mpsc::UnboundedReceiver<Command>) 
         let url = with_token(&inner.config.url, &(inner.config.token)());
         match tokio_tungstenite::connect_async(url).await {
             Ok((ws, _)) => {
-                attempt = 0;
                 *inner.refused.lock().unwrap_or_else(|e| e.into_inner()) = None;
-                match connected(&inner, ws, &mut commands).await {
+                let (ended, healthy) = connected(&inner, ws, &mut commands).await;
+                // Only a connection that worked starts the backoff over: one
+                // that dies at once (a frame the gateway refuses, a server
+                // that accepts and drops) keeps backing off.
+                if healthy {
+                    attempt = 0;
+                }
+                match ended {
                     Ended::Dropped => {}
                     Ended::Offline(done) => {
                         online = false;
@@ -423,18 +449,26 @@ async fn run(inner: Arc<Inner>, mut commands: mpsc::UnboundedReceiver<Command>) 
 type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
+/// A connection that lasted this long, or got any frame, was a working one.
+const HEALTHY_AFTER: Duration = Duration::from_secs(1);
+
+/// Runs one open socket until it ends; also whether it worked (received a
+/// frame, or stayed up for [`HEALTHY_AFTER`]).
 async fn connected(
     inner: &Arc<Inner>,
     mut ws: Socket,
     commands: &mut mpsc::UnboundedReceiver<Command>,
-) -> Ended {
+) -> (Ended, bool) {
     let tuning = inner.config.tuning.clone();
+    let opened = Instant::now();
+    let mut received = false;
+    let mut close_code = None;
     let mut last_sent = Instant::now();
     let opening = inner.with_session(|s| s.on_open(Instant::now()));
     for f in opening {
         if ws.send(Message::text(f)).await.is_err() {
-            inner.with_session(Session::on_close);
-            return Ended::Dropped;
+            inner.with_session(|s| s.on_dropped(None, Instant::now()));
+            return (Ended::Dropped, false);
         }
     }
     let mut tick = tokio::time::interval(Duration::from_millis(100));
@@ -442,12 +476,19 @@ async fn connected(
     let ended = loop {
         let out: Vec<String> = tokio::select! {
             msg = ws.next() => match msg {
-                Some(Ok(Message::Text(t))) => inner.with_session(|s| s.on_text(&t, Instant::now())),
+                Some(Ok(Message::Text(t))) => {
+                    received = true;
+                    inner.with_session(|s| s.on_text(&t, Instant::now()))
+                }
                 Some(Ok(Message::Close(frame))) => {
-                    tracing::info!(code = ?frame.map(|f| u16::from(f.code)), "server closed the socket");
+                    close_code = frame.map(|f| u16::from(f.code));
+                    tracing::info!(code = ?close_code, "server closed the socket");
                     break Ended::Dropped;
                 }
-                Some(Ok(_)) => Vec::new(),
+                Some(Ok(_)) => {
+                    received = true;
+                    Vec::new()
+                }
                 Some(Err(e)) => {
                     tracing::debug!(error = %e, "socket error");
                     break Ended::Dropped;
@@ -477,6 +518,12 @@ async fn connected(
         };
         let mut failed = false;
         for f in out {
+            if f.len() > tuning.max_frame_bytes {
+                // Cannot happen for sends and requests (refused before they
+                // get here); never let one frame close the socket.
+                tracing::warn!(bytes = f.len(), "not sending a frame over the frame limit");
+                continue;
+            }
             if ws.send(Message::text(f)).await.is_err() {
                 failed = true;
                 break;
@@ -487,13 +534,66 @@ async fn connected(
             break Ended::Dropped;
         }
     };
-    inner.with_session(Session::on_close);
-    ended
+    let now = Instant::now();
+    inner.with_session(|s| s.on_dropped(close_code, now));
+    let healthy = received || now.duration_since(opened) >= HEALTHY_AFTER;
+    (ended, healthy)
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    /// One connection to a server that says `greeting` (if any) and closes
+    /// at once: whether the client counted it as working.
+    async fn one_connection(greeting: Option<&'static str>) -> bool {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+            if let Some(g) = greeting {
+                ws.send(Message::text(g)).await.unwrap();
+            }
+            let _ = ws.close(None).await;
+        });
+        let url = format!("ws://{addr}/");
+        let (ws, _) = tokio_tungstenite::connect_async(url.as_str())
+            .await
+            .unwrap();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let bob = UserId::parse("bob").unwrap();
+        let inner = Arc::new(Inner {
+            session: Mutex::new(Session::new(bob.clone(), Tuning::default())),
+            commands: tx,
+            version: watch::channel(0).0,
+            events: broadcast::channel(16).0,
+            refused: Mutex::new(None),
+            config: ClientConfig::new(url, bob, crate::static_token("t")),
+        });
+        let (ended, healthy) =
+            tokio::time::timeout(Duration::from_secs(5), connected(&inner, ws, &mut rx))
+                .await
+                .unwrap();
+        assert!(matches!(ended, Ended::Dropped));
+        healthy
+    }
+
+    #[tokio::test]
+    async fn only_a_connection_that_worked_starts_the_backoff_over() {
+        assert!(
+            !one_connection(None).await,
+            "opened and closed with nothing received: keep backing off"
+        );
+        assert!(
+            one_connection(Some(
+                r#"{"type":"caught_up","conversations":0,"messages":0}"#
+            ))
+            .await,
+            "a frame arrived: the connection worked"
+        );
+    }
 
     #[test]
     fn token_urls_always_have_a_path() {

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use client::{Client, ClientConfig, ClientError, TokenSource};
-pub use session::{Event, RequestError, Sent, Session, Tuning};
+pub use session::{Event, MAX_FRAME_BYTES, RequestError, Sent, Session, Tuning, send_frame_bytes};
 pub use timeline::Timeline;
 
 use courier_core::domain::UserId;

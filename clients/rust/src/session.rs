@@ -59,7 +59,19 @@ pub struct Tuning {
     /// range sync or full sync (`send_retry`, `sync_timeout` and
     /// `caught_up_timeout` are the first waits).
     pub retry_max: Duration,
+    /// The largest text frame this client sends, in UTF-8 bytes of the
+    /// encoded JSON (API Gateway closes the socket with 1009 on a client
+    /// frame over 32 KB). A larger send fails at once with
+    /// [`RequestError::FrameTooLarge`].
+    pub max_frame_bytes: usize,
 }
+
+/// API Gateway's limit on a client frame (docs/protocol.md, size limits).
+pub const MAX_FRAME_BYTES: usize = 32 * 1024;
+
+/// A socket closed this soon after a send went out, with nothing received
+/// since, counts against that send; twice in a row fails it.
+const QUICK_DROP: Duration = Duration::from_secs(1);
 
 impl Default for Tuning {
     fn default() -> Self {
@@ -73,6 +85,7 @@ impl Default for Tuning {
             backoff_base: Duration::from_millis(200),
             backoff_max: Duration::from_secs(10),
             retry_max: Duration::from_secs(60),
+            max_frame_bytes: MAX_FRAME_BYTES,
         }
     }
 }
@@ -87,6 +100,11 @@ pub enum RequestError {
     Timeout,
     #[error("the client is closed")]
     Closed,
+    /// The encoded frame is over the frame limit (or the socket closed with
+    /// 1009, or twice at once, right after it was sent): it is never sent
+    /// (again).
+    #[error("frame of {bytes} bytes is over the {limit}-byte frame limit")]
+    FrameTooLarge { bytes: usize, limit: usize },
 }
 
 /// A message accepted by the server.
@@ -109,6 +127,10 @@ struct Outgoing {
     due: Option<Instant>,
     attempts: u32,
     waiters: Vec<SendWaiter>,
+    /// Encoded size of its frame.
+    bytes: usize,
+    /// Sockets that closed right after it was sent, in a row.
+    quick_drops: u32,
 }
 
 /// What the application hears about.
@@ -162,6 +184,8 @@ pub struct Session {
     open: bool,
     receipts: BTreeMap<(ConversationId, UserId), Seq>,
     events: Vec<Event>,
+    /// Sends that went out since the last frame received, and when.
+    suspects: Vec<(String, Instant)>,
 }
 
 impl Session {
@@ -181,6 +205,7 @@ impl Session {
             open: false,
             receipts: BTreeMap::new(),
             events: Vec::new(),
+            suspects: Vec::new(),
         }
     }
 
@@ -253,19 +278,39 @@ impl Session {
         now: Instant,
     ) -> Option<String> {
         let key = client_msg_id.as_str().to_owned();
-        let entry = self.outbox.entry(key.clone()).or_insert_with(|| Outgoing {
-            conversation_id,
-            body,
-            due: None,
-            attempts: 0,
-            waiters: Vec::new(),
-        });
+        if !self.outbox.contains_key(&key) {
+            let bytes = send_frame(&conversation_id, &key, &body).len();
+            if bytes > self.tuning.max_frame_bytes {
+                let err = RequestError::FrameTooLarge {
+                    bytes,
+                    limit: self.tuning.max_frame_bytes,
+                };
+                if let Some(w) = waiter {
+                    let _ = w.send(Err(err));
+                }
+                return None;
+            }
+            self.outbox.insert(
+                key.clone(),
+                Outgoing {
+                    conversation_id,
+                    body,
+                    due: None,
+                    attempts: 0,
+                    waiters: Vec::new(),
+                    bytes,
+                    quick_drops: 0,
+                },
+            );
+        }
+        let entry = self.outbox.get_mut(&key)?;
         entry.waiters.extend(waiter);
         if !self.open {
             return None;
         }
         entry.attempts += 1;
         entry.due = Some(now + retry_wait(self.tuning.send_retry, entry.attempts, &self.tuning));
+        self.suspects.push((key.clone(), now));
         Some(send_frame(&entry.conversation_id, &key, &entry.body))
     }
 
@@ -292,12 +337,48 @@ impl Session {
         self.full_syncs = 0;
         self.events.push(Event::Connected);
         let mut out = Vec::new();
+        self.suspects.clear();
         for (cmid, o) in &mut self.outbox {
             o.attempts += 1;
             o.due = Some(now + retry_wait(self.tuning.send_retry, o.attempts, &self.tuning));
+            self.suspects.push((cmid.clone(), now));
             out.push(send_frame(&o.conversation_id, cmid, &o.body));
         }
         out
+    }
+
+    /// The socket closed with `code` (if it sent one) at `now`. A close
+    /// with 1009 (message too big) fails the largest send that went out
+    /// since the last frame received: resending it would close the socket
+    /// again, forever. So does a second close in a row right after it was
+    /// sent, with nothing received in between. Then as [`Session::on_close`].
+    pub fn on_dropped(&mut self, code: Option<u16>, now: Instant) {
+        let suspects = std::mem::take(&mut self.suspects);
+        let largest = suspects
+            .iter()
+            .filter(|(cmid, _)| self.outbox.contains_key(cmid))
+            .max_by_key(|(cmid, _)| self.outbox.get(cmid).map_or(0, |o| o.bytes))
+            .cloned();
+        if let Some((cmid, sent_at)) = largest {
+            let quick = now.saturating_duration_since(sent_at) <= QUICK_DROP;
+            let poisoned = code == Some(1009)
+                || (quick
+                    && self.outbox.get_mut(&cmid).is_some_and(|o| {
+                        o.quick_drops += 1;
+                        o.quick_drops >= 2
+                    }));
+            if poisoned && let Some(o) = self.outbox.remove(&cmid) {
+                tracing::warn!(client_msg_id = %cmid, bytes = o.bytes, ?code, "the socket closed on this send: failing it");
+                let err = RequestError::FrameTooLarge {
+                    bytes: o.bytes,
+                    limit: self.tuning.max_frame_bytes,
+                };
+                for w in o.waiters {
+                    let _ = w.send(Err(err.clone()));
+                }
+            }
+        }
+        self.on_close();
     }
 
     /// The socket closed; requests waiting for a reply on it will get none.
@@ -324,6 +405,12 @@ impl Session {
 
     /// One text frame from the server; the frames to send in answer.
     pub fn on_text(&mut self, raw: &str, now: Instant) -> Vec<String> {
+        // Something came back: the connection works, so the sends that went
+        // out before are not to blame for a later close.
+        self.suspects.clear();
+        for o in self.outbox.values_mut() {
+            o.quick_drops = 0;
+        }
         let frame: ServerFrame = match serde_json::from_str(raw) {
             Ok(f) => f,
             Err(_) => {
@@ -565,6 +652,7 @@ impl Session {
             if o.due.is_none_or(|due| now >= due) {
                 o.attempts += 1;
                 o.due = Some(now + retry_wait(self.tuning.send_retry, o.attempts, &self.tuning));
+                self.suspects.push((cmid.clone(), now));
                 out.push(send_frame(&o.conversation_id, cmid, &o.body));
             }
         }
@@ -615,6 +703,12 @@ pub fn equal_jitter(exp: Duration) -> Duration {
     let half = exp / 2;
     let spread = u64::try_from(half.as_millis()).unwrap_or(u64::MAX);
     half + Duration::from_millis(rand::random_range(0..=spread))
+}
+
+/// The encoded size, in UTF-8 bytes, of the `sendMessage` frame this
+/// client sends for `body`: exactly the bytes that go on the wire.
+pub fn send_frame_bytes(conversation: &ConversationId, client_msg_id: &str, body: &str) -> usize {
+    send_frame(conversation, client_msg_id, body).len()
 }
 
 fn send_frame(conversation: &ConversationId, client_msg_id: &str, body: &str) -> String {
@@ -914,6 +1008,140 @@ mod tests {
         s.expect_reply("r2".into(), tx);
         s.on_close();
         assert_eq!(rx.await.unwrap(), Err(RequestError::Closed));
+    }
+
+    #[test]
+    fn the_frame_size_is_its_utf8_bytes_with_json_escapes() {
+        let c = cid("c1");
+        let base = send_frame_bytes(&c, "k1", "");
+        // `"` and `\` and `\n \t` are escaped to 2 bytes, other control
+        // characters to `\u00XX` (6), an astral emoji is its 4 UTF-8 bytes,
+        // é its 2.
+        assert_eq!(send_frame_bytes(&c, "k1", "\""), base + 2);
+        assert_eq!(send_frame_bytes(&c, "k1", "\\"), base + 2);
+        assert_eq!(send_frame_bytes(&c, "k1", "\n\t"), base + 4);
+        assert_eq!(send_frame_bytes(&c, "k1", "\u{1}\u{1f}"), base + 12);
+        assert_eq!(send_frame_bytes(&c, "k1", "😀"), base + 4);
+        assert_eq!(send_frame_bytes(&c, "k1", "é"), base + 2);
+        assert_eq!(
+            send_frame_bytes(&c, "k1", "a\"\\\u{0}😀"),
+            base + 1 + 2 + 2 + 6 + 4
+        );
+        // The poison body: 16,384 characters, 32,768 bytes escaped.
+        let poison = "\"".repeat(16_384);
+        assert_eq!(send_frame_bytes(&c, "k1", &poison), base + 32_768);
+        assert!(send_frame_bytes(&c, "k1", &poison) > MAX_FRAME_BYTES);
+        // It is what goes on the wire.
+        assert_eq!(
+            send_frame_bytes(&c, "k1", &poison),
+            send_frame(&c, "k1", &poison).len()
+        );
+    }
+
+    #[tokio::test]
+    async fn an_oversize_send_fails_at_once_and_never_enters_the_outbox() {
+        let now = Instant::now();
+        let mut s = session();
+        s.on_open(now);
+        let (tx, rx) = oneshot::channel();
+        let frame = s.queue_send(
+            cid("c1"),
+            ClientMsgId::parse("k1").unwrap(),
+            "\"".repeat(16_384),
+            Some(tx),
+            now,
+        );
+        assert!(frame.is_none());
+        assert_eq!(s.outbox_len(), 0);
+        assert!(matches!(
+            rx.await.unwrap(),
+            Err(RequestError::FrameTooLarge { limit: MAX_FRAME_BYTES, bytes }) if bytes > MAX_FRAME_BYTES
+        ));
+        // Just under the limit is sent.
+        let c = cid("c1");
+        let fits = "x".repeat(MAX_FRAME_BYTES - send_frame_bytes(&c, "k2", ""));
+        let frame = s.queue_send(c, ClientMsgId::parse("k2").unwrap(), fits, None, now);
+        assert_eq!(frame.unwrap().len(), MAX_FRAME_BYTES);
+    }
+
+    fn big_tuning() -> Tuning {
+        Tuning {
+            max_frame_bytes: 1 << 20,
+            ..Tuning::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_close_with_1009_fails_the_largest_send_since_the_last_frame() {
+        let t0 = Instant::now();
+        let mut s = Session::new(UserId::parse("bob").unwrap(), big_tuning());
+        s.on_open(t0);
+        let (small_tx, mut small_rx) = oneshot::channel();
+        let (big_tx, big_rx) = oneshot::channel();
+        s.queue_send(
+            cid("c1"),
+            ClientMsgId::parse("k1").unwrap(),
+            "hi".into(),
+            Some(small_tx),
+            t0,
+        );
+        s.queue_send(
+            cid("c1"),
+            ClientMsgId::parse("k2").unwrap(),
+            "\"".repeat(16_384),
+            Some(big_tx),
+            t0,
+        );
+        s.on_dropped(Some(1009), t0 + Duration::from_secs(5));
+        assert!(matches!(
+            big_rx.await.unwrap(),
+            Err(RequestError::FrameTooLarge { .. })
+        ));
+        assert_eq!(s.outbox_len(), 1, "the small send stays");
+        assert!(small_rx.try_recv().is_err());
+        let again = parsed(&s.on_open(t0));
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0]["client_msg_id"], "k1");
+    }
+
+    #[tokio::test]
+    async fn two_closes_in_a_row_right_after_a_send_fail_it() {
+        let t0 = Instant::now();
+        let mut s = session();
+        let (tx, rx) = oneshot::channel();
+        s.on_open(t0);
+        s.queue_send(
+            cid("c1"),
+            ClientMsgId::parse("k1").unwrap(),
+            "hi".into(),
+            Some(tx),
+            t0,
+        );
+        let soon = t0 + Duration::from_millis(100);
+        s.on_dropped(None, soon);
+        assert_eq!(s.outbox_len(), 1, "one quick close is not enough");
+        // A connection that answered something clears the count.
+        s.on_open(soon);
+        s.on_text(
+            r#"{"type":"caught_up","conversations":0,"messages":0}"#,
+            soon,
+        );
+        s.on_dropped(None, soon);
+        assert_eq!(s.outbox_len(), 1);
+        // A close long after the send does not count.
+        s.on_open(soon);
+        s.on_dropped(None, soon + Duration::from_secs(30));
+        assert_eq!(s.outbox_len(), 1);
+        s.on_open(soon);
+        s.on_dropped(None, soon);
+        assert_eq!(s.outbox_len(), 1);
+        s.on_open(soon);
+        s.on_dropped(None, soon);
+        assert_eq!(s.outbox_len(), 0, "two quick closes in a row");
+        assert!(matches!(
+            rx.await.unwrap(),
+            Err(RequestError::FrameTooLarge { .. })
+        ));
     }
 
     #[test]
