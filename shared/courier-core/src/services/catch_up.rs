@@ -26,12 +26,18 @@
 //! - *Idempotent.* Running twice (Lambda may) posts the same frames twice; the
 //!   client drops duplicates by `(conversation_id, seq)`.
 //! - *Bounded.* At most `per_conversation_cap` messages per conversation (the
-//!   rest announced by a `more` frame); no new work once the invocation's
-//!   deadline minus a margin has come — unfinished conversations get a `more`
-//!   frame instead, so the client pulls them with `sync`.
+//!   rest announced by a `more` frame). Every store and gateway call runs
+//!   under a timeout to the invocation's deadline minus
+//!   `CatchUpConfig::deadline_margin` ([`within`]): a call cut off, or a
+//!   conversation not started by then, is *not reached* — nothing is
+//!   deleted or settled for it past its cursor, and it gets a `more` frame
+//!   from that cursor so the client pulls it with `sync`. Those `more`
+//!   frames and `caught_up` go out in the margin (at least the open window
+//!   plus one post), each bounded by the deadline itself.
 //! - *410 is not gone too early.* Posting goes through
 //!   [`delivery::post_frames`], which retries a 410 inside the open window.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -64,6 +70,29 @@ pub enum CatchUpError {
     Store(#[from] StoreError),
     #[error("gateway: {0}")]
     Post(#[from] PostFailed),
+    /// The invocation's deadline came before this step answered.
+    #[error("the invocation's deadline came before {0}")]
+    Deadline(&'static str),
+}
+
+/// A port call cut off by the time left: what it was doing counts as not
+/// reached.
+#[derive(Debug)]
+struct CutOff;
+
+/// Runs `call` until `stop` at the latest (no limit without a deadline).
+/// Every store and gateway call of a catch-up goes through this, so a hung
+/// store or a post retrying a 410 never runs past the budget.
+async fn within<T>(
+    stop: Option<tokio::time::Instant>,
+    call: impl Future<Output = T>,
+) -> Result<T, CutOff> {
+    match stop {
+        None => Ok(call.await),
+        Some(stop) => tokio::time::timeout_at(stop, call)
+            .await
+            .map_err(|_| CutOff),
+    }
 }
 
 /// How a catch-up ended.
@@ -113,12 +142,19 @@ pub async fn catch_up(
         connection_id: request.connection_id.clone(),
         connected_at: request.connected_at,
     };
+    // Work (reads, message posts, settles) stops at `stop_at`; the closing
+    // `more` and `caught_up` frames use the margin, up to the deadline itself.
+    let end_at = deadline.map(tokio::time::Instant::from_std);
     let stop_at = deadline.map(|d| {
-        d.checked_sub(app.settings.catch_up.deadline_margin)
-            .unwrap_or(started)
+        tokio::time::Instant::from_std(
+            d.checked_sub(app.settings.catch_up.deadline_margin)
+                .unwrap_or(started),
+        )
     });
 
-    let rows = app.ports.pending.list(user).await?;
+    let rows = within(stop_at, app.ports.pending.list(user))
+        .await
+        .map_err(|CutOff| CatchUpError::Deadline("the pending rows were read"))??;
     let gone = Arc::new(AtomicBool::new(false));
     let conversations = rows.len();
     let cap = app.settings.catch_up.per_conversation_cap;
@@ -146,17 +182,12 @@ pub async fn catch_up(
                 if gone.load(Ordering::SeqCst) {
                     return Ok(Delivered::gone());
                 }
-                if stop_at.is_some_and(|s| Instant::now() >= s) {
+                if stop_at.is_some_and(|s| tokio::time::Instant::now() >= s) {
                     // Out of time: announce instead of deliver.
-                    return announce_more(
-                        app,
-                        user,
-                        connection,
+                    return Ok(Delivered::unreached(
                         &row.conversation_id,
                         row.first_undelivered_seq,
-                        request_id,
-                    )
-                    .await;
+                    ));
                 }
                 let d =
                     deliver_conversation(app, user, connection, row, stop_at, request_id).await?;
@@ -186,6 +217,42 @@ pub async fn catch_up(
         // (sent when `caught_up` does not come) or the next connect retries it.
         return Err(e);
     }
+    if !total.gone && !total.unreached.is_empty() {
+        // Not reached in time (deadline, or a call cut off): a `more` frame
+        // each, so the client pulls them with range `sync`. Posted in the
+        // margin, at once, each bounded by the deadline itself.
+        let unreached = std::mem::take(&mut total.unreached);
+        let announced: Vec<Result<Result<Delivered, CatchUpError>, CutOff>> =
+            futures::stream::iter(unreached)
+                .map(|(conversation, next_seq)| {
+                    let connection = &connection;
+                    let request_id = request_id.clone();
+                    async move {
+                        within(
+                            end_at,
+                            announce_more(
+                                app,
+                                user,
+                                connection,
+                                &conversation,
+                                next_seq,
+                                request_id,
+                            ),
+                        )
+                        .await
+                    }
+                })
+                .buffer_unordered(app.settings.catch_up.concurrency)
+                .collect()
+                .await;
+        for a in announced {
+            match a {
+                Ok(Ok(d)) => total.add(&d),
+                Ok(Err(e)) => return Err(e),
+                Err(CutOff) => return Err(CatchUpError::Deadline("every `more` frame was posted")),
+            }
+        }
+    }
     if total.gone {
         info!(
             messages = total.messages,
@@ -207,14 +274,18 @@ pub async fn catch_up(
         request_id,
     }
     .to_json();
-    let ending = match delivery::post_frames(
-        &app.ports,
-        &app.settings.delivery,
-        user,
-        &connection,
-        &[done],
+    let ending = match within(
+        end_at,
+        delivery::post_frames(
+            &app.ports,
+            &app.settings.delivery,
+            user,
+            &connection,
+            &[done],
+        ),
     )
-    .await?
+    .await
+    .map_err(|CutOff| CatchUpError::Deadline("`caught_up` was posted"))??
     {
         Posted::All => {
             total.frames += 1;
@@ -245,6 +316,9 @@ struct Delivered {
     frames: usize,
     more: usize,
     gone: bool,
+    /// Conversations not reached in time, with the seq to pull them from:
+    /// nothing was deleted or settled past it; each gets a `more` frame.
+    unreached: Vec<(ConversationId, Seq)>,
 }
 
 impl Delivered {
@@ -255,11 +329,25 @@ impl Delivered {
         }
     }
 
+    fn unreached(conversation: &ConversationId, next_seq: Seq) -> Self {
+        Self {
+            unreached: vec![(conversation.clone(), next_seq)],
+            ..Self::default()
+        }
+    }
+
+    /// `self` so far, plus `conversation` not reached from `next_seq`.
+    fn cut_off(mut self, conversation: &ConversationId, next_seq: Seq) -> Self {
+        self.unreached.push((conversation.clone(), next_seq));
+        self
+    }
+
     fn add(&mut self, other: &Delivered) {
         self.messages += other.messages;
         self.frames += other.frames;
         self.more += other.more;
         self.gone |= other.gone;
+        self.unreached.extend(other.unreached.iter().cloned());
     }
 }
 
@@ -303,7 +391,7 @@ async fn deliver_conversation(
     user: &UserId,
     connection: &Connection,
     mut row: PendingDelivery,
-    stop_at: Option<Instant>,
+    stop_at: Option<tokio::time::Instant>,
     request_id: Option<String>,
 ) -> Result<Delivered, CatchUpError> {
     let cap = app.settings.catch_up.per_conversation_cap;
@@ -314,11 +402,15 @@ async fn deliver_conversation(
     for _round in 0..MAX_POST_MODE_ROUNDS {
         let budget = cap.saturating_sub(out.messages);
         // One more than the budget tells whether a `more` frame is needed.
-        let mut messages = app
-            .ports
-            .messages
-            .range(&conversation, from, budget + 1)
-            .await?;
+        let Ok(messages) = within(
+            stop_at,
+            app.ports.messages.range(&conversation, from, budget + 1),
+        )
+        .await
+        else {
+            return Ok(out.cut_off(&conversation, from));
+        };
+        let mut messages = messages?;
         let capped = messages.len() > budget;
         let next_seq = capped.then(|| messages[budget].seq);
         messages.truncate(budget);
@@ -328,15 +420,22 @@ async fn deliver_conversation(
             &messages,
             app.settings.delivery.max_frame_bytes,
         );
-        match delivery::post_frames(
-            &app.ports,
-            &app.settings.delivery,
-            user,
-            connection,
-            &frames,
+        let Ok(posted) = within(
+            stop_at,
+            delivery::post_frames(
+                &app.ports,
+                &app.settings.delivery,
+                user,
+                connection,
+                &frames,
+            ),
         )
-        .await?
-        {
+        .await
+        else {
+            // Some frames may have gone out: the client drops duplicates.
+            return Ok(out.cut_off(&conversation, from));
+        };
+        match posted? {
             Posted::All => {}
             Posted::Gone { delivered } => {
                 out.frames += delivered;
@@ -355,14 +454,24 @@ async fn deliver_conversation(
                 // Posted counts as delivered in this mode: move the cursor,
                 // never past what was posted, never over an older seq
                 // recorded meanwhile (that one waits for the next catch-up).
-                app.ports
+                let settle = app
+                    .ports
                     .pending
-                    .settle_posted(user, &conversation, from, through)
-                    .await?;
+                    .settle_posted(user, &conversation, from, through);
+                let Ok(settled) = within(stop_at, settle).await else {
+                    return Ok(out.cut_off(&conversation, next_seq));
+                };
+                settled?;
             }
-            let more =
-                announce_more(app, user, connection, &conversation, next_seq, request_id).await?;
-            out.add(&more);
+            let Ok(more) = within(
+                stop_at,
+                announce_more(app, user, connection, &conversation, next_seq, request_id),
+            )
+            .await
+            else {
+                return Ok(out.cut_off(&conversation, next_seq));
+            };
+            out.add(&more?);
             return Ok(out);
         }
 
@@ -374,33 +483,53 @@ async fn deliver_conversation(
         // one a retried send recorded again), deliver what it holds now.
         // Nothing posted (expired by retention): the range read is done.
         let through = through.unwrap_or(row.last_seq.max(from));
-        if app
+        let settle = app
             .ports
             .pending
-            .settle_posted(user, &conversation, from, through)
-            .await?
-            == AckOutcome::Cleared
-        {
+            .settle_posted(user, &conversation, from, through);
+        let Ok(settled) = within(stop_at, settle).await else {
+            return Ok(out.cut_off(&conversation, from));
+        };
+        if settled? == AckOutcome::Cleared {
             return Ok(out);
         }
-        match app.ports.pending.get(user, &conversation).await? {
+        let Ok(newer) = within(stop_at, app.ports.pending.get(user, &conversation)).await else {
+            return Ok(out.cut_off(&conversation, from));
+        };
+        match newer? {
             None => return Ok(out),
             Some(newer) => {
                 from = newer.first_undelivered_seq;
                 row = newer;
             }
         }
-        if stop_at.is_some_and(|s| Instant::now() >= s) || out.messages >= cap {
-            let more =
-                announce_more(app, user, connection, &conversation, from, request_id).await?;
-            out.add(&more);
+        if stop_at.is_some_and(|s| tokio::time::Instant::now() >= s) {
+            return Ok(out.cut_off(&conversation, from));
+        }
+        if out.messages >= cap {
+            let Ok(more) = within(
+                stop_at,
+                announce_more(app, user, connection, &conversation, from, request_id),
+            )
+            .await
+            else {
+                return Ok(out.cut_off(&conversation, from));
+            };
+            out.add(&more?);
             return Ok(out);
         }
     }
     // Still growing after several rounds: a busy conversation. The row stays,
     // announced so the client pulls the rest.
-    let more = announce_more(app, user, connection, &conversation, from, request_id).await?;
-    out.add(&more);
+    let Ok(more) = within(
+        stop_at,
+        announce_more(app, user, connection, &conversation, from, request_id),
+    )
+    .await
+    else {
+        return Ok(out.cut_off(&conversation, from));
+    };
+    out.add(&more?);
     Ok(out)
 }
 
@@ -702,6 +831,124 @@ mod tests {
             "seq 1 neither posted nor pending"
         );
         assert!(got_seq_1, "catch-up re-reads the row and delivers seq 1");
+    }
+
+    /// `conversations` conversations between alice and `user`, each with
+    /// `messages` messages of `body`, all pending for `user`.
+    async fn seed(
+        store: &MemoryStore,
+        user: &UserId,
+        conversations: usize,
+        messages: u64,
+        body: &str,
+    ) -> Vec<ConversationId> {
+        let alice = UserId::parse("alice").unwrap();
+        let mut ids = Vec::new();
+        for i in 0..conversations {
+            let c = ConversationId::parse(&format!("c{i}")).unwrap();
+            let conversation = Conversation {
+                conversation_id: c.clone(),
+                members: vec![alice.clone(), user.clone()],
+                last_seq: Seq::ZERO,
+                created_at: 1,
+            };
+            assert!(store.create(&conversation).await.unwrap());
+            for seq in 1..=messages {
+                let message = Message {
+                    conversation_id: c.clone(),
+                    seq: Seq(seq),
+                    message_id: format!("m{i}-{seq}"),
+                    client_msg_id: ClientMsgId::parse(&format!("k{i}-{seq}")).unwrap(),
+                    sender_id: alice.clone(),
+                    body: body.to_owned(),
+                    sent_at: 1,
+                };
+                let new = NewMessage {
+                    message,
+                    pending_for: Vec::new(),
+                    idempotency_expires_at: i64::MAX,
+                    message_expires_at: None,
+                };
+                assert_eq!(store.append(&new).await.unwrap(), AppendOutcome::Stored);
+                store.record(user, &c, Seq(seq)).await.unwrap();
+            }
+            ids.push(c);
+        }
+        ids
+    }
+
+    /// A store whose message reads hang: every call is cut off at the
+    /// deadline less the margin, each conversation is announced with `more`
+    /// from its cursor, `caught_up` closes, and nothing is settled.
+    #[tokio::test]
+    async fn a_hung_store_ends_before_the_deadline_with_more_and_caught_up() {
+        for mode in [PendingClear::Ack, PendingClear::Post] {
+            let (mut app, handles) = App::in_memory();
+            app.settings.delivery.pending_clear = mode;
+            app.settings.catch_up.deadline_margin = Duration::from_millis(300);
+            let store = handles.store.clone();
+            let bob = UserId::parse("bob").unwrap();
+            let ids = seed(&store, &bob, 3, 2, "hi").await;
+            store.set_messages_delay(Some(Duration::from_secs(3600)));
+            let connection = ConnectionId::parse("conn").unwrap();
+            handles.gateway.open(&connection);
+            let request = CatchUpRequest {
+                user_id: bob.clone(),
+                connection_id: connection.clone(),
+                connected_at: None,
+            };
+            let deadline = Instant::now() + Duration::from_millis(600);
+            let report = tokio::time::timeout(
+                Duration::from_secs(20),
+                catch_up(&app, &request, Some(deadline), Some("r1".into())),
+            )
+            .await
+            .expect("catch-up returns although the store hangs")
+            .unwrap();
+            assert_eq!(report.ending, Ending::CaughtUp, "{mode:?}");
+            assert_eq!((report.messages, report.more), (0, 3), "{mode:?}");
+            let frames: Vec<ServerFrame> = handles
+                .gateway
+                .frames(&connection)
+                .iter()
+                .map(|f| serde_json::from_str(f).unwrap())
+                .collect();
+            assert_eq!(frames.len(), 4, "{frames:?}");
+            let mut announced: Vec<ConversationId> = frames[..3]
+                .iter()
+                .map(|f| match f {
+                    ServerFrame::More {
+                        conversation_id,
+                        next_seq,
+                        request_id,
+                    } => {
+                        assert_eq!(*next_seq, Seq(1));
+                        assert_eq!(request_id.as_deref(), Some("r1"));
+                        conversation_id.clone()
+                    }
+                    other => panic!("expected more, got {other:?}"),
+                })
+                .collect();
+            announced.sort();
+            assert_eq!(announced, ids);
+            assert!(
+                matches!(
+                    frames[3],
+                    ServerFrame::CaughtUp {
+                        conversations: 3,
+                        messages: 0,
+                        ..
+                    }
+                ),
+                "{:?}",
+                frames[3]
+            );
+            // Nothing settled or deleted for what was not reached.
+            for c in &ids {
+                let row = PendingStore::get(&store, &bob, c).await.unwrap().unwrap();
+                assert_eq!((row.first_undelivered_seq, row.last_seq), (Seq(1), Seq(2)));
+            }
+        }
     }
 
     #[tokio::test]
