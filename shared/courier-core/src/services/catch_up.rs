@@ -9,12 +9,20 @@
 //! conversation frames go out strictly in seq order; across conversations
 //! there is no order to keep, so they run concurrently, bounded twice: at
 //! most `CatchUpConfig::concurrency` conversations at once (sockets), and at
-//! most [`MESSAGES_IN_FLIGHT`] messages held at once, each conversation
-//! weighed by what its pending row says it holds (memory). So a user with
-//! 100 conversations of a few messages each is served in one round of reads
-//! and posts (courier-bench, N = 100 on a parallel backend: 4.3 round trips,
-//! against 10.6 when the count alone bounded it, at 32), while conversations
-//! of hundreds of messages each still queue as before.
+//! most `CatchUpConfig::max_bytes_in_flight` bytes of messages held at once
+//! (memory, [`Budget`]). Before a read, a conversation takes from that
+//! budget the most the read can return: the messages it asks for (what its
+//! pending row says it holds, at most the cap, plus one) at the worst
+//! weight a stored message can have ([`worst_message_bytes`]: body raw and
+//! encoded with every byte escaped). Once read and packed, it keeps only
+//! what they actually weigh ([`held_bytes`]: the messages and their frames)
+//! and gives the rest back; the rest goes back once they are posted. So a
+//! user with 100 conversations of a few messages each is still served in
+//! one round of reads and posts (courier-bench, N = 100 on a parallel
+//! backend: 4.3 round trips, against 10.6 when the count alone bounded it,
+//! at 32), while full conversations queue: at the defaults (500 messages,
+//! 16 KB bodies, 256 MiB) about four read at once, then each keeps what
+//! its messages weigh.
 //!
 //! Safety properties, and where they come from:
 //! - *Nothing lost.* In `PENDING_CLEAR=ack` catch-up never deletes anything;
@@ -48,7 +56,7 @@ use tracing::{info, instrument, warn};
 
 use crate::app::App;
 use crate::config::PendingClear;
-use crate::domain::{Connection, ConversationId, PendingDelivery, Seq, UserId};
+use crate::domain::{Connection, ConversationId, Message, PendingDelivery, Seq, UserId};
 use crate::ports::{AckOutcome, CatchUpRequest, StoreError};
 use crate::protocol::{ErrorCode, FrameError, ServerFrame, pack_messages};
 use crate::services::delivery::{self, PostFailed, Posted};
@@ -58,10 +66,107 @@ use crate::services::{Answer, Reply};
 /// take in `post` mode before leaving the rest to the next catch-up.
 const MAX_POST_MODE_ROUNDS: usize = 4;
 
-/// Messages one catch-up holds at once across its conversations: 32 full
-/// conversations at the default cap of 500, the worst case from before the
-/// count bound was raised, so raising it did not raise peak memory.
-pub const MESSAGES_IN_FLIGHT: usize = 16_000;
+/// What a held message weighs besides its body, raw and encoded together:
+/// the `Message` (~150 bytes), its ids (at most 128 + 128 + 64 bytes, and
+/// the message id) once raw and once in JSON (escaped, up to 6× their
+/// length is not possible: ids are plain ASCII), field names, the frame's
+/// envelope share.
+const MESSAGE_OVERHEAD_BYTES: usize = 2048;
+
+/// The most one stored message weighs while held, for a body of at most
+/// `max_body_bytes`: the body raw, then encoded with every byte escaped
+/// (`\u00XX`, 6 bytes), plus the overhead.
+pub fn worst_message_bytes(max_body_bytes: usize) -> usize {
+    max_body_bytes
+        .saturating_mul(7)
+        .saturating_add(MESSAGE_OVERHEAD_BYTES)
+}
+
+/// What `messages`, as read, and `frames`, packed from them, weigh.
+pub fn held_bytes(messages: &[Message], frames: &[String]) -> usize {
+    let raw: usize = messages
+        .iter()
+        .map(|m| {
+            std::mem::size_of::<Message>()
+                + m.body.len()
+                + m.message_id.len()
+                + m.client_msg_id.as_str().len()
+                + m.sender_id.as_str().len()
+                + m.conversation_id.as_str().len()
+        })
+        .sum();
+    raw + frames.iter().map(String::len).sum::<usize>()
+}
+
+/// Bytes of messages one catch-up holds, across its conversations.
+struct Budget {
+    bytes: Semaphore,
+    max: usize,
+}
+
+/// Bytes taken from a [`Budget`]; given back when dropped.
+struct Taken<'a> {
+    budget: &'a Budget,
+    bytes: usize,
+}
+
+impl Budget {
+    fn new(max: usize) -> Self {
+        let max = max.clamp(1, u32::MAX as usize);
+        Self {
+            bytes: Semaphore::new(max),
+            max,
+        }
+    }
+
+    /// Waits for `bytes` (at most the whole budget: a read larger than it
+    /// runs alone).
+    async fn take(&self, bytes: usize) -> Taken<'_> {
+        let bytes = bytes.clamp(1, self.max);
+        // Never closed, so this only waits.
+        if let Ok(permit) = self
+            .bytes
+            .acquire_many(u32::try_from(bytes).unwrap_or(u32::MAX))
+            .await
+        {
+            permit.forget();
+        }
+        Taken {
+            budget: self,
+            bytes,
+        }
+    }
+
+    fn give(&self, bytes: usize) {
+        self.bytes.add_permits(bytes);
+    }
+}
+
+impl Taken<'_> {
+    /// Keeps `bytes` (what was actually read) and gives the rest back.
+    /// More than was taken can only come from bodies stored under a larger
+    /// `MAX_BODY_BYTES`: kept as taken (never waited for again, which could
+    /// deadlock two conversations), and logged.
+    fn keep(&mut self, bytes: usize) {
+        let bytes = bytes.max(1);
+        if bytes < self.bytes {
+            self.budget.give(self.bytes - bytes);
+            self.bytes = bytes;
+        } else if bytes > self.bytes {
+            warn!(
+                held = bytes,
+                taken = self.bytes,
+                "messages weigh more than MAX_BODY_BYTES allows"
+            );
+        }
+    }
+}
+
+impl Drop for Taken<'_> {
+    fn drop(&mut self) {
+        self.budget.give(self.bytes);
+    }
+}
 
 /// A catch-up that could not run to its end because of a fault.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -157,28 +262,14 @@ pub async fn catch_up(
         .map_err(|CutOff| CatchUpError::Deadline("the pending rows were read"))??;
     let gone = Arc::new(AtomicBool::new(false));
     let conversations = rows.len();
-    let cap = app.settings.catch_up.per_conversation_cap;
-    // Never less than one full conversation, so any weight fits.
-    let in_flight = Arc::new(Semaphore::new(MESSAGES_IN_FLIGHT.max(cap)));
+    let budget = &Budget::new(app.settings.catch_up.max_bytes_in_flight);
 
     let results: Vec<Result<Delivered, CatchUpError>> = futures::stream::iter(rows)
         .map(|row| {
             let gone = Arc::clone(&gone);
-            let in_flight = Arc::clone(&in_flight);
             let connection = &connection;
             let request_id = request_id.clone();
             async move {
-                let pending = row
-                    .last_seq
-                    .get()
-                    .saturating_sub(row.first_undelivered_seq.get())
-                    .saturating_add(1);
-                let weight = usize::try_from(pending).unwrap_or(usize::MAX).clamp(1, cap);
-                // Never closed, so this only waits; held until the
-                // conversation's frames are posted.
-                let _held = in_flight
-                    .acquire_many(u32::try_from(weight).unwrap_or(u32::MAX))
-                    .await;
                 if gone.load(Ordering::SeqCst) {
                     return Ok(Delivered::gone());
                 }
@@ -190,7 +281,8 @@ pub async fn catch_up(
                     ));
                 }
                 let d =
-                    deliver_conversation(app, user, connection, row, stop_at, request_id).await?;
+                    deliver_conversation(app, user, connection, row, stop_at, budget, request_id)
+                        .await?;
                 if d.gone {
                     gone.store(true, Ordering::SeqCst);
                 }
@@ -392,34 +484,55 @@ async fn deliver_conversation(
     connection: &Connection,
     mut row: PendingDelivery,
     stop_at: Option<tokio::time::Instant>,
+    budget: &Budget,
     request_id: Option<String>,
 ) -> Result<Delivered, CatchUpError> {
     let cap = app.settings.catch_up.per_conversation_cap;
+    let worst = worst_message_bytes(app.settings.send.max_body_bytes);
     let conversation = row.conversation_id.clone();
     let mut out = Delivered::default();
     let mut from = row.first_undelivered_seq;
 
     for _round in 0..MAX_POST_MODE_ROUNDS {
-        let budget = cap.saturating_sub(out.messages);
-        // One more than the budget tells whether a `more` frame is needed.
+        // What the row says is pending from `from`, within the cap: a
+        // message stored past the row's `last_seq` since it was read is
+        // left to `more` (or the next round in `post` mode), so the read's
+        // size is known before it is made.
+        let claimed = row
+            .last_seq
+            .get()
+            .saturating_add(1)
+            .saturating_sub(from.get());
+        let want = usize::try_from(claimed)
+            .unwrap_or(usize::MAX)
+            .min(cap.saturating_sub(out.messages));
+        // The most the read can weigh, taken before it is made; waiting for
+        // it counts against the deadline like any call.
+        let Ok(mut taken) = within(stop_at, budget.take((want + 1).saturating_mul(worst))).await
+        else {
+            return Ok(out.cut_off(&conversation, from));
+        };
+        // One more than wanted tells whether a `more` frame is needed.
         let Ok(messages) = within(
             stop_at,
-            app.ports.messages.range(&conversation, from, budget + 1),
+            app.ports.messages.range(&conversation, from, want + 1),
         )
         .await
         else {
             return Ok(out.cut_off(&conversation, from));
         };
         let mut messages = messages?;
-        let capped = messages.len() > budget;
-        let next_seq = capped.then(|| messages[budget].seq);
-        messages.truncate(budget);
+        let capped = messages.len() > want;
+        let next_seq = capped.then(|| messages[want].seq);
+        messages.truncate(want);
 
         let frames = pack_messages(
             &conversation,
             &messages,
             app.settings.delivery.max_frame_bytes,
         );
+        // Keep what was actually read; the rest of the worst case goes back.
+        taken.keep(held_bytes(&messages, &frames));
         let Ok(posted) = within(
             stop_at,
             delivery::post_frames(
@@ -446,6 +559,8 @@ async fn deliver_conversation(
         out.frames += frames.len();
         out.messages += messages.len();
         let through = messages.last().map(|m| m.seq);
+        // Posted: released before any further call.
+        drop((messages, frames, taken));
 
         if let Some(next_seq) = next_seq {
             if let (PendingClear::Post, Some(through)) =
@@ -951,9 +1066,164 @@ mod tests {
         }
     }
 
+    /// Bytes of messages between their read (the store) and their post
+    /// (the gateway): each message weighs its body plus its JSON, counted
+    /// when read, given back when a frame carrying it is posted.
+    #[derive(Default)]
+    struct Held {
+        weights: std::sync::Mutex<std::collections::HashMap<(ConversationId, Seq), usize>>,
+        now: AtomicUsize,
+        most: AtomicUsize,
+    }
+
+    struct ReadsHeld {
+        inner: MemoryStore,
+        held: Arc<Held>,
+    }
+
+    #[async_trait]
+    impl MessageStore for ReadsHeld {
+        async fn append(&self, new: &NewMessage) -> Result<AppendOutcome, StoreError> {
+            self.inner.append(new).await
+        }
+        async fn find_sent(
+            &self,
+            c: &ConversationId,
+            s: &UserId,
+            k: &ClientMsgId,
+        ) -> Result<Option<Message>, StoreError> {
+            self.inner.find_sent(c, s, k).await
+        }
+        async fn range(
+            &self,
+            c: &ConversationId,
+            from: Seq,
+            limit: usize,
+        ) -> Result<Vec<Message>, StoreError> {
+            let read = self.inner.range(c, from, limit).await?;
+            let mut weights = self.held.weights.lock().unwrap();
+            for m in &read {
+                let w = m.body.len() + serde_json::to_string(m).unwrap().len();
+                if weights.insert((c.clone(), m.seq), w).is_none() {
+                    let now = self.held.now.fetch_add(w, Ordering::SeqCst) + w;
+                    self.held.most.fetch_max(now, Ordering::SeqCst);
+                }
+            }
+            Ok(read)
+        }
+    }
+
+    struct PostsHeld {
+        inner: Arc<dyn crate::ports::Gateway>,
+        held: Arc<Held>,
+    }
+
+    #[async_trait]
+    impl crate::ports::Gateway for PostsHeld {
+        async fn post(
+            &self,
+            connection: &ConnectionId,
+            data: &[u8],
+        ) -> Result<(), crate::ports::PostError> {
+            // A post takes a while: what was read stays held meanwhile.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            self.inner.post(connection, data).await?;
+            if let Ok(ServerFrame::Messages {
+                conversation_id,
+                messages,
+            }) = serde_json::from_slice::<ServerFrame>(data)
+            {
+                let mut weights = self.held.weights.lock().unwrap();
+                for m in messages {
+                    if let Some(w) = weights.remove(&(conversation_id.clone(), m.seq)) {
+                        self.held.now.fetch_sub(w, Ordering::SeqCst);
+                    }
+                }
+            }
+            Ok(())
+        }
+        async fn get(
+            &self,
+            connection: &ConnectionId,
+        ) -> Result<Option<crate::ports::ConnectionInfo>, crate::ports::PostError> {
+            self.inner.get(connection).await
+        }
+        async fn delete(&self, connection: &ConnectionId) -> Result<(), crate::ports::PostError> {
+            self.inner.delete(connection).await
+        }
+    }
+
+    /// Large bodies that escape to six times their size, a byte bound of
+    /// about two conversations' worth: never more held at once than the
+    /// bound, and every message still delivered.
     #[tokio::test]
-    async fn full_conversations_queue_by_messages_in_flight() {
-        // 500 claimed each: the message budget admits 32 at a time.
-        assert_eq!(most_reads_at_once(40, 500).await, MESSAGES_IN_FLIGHT / 500);
+    async fn bytes_held_at_once_never_exceed_the_bound() {
+        let (mut app, handles) = App::in_memory();
+        app.settings.send.max_body_bytes = 4000;
+        // A read of 3 (+1) messages takes 4 × worst: two fit, a third
+        // only once the first ones keep what they read.
+        let per_read = 4 * worst_message_bytes(4000);
+        let bound = 2 * per_read + per_read / 10;
+        app.settings.catch_up.max_bytes_in_flight = bound;
+        let store = handles.store.clone();
+        let bob = UserId::parse("bob").unwrap();
+        let body = "\u{1}".repeat(4000);
+        let ids = seed(&store, &bob, 12, 3, &body).await;
+        let held = Arc::new(Held::default());
+        app.ports.messages = Arc::new(ReadsHeld {
+            inner: store.clone(),
+            held: held.clone(),
+        });
+        app.ports.gateway = Arc::new(PostsHeld {
+            inner: app.ports.gateway.clone(),
+            held: held.clone(),
+        });
+        let connection = ConnectionId::parse("conn").unwrap();
+        handles.gateway.open(&connection);
+        let request = CatchUpRequest {
+            user_id: bob,
+            connection_id: connection.clone(),
+            connected_at: None,
+        };
+        let report = catch_up(&app, &request, None, None).await.unwrap();
+        assert_eq!(report.ending, Ending::CaughtUp);
+        assert_eq!((report.messages, report.more), (36, 0));
+        let mut delivered: Vec<(ConversationId, Seq)> = Vec::new();
+        for f in handles.gateway.frames(&connection) {
+            if let Ok(ServerFrame::Messages {
+                conversation_id,
+                messages,
+            }) = serde_json::from_str::<ServerFrame>(&f)
+            {
+                for m in messages {
+                    assert_eq!(m.body, body);
+                    delivered.push((conversation_id.clone(), m.seq));
+                }
+            }
+        }
+        delivered.sort();
+        let mut expected: Vec<(ConversationId, Seq)> = ids
+            .iter()
+            .flat_map(|c| (1..=3).map(|s| (c.clone(), Seq(s))))
+            .collect();
+        expected.sort();
+        assert_eq!(delivered, expected);
+        assert_eq!(held.now.load(Ordering::SeqCst), 0);
+        let most = held.most.load(Ordering::SeqCst);
+        // More than one conversation at once (the bound is not a lock)…
+        assert!(most > per_read, "{most}");
+        // …and never more than the bound.
+        assert!(most <= bound, "{most} bytes held at once, bound {bound}");
+    }
+
+    #[tokio::test]
+    async fn full_conversations_queue_by_bytes_in_flight() {
+        // 500 claimed each: each read takes 501 messages at the worst weight
+        // of a 16 KB body, so the default 256 MiB admits four at a time.
+        let d = crate::config::CatchUpConfig::default();
+        let per_read =
+            501 * worst_message_bytes(crate::config::SendConfig::default().max_body_bytes);
+        assert_eq!(d.max_bytes_in_flight / per_read, 4);
+        assert_eq!(most_reads_at_once(40, 500).await, 4);
     }
 }
