@@ -248,7 +248,8 @@ impl CatchUpConfig {
             return Err(ConfigError::Invalid {
                 name: "CATCH_UP_DEADLINE_MARGIN_MS",
                 reason: format!(
-                    "must be at least OPEN_WINDOW_MS + {} ms ({} ms): the closing frames may have to wait out a 410 for the open window",
+                    "{} ms is below OPEN_WINDOW_MS + {} ms ({} ms): the closing frames may have to wait out a 410 for the open window",
+                    deadline_margin.as_millis(),
                     POST_ATTEMPT.as_millis(),
                     least.as_millis()
                 ),

@@ -257,7 +257,10 @@ pub async fn catch_up(
         )
     });
 
-    let rows = within(stop_at, app.ports.pending.list(user))
+    // Without the rows nothing can be announced: the one read bounded by the
+    // deadline itself, not the margin (past `stop_at` every row is then
+    // announced, not delivered).
+    let rows = within(end_at, app.ports.pending.list(user))
         .await
         .map_err(|CutOff| CatchUpError::Deadline("the pending rows were read"))??;
     let gone = Arc::new(AtomicBool::new(false));
@@ -494,18 +497,17 @@ async fn deliver_conversation(
     let mut from = row.first_undelivered_seq;
 
     for _round in 0..MAX_POST_MODE_ROUNDS {
-        // What the row says is pending from `from`, within the cap: a
-        // message stored past the row's `last_seq` since it was read is
-        // left to `more` (or the next round in `post` mode), so the read's
-        // size is known before it is made.
+        // What the row says is pending from `from`, within the cap, so the
+        // read's size is known before it is made. A message stored past the
+        // row's `last_seq` since it was read is left to the next round in
+        // `post` mode (which re-reads the row), to `more` in `ack` mode.
+        let room = cap.saturating_sub(out.messages);
         let claimed = row
             .last_seq
             .get()
             .saturating_add(1)
             .saturating_sub(from.get());
-        let want = usize::try_from(claimed)
-            .unwrap_or(usize::MAX)
-            .min(cap.saturating_sub(out.messages));
+        let want = usize::try_from(claimed).unwrap_or(usize::MAX).min(room);
         // The most the read can weigh, taken before it is made; waiting for
         // it counts against the deadline like any call.
         let Ok(mut taken) = within(stop_at, budget.take((want + 1).saturating_mul(worst))).await
@@ -523,7 +525,11 @@ async fn deliver_conversation(
         };
         let mut messages = messages?;
         let capped = messages.len() > want;
-        let next_seq = capped.then(|| messages[want].seq);
+        // Cut short by a stale row, not by the cap: `post` mode settles what
+        // it posted, finds the row grew and delivers the rest next round.
+        let stale =
+            capped && want < room && app.settings.delivery.pending_clear == PendingClear::Post;
+        let next_seq = (capped && !stale).then(|| messages[want].seq);
         messages.truncate(want);
 
         let frames = pack_messages(
