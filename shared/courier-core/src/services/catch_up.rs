@@ -67,10 +67,9 @@ use crate::services::{Answer, Reply};
 const MAX_POST_MODE_ROUNDS: usize = 4;
 
 /// What a held message weighs besides its body, raw and encoded together:
-/// the `Message` (~150 bytes), its ids (at most 128 + 128 + 64 bytes, and
-/// the message id) once raw and once in JSON (escaped, up to 6× their
-/// length is not possible: ids are plain ASCII), field names, the frame's
-/// envelope share.
+/// the `Message` (~150 bytes), its ids (at most 128 + 128 + 64 bytes, plus
+/// the message id) once raw and once in JSON, the field names, its share of
+/// the frame's envelope.
 const MESSAGE_OVERHEAD_BYTES: usize = 2048;
 
 /// The most one stored message weighs while held, for a body of at most
