@@ -124,12 +124,22 @@ pub struct DeliveryConfig {
     pub open_retry_base: Duration,
 }
 
+/// `OPEN_WINDOW_MS`'s default.
+pub const DEFAULT_OPEN_WINDOW: Duration = Duration::from_millis(3000);
+
+/// One post to API Gateway once the open window is over: the call and its
+/// own 429/5xx retries (at most ~150 ms of waiting, `courier-aws` apigw).
+/// Catch-up's deadline margin holds at least the open window plus this, so
+/// its closing `more`/`caught_up` frames can still get through a
+/// connection that is not open yet.
+pub const POST_ATTEMPT: Duration = Duration::from_millis(1000);
+
 impl Default for DeliveryConfig {
     fn default() -> Self {
         Self {
             pending_clear: PendingClear::Ack,
             max_frame_bytes: DEFAULT_FRAME_BYTES,
-            open_window: Duration::from_millis(3000),
+            open_window: DEFAULT_OPEN_WINDOW,
             open_retry_base: Duration::from_millis(25),
         }
     }
@@ -148,11 +158,32 @@ impl DeliveryConfig {
         Ok(Self {
             pending_clear: env.parsed("PENDING_CLEAR", d.pending_clear)?,
             max_frame_bytes,
-            open_window: Duration::from_millis(env.parsed("OPEN_WINDOW_MS", 3000u64)?),
+            open_window: open_window_from_env(env)?,
             open_retry_base: Duration::from_millis(env.parsed("OPEN_RETRY_BASE_MS", 25u64)?),
         })
     }
 }
+
+fn open_window_from_env<F: Fn(&str) -> Option<String>>(
+    env: &Env<F>,
+) -> Result<Duration, ConfigError> {
+    Ok(Duration::from_millis(env.parsed(
+        "OPEN_WINDOW_MS",
+        u64::try_from(DEFAULT_OPEN_WINDOW.as_millis()).unwrap_or(3000),
+    )?))
+}
+
+/// `CATCH_UP_MAX_BYTES_IN_FLIGHT`'s default: 256 MiB.
+///
+/// The catch-up function has 1024 MB (template.yaml). What is counted is
+/// the messages held between their read and their post, raw and encoded
+/// (catch_up.rs). The rest stays well under the other 768 MiB: the runtime
+/// and binary (~30 MB), up to `CATCH_UP_CONCURRENCY` (128) HTTP requests
+/// and responses in flight (a frame is at most 128 KB: 128 × 2 × 128 KB =
+/// 32 MiB), allocator slack (up to 2× the peak: another 256 MiB). One full
+/// conversation at the worst case (501 messages of 16 KB bodies, every byte
+/// escaped: ~58 MB) fits four times.
+pub const DEFAULT_MAX_BYTES_IN_FLIGHT: usize = 256 * 1024 * 1024;
 
 /// Catch-up's own bounds.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -162,8 +193,15 @@ pub struct CatchUpConfig {
     pub per_conversation_cap: usize,
     /// Conversations read and posted at once.
     pub concurrency: usize,
-    /// Stop starting new work this long before the invocation's deadline.
+    /// Work (reads, posts of messages, settles) stops this long before the
+    /// invocation's deadline: a call still running then is cut off, its
+    /// conversation announced with `more`. The margin is left for those
+    /// `more` frames and `caught_up`, so it is at least `OPEN_WINDOW_MS` +
+    /// [`POST_ATTEMPT`].
     pub deadline_margin: Duration,
+    /// Most bytes of messages one catch-up holds at once, weighed by what
+    /// was read (catch_up.rs).
+    pub max_bytes_in_flight: usize,
 }
 
 impl Default for CatchUpConfig {
@@ -173,9 +211,11 @@ impl Default for CatchUpConfig {
             // One round of reads and posts for up to 128 conversations
             // (courier-bench: at 32, 100 conversations took 10.6 round
             // trips instead of 4); memory is bounded apart, by
-            // `catch_up::MESSAGES_IN_FLIGHT`.
+            // `max_bytes_in_flight`.
             concurrency: 128,
-            deadline_margin: Duration::from_millis(1500),
+            // Derived: the least margin allowed (template.yaml sets 5 s).
+            deadline_margin: DEFAULT_OPEN_WINDOW + POST_ATTEMPT,
+            max_bytes_in_flight: DEFAULT_MAX_BYTES_IN_FLIGHT,
         }
     }
 }
@@ -197,12 +237,39 @@ impl CatchUpConfig {
                 reason: "must be at least 1".into(),
             });
         }
+        // The margin follows OPEN_WINDOW_MS when it is not set, and may
+        // never be less than it plus one post.
+        let least = open_window_from_env(env)? + POST_ATTEMPT;
+        let deadline_margin = Duration::from_millis(env.parsed(
+            "CATCH_UP_DEADLINE_MARGIN_MS",
+            u64::try_from(least.as_millis()).unwrap_or(u64::MAX),
+        )?);
+        if deadline_margin < least {
+            return Err(ConfigError::Invalid {
+                name: "CATCH_UP_DEADLINE_MARGIN_MS",
+                reason: format!(
+                    "{} ms is below OPEN_WINDOW_MS + {} ms ({} ms): the closing frames may have to wait out a 410 for the open window",
+                    deadline_margin.as_millis(),
+                    POST_ATTEMPT.as_millis(),
+                    least.as_millis()
+                ),
+            });
+        }
+        let max_bytes_in_flight =
+            env.parsed("CATCH_UP_MAX_BYTES_IN_FLIGHT", d.max_bytes_in_flight)?;
+        // Counted with a semaphore of u32 permits; under 1 MiB not even one
+        // conversation of a few large messages fits.
+        if !(1024 * 1024..=u32::MAX as usize).contains(&max_bytes_in_flight) {
+            return Err(ConfigError::Invalid {
+                name: "CATCH_UP_MAX_BYTES_IN_FLIGHT",
+                reason: format!("must be between 1048576 and {}", u32::MAX),
+            });
+        }
         Ok(Self {
             per_conversation_cap: cap,
             concurrency,
-            deadline_margin: Duration::from_millis(
-                env.parsed("CATCH_UP_DEADLINE_MARGIN_MS", 1500u64)?,
-            ),
+            deadline_margin,
+            max_bytes_in_flight,
         })
     }
 }
@@ -428,6 +495,72 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn catch_up_margin_covers_the_open_window_and_one_post() {
+        // Default: derived, equal to what `Default` says.
+        let c = CatchUpConfig::from_env(&env(&[])).unwrap();
+        assert_eq!(c, CatchUpConfig::default());
+        assert_eq!(c.deadline_margin, DEFAULT_OPEN_WINDOW + POST_ATTEMPT);
+        // Follows a longer open window when not set.
+        let c = CatchUpConfig::from_env(&env(&[("OPEN_WINDOW_MS", "6000")])).unwrap();
+        assert_eq!(c.deadline_margin, Duration::from_millis(7000));
+        // The template's 5 s passes; anything under the window + a post is refused.
+        let c = CatchUpConfig::from_env(&env(&[
+            ("OPEN_WINDOW_MS", "3000"),
+            ("CATCH_UP_DEADLINE_MARGIN_MS", "5000"),
+        ]))
+        .unwrap();
+        assert_eq!(c.deadline_margin, Duration::from_millis(5000));
+        for bad in [
+            &[("CATCH_UP_DEADLINE_MARGIN_MS", "1500")][..],
+            &[("CATCH_UP_DEADLINE_MARGIN_MS", "3999")][..],
+            &[
+                ("OPEN_WINDOW_MS", "6000"),
+                ("CATCH_UP_DEADLINE_MARGIN_MS", "5000"),
+            ][..],
+        ] {
+            let e = CatchUpConfig::from_env(&env(bad)).unwrap_err();
+            assert!(
+                matches!(
+                    e,
+                    ConfigError::Invalid {
+                        name: "CATCH_UP_DEADLINE_MARGIN_MS",
+                        ..
+                    }
+                ),
+                "{bad:?}: {e}"
+            );
+            assert!(e.to_string().contains("CATCH_UP_DEADLINE_MARGIN_MS"));
+        }
+    }
+
+    #[test]
+    fn catch_up_bytes_in_flight_parses_and_refuses() {
+        let c = CatchUpConfig::from_env(&env(&[])).unwrap();
+        assert_eq!(c.max_bytes_in_flight, 256 * 1024 * 1024);
+        let c =
+            CatchUpConfig::from_env(&env(&[("CATCH_UP_MAX_BYTES_IN_FLIGHT", "8388608")])).unwrap();
+        assert_eq!(c.max_bytes_in_flight, 8 * 1024 * 1024);
+        for bad in [
+            &[("CATCH_UP_MAX_BYTES_IN_FLIGHT", "0")][..],
+            &[("CATCH_UP_MAX_BYTES_IN_FLIGHT", "1000")][..],
+            &[("CATCH_UP_MAX_BYTES_IN_FLIGHT", "lots")][..],
+            &[("CATCH_UP_MAX_BYTES_IN_FLIGHT", "8589934592")][..],
+        ] {
+            let e = CatchUpConfig::from_env(&env(bad)).unwrap_err();
+            assert!(
+                matches!(
+                    e,
+                    ConfigError::Invalid {
+                        name: "CATCH_UP_MAX_BYTES_IN_FLIGHT",
+                        ..
+                    }
+                ),
+                "{bad:?}: {e}"
+            );
+        }
     }
 
     #[test]

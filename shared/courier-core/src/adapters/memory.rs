@@ -9,6 +9,8 @@
 //!
 //! Each adapter also has a switch to make it fail (`set_down`), so tests can
 //! inject the faults the delivery rules (docs/architecture.md) name without a network in between.
+//! The store can also hang its message reads (`set_messages_delay`), like a
+//! DynamoDB query stuck in its retries.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -47,6 +49,8 @@ struct Tables {
 pub struct MemoryStore {
     tables: Arc<Mutex<Tables>>,
     down: Arc<AtomicBool>,
+    /// How long every `MessageStore` call waits before it runs.
+    messages_delay: Arc<Mutex<Option<Duration>>>,
 }
 
 impl MemoryStore {
@@ -57,6 +61,20 @@ impl MemoryStore {
     /// While down, every call answers `StoreError::Unavailable`.
     pub fn set_down(&self, down: bool) {
         self.down.store(down, Ordering::SeqCst);
+    }
+
+    /// While set, every `MessageStore` call (append, find_sent, range) waits
+    /// this long before it runs: a hung or slow DynamoDB. The other tables
+    /// answer at once, so a test can hang just the reads of catch-up.
+    pub fn set_messages_delay(&self, delay: Option<Duration>) {
+        *lock(&self.messages_delay) = delay;
+    }
+
+    async fn messages_delay(&self) {
+        let delay = *lock(&self.messages_delay);
+        if let Some(delay) = delay {
+            tokio::time::sleep(delay).await;
+        }
     }
 
     fn check(&self) -> Result<(), StoreError> {
@@ -130,6 +148,7 @@ fn advance_pending(
 #[async_trait]
 impl MessageStore for MemoryStore {
     async fn append(&self, new: &NewMessage) -> Result<AppendOutcome, StoreError> {
+        self.messages_delay().await;
         let mut t = self.tables()?;
         let m = &new.message;
         let key = (
@@ -173,6 +192,7 @@ impl MessageStore for MemoryStore {
         sender: &UserId,
         client_msg_id: &ClientMsgId,
     ) -> Result<Option<Message>, StoreError> {
+        self.messages_delay().await;
         let t = self.tables()?;
         let key = (conversation.clone(), sender.clone(), client_msg_id.clone());
         Ok(t.sent
@@ -186,6 +206,7 @@ impl MessageStore for MemoryStore {
         from: Seq,
         limit: usize,
     ) -> Result<Vec<Message>, StoreError> {
+        self.messages_delay().await;
         let t = self.tables()?;
         Ok(t.messages
             .get(conversation)

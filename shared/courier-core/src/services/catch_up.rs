@@ -9,12 +9,20 @@
 //! conversation frames go out strictly in seq order; across conversations
 //! there is no order to keep, so they run concurrently, bounded twice: at
 //! most `CatchUpConfig::concurrency` conversations at once (sockets), and at
-//! most [`MESSAGES_IN_FLIGHT`] messages held at once, each conversation
-//! weighed by what its pending row says it holds (memory). So a user with
-//! 100 conversations of a few messages each is served in one round of reads
-//! and posts (courier-bench, N = 100 on a parallel backend: 4.3 round trips,
-//! against 10.6 when the count alone bounded it, at 32), while conversations
-//! of hundreds of messages each still queue as before.
+//! most `CatchUpConfig::max_bytes_in_flight` bytes of messages held at once
+//! (memory, [`Budget`]). Before a read, a conversation takes from that
+//! budget the most the read can return: the messages it asks for (what its
+//! pending row says it holds, at most the cap, plus one) at the worst
+//! weight a stored message can have ([`worst_message_bytes`]: body raw and
+//! encoded with every byte escaped). Once read and packed, it keeps only
+//! what they actually weigh ([`held_bytes`]: the messages and their frames)
+//! and gives the rest back; the rest goes back once they are posted. So a
+//! user with 100 conversations of a few messages each is still served in
+//! one round of reads and posts (courier-bench, N = 100 on a parallel
+//! backend: 4.3 round trips, against 10.6 when the count alone bounded it,
+//! at 32), while full conversations queue: at the defaults (500 messages,
+//! 16 KB bodies, 256 MiB) about four read at once, then each keeps what
+//! its messages weigh.
 //!
 //! Safety properties, and where they come from:
 //! - *Nothing lost.* In `PENDING_CLEAR=ack` catch-up never deletes anything;
@@ -26,12 +34,18 @@
 //! - *Idempotent.* Running twice (Lambda may) posts the same frames twice; the
 //!   client drops duplicates by `(conversation_id, seq)`.
 //! - *Bounded.* At most `per_conversation_cap` messages per conversation (the
-//!   rest announced by a `more` frame); no new work once the invocation's
-//!   deadline minus a margin has come — unfinished conversations get a `more`
-//!   frame instead, so the client pulls them with `sync`.
+//!   rest announced by a `more` frame). Every store and gateway call runs
+//!   under a timeout to the invocation's deadline minus
+//!   `CatchUpConfig::deadline_margin` ([`within`]): a call cut off, or a
+//!   conversation not started by then, is *not reached* — nothing is
+//!   deleted or settled for it past its cursor, and it gets a `more` frame
+//!   from that cursor so the client pulls it with `sync`. Those `more`
+//!   frames and `caught_up` go out in the margin (at least the open window
+//!   plus one post), each bounded by the deadline itself.
 //! - *410 is not gone too early.* Posting goes through
 //!   [`delivery::post_frames`], which retries a 410 inside the open window.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -42,7 +56,7 @@ use tracing::{info, instrument, warn};
 
 use crate::app::App;
 use crate::config::PendingClear;
-use crate::domain::{Connection, ConversationId, PendingDelivery, Seq, UserId};
+use crate::domain::{Connection, ConversationId, Message, PendingDelivery, Seq, UserId};
 use crate::ports::{AckOutcome, CatchUpRequest, StoreError};
 use crate::protocol::{ErrorCode, FrameError, ServerFrame, pack_messages};
 use crate::services::delivery::{self, PostFailed, Posted};
@@ -52,10 +66,106 @@ use crate::services::{Answer, Reply};
 /// take in `post` mode before leaving the rest to the next catch-up.
 const MAX_POST_MODE_ROUNDS: usize = 4;
 
-/// Messages one catch-up holds at once across its conversations: 32 full
-/// conversations at the default cap of 500, the worst case from before the
-/// count bound was raised, so raising it did not raise peak memory.
-pub const MESSAGES_IN_FLIGHT: usize = 16_000;
+/// What a held message weighs besides its body, raw and encoded together:
+/// the `Message` (~150 bytes), its ids (at most 128 + 128 + 64 bytes, plus
+/// the message id) once raw and once in JSON, the field names, its share of
+/// the frame's envelope.
+const MESSAGE_OVERHEAD_BYTES: usize = 2048;
+
+/// The most one stored message weighs while held, for a body of at most
+/// `max_body_bytes`: the body raw, then encoded with every byte escaped
+/// (`\u00XX`, 6 bytes), plus the overhead.
+pub fn worst_message_bytes(max_body_bytes: usize) -> usize {
+    max_body_bytes
+        .saturating_mul(7)
+        .saturating_add(MESSAGE_OVERHEAD_BYTES)
+}
+
+/// What `messages`, as read, and `frames`, packed from them, weigh.
+pub fn held_bytes(messages: &[Message], frames: &[String]) -> usize {
+    let raw: usize = messages
+        .iter()
+        .map(|m| {
+            std::mem::size_of::<Message>()
+                + m.body.len()
+                + m.message_id.len()
+                + m.client_msg_id.as_str().len()
+                + m.sender_id.as_str().len()
+                + m.conversation_id.as_str().len()
+        })
+        .sum();
+    raw + frames.iter().map(String::len).sum::<usize>()
+}
+
+/// Bytes of messages one catch-up holds, across its conversations.
+struct Budget {
+    bytes: Semaphore,
+    max: usize,
+}
+
+/// Bytes taken from a [`Budget`]; given back when dropped.
+struct Taken<'a> {
+    budget: &'a Budget,
+    bytes: usize,
+}
+
+impl Budget {
+    fn new(max: usize) -> Self {
+        let max = max.clamp(1, u32::MAX as usize);
+        Self {
+            bytes: Semaphore::new(max),
+            max,
+        }
+    }
+
+    /// Waits for `bytes` (at most the whole budget: a read larger than it
+    /// runs alone).
+    async fn take(&self, bytes: usize) -> Taken<'_> {
+        let bytes = bytes.clamp(1, self.max);
+        // Never closed, so this only waits.
+        if let Ok(permit) = self
+            .bytes
+            .acquire_many(u32::try_from(bytes).unwrap_or(u32::MAX))
+            .await
+        {
+            permit.forget();
+        }
+        Taken {
+            budget: self,
+            bytes,
+        }
+    }
+
+    fn give(&self, bytes: usize) {
+        self.bytes.add_permits(bytes);
+    }
+}
+
+impl Taken<'_> {
+    /// Keeps `bytes` (what was actually read) and gives the rest back.
+    /// More than was taken can only come from bodies stored under a larger
+    /// `MAX_BODY_BYTES`: kept as taken (never waited for again, which could
+    /// deadlock two conversations), and logged.
+    fn keep(&mut self, bytes: usize) {
+        let bytes = bytes.max(1);
+        if bytes < self.bytes {
+            self.budget.give(self.bytes - bytes);
+            self.bytes = bytes;
+        } else if bytes > self.bytes {
+            warn!(
+                held = bytes,
+                taken = self.bytes,
+                "messages weigh more than MAX_BODY_BYTES allows"
+            );
+        }
+    }
+}
+
+impl Drop for Taken<'_> {
+    fn drop(&mut self) {
+        self.budget.give(self.bytes);
+    }
+}
 
 /// A catch-up that could not run to its end because of a fault.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -64,6 +174,29 @@ pub enum CatchUpError {
     Store(#[from] StoreError),
     #[error("gateway: {0}")]
     Post(#[from] PostFailed),
+    /// The invocation's deadline came before this step answered.
+    #[error("the invocation's deadline came before {0}")]
+    Deadline(&'static str),
+}
+
+/// A port call cut off by the time left: what it was doing counts as not
+/// reached.
+#[derive(Debug)]
+struct CutOff;
+
+/// Runs `call` until `stop` at the latest (no limit without a deadline).
+/// Every store and gateway call of a catch-up goes through this, so a hung
+/// store or a post retrying a 410 never runs past the budget.
+async fn within<T>(
+    stop: Option<tokio::time::Instant>,
+    call: impl Future<Output = T>,
+) -> Result<T, CutOff> {
+    match stop {
+        None => Ok(call.await),
+        Some(stop) => tokio::time::timeout_at(stop, call)
+            .await
+            .map_err(|_| CutOff),
+    }
 }
 
 /// How a catch-up ended.
@@ -113,53 +246,45 @@ pub async fn catch_up(
         connection_id: request.connection_id.clone(),
         connected_at: request.connected_at,
     };
+    // Work (reads, message posts, settles) stops at `stop_at`; the closing
+    // `more` and `caught_up` frames use the margin, up to the deadline itself.
+    let end_at = deadline.map(tokio::time::Instant::from_std);
     let stop_at = deadline.map(|d| {
-        d.checked_sub(app.settings.catch_up.deadline_margin)
-            .unwrap_or(started)
+        tokio::time::Instant::from_std(
+            d.checked_sub(app.settings.catch_up.deadline_margin)
+                .unwrap_or(started),
+        )
     });
 
-    let rows = app.ports.pending.list(user).await?;
+    // Without the rows nothing can be announced: the one read bounded by the
+    // deadline itself, not the margin (past `stop_at` every row is then
+    // announced, not delivered).
+    let rows = within(end_at, app.ports.pending.list(user))
+        .await
+        .map_err(|CutOff| CatchUpError::Deadline("the pending rows were read"))??;
     let gone = Arc::new(AtomicBool::new(false));
     let conversations = rows.len();
-    let cap = app.settings.catch_up.per_conversation_cap;
-    // Never less than one full conversation, so any weight fits.
-    let in_flight = Arc::new(Semaphore::new(MESSAGES_IN_FLIGHT.max(cap)));
+    let budget = &Budget::new(app.settings.catch_up.max_bytes_in_flight);
 
     let results: Vec<Result<Delivered, CatchUpError>> = futures::stream::iter(rows)
         .map(|row| {
             let gone = Arc::clone(&gone);
-            let in_flight = Arc::clone(&in_flight);
             let connection = &connection;
             let request_id = request_id.clone();
             async move {
-                let pending = row
-                    .last_seq
-                    .get()
-                    .saturating_sub(row.first_undelivered_seq.get())
-                    .saturating_add(1);
-                let weight = usize::try_from(pending).unwrap_or(usize::MAX).clamp(1, cap);
-                // Never closed, so this only waits; held until the
-                // conversation's frames are posted.
-                let _held = in_flight
-                    .acquire_many(u32::try_from(weight).unwrap_or(u32::MAX))
-                    .await;
                 if gone.load(Ordering::SeqCst) {
                     return Ok(Delivered::gone());
                 }
-                if stop_at.is_some_and(|s| Instant::now() >= s) {
+                if stop_at.is_some_and(|s| tokio::time::Instant::now() >= s) {
                     // Out of time: announce instead of deliver.
-                    return announce_more(
-                        app,
-                        user,
-                        connection,
+                    return Ok(Delivered::unreached(
                         &row.conversation_id,
                         row.first_undelivered_seq,
-                        request_id,
-                    )
-                    .await;
+                    ));
                 }
                 let d =
-                    deliver_conversation(app, user, connection, row, stop_at, request_id).await?;
+                    deliver_conversation(app, user, connection, row, stop_at, budget, request_id)
+                        .await?;
                 if d.gone {
                     gone.store(true, Ordering::SeqCst);
                 }
@@ -186,6 +311,42 @@ pub async fn catch_up(
         // (sent when `caught_up` does not come) or the next connect retries it.
         return Err(e);
     }
+    if !total.gone && !total.unreached.is_empty() {
+        // Not reached in time (deadline, or a call cut off): a `more` frame
+        // each, so the client pulls them with range `sync`. Posted in the
+        // margin, at once, each bounded by the deadline itself.
+        let unreached = std::mem::take(&mut total.unreached);
+        let announced: Vec<Result<Result<Delivered, CatchUpError>, CutOff>> =
+            futures::stream::iter(unreached)
+                .map(|(conversation, next_seq)| {
+                    let connection = &connection;
+                    let request_id = request_id.clone();
+                    async move {
+                        within(
+                            end_at,
+                            announce_more(
+                                app,
+                                user,
+                                connection,
+                                &conversation,
+                                next_seq,
+                                request_id,
+                            ),
+                        )
+                        .await
+                    }
+                })
+                .buffer_unordered(app.settings.catch_up.concurrency)
+                .collect()
+                .await;
+        for a in announced {
+            match a {
+                Ok(Ok(d)) => total.add(&d),
+                Ok(Err(e)) => return Err(e),
+                Err(CutOff) => return Err(CatchUpError::Deadline("every `more` frame was posted")),
+            }
+        }
+    }
     if total.gone {
         info!(
             messages = total.messages,
@@ -207,14 +368,18 @@ pub async fn catch_up(
         request_id,
     }
     .to_json();
-    let ending = match delivery::post_frames(
-        &app.ports,
-        &app.settings.delivery,
-        user,
-        &connection,
-        &[done],
+    let ending = match within(
+        end_at,
+        delivery::post_frames(
+            &app.ports,
+            &app.settings.delivery,
+            user,
+            &connection,
+            &[done],
+        ),
     )
-    .await?
+    .await
+    .map_err(|CutOff| CatchUpError::Deadline("`caught_up` was posted"))??
     {
         Posted::All => {
             total.frames += 1;
@@ -245,6 +410,9 @@ struct Delivered {
     frames: usize,
     more: usize,
     gone: bool,
+    /// Conversations not reached in time, with the seq to pull them from:
+    /// nothing was deleted or settled past it; each gets a `more` frame.
+    unreached: Vec<(ConversationId, Seq)>,
 }
 
 impl Delivered {
@@ -255,11 +423,25 @@ impl Delivered {
         }
     }
 
+    fn unreached(conversation: &ConversationId, next_seq: Seq) -> Self {
+        Self {
+            unreached: vec![(conversation.clone(), next_seq)],
+            ..Self::default()
+        }
+    }
+
+    /// `self` so far, plus `conversation` not reached from `next_seq`.
+    fn cut_off(mut self, conversation: &ConversationId, next_seq: Seq) -> Self {
+        self.unreached.push((conversation.clone(), next_seq));
+        self
+    }
+
     fn add(&mut self, other: &Delivered) {
         self.messages += other.messages;
         self.frames += other.frames;
         self.more += other.more;
         self.gone |= other.gone;
+        self.unreached.extend(other.unreached.iter().cloned());
     }
 }
 
@@ -303,40 +485,75 @@ async fn deliver_conversation(
     user: &UserId,
     connection: &Connection,
     mut row: PendingDelivery,
-    stop_at: Option<Instant>,
+    stop_at: Option<tokio::time::Instant>,
+    budget: &Budget,
     request_id: Option<String>,
 ) -> Result<Delivered, CatchUpError> {
     let cap = app.settings.catch_up.per_conversation_cap;
+    let worst = worst_message_bytes(app.settings.send.max_body_bytes);
     let conversation = row.conversation_id.clone();
     let mut out = Delivered::default();
     let mut from = row.first_undelivered_seq;
 
     for _round in 0..MAX_POST_MODE_ROUNDS {
-        let budget = cap.saturating_sub(out.messages);
-        // One more than the budget tells whether a `more` frame is needed.
-        let mut messages = app
-            .ports
-            .messages
-            .range(&conversation, from, budget + 1)
-            .await?;
-        let capped = messages.len() > budget;
-        let next_seq = capped.then(|| messages[budget].seq);
-        messages.truncate(budget);
+        // What the row says is pending from `from`, within the cap, so the
+        // read's size is known before it is made. A message stored past the
+        // row's `last_seq` since it was read is left to the next round in
+        // `post` mode (which re-reads the row), to `more` in `ack` mode.
+        let room = cap.saturating_sub(out.messages);
+        let claimed = row
+            .last_seq
+            .get()
+            .saturating_add(1)
+            .saturating_sub(from.get());
+        let want = usize::try_from(claimed).unwrap_or(usize::MAX).min(room);
+        // The most the read can weigh, taken before it is made; waiting for
+        // it counts against the deadline like any call.
+        let Ok(mut taken) = within(stop_at, budget.take((want + 1).saturating_mul(worst))).await
+        else {
+            return Ok(out.cut_off(&conversation, from));
+        };
+        // One more than wanted tells whether a `more` frame is needed.
+        let Ok(messages) = within(
+            stop_at,
+            app.ports.messages.range(&conversation, from, want + 1),
+        )
+        .await
+        else {
+            return Ok(out.cut_off(&conversation, from));
+        };
+        let mut messages = messages?;
+        let capped = messages.len() > want;
+        // Cut short by a stale row, not by the cap: `post` mode settles what
+        // it posted, finds the row grew and delivers the rest next round.
+        let stale =
+            capped && want < room && app.settings.delivery.pending_clear == PendingClear::Post;
+        let next_seq = (capped && !stale).then(|| messages[want].seq);
+        messages.truncate(want);
 
         let frames = pack_messages(
             &conversation,
             &messages,
             app.settings.delivery.max_frame_bytes,
         );
-        match delivery::post_frames(
-            &app.ports,
-            &app.settings.delivery,
-            user,
-            connection,
-            &frames,
+        // Keep what was actually read; the rest of the worst case goes back.
+        taken.keep(held_bytes(&messages, &frames));
+        let Ok(posted) = within(
+            stop_at,
+            delivery::post_frames(
+                &app.ports,
+                &app.settings.delivery,
+                user,
+                connection,
+                &frames,
+            ),
         )
-        .await?
-        {
+        .await
+        else {
+            // Some frames may have gone out: the client drops duplicates.
+            return Ok(out.cut_off(&conversation, from));
+        };
+        match posted? {
             Posted::All => {}
             Posted::Gone { delivered } => {
                 out.frames += delivered;
@@ -347,6 +564,8 @@ async fn deliver_conversation(
         out.frames += frames.len();
         out.messages += messages.len();
         let through = messages.last().map(|m| m.seq);
+        // Posted: released before any further call.
+        drop((messages, frames, taken));
 
         if let Some(next_seq) = next_seq {
             if let (PendingClear::Post, Some(through)) =
@@ -355,14 +574,24 @@ async fn deliver_conversation(
                 // Posted counts as delivered in this mode: move the cursor,
                 // never past what was posted, never over an older seq
                 // recorded meanwhile (that one waits for the next catch-up).
-                app.ports
+                let settle = app
+                    .ports
                     .pending
-                    .settle_posted(user, &conversation, from, through)
-                    .await?;
+                    .settle_posted(user, &conversation, from, through);
+                let Ok(settled) = within(stop_at, settle).await else {
+                    return Ok(out.cut_off(&conversation, next_seq));
+                };
+                settled?;
             }
-            let more =
-                announce_more(app, user, connection, &conversation, next_seq, request_id).await?;
-            out.add(&more);
+            let Ok(more) = within(
+                stop_at,
+                announce_more(app, user, connection, &conversation, next_seq, request_id),
+            )
+            .await
+            else {
+                return Ok(out.cut_off(&conversation, next_seq));
+            };
+            out.add(&more?);
             return Ok(out);
         }
 
@@ -374,33 +603,53 @@ async fn deliver_conversation(
         // one a retried send recorded again), deliver what it holds now.
         // Nothing posted (expired by retention): the range read is done.
         let through = through.unwrap_or(row.last_seq.max(from));
-        if app
+        let settle = app
             .ports
             .pending
-            .settle_posted(user, &conversation, from, through)
-            .await?
-            == AckOutcome::Cleared
-        {
+            .settle_posted(user, &conversation, from, through);
+        let Ok(settled) = within(stop_at, settle).await else {
+            return Ok(out.cut_off(&conversation, from));
+        };
+        if settled? == AckOutcome::Cleared {
             return Ok(out);
         }
-        match app.ports.pending.get(user, &conversation).await? {
+        let Ok(newer) = within(stop_at, app.ports.pending.get(user, &conversation)).await else {
+            return Ok(out.cut_off(&conversation, from));
+        };
+        match newer? {
             None => return Ok(out),
             Some(newer) => {
                 from = newer.first_undelivered_seq;
                 row = newer;
             }
         }
-        if stop_at.is_some_and(|s| Instant::now() >= s) || out.messages >= cap {
-            let more =
-                announce_more(app, user, connection, &conversation, from, request_id).await?;
-            out.add(&more);
+        if stop_at.is_some_and(|s| tokio::time::Instant::now() >= s) {
+            return Ok(out.cut_off(&conversation, from));
+        }
+        if out.messages >= cap {
+            let Ok(more) = within(
+                stop_at,
+                announce_more(app, user, connection, &conversation, from, request_id),
+            )
+            .await
+            else {
+                return Ok(out.cut_off(&conversation, from));
+            };
+            out.add(&more?);
             return Ok(out);
         }
     }
     // Still growing after several rounds: a busy conversation. The row stays,
     // announced so the client pulls the rest.
-    let more = announce_more(app, user, connection, &conversation, from, request_id).await?;
-    out.add(&more);
+    let Ok(more) = within(
+        stop_at,
+        announce_more(app, user, connection, &conversation, from, request_id),
+    )
+    .await
+    else {
+        return Ok(out.cut_off(&conversation, from));
+    };
+    out.add(&more?);
     Ok(out)
 }
 
@@ -704,9 +953,282 @@ mod tests {
         assert!(got_seq_1, "catch-up re-reads the row and delivers seq 1");
     }
 
+    /// `conversations` conversations between alice and `user`, each with
+    /// `messages` messages of `body`, all pending for `user`.
+    async fn seed(
+        store: &MemoryStore,
+        user: &UserId,
+        conversations: usize,
+        messages: u64,
+        body: &str,
+    ) -> Vec<ConversationId> {
+        let alice = UserId::parse("alice").unwrap();
+        let mut ids = Vec::new();
+        for i in 0..conversations {
+            let c = ConversationId::parse(&format!("c{i}")).unwrap();
+            let conversation = Conversation {
+                conversation_id: c.clone(),
+                members: vec![alice.clone(), user.clone()],
+                last_seq: Seq::ZERO,
+                created_at: 1,
+            };
+            assert!(store.create(&conversation).await.unwrap());
+            for seq in 1..=messages {
+                let message = Message {
+                    conversation_id: c.clone(),
+                    seq: Seq(seq),
+                    message_id: format!("m{i}-{seq}"),
+                    client_msg_id: ClientMsgId::parse(&format!("k{i}-{seq}")).unwrap(),
+                    sender_id: alice.clone(),
+                    body: body.to_owned(),
+                    sent_at: 1,
+                };
+                let new = NewMessage {
+                    message,
+                    pending_for: Vec::new(),
+                    idempotency_expires_at: i64::MAX,
+                    message_expires_at: None,
+                };
+                assert_eq!(store.append(&new).await.unwrap(), AppendOutcome::Stored);
+                store.record(user, &c, Seq(seq)).await.unwrap();
+            }
+            ids.push(c);
+        }
+        ids
+    }
+
+    /// A store whose message reads hang: every call is cut off at the
+    /// deadline less the margin, each conversation is announced with `more`
+    /// from its cursor, `caught_up` closes, and nothing is settled.
     #[tokio::test]
-    async fn full_conversations_queue_by_messages_in_flight() {
-        // 500 claimed each: the message budget admits 32 at a time.
-        assert_eq!(most_reads_at_once(40, 500).await, MESSAGES_IN_FLIGHT / 500);
+    async fn a_hung_store_ends_before_the_deadline_with_more_and_caught_up() {
+        for mode in [PendingClear::Ack, PendingClear::Post] {
+            let (mut app, handles) = App::in_memory();
+            app.settings.delivery.pending_clear = mode;
+            app.settings.catch_up.deadline_margin = Duration::from_millis(300);
+            let store = handles.store.clone();
+            let bob = UserId::parse("bob").unwrap();
+            let ids = seed(&store, &bob, 3, 2, "hi").await;
+            store.set_messages_delay(Some(Duration::from_secs(3600)));
+            let connection = ConnectionId::parse("conn").unwrap();
+            handles.gateway.open(&connection);
+            let request = CatchUpRequest {
+                user_id: bob.clone(),
+                connection_id: connection.clone(),
+                connected_at: None,
+            };
+            let deadline = Instant::now() + Duration::from_millis(600);
+            let report = tokio::time::timeout(
+                Duration::from_secs(20),
+                catch_up(&app, &request, Some(deadline), Some("r1".into())),
+            )
+            .await
+            .expect("catch-up returns although the store hangs")
+            .unwrap();
+            assert_eq!(report.ending, Ending::CaughtUp, "{mode:?}");
+            assert_eq!((report.messages, report.more), (0, 3), "{mode:?}");
+            let frames: Vec<ServerFrame> = handles
+                .gateway
+                .frames(&connection)
+                .iter()
+                .map(|f| serde_json::from_str(f).unwrap())
+                .collect();
+            assert_eq!(frames.len(), 4, "{frames:?}");
+            let mut announced: Vec<ConversationId> = frames[..3]
+                .iter()
+                .map(|f| match f {
+                    ServerFrame::More {
+                        conversation_id,
+                        next_seq,
+                        request_id,
+                    } => {
+                        assert_eq!(*next_seq, Seq(1));
+                        assert_eq!(request_id.as_deref(), Some("r1"));
+                        conversation_id.clone()
+                    }
+                    other => panic!("expected more, got {other:?}"),
+                })
+                .collect();
+            announced.sort();
+            assert_eq!(announced, ids);
+            assert!(
+                matches!(
+                    frames[3],
+                    ServerFrame::CaughtUp {
+                        conversations: 3,
+                        messages: 0,
+                        ..
+                    }
+                ),
+                "{:?}",
+                frames[3]
+            );
+            // Nothing settled or deleted for what was not reached.
+            for c in &ids {
+                let row = PendingStore::get(&store, &bob, c).await.unwrap().unwrap();
+                assert_eq!((row.first_undelivered_seq, row.last_seq), (Seq(1), Seq(2)));
+            }
+        }
+    }
+
+    /// Bytes of messages between their read (the store) and their post
+    /// (the gateway): each message weighs its body plus its JSON, counted
+    /// when read, given back when a frame carrying it is posted.
+    #[derive(Default)]
+    struct Held {
+        weights: std::sync::Mutex<std::collections::HashMap<(ConversationId, Seq), usize>>,
+        now: AtomicUsize,
+        most: AtomicUsize,
+    }
+
+    struct ReadsHeld {
+        inner: MemoryStore,
+        held: Arc<Held>,
+    }
+
+    #[async_trait]
+    impl MessageStore for ReadsHeld {
+        async fn append(&self, new: &NewMessage) -> Result<AppendOutcome, StoreError> {
+            self.inner.append(new).await
+        }
+        async fn find_sent(
+            &self,
+            c: &ConversationId,
+            s: &UserId,
+            k: &ClientMsgId,
+        ) -> Result<Option<Message>, StoreError> {
+            self.inner.find_sent(c, s, k).await
+        }
+        async fn range(
+            &self,
+            c: &ConversationId,
+            from: Seq,
+            limit: usize,
+        ) -> Result<Vec<Message>, StoreError> {
+            let read = self.inner.range(c, from, limit).await?;
+            let mut weights = self.held.weights.lock().unwrap();
+            for m in &read {
+                let w = m.body.len() + serde_json::to_string(m).unwrap().len();
+                if weights.insert((c.clone(), m.seq), w).is_none() {
+                    let now = self.held.now.fetch_add(w, Ordering::SeqCst) + w;
+                    self.held.most.fetch_max(now, Ordering::SeqCst);
+                }
+            }
+            Ok(read)
+        }
+    }
+
+    struct PostsHeld {
+        inner: Arc<dyn crate::ports::Gateway>,
+        held: Arc<Held>,
+    }
+
+    #[async_trait]
+    impl crate::ports::Gateway for PostsHeld {
+        async fn post(
+            &self,
+            connection: &ConnectionId,
+            data: &[u8],
+        ) -> Result<(), crate::ports::PostError> {
+            // A post takes a while: what was read stays held meanwhile.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            self.inner.post(connection, data).await?;
+            if let Ok(ServerFrame::Messages {
+                conversation_id,
+                messages,
+            }) = serde_json::from_slice::<ServerFrame>(data)
+            {
+                let mut weights = self.held.weights.lock().unwrap();
+                for m in messages {
+                    if let Some(w) = weights.remove(&(conversation_id.clone(), m.seq)) {
+                        self.held.now.fetch_sub(w, Ordering::SeqCst);
+                    }
+                }
+            }
+            Ok(())
+        }
+        async fn get(
+            &self,
+            connection: &ConnectionId,
+        ) -> Result<Option<crate::ports::ConnectionInfo>, crate::ports::PostError> {
+            self.inner.get(connection).await
+        }
+        async fn delete(&self, connection: &ConnectionId) -> Result<(), crate::ports::PostError> {
+            self.inner.delete(connection).await
+        }
+    }
+
+    /// Large bodies that escape to six times their size, a byte bound of
+    /// about two conversations' worth: never more held at once than the
+    /// bound, and every message still delivered.
+    #[tokio::test]
+    async fn bytes_held_at_once_never_exceed_the_bound() {
+        let (mut app, handles) = App::in_memory();
+        app.settings.send.max_body_bytes = 4000;
+        // A read of 3 (+1) messages takes 4 × worst: two fit, a third
+        // only once the first ones keep what they read.
+        let per_read = 4 * worst_message_bytes(4000);
+        let bound = 2 * per_read + per_read / 10;
+        app.settings.catch_up.max_bytes_in_flight = bound;
+        let store = handles.store.clone();
+        let bob = UserId::parse("bob").unwrap();
+        let body = "\u{1}".repeat(4000);
+        let ids = seed(&store, &bob, 12, 3, &body).await;
+        let held = Arc::new(Held::default());
+        app.ports.messages = Arc::new(ReadsHeld {
+            inner: store.clone(),
+            held: held.clone(),
+        });
+        app.ports.gateway = Arc::new(PostsHeld {
+            inner: app.ports.gateway.clone(),
+            held: held.clone(),
+        });
+        let connection = ConnectionId::parse("conn").unwrap();
+        handles.gateway.open(&connection);
+        let request = CatchUpRequest {
+            user_id: bob,
+            connection_id: connection.clone(),
+            connected_at: None,
+        };
+        let report = catch_up(&app, &request, None, None).await.unwrap();
+        assert_eq!(report.ending, Ending::CaughtUp);
+        assert_eq!((report.messages, report.more), (36, 0));
+        let mut delivered: Vec<(ConversationId, Seq)> = Vec::new();
+        for f in handles.gateway.frames(&connection) {
+            if let Ok(ServerFrame::Messages {
+                conversation_id,
+                messages,
+            }) = serde_json::from_str::<ServerFrame>(&f)
+            {
+                for m in messages {
+                    assert_eq!(m.body, body);
+                    delivered.push((conversation_id.clone(), m.seq));
+                }
+            }
+        }
+        delivered.sort();
+        let mut expected: Vec<(ConversationId, Seq)> = ids
+            .iter()
+            .flat_map(|c| (1..=3).map(|s| (c.clone(), Seq(s))))
+            .collect();
+        expected.sort();
+        assert_eq!(delivered, expected);
+        assert_eq!(held.now.load(Ordering::SeqCst), 0);
+        let most = held.most.load(Ordering::SeqCst);
+        // More than one conversation at once (the bound is not a lock)…
+        assert!(most > per_read, "{most}");
+        // …and never more than the bound.
+        assert!(most <= bound, "{most} bytes held at once, bound {bound}");
+    }
+
+    #[tokio::test]
+    async fn full_conversations_queue_by_bytes_in_flight() {
+        // 500 claimed each: each read takes 501 messages at the worst weight
+        // of a 16 KB body, so the default 256 MiB admits four at a time.
+        let d = crate::config::CatchUpConfig::default();
+        let per_read =
+            501 * worst_message_bytes(crate::config::SendConfig::default().max_body_bytes);
+        assert_eq!(d.max_bytes_in_flight / per_read, 4);
+        assert_eq!(most_reads_at_once(40, 500).await, 4);
     }
 }
