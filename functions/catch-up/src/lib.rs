@@ -33,9 +33,20 @@ pub async fn handle(app: &App, event: LambdaEvent<Value>) -> Result<Value, Error
 
 /// Lambda's deadline (epoch ms) as an `Instant`; none when the context has
 /// none (a local invoke without one).
+///
+/// A deadline already past when the invocation starts is not Lambda's (it
+/// never invokes a function out of time): it is a local emulator's clock or
+/// a first invocation that waited on a build (`cargo lambda watch`). Taken
+/// at its word it would refuse all work, so it counts as none.
 fn deadline_of(context: &lambda_runtime::Context) -> Option<Instant> {
     let deadline = i64::try_from(context.deadline).ok().filter(|d| *d > 0)?;
-    let left = u64::try_from(deadline - now_millis()).unwrap_or(0);
+    let Ok(left @ 1..) = u64::try_from(deadline - now_millis()) else {
+        tracing::warn!(
+            deadline_ms = deadline,
+            "the invocation's deadline had passed before it began; running without one"
+        );
+        return None;
+    };
     Some(Instant::now() + Duration::from_millis(left))
 }
 
@@ -103,6 +114,18 @@ mod tests {
     use lambda_runtime::Context;
 
     use super::*;
+
+    #[test]
+    fn a_deadline_already_past_counts_as_none_a_future_one_is_kept() {
+        let mut context = Context::default();
+        context.deadline = u64::try_from(now_millis() - 1_000).unwrap();
+        assert!(deadline_of(&context).is_none());
+        context.deadline = u64::try_from(now_millis() + 60_000).unwrap();
+        let left = deadline_of(&context).unwrap() - Instant::now();
+        assert!(left > Duration::from_secs(50) && left <= Duration::from_secs(60));
+        context.deadline = 0;
+        assert!(deadline_of(&context).is_none());
+    }
 
     /// A store fault on either kind of `sync` is `Err` for Lambda, and the
     /// caller gets the typed `internal` frame echoing its `request_id`, not
