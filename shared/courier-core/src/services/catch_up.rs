@@ -748,16 +748,27 @@ mod tests {
     use crate::domain::{ClientMsgId, ConnectionId, Conversation, Message};
     use crate::ports::{AppendOutcome, ConversationStore, MessageStore, NewMessage, PendingStore};
 
-    /// Messages from a memory store, each range read held a little so that
-    /// reads in flight together overlap; counts the most at once.
-    struct Overlap {
+    /// What a test watches of a memory store's range reads; [`Observed`]
+    /// passes every other message-store call through untouched.
+    #[async_trait]
+    trait RangeObserver: Send + Sync {
+        async fn range(
+            &self,
+            inner: &MemoryStore,
+            c: &ConversationId,
+            from: Seq,
+            limit: usize,
+        ) -> Result<Vec<Message>, StoreError>;
+    }
+
+    /// A memory store whose range reads go through `observer`.
+    struct Observed<O> {
         inner: MemoryStore,
-        now: AtomicUsize,
-        most: AtomicUsize,
+        observer: O,
     }
 
     #[async_trait]
-    impl MessageStore for Overlap {
+    impl<O: RangeObserver> MessageStore for Observed<O> {
         async fn append(&self, new: &NewMessage) -> Result<AppendOutcome, StoreError> {
             self.inner.append(new).await
         }
@@ -775,11 +786,32 @@ mod tests {
             from: Seq,
             limit: usize,
         ) -> Result<Vec<Message>, StoreError> {
+            self.observer.range(&self.inner, c, from, limit).await
+        }
+    }
+
+    /// Each range read held a little so that reads in flight together
+    /// overlap; counts the most at once.
+    #[derive(Default)]
+    struct Overlap {
+        now: AtomicUsize,
+        most: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl RangeObserver for Overlap {
+        async fn range(
+            &self,
+            inner: &MemoryStore,
+            c: &ConversationId,
+            from: Seq,
+            limit: usize,
+        ) -> Result<Vec<Message>, StoreError> {
             let now = self.now.fetch_add(1, Ordering::SeqCst) + 1;
             self.most.fetch_max(now, Ordering::SeqCst);
             tokio::time::sleep(Duration::from_millis(20)).await;
             self.now.fetch_sub(1, Ordering::SeqCst);
-            self.inner.range(c, from, limit).await
+            inner.range(c, from, limit).await
         }
     }
 
@@ -788,10 +820,9 @@ mod tests {
     async fn most_reads_at_once(conversations: usize, claimed: u64) -> usize {
         let (mut app, handles) = App::in_memory();
         let store = handles.store.clone();
-        let overlap = Arc::new(Overlap {
+        let overlap = Arc::new(Observed {
             inner: store.clone(),
-            now: AtomicUsize::new(0),
-            most: AtomicUsize::new(0),
+            observer: Overlap::default(),
         });
         app.ports.messages = overlap.clone();
         let bob = UserId::parse("bob").unwrap();
@@ -837,7 +868,7 @@ mod tests {
         let report = catch_up(&app, &request, None, None).await.unwrap();
         assert_eq!(report.ending, Ending::CaughtUp);
         assert_eq!(report.messages, conversations);
-        overlap.most.load(Ordering::SeqCst)
+        overlap.observer.most.load(Ordering::SeqCst)
     }
 
     #[tokio::test]
@@ -1082,30 +1113,19 @@ mod tests {
     }
 
     struct ReadsHeld {
-        inner: MemoryStore,
         held: Arc<Held>,
     }
 
     #[async_trait]
-    impl MessageStore for ReadsHeld {
-        async fn append(&self, new: &NewMessage) -> Result<AppendOutcome, StoreError> {
-            self.inner.append(new).await
-        }
-        async fn find_sent(
-            &self,
-            c: &ConversationId,
-            s: &UserId,
-            k: &ClientMsgId,
-        ) -> Result<Option<Message>, StoreError> {
-            self.inner.find_sent(c, s, k).await
-        }
+    impl RangeObserver for ReadsHeld {
         async fn range(
             &self,
+            inner: &MemoryStore,
             c: &ConversationId,
             from: Seq,
             limit: usize,
         ) -> Result<Vec<Message>, StoreError> {
-            let read = self.inner.range(c, from, limit).await?;
+            let read = inner.range(c, from, limit).await?;
             let mut weights = self.held.weights.lock().unwrap();
             for m in &read {
                 let w = m.body.len() + serde_json::to_string(m).unwrap().len();
@@ -1175,9 +1195,9 @@ mod tests {
         let body = "\u{1}".repeat(4000);
         let ids = seed(&store, &bob, 12, 3, &body).await;
         let held = Arc::new(Held::default());
-        app.ports.messages = Arc::new(ReadsHeld {
+        app.ports.messages = Arc::new(Observed {
             inner: store.clone(),
-            held: held.clone(),
+            observer: ReadsHeld { held: held.clone() },
         });
         app.ports.gateway = Arc::new(PostsHeld {
             inner: app.ports.gateway.clone(),
