@@ -17,7 +17,7 @@ pub async fn handle(
         let ClientFrame::Ack { acks } = request.frame else {
             return Ok(edge::wrong_route("ack"));
         };
-        courier_core::services::ack::ack(app, &ws.user_id, &acks).await
+        courier_core::services::ack::ack(app, &ws.user_id, &ws.device_id, &acks).await
     })
     .await
 }

@@ -4,8 +4,11 @@
 //!
 //! API Gateway calls it with the WebSocket upgrade request (identity source
 //! `route.request.querystring.token`); what it returns decides whether the
-//! socket opens, and the `user_id` it puts in the context is the identity
-//! every later route of the connection trusts ([`courier_aws::edge`]).
+//! socket opens, and the `user_id` and `device_id` it puts in the context
+//! are the identity every later route of the connection trusts
+//! ([`courier_aws::edge`]). The user id is the token's `USER_ID_CLAIM`
+//! (`sub` by default); the device id is the `device` query parameter
+//! (1–64 of `[A-Za-z0-9._-]`, [`DeviceId`]), `default` when absent.
 //!
 //! How each outcome reaches the client. A WebSocket authorizer can only be
 //! on `$connect`, its status is the HTTP answer to the upgrade, and API
@@ -13,8 +16,9 @@
 //!
 //! | outcome | function returns | client sees |
 //! |---|---|---|
-//! | token valid, origin allowed | Allow policy on the `methodArn`, context `{user_id}` | 101, socket open |
-//! | token missing, malformed, badly signed, expired, wrong `iss`/`aud`, … | `Err("Unauthorized")` | **401** |
+//! | token valid, origin allowed, `device` absent or valid | Allow policy on the `methodArn`, context `{user_id, device_id}` | 101, socket open |
+//! | token missing, malformed, badly signed, expired, wrong `iss`/`aud`, user-id claim missing or invalid, … | `Err("Unauthorized")` | **401** |
+//! | `device` present but malformed (empty, too long, other characters) | `Err("Unauthorized")` | **401** |
 //! | `Origin` not on `ALLOWED_ORIGINS` | Deny policy (principal `anonymous`) | **403** |
 //! | JWKS unreachable and no usable cached copy | `Err("JWKS unavailable")` | **500** |
 //!
@@ -29,8 +33,13 @@
 //! WebSocket APIs do not cache authorizer results, so a Deny is never
 //! replayed for a later request.
 //!
+//! A malformed `device` is refused like a bad token (docs/protocol.md,
+//! Connecting): it is a client bug, and a 403 would tell the client "never
+//! retry" for what a fixed build cures.
+//!
 //! The token itself is never logged; refusals are logged at info with their
-//! typed reason only.
+//! typed reason only (for a malformed `device`, why it is malformed, not the
+//! text the client sent).
 
 use aws_lambda_events::apigw::{
     ApiGatewayCustomAuthorizerPolicy, ApiGatewayCustomAuthorizerRequestTypeRequest,
@@ -39,15 +48,18 @@ use aws_lambda_events::apigw::{
 use aws_lambda_events::http::header::ORIGIN;
 use aws_lambda_events::iam::{IamPolicyEffect, IamPolicyStatement};
 use courier_aws::auth::{AuthConfig, OriginAllowlist, Rejection, Verifier, VerifierError};
-use courier_aws::edge::USER_ID_KEY;
+use courier_aws::edge::{DEVICE_ID_KEY, USER_ID_KEY};
 use courier_core::config::{ConfigError, Env};
-use courier_core::domain::UserId;
+use courier_core::domain::{DeviceId, InvalidValue, UserId};
 use lambda_runtime::LambdaEvent;
 use serde_json::json;
 use tracing::{info, instrument, warn};
 
 /// The query string parameter that carries the JWT.
 pub const TOKEN_PARAM: &str = "token";
+
+/// The query string parameter that names the device (optional).
+pub const DEVICE_PARAM: &str = "device";
 
 /// The principal of a Deny policy: no user was established.
 pub const ANONYMOUS: &str = "anonymous";
@@ -78,13 +90,22 @@ impl AuthorizerError {
 /// What the authorizer decided, before it is shaped for API Gateway.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
-    Allow(UserId),
+    Allow {
+        user: UserId,
+        device: DeviceId,
+    },
     /// No acceptable token (401), or the keys are unavailable (500; see
     /// [`Rejection::is_server_fault`]).
     Unauthorized(Rejection),
     /// The `Origin` header is present and not allowed (403). Holds the
     /// origin as sent, cut to 100 characters, for the log.
     OriginRefused(String),
+    /// A valid token, but the `device` parameter is present and malformed
+    /// (401). Holds the user, for the log, and why the device was refused.
+    BadDevice {
+        user: UserId,
+        reason: InvalidValue,
+    },
 }
 
 /// Built once per execution environment and borrowed by every invocation.
@@ -115,7 +136,8 @@ pub fn check_env<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<(), Conf
 }
 
 /// Decides a `$connect`: the origin first (no crypto for a refused origin),
-/// then the token.
+/// then the token, then the device (after the token, so a refusal for a
+/// malformed `device` can name the user whose client sent it).
 pub async fn decide(
     state: &AuthorizerState,
     request: &ApiGatewayCustomAuthorizerRequestTypeRequest,
@@ -136,19 +158,30 @@ pub async fn decide(
             }
         }
     }
-    let token = request
-        .query_string_parameters
-        .first(TOKEN_PARAM)
-        .or_else(|| {
-            request
-                .multi_value_query_string_parameters
-                .first(TOKEN_PARAM)
-        })
-        .unwrap_or_default();
-    match state.verifier.verify(token).await {
-        Ok(user) => Decision::Allow(user),
-        Err(rejection) => Decision::Unauthorized(rejection),
+    let token = query_param(request, TOKEN_PARAM).unwrap_or_default();
+    let user = match state.verifier.verify(token).await {
+        Ok(user) => user,
+        Err(rejection) => return Decision::Unauthorized(rejection),
+    };
+    match query_param(request, DEVICE_PARAM).map(DeviceId::parse) {
+        None => Decision::Allow {
+            user,
+            device: DeviceId::default(),
+        },
+        Some(Ok(device)) => Decision::Allow { user, device },
+        Some(Err(reason)) => Decision::BadDevice { user, reason },
     }
+}
+
+/// A query parameter's first value, wherever API Gateway put it.
+fn query_param<'a>(
+    request: &'a ApiGatewayCustomAuthorizerRequestTypeRequest,
+    name: &str,
+) -> Option<&'a str> {
+    request
+        .query_string_parameters
+        .first(name)
+        .or_else(|| request.multi_value_query_string_parameters.first(name))
 }
 
 /// The Lambda handler: [`decide`], then the answer API Gateway expects (see
@@ -161,15 +194,19 @@ pub async fn handle(
     let request = event.payload;
     let method_arn = request.method_arn.as_deref().filter(|a| !a.is_empty());
     match decide(state, &request).await {
-        Decision::Allow(user) => {
+        Decision::Allow { user, device } => {
             let arn = method_arn.ok_or(AuthorizerError::MissingMethodArn)?;
-            info!(user_id = %user, "connection authorized");
+            info!(user_id = %user, device_id = %device, "connection authorized");
             Ok(policy(
                 user.as_str(),
                 IamPolicyEffect::Allow,
                 arn,
-                json!({ USER_ID_KEY: user.as_str() }),
+                json!({ USER_ID_KEY: user.as_str(), DEVICE_ID_KEY: device.as_str() }),
             ))
+        }
+        Decision::BadDevice { user, reason } => {
+            info!(user_id = %user, %reason, "connection refused: malformed device");
+            Err(AuthorizerError::Unauthorized.into())
         }
         Decision::Unauthorized(reason) if reason.is_server_fault() => {
             warn!(%reason, "connection refused: cannot verify tokens");

@@ -21,7 +21,7 @@ use courier_aws::auth::{
     AuthConfig, JwksConfig, OriginAllowlist, Rejection, mint_hs256, sign_hs256,
 };
 use courier_core::config::{ConfigError, Env};
-use courier_core::domain::UserId;
+use courier_core::domain::{DeviceId, UserId};
 use lambda_runtime::{Context, LambdaEvent};
 use serde_json::json;
 
@@ -36,12 +36,31 @@ fn request(
     token: Option<&str>,
     origin: Option<&str>,
 ) -> ApiGatewayCustomAuthorizerRequestTypeRequest {
+    let query = token.map_or(json!({}), |t| json!({ "token": t }));
+    request_with_query(query, origin)
+}
+
+/// A `$connect` with a valid token for `user` and `device=` when given.
+fn device_request(
+    user: &str,
+    device: Option<&str>,
+) -> ApiGatewayCustomAuthorizerRequestTypeRequest {
+    let mut query = json!({ "token": sign_hs256(SECRET, &claims(user)) });
+    if let Some(d) = device {
+        query["device"] = d.into();
+    }
+    request_with_query(query, None)
+}
+
+fn request_with_query(
+    query: serde_json::Value,
+    origin: Option<&str>,
+) -> ApiGatewayCustomAuthorizerRequestTypeRequest {
     let mut headers = serde_json::Map::new();
     headers.insert("Upgrade".into(), "websocket".into());
     if let Some(o) = origin {
         headers.insert("Origin".into(), o.into());
     }
-    let query = token.map_or(json!({}), |t| json!({ "token": t }));
     serde_json::from_value(json!({
         "type": "REQUEST",
         "methodArn": ARN,
@@ -73,13 +92,21 @@ fn jwks_state(url: &str, tune: impl FnOnce(&mut JwksConfig)) -> AuthorizerState 
     .unwrap()
 }
 
+/// An Allow for `user` on the device `default` (no `device=`).
 fn assert_allows(response: &ApiGatewayCustomAuthorizerResponse, user: &str) {
+    assert_allows_device(response, user, "default");
+}
+
+fn assert_allows_device(response: &ApiGatewayCustomAuthorizerResponse, user: &str, device: &str) {
     assert_eq!(response.principal_id.as_deref(), Some(user));
     let statement = &response.policy_document.statement[0];
     assert_eq!(statement.effect, IamPolicyEffect::Allow);
     assert_eq!(statement.action, vec!["execute-api:Invoke"]);
     assert_eq!(statement.resource, vec![ARN]);
-    assert_eq!(response.context, json!({ "user_id": user }));
+    assert_eq!(
+        response.context,
+        json!({ "user_id": user, "device_id": device })
+    );
 }
 
 async fn assert_unauthorized(state: &AuthorizerState, token: Option<&str>) {
@@ -112,6 +139,145 @@ async fn valid_hs256_token_gets_an_allow_policy_with_the_user_in_context() {
     assert_eq!(wire["policyDocument"]["Version"], "2012-10-17");
     assert_eq!(wire["policyDocument"]["Statement"][0]["Effect"], "Allow");
     assert_eq!(wire["context"]["user_id"], "bob");
+    assert_eq!(wire["context"]["device_id"], "default");
+}
+
+#[tokio::test]
+async fn device_parameter_goes_into_the_context_beside_the_user() {
+    let state = hs_state();
+    for device in ["phone", "laptop-2", "A.b_c-9", &"d".repeat(64)] {
+        let response = handle(&state, event(device_request("bob", Some(device))))
+            .await
+            .unwrap();
+        assert_allows_device(&response, "bob", device);
+        let wire = serde_json::to_value(&response).unwrap();
+        assert_eq!(wire["context"]["device_id"], *device);
+    }
+}
+
+#[tokio::test]
+async fn absent_device_parameter_is_the_default_device() {
+    let decision = decide(&hs_state(), &device_request("bob", None)).await;
+    assert_eq!(
+        decision,
+        Decision::Allow {
+            user: UserId::parse("bob").unwrap(),
+            device: DeviceId::default(),
+        }
+    );
+    let response = handle(&hs_state(), event(device_request("bob", None)))
+        .await
+        .unwrap();
+    assert_eq!(response.context["device_id"], "default");
+}
+
+#[tokio::test]
+async fn device_in_the_multi_value_query_string_is_read_too() {
+    let token = sign_hs256(SECRET, &claims("bob"));
+    let raw: ApiGatewayCustomAuthorizerRequestTypeRequest = serde_json::from_value(json!({
+        "methodArn": ARN,
+        "multiValueQueryStringParameters": { "token": [token], "device": ["tablet"] },
+        "requestContext": {}
+    }))
+    .unwrap();
+    let response = handle(&hs_state(), event(raw)).await.unwrap();
+    assert_allows_device(&response, "bob", "tablet");
+}
+
+#[tokio::test]
+async fn malformed_device_is_refused_with_401_and_its_reason() {
+    let state = hs_state();
+    let too_long = "d".repeat(65);
+    for (name, device) in [
+        ("empty", ""),
+        ("too long", too_long.as_str()),
+        ("space", "my phone"),
+        ("slash", "a/b"),
+        ("hash", "phone#1"),
+        ("colon", "phone:1"),
+        ("non-ascii", "téléphone"),
+    ] {
+        match decide(&state, &device_request("bob", Some(device))).await {
+            Decision::BadDevice { user, reason } => {
+                assert_eq!(user.as_str(), "bob", "{name}");
+                assert_eq!(reason.field, "device_id", "{name}");
+            }
+            other => panic!("{name}: expected BadDevice, got {other:?}"),
+        }
+        let err = handle(&state, event(device_request("bob", Some(device))))
+            .await
+            .unwrap_err();
+        assert_eq!(err.to_string(), "Unauthorized", "{name}: API Gateway's 401");
+        assert_eq!(
+            AuthorizerError::of(&err),
+            Some(&AuthorizerError::Unauthorized),
+            "{name}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_bad_token_is_refused_for_the_token_whatever_the_device() {
+    let r = request_with_query(json!({"token": "not-a-jwt", "device": "bad device"}), None);
+    assert!(matches!(
+        decide(&hs_state(), &r).await,
+        Decision::Unauthorized(Rejection::Malformed(_))
+    ));
+}
+
+fn cognito_state() -> AuthorizerState {
+    AuthorizerState::new(&AuthConfig {
+        user_id_claim: "cognito:username".into(),
+        ..AuthConfig::hs256(SECRET)
+    })
+    .unwrap()
+}
+
+#[tokio::test]
+async fn user_id_claim_names_the_claim_that_becomes_user_id() {
+    let token = sign_hs256(
+        SECRET,
+        &json!({
+            "sub": "0b7e5c1d-uuid-of-the-idp",
+            "cognito:username": "alice",
+            "exp": now_plus(60)
+        }),
+    );
+    let r = request_with_query(json!({"token": token, "device": "phone"}), None);
+    let response = handle(&cognito_state(), event(r)).await.unwrap();
+    assert_allows_device(&response, "alice", "phone");
+}
+
+#[tokio::test]
+async fn missing_or_invalid_user_id_claim_is_refused_with_401_and_the_claim_named() {
+    let state = cognito_state();
+    let cases = [
+        (
+            "only sub",
+            claims("bob"),
+            "user-id claim cognito:username missing",
+        ),
+        (
+            "not a string",
+            json!({"cognito:username": 42, "exp": now_plus(60)}),
+            "user-id claim cognito:username missing",
+        ),
+        (
+            "not a user id",
+            json!({"cognito:username": "alice smith", "exp": now_plus(60)}),
+            "user-id claim cognito:username is not a valid user id",
+        ),
+    ];
+    for (name, c, reason) in cases {
+        let token = sign_hs256(SECRET, &c);
+        match decide(&state, &request(Some(&token), None)).await {
+            Decision::Unauthorized(r) => {
+                assert!(r.to_string().starts_with(reason), "{name}: {r}");
+            }
+            other => panic!("{name}: expected a refusal, got {other:?}"),
+        }
+        assert_unauthorized(&state, Some(&token)).await;
+    }
 }
 
 #[tokio::test]
@@ -466,6 +632,17 @@ fn check_env_parses_what_the_function_reads() {
             ..
         })
     ));
+    assert_eq!(
+        ok(&[("JWT_SECRET", "s"), ("USER_ID_CLAIM", "cognito:username")]),
+        Ok(())
+    );
+    assert!(matches!(
+        ok(&[("JWT_SECRET", "s"), ("USER_ID_CLAIM", "")]),
+        Err(ConfigError::Invalid {
+            name: "USER_ID_CLAIM",
+            ..
+        })
+    ));
 }
 
 /// Everything the subscriber writes, at every level.
@@ -516,6 +693,11 @@ async fn tokens_never_reach_the_logs_but_deny_reasons_do() {
     )
     .await
     .unwrap();
+    let bad_device = request_with_query(
+        json!({"token": good, "device": "secret-looking device"}),
+        None,
+    );
+    handle(&state, event(bad_device)).await.unwrap_err();
 
     let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
     for token in [&good, &expired, &forged] {
@@ -530,4 +712,9 @@ async fn tokens_never_reach_the_logs_but_deny_reasons_do() {
     assert!(text.contains("signature does not verify"), "{text}");
     assert!(text.contains("origin not allowed"), "{text}");
     assert!(text.contains("connection authorized"), "{text}");
+    assert!(text.contains("malformed device"), "{text}");
+    assert!(
+        !text.contains("secret-looking device"),
+        "the device text the client sent is not logged:\n{text}"
+    );
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use aws_lambda_events::apigw::ApiGatewayWebsocketProxyRequest;
 use courier_aws::edge;
 use courier_core::app::App;
-use courier_core::domain::{Connection, now_millis};
+use courier_core::domain::now_millis;
 use courier_core::ports::CatchUpRequest;
 use courier_core::protocol::{ClientFrame, SyncRequest};
 use courier_core::services::Answer;
@@ -65,6 +65,9 @@ async fn sync_route(
                     user_id: ws.user_id,
                     connection_id: ws.connection_id,
                     connected_at: ws.connected_at,
+                    device_id: ws.device_id,
+                    open_conversation: None,
+                    device_limit: None,
                 };
                 let report = catch_up::catch_up(app, &req, deadline, request.request_id).await?;
                 Ok(Answer::Done(report))
@@ -74,10 +77,7 @@ async fn sync_route(
                 after_seq,
                 limit,
             } => {
-                let connection = Connection {
-                    connection_id: ws.connection_id,
-                    connected_at: ws.connected_at,
-                };
+                let connection = ws.connection();
                 catch_up::sync_range(
                     app,
                     &ws.user_id,
@@ -96,7 +96,7 @@ async fn sync_route(
 
 fn report_json(report: &Report) -> Value {
     json!({
-        "ending": match report.ending { Ending::CaughtUp => "caught_up", Ending::Gone => "gone" },
+        "ending": match report.ending { Ending::CaughtUp => "caught_up", Ending::Gone => "gone", Ending::DeviceRefused => "device_refused" },
         "conversations": report.conversations,
         "messages": report.messages,
         "frames": report.frames,

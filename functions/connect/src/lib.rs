@@ -7,7 +7,6 @@
 use aws_lambda_events::apigw::{ApiGatewayProxyResponse, ApiGatewayWebsocketProxyRequest};
 use courier_aws::edge::{self, WsRequest};
 use courier_core::app::App;
-use courier_core::domain::Connection;
 use lambda_runtime::{Error, LambdaEvent};
 
 pub async fn handle(
@@ -15,11 +14,14 @@ pub async fn handle(
     event: LambdaEvent<ApiGatewayWebsocketProxyRequest>,
 ) -> Result<ApiGatewayProxyResponse, Error> {
     let request = WsRequest::from_event(&event.payload)?;
-    let connection = Connection {
-        connection_id: request.connection_id,
-        connected_at: request.connected_at,
-    };
-    courier_core::services::connect::connect(&app.ports, &request.user_id, &connection).await;
+    let open_conversation = edge::open_conversation(&event.payload);
+    courier_core::services::connect::connect(
+        app,
+        &request.user_id,
+        &request.connection(),
+        open_conversation,
+    )
+    .await;
     Ok(edge::status(200))
 }
 

@@ -24,10 +24,24 @@ pub async fn handle(
     event: LambdaEvent<ApiGatewayWebsocketProxyRequest>,
 ) -> Result<ApiGatewayProxyResponse, Error> {
     edge::serve_frame(app, &event.payload, |ws, request| async move {
-        let ClientFrame::CreateConversation { members } = request.frame else {
-            return Ok(edge::wrong_route("createConversation"));
-        };
-        conversations::create_conversation(app, &ws.user_id, &members, request.request_id).await
+        match request.frame {
+            ClientFrame::CreateConversation { members } => {
+                conversations::create_conversation(app, &ws.user_id, &members, request.request_id)
+                    .await
+            }
+            ClientFrame::ListConversations { after, limit } => {
+                conversations::list_conversations(
+                    app,
+                    &ws.user_id,
+                    &ws.device_id,
+                    after.as_ref(),
+                    limit,
+                    request.request_id,
+                )
+                .await
+            }
+            _ => Ok(edge::wrong_route("createConversation or listConversations")),
+        }
     })
     .await
 }

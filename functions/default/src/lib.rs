@@ -16,16 +16,22 @@ use courier_core::app::App;
 use courier_core::protocol::{ClientFrame, ErrorCode, FrameError, Request, ServerFrame, action_of};
 use lambda_runtime::{Error, LambdaEvent};
 
-/// The ports this function uses: none.
-pub const NEEDS: Needs = Needs::NONE;
+/// The ports this function uses: the registry, which `ping` re-asserts.
+pub const NEEDS: Needs = Needs::DEFAULT;
 
 pub async fn handle(
-    _app: &App,
+    app: &App,
     event: LambdaEvent<ApiGatewayWebsocketProxyRequest>,
 ) -> Result<ApiGatewayProxyResponse, Error> {
     let ws = WsRequest::from_event(&event.payload)?;
     let raw = ws.body.as_deref().unwrap_or_default();
-    Ok(edge::reply(Some(&answer(raw))))
+    let reply = answer(raw);
+    if matches!(reply, ServerFrame::Pong { .. }) {
+        // A lost registry write (Redis timed out at `$connect`) heals here,
+        // within one heartbeat; a newer connection of the device is kept.
+        courier_core::services::connect::reassert(&app.ports, &ws.user_id, &ws.connection()).await;
+    }
+    Ok(edge::reply(Some(&reply)))
 }
 
 /// The reply to a frame that reached `$default` or `ping`.

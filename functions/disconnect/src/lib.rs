@@ -17,6 +17,7 @@ pub async fn handle(
     courier_core::services::connect::disconnect(
         &app.ports,
         &request.user_id,
+        &request.device_id,
         &request.connection_id,
     )
     .await;

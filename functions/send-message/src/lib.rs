@@ -36,6 +36,7 @@ pub async fn handle(
         send::send_message(
             app,
             &ws.user_id,
+            &ws.device_id,
             &conversation_id,
             &client_msg_id,
             &body,

@@ -13,12 +13,17 @@ use std::future::Future;
 use aws_lambda_events::apigw::{ApiGatewayProxyResponse, ApiGatewayWebsocketProxyRequest};
 use aws_lambda_events::encodings::Body;
 use courier_core::app::App;
-use courier_core::domain::{ConnectionId, Millis, UserId};
+use courier_core::domain::{ConnectionId, ConversationId, DeviceId, Millis, UserId};
 use courier_core::protocol::{ErrorCode, FrameError, Request, ServerFrame};
 use courier_core::services::{Answer, Reply, fault};
 
 /// The authorizer context key that carries the user id.
 pub const USER_ID_KEY: &str = "user_id";
+/// The authorizer context key that carries the device id.
+pub const DEVICE_ID_KEY: &str = "device_id";
+/// The connect URL's query parameter naming the conversation the app was
+/// opened on (a tapped notification).
+pub const OPEN_CONVERSATION_PARAM: &str = "conversation_id";
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EdgeError {
@@ -28,12 +33,18 @@ pub enum EdgeError {
     InvalidIdentity(String),
     #[error("event has no valid requestContext.connectionId")]
     MissingConnection,
+    #[error("authorizer context device_id is invalid: {0}")]
+    InvalidDevice(String),
 }
 
 /// What a handler needs from a WebSocket route event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WsRequest {
     pub user_id: UserId,
+    /// The device the authorizer validated; `default` when the connection
+    /// named none (an authorizer from before devices, or a client that
+    /// sends no `device=`).
+    pub device_id: DeviceId,
     pub connection_id: ConnectionId,
     /// API Gateway's `connectedAt` (ms); `None` if the event did not carry
     /// it (a positive value).
@@ -67,11 +78,50 @@ pub fn user_id(event: &ApiGatewayWebsocketProxyRequest) -> Result<UserId, EdgeEr
     UserId::parse(raw).map_err(|e| EdgeError::InvalidIdentity(e.to_string()))
 }
 
+/// The device id the authorizer put in the context (`default` if none).
+pub fn device_id(event: &ApiGatewayWebsocketProxyRequest) -> Result<DeviceId, EdgeError> {
+    match event
+        .request_context
+        .authorizer
+        .fields
+        .get(DEVICE_ID_KEY)
+        .and_then(|v| v.as_str())
+    {
+        None => Ok(DeviceId::default()),
+        Some(raw) => DeviceId::parse(raw).map_err(|e| EdgeError::InvalidDevice(e.to_string())),
+    }
+}
+
+/// `$connect`'s `conversation_id=` parameter, if it names a valid id; a
+/// malformed one is ignored (logged), never a refused connection.
+pub fn open_conversation(event: &ApiGatewayWebsocketProxyRequest) -> Option<ConversationId> {
+    let raw = event
+        .query_string_parameters
+        .first(OPEN_CONVERSATION_PARAM)?;
+    match ConversationId::parse(raw) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            tracing::info!(error = %e, "ignoring a malformed conversation_id on the connect URL");
+            None
+        }
+    }
+}
+
 impl WsRequest {
+    /// The live connection this request came on.
+    pub fn connection(&self) -> courier_core::domain::Connection {
+        courier_core::domain::Connection {
+            device_id: self.device_id.clone(),
+            connection_id: self.connection_id.clone(),
+            connected_at: self.connected_at,
+        }
+    }
+
     pub fn from_event(event: &ApiGatewayWebsocketProxyRequest) -> Result<Self, EdgeError> {
         let binary = event.is_base64_encoded;
         Ok(Self {
             user_id: user_id(event)?,
+            device_id: device_id(event)?,
             connection_id: connection_id(event)?,
             connected_at: Some(event.request_context.connected_at).filter(|at| *at > 0),
             route_key: event.request_context.route_key.clone().unwrap_or_default(),

@@ -31,5 +31,7 @@ pub mod lambda;
 pub mod rate_limit;
 #[cfg(feature = "redis")]
 pub mod redis;
+#[cfg(feature = "redis")]
+mod redis_link;
 #[cfg(feature = "sns")]
 pub mod sns;

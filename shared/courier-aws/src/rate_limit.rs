@@ -10,17 +10,20 @@
 //! of "now". The key expires once a full bucket would have refilled: an idle
 //! user costs no memory.
 //!
-//! Like the registry, the limiter is bounded by `REDIS_TIMEOUT_MS` and never
-//! touches the network at construction.
+//! The connection is the registry's kind ([`crate::redis_link`]): bounded by
+//! `REDIS_TIMEOUT_MS`, never touching the network at construction, rebuilt
+//! after a failure, single node or cluster by `REDIS_CLUSTER`. The script
+//! names its one key as `KEYS[1]`, so a cluster client sends it to the
+//! master of that key's slot; no hash tag is needed for a single key.
 
-use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use courier_core::config::{RateLimitConfig, RegistryConfig};
 use courier_core::domain::UserId;
 use courier_core::ports::{RateDecision, RateLimiter, RegistryError};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+use crate::redis_link::RedisLink;
 
 /// KEYS[1] = bucket; ARGV = per_sec, burst. Returns {allowed, retry_after_ms}.
 const TAKE_SCRIPT: &str = r"
@@ -53,10 +56,8 @@ return {allowed, wait}
 
 /// The token bucket on Redis.
 pub struct RedisRateLimiter {
-    client: redis::Client,
-    timeout: Duration,
+    link: RedisLink,
     limits: RateLimitConfig,
-    manager: Mutex<Option<ConnectionManager>>,
     script: redis::Script,
 }
 
@@ -65,7 +66,7 @@ impl std::fmt::Debug for RedisRateLimiter {
         // The URL may carry a password: never print it.
         f.debug_struct("RedisRateLimiter")
             .field("limits", &self.limits)
-            .field("timeout", &self.timeout)
+            .field("timeout", &self.link.timeout())
             .finish_non_exhaustive()
     }
 }
@@ -73,38 +74,15 @@ impl std::fmt::Debug for RedisRateLimiter {
 impl RedisRateLimiter {
     /// Parses the URL; connects on first use.
     pub fn new(redis: &RegistryConfig, limits: RateLimitConfig) -> Result<Self, RegistryError> {
-        let client = redis::Client::open(redis.url.as_str())
-            .map_err(|e| RegistryError(format!("invalid redis url: {e}")))?;
         Ok(Self {
-            client,
-            timeout: redis.timeout,
+            link: RedisLink::new(redis)?,
             limits,
-            manager: Mutex::new(None),
             script: redis::Script::new(TAKE_SCRIPT),
         })
     }
 
     pub fn key(user: &UserId) -> String {
         format!("rl:{user}")
-    }
-
-    fn slot(&self) -> MutexGuard<'_, Option<ConnectionManager>> {
-        self.manager.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn manager(&self) -> Result<ConnectionManager, RegistryError> {
-        let mut slot = self.slot();
-        if let Some(m) = slot.as_ref() {
-            return Ok(m.clone());
-        }
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.timeout))
-            .set_response_timeout(Some(self.timeout))
-            .set_number_of_retries(0);
-        let m = ConnectionManager::new_lazy_with_config(self.client.clone(), config)
-            .map_err(|e| RegistryError(format!("redis client: {e}")))?;
-        *slot = Some(m.clone());
-        Ok(m)
     }
 }
 
@@ -114,26 +92,20 @@ impl RateLimiter for RedisRateLimiter {
         if !self.limits.enabled() {
             return Ok(RateDecision::Allowed);
         }
-        let mut conn = self.manager()?;
-        let mut call = self.script.key(Self::key(user));
-        call.arg(self.limits.per_sec).arg(self.limits.burst);
-        let answer =
-            tokio::time::timeout(self.timeout, call.invoke_async::<(i64, i64)>(&mut conn)).await;
-        let (allowed, wait_ms) = match answer {
-            Ok(Ok(v)) => v,
-            Ok(Err(e)) => {
-                // A wedged manager is rebuilt on the next call.
-                *self.slot() = None;
-                return Err(RegistryError(format!("redis rate limit: {e}")));
-            }
-            Err(_) => {
-                *self.slot() = None;
-                return Err(RegistryError(format!(
-                    "redis rate limit: no answer within {} ms",
-                    self.timeout.as_millis()
-                )));
-            }
-        };
+        let key = Self::key(user);
+        let (per_sec, burst) = (self.limits.per_sec, self.limits.burst);
+        let script = &self.script;
+        let (allowed, wait_ms) = self
+            .link
+            .run("rate limit", |mut conn| async move {
+                script
+                    .key(&key)
+                    .arg(per_sec)
+                    .arg(burst)
+                    .invoke_async::<(i64, i64)>(&mut conn)
+                    .await
+            })
+            .await?;
         Ok(if allowed == 1 {
             RateDecision::Allowed
         } else {

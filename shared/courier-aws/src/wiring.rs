@@ -156,8 +156,10 @@ impl Needs {
         trigger: true,
         notifier: true,
     };
-    /// Registry SET, then the async invoke of catch-up.
+    /// The device's link (stores), registry SET, then the async invoke of
+    /// catch-up.
     pub const CONNECT: Needs = Needs {
+        stores: true,
         registry: true,
         trigger: true,
         ..Needs::NONE
@@ -189,9 +191,18 @@ impl Needs {
         gateway: true,
         ..Needs::NONE
     };
+    /// Push tokens, linked devices; unlinking closes the device's
+    /// connection (registry, gateway) and deletes its endpoints.
     pub const DEVICES: Needs = Needs {
         stores: true,
+        registry: true,
+        gateway: true,
         notifier: true,
+        ..Needs::NONE
+    };
+    /// `ping` re-asserts the connection's registry entry.
+    pub const DEFAULT: Needs = Needs {
+        registry: true,
         ..Needs::NONE
     };
     pub const CONVERSATIONS: Needs = Needs {
@@ -266,16 +277,18 @@ impl PortsConfig {
     }
 
     /// The Redis registry: `REDIS_URL` (checked, not connected),
-    /// `REGISTRY_TTL_SECS`, `REDIS_TIMEOUT_MS`.
+    /// `REDIS_CLUSTER`, `REGISTRY_TTL_SECS`, `REDIS_TIMEOUT_MS`.
     pub fn with_registry<F: Fn(&str) -> Option<String>>(
         mut self,
         env: &Env<F>,
     ) -> Result<Self, ConfigError> {
         let config = RegistryConfig::from_env(env)?;
         #[cfg(feature = "redis")]
-        RedisRegistry::check_url(&config.url).map_err(|e| ConfigError::Invalid {
-            name: "REDIS_URL",
-            reason: e.0,
+        RedisRegistry::check_url(&config.url, config.cluster).map_err(|e| {
+            ConfigError::Invalid {
+                name: "REDIS_URL",
+                reason: e.0,
+            }
         })?;
         if config.timeout.is_zero() {
             return Err(ConfigError::Invalid {
@@ -606,28 +619,73 @@ mod tests {
     }
 
     #[test]
-    fn connect_needs_redis_and_the_catch_up_function_but_no_table() {
+    fn connect_needs_the_tables_redis_and_the_catch_up_function_but_no_gateway() {
+        let with = |extra: &[(&'static str, &'static str)]| {
+            let mut pairs = TABLES.to_vec();
+            pairs.extend_from_slice(extra);
+            let pairs: &'static [(&str, &str)] = Box::leak(pairs.into_boxed_slice());
+            PortsConfig::from_env(&env(pairs), Needs::CONNECT)
+        };
+        // The device's link is written in the pending table before the
+        // registry entry, so without the tables connect cannot start.
         let e = PortsConfig::from_env(
-            &env(&[("REDIS_URL", "redis://127.0.0.1:6379")]),
-            Needs::CONNECT,
-        )
-        .unwrap_err();
-        assert_eq!(e, ConfigError::Missing("CATCH_UP_FUNCTION"));
-        let e = PortsConfig::from_env(&env(&[("CATCH_UP_FUNCTION", "catch-up")]), Needs::CONNECT)
-            .unwrap_err();
-        assert_eq!(e, ConfigError::Missing("REDIS_URL"));
-        let c = PortsConfig::from_env(
             &env(&[
-                ("REDIS_URL", "rediss://cache.example:6379"),
+                ("REDIS_URL", "redis://127.0.0.1:6379"),
                 ("CATCH_UP_FUNCTION", "catch-up"),
-                ("LAMBDA_ENDPOINT", "http://127.0.0.1:9000/"),
             ]),
             Needs::CONNECT,
         )
+        .unwrap_err();
+        assert_eq!(e, ConfigError::Missing("MESSAGES_TABLE"));
+        let e = with(&[("REDIS_URL", "redis://127.0.0.1:6379")]).unwrap_err();
+        assert_eq!(e, ConfigError::Missing("CATCH_UP_FUNCTION"));
+        let e = with(&[("CATCH_UP_FUNCTION", "catch-up")]).unwrap_err();
+        assert_eq!(e, ConfigError::Missing("REDIS_URL"));
+        let c = with(&[
+            ("REDIS_URL", "rediss://cache.example:6379"),
+            ("CATCH_UP_FUNCTION", "catch-up"),
+            ("LAMBDA_ENDPOINT", "http://127.0.0.1:9000/"),
+        ])
         .unwrap();
-        assert!(c.tables.is_none() && c.management.is_none() && c.push.is_none());
+        assert_eq!(
+            c.tables.unwrap().pending,
+            "p",
+            "links live in the pending table"
+        );
+        assert!(c.registry.is_some());
+        assert!(c.management.is_none() && c.push.is_none());
         assert_eq!(c.trigger.unwrap().function, "catch-up");
         assert_eq!(c.endpoints.lambda.as_deref(), Some("http://127.0.0.1:9000"));
+    }
+
+    #[test]
+    fn redis_cluster_mode_is_off_unless_asked_and_must_be_a_bool() {
+        let base = [
+            ("REDIS_URL", "rediss://cache.example:6379"),
+            ("CATCH_UP_FUNCTION", "catch-up"),
+        ];
+        let with = |cluster: Option<&'static str>| {
+            let mut pairs = base.to_vec();
+            pairs.extend(cluster.map(|v| ("REDIS_CLUSTER", v)));
+            let pairs: &'static [(&str, &str)] = Box::leak(pairs.into_boxed_slice());
+            PortsConfig::from_env(
+                &env(pairs),
+                Needs {
+                    registry: true,
+                    ..Needs::NONE
+                },
+            )
+        };
+        assert!(!with(None).unwrap().registry.unwrap().cluster);
+        assert!(!with(Some("false")).unwrap().registry.unwrap().cluster);
+        assert!(with(Some("true")).unwrap().registry.unwrap().cluster);
+        assert!(matches!(
+            with(Some("yes")).unwrap_err(),
+            ConfigError::Invalid {
+                name: "REDIS_CLUSTER",
+                ..
+            }
+        ));
     }
 
     #[test]
@@ -737,6 +795,9 @@ mod tests {
                 user_id: user.clone(),
                 connection_id: ConnectionId::parse("c1").unwrap(),
                 connected_at: None,
+                device_id: Default::default(),
+                open_conversation: None,
+                device_limit: None,
             })
             .await
             .unwrap_err();

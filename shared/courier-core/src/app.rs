@@ -14,8 +14,8 @@ use crate::adapters::memory::{
 };
 use crate::adapters::unwired::Unwired;
 use crate::ports::{
-    CatchUpTrigger, ConnectionRegistry, ConversationStore, DeviceStore, Gateway, MessageStore,
-    Notifier, PendingStore, RateLimiter,
+    CatchUpTrigger, ConnectionRegistry, ConversationStore, DeviceStore, Gateway, LinkStore,
+    MessageStore, Notifier, PendingStore, RateLimiter,
 };
 
 /// Every port, behind a trait object.
@@ -26,6 +26,7 @@ pub struct Ports {
     pub conversations: Arc<dyn ConversationStore>,
     pub pending: Arc<dyn PendingStore>,
     pub devices: Arc<dyn DeviceStore>,
+    pub links: Arc<dyn LinkStore>,
     pub gateway: Arc<dyn Gateway>,
     pub trigger: Arc<dyn CatchUpTrigger>,
     pub notifier: Arc<dyn Notifier>,
@@ -67,24 +68,26 @@ impl Ports {
             conversations: unwired.clone(),
             pending: unwired.clone(),
             devices: unwired.clone(),
+            links: unwired.clone(),
             gateway: unwired.clone(),
             trigger: unwired.clone(),
             notifier: unwired,
         }
     }
 
-    /// One store behind all four store ports (messages, conversations,
-    /// pending, devices), as the DynamoDB and in-memory stores are: the one
-    /// place that knows a store fills four ports.
+    /// One store behind all five store ports (messages, conversations,
+    /// pending, devices, links), as the DynamoDB and in-memory stores are:
+    /// the one place that knows a store fills five ports.
     pub fn with_store<S>(self, store: Arc<S>) -> Ports
     where
-        S: MessageStore + ConversationStore + PendingStore + DeviceStore + 'static,
+        S: MessageStore + ConversationStore + PendingStore + DeviceStore + LinkStore + 'static,
     {
         Ports {
             messages: store.clone(),
             conversations: store.clone(),
             pending: store.clone(),
-            devices: store,
+            devices: store.clone(),
+            links: store,
             ..self
         }
     }
@@ -120,6 +123,7 @@ pub struct Settings {
     pub send: crate::config::SendConfig,
     pub push: crate::config::PushConfig,
     pub rate_limit: crate::config::RateLimitConfig,
+    pub devices: crate::config::DeviceConfig,
 }
 
 impl Settings {
@@ -132,6 +136,7 @@ impl Settings {
             send: crate::config::SendConfig::from_env(env)?,
             push: crate::config::PushConfig::from_env(env)?,
             rate_limit: crate::config::RateLimitConfig::from_env(env)?,
+            devices: crate::config::DeviceConfig::from_env(env)?,
         })
     }
 }

@@ -173,6 +173,54 @@ fn open_window_from_env<F: Fn(&str) -> Option<String>>(
     )?))
 }
 
+/// A user's linked devices (docs/architecture.md, devices).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceConfig {
+    /// `MAX_DEVICES`: linked devices per user; one more is refused with an
+    /// error naming the limit.
+    pub max_devices: usize,
+    /// `DEVICE_TTL_DAYS`: a device unseen this long stops holding pending
+    /// rows back, and no longer counts towards the limit.
+    pub ttl: Duration,
+}
+
+impl Default for DeviceConfig {
+    fn default() -> Self {
+        Self {
+            max_devices: 8,
+            ttl: Duration::from_secs(30 * 86_400),
+        }
+    }
+}
+
+impl DeviceConfig {
+    pub fn from_env<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<Self, ConfigError> {
+        let max_devices: usize = env.parsed("MAX_DEVICES", 8)?;
+        if !(1..=64).contains(&max_devices) {
+            return Err(ConfigError::Invalid {
+                name: "MAX_DEVICES",
+                reason: "must be between 1 and 64".into(),
+            });
+        }
+        let days: u64 = env.parsed("DEVICE_TTL_DAYS", 30)?;
+        if !(1..=3650).contains(&days) {
+            return Err(ConfigError::Invalid {
+                name: "DEVICE_TTL_DAYS",
+                reason: "must be between 1 and 3650".into(),
+            });
+        }
+        Ok(Self {
+            max_devices,
+            ttl: Duration::from_secs(days * 86_400),
+        })
+    }
+
+    /// Devices last seen before this (epoch ms) no longer count.
+    pub fn stale_before(&self, now: crate::domain::Millis) -> crate::domain::Millis {
+        now.saturating_sub(i64::try_from(self.ttl.as_millis()).unwrap_or(i64::MAX))
+    }
+}
+
 /// `CATCH_UP_MAX_BYTES_IN_FLIGHT`'s default: 256 MiB.
 ///
 /// The catch-up function has 1024 MB (template.yaml). What is counted is
@@ -278,7 +326,13 @@ impl CatchUpConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RegistryConfig {
     /// `redis://` or `rediss://` (TLS, required by ElastiCache Serverless).
+    /// In cluster mode, any one node of the cluster (the client discovers
+    /// the rest with `CLUSTER SLOTS`).
     pub url: String,
+    /// Speak the cluster protocol (`REDIS_CLUSTER=true`): slot map, `MOVED`
+    /// and `ASK` followed. ElastiCache Serverless is cluster-mode only, so
+    /// the SAM template sets it; off for a plain redis-server.
+    pub cluster: bool,
     /// A little over API Gateway's 2-hour connection limit.
     pub ttl: Duration,
     /// Per-command timeout: the registry is a hint, never worth a stall.
@@ -291,6 +345,7 @@ impl RegistryConfig {
     pub fn new(url: impl Into<String>) -> Self {
         Self {
             url: url.into(),
+            cluster: false,
             ttl: Self::DEFAULT_TTL,
             timeout: Duration::from_millis(500),
         }
@@ -299,6 +354,7 @@ impl RegistryConfig {
     pub fn from_env<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<Self, ConfigError> {
         Ok(Self {
             url: env.required("REDIS_URL")?,
+            cluster: env.parsed("REDIS_CLUSTER", false)?,
             ttl: Duration::from_secs(env.parsed("REGISTRY_TTL_SECS", Self::DEFAULT_TTL.as_secs())?),
             timeout: Duration::from_millis(env.parsed("REDIS_TIMEOUT_MS", 500u64)?),
         })
@@ -324,8 +380,10 @@ pub struct SendConfig {
 }
 
 /// Members one append transaction can carry: 100 actions less the counter,
-/// the message and the idempotency record; the sender needs no row.
-pub const MAX_MEMBERS_LIMIT: usize = 98;
+/// the message and the idempotency record; every member has a row (the
+/// sender's is for their other devices). Devices add nothing: their cursors
+/// live on the rows, outside the transaction.
+pub const MAX_MEMBERS_LIMIT: usize = 97;
 
 impl Default for SendConfig {
     fn default() -> Self {

@@ -15,8 +15,8 @@
 use async_trait::async_trait;
 
 use crate::domain::{
-    ClientMsgId, Connection, ConnectionId, Conversation, ConversationId, Device, Message, Millis,
-    PendingDelivery, Platform, Seq, UserId,
+    ClientMsgId, Connection, ConnectionId, Conversation, ConversationId, Device, DeviceId,
+    LinkedDevice, Message, Millis, PendingDelivery, Platform, Seq, UserId,
 };
 
 /// A storage failure. Client mistakes never show up here; these are faults.
@@ -67,18 +67,41 @@ pub struct ConnectionInfo {
     pub source_ip: Option<String>,
 }
 
-/// `ws:{user_id}` → the user's live connection (Redis in production).
+/// What [`ConnectionRegistry::register`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Registered {
+    /// The entry now holds this connection (new, replaced an older one, or
+    /// re-asserted the same one with a fresh expiry).
+    Stored,
+    /// The device's entry holds a connection opened later: left as it is (a
+    /// slow `$connect` finishing after a newer one).
+    KeptNewer,
+}
+
+/// `ws:{user_id}` → one entry per connected device of the user (Redis in
+/// production).
 #[async_trait]
 pub trait ConnectionRegistry: Send + Sync {
-    /// Records `connection` as the user's live one, replacing any older one;
-    /// expires a little after API Gateway's 2-hour connection limit.
-    async fn register(&self, user: &UserId, connection: &Connection) -> Result<(), RegistryError>;
-    async fn lookup(&self, user: &UserId) -> Result<Option<Connection>, RegistryError>;
-    /// Deletes the entry only if it still holds `connection_id`, so a stale
-    /// disconnect or 410 never removes a newer connection. True if deleted.
+    /// Records `connection` as its device's live one, atomically, unless the
+    /// device's entry holds a *newer* connection: newer is a later
+    /// `connected_at` (unknown counts as 0), ties broken by the larger
+    /// connection id, so every replica agrees. Registering the connection the
+    /// entry already holds re-asserts it (`ping`) and refreshes the expiry,
+    /// a little over API Gateway's 2-hour connection limit.
+    async fn register(
+        &self,
+        user: &UserId,
+        connection: &Connection,
+    ) -> Result<Registered, RegistryError>;
+    /// Every connected device's entry, in device order.
+    async fn lookup(&self, user: &UserId) -> Result<Vec<Connection>, RegistryError>;
+    /// Deletes `device`'s entry only if it still holds `connection_id`, so a
+    /// stale disconnect or 410 never removes a newer connection. True if
+    /// deleted.
     async fn remove_if(
         &self,
         user: &UserId,
+        device: &DeviceId,
         connection_id: &ConnectionId,
     ) -> Result<bool, RegistryError>;
 }
@@ -89,7 +112,9 @@ pub trait ConnectionRegistry: Send + Sync {
 pub struct NewMessage {
     pub message: Message,
     /// Users who get a pending row for this message in the same atomic write
-    /// (every recipient in `PENDING_CLEAR=ack`; nobody in `post`).
+    /// (in `PENDING_CLEAR=ack`: every member, the sender included, so the
+    /// sender's other devices get it too — one row per user whatever the
+    /// number of devices; nobody in `post`).
     pub pending_for: Vec<UserId>,
     /// When the idempotency record may be forgotten (epoch seconds).
     pub idempotency_expires_at: i64,
@@ -147,24 +172,36 @@ pub trait ConversationStore: Send + Sync {
     async fn create(&self, conversation: &Conversation) -> Result<bool, StoreError>;
     /// Strongly consistent read.
     async fn get(&self, id: &ConversationId) -> Result<Option<Conversation>, StoreError>;
+    /// The conversations `user` is a member of, in conversation-id order,
+    /// starting after `after`, at most `limit` (1..=100); the second value is
+    /// where the next page starts (`None`: this was the last page).
+    async fn list_for(
+        &self,
+        user: &UserId,
+        after: Option<&ConversationId>,
+        limit: usize,
+    ) -> Result<(Vec<Conversation>, Option<ConversationId>), StoreError>;
 }
 
 /// What an ack did to a pending row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AckOutcome {
-    /// The ack covered `last_seq`: the row is gone.
+    /// Every linked device is past `last_seq`: the row is gone.
     Cleared,
-    /// The ack was below `last_seq`: `first_undelivered_seq` moved up to
-    /// `seq + 1`.
+    /// The acking device's cursor moved up to `seq` (another linked device
+    /// is still behind, or newer messages remain).
     Advanced,
-    /// Nothing changed: no row, or the cursor was already past `seq`.
+    /// Nothing changed: no row, or the device's cursor was already at `seq`
+    /// or past it.
     Stale,
 }
 
-/// `pending_deliveries` (DynamoDB in production).
+/// `pending_deliveries` (DynamoDB in production): one row per user and
+/// conversation, with a cursor per device on it.
 #[async_trait]
 pub trait PendingStore: Send + Sync {
-    /// Every row of `user`, strongly consistent, all pages.
+    /// Every row of `user`, strongly consistent, all pages, cursors included
+    /// (one query: reading the cursors adds no round trip to a catch-up).
     async fn list(&self, user: &UserId) -> Result<Vec<PendingDelivery>, StoreError>;
 
     async fn get(
@@ -175,8 +212,9 @@ pub trait PendingStore: Send + Sync {
 
     /// Makes sure the user's row covers `seq`: creates it as `seq..=seq`, or
     /// widens it (`last_seq` up to `seq`, `first_undelivered_seq` down to
-    /// `seq`). Used by `PENDING_CLEAR=post`, where rows are written outside
-    /// the append transaction.
+    /// `seq`). Widening downwards also drops every cursor (a cursor past a
+    /// seq recorded late would skip it). Used by `PENDING_CLEAR=post`, where
+    /// rows are written outside the append transaction.
     async fn record(
         &self,
         user: &UserId,
@@ -184,31 +222,72 @@ pub trait PendingStore: Send + Sync {
         seq: Seq,
     ) -> Result<(), StoreError>;
 
-    /// The user has every message through `seq`: delete the row if
-    /// `last_seq <= seq`, else raise `first_undelivered_seq` to `seq + 1`.
-    /// Both conditional, so a newer message is never wiped and the cursor
-    /// never goes down.
+    /// `device` holds every message through `seq`: its cursor moves up to
+    /// `seq` (never down); then, if every device of `linked` holds
+    /// `last_seq`, the row is deleted. Both writes are conditional on what
+    /// was read (`last_seq`, the cursors), so a message that arrives meanwhile
+    /// is never wiped and a cursor never goes down. `linked` is the user's
+    /// linked devices not yet past their TTL; the acking device counts
+    /// whether or not it is listed.
     async fn ack(
         &self,
         user: &UserId,
+        device: &DeviceId,
         conversation: &ConversationId,
         seq: Seq,
+        linked: &[DeviceId],
     ) -> Result<AckOutcome, StoreError>;
 
     /// `PENDING_CLEAR=post`: catch-up posted every message of
-    /// `from..=through`, which counts as delivered in that mode. Deletes the
-    /// row if that covers it, else raises `first_undelivered_seq` to
-    /// `through + 1` — both only while `first_undelivered_seq >= from`. A
-    /// lower cursor means an older seq was recorded after the row was read
-    /// (a retried send re-delivering a message stored by a crashed attempt):
-    /// it was not posted, so the row stays as it is (`Stale`).
+    /// `from..=through` to `device`, which counts as delivered in that mode:
+    /// as [`PendingStore::ack`] of `through`, but only while `device`'s start
+    /// ([`PendingDelivery::start_for`]) is still `from` or above. A lower
+    /// start means an older seq was recorded after the row was read (a
+    /// retried send re-delivering a message stored by a crashed attempt): it
+    /// was not posted, so the row stays as it is (`Stale`).
     async fn settle_posted(
         &self,
         user: &UserId,
+        device: &DeviceId,
         conversation: &ConversationId,
         from: Seq,
         through: Seq,
+        linked: &[DeviceId],
     ) -> Result<AckOutcome, StoreError>;
+}
+
+/// What [`LinkStore::touch`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkOutcome {
+    /// The device was not linked: it is now.
+    Linked,
+    /// The device was linked already; its `last_seen_at` is now.
+    Seen,
+    /// The device is new and the user already has `max` linked devices seen
+    /// within the TTL: not linked.
+    TooMany { max: usize },
+}
+
+/// The user's linked devices (DynamoDB in production: items in the user's
+/// partition of `pending_deliveries`, beside the pending rows).
+#[async_trait]
+pub trait LinkStore: Send + Sync {
+    /// Links `device` on its first connection, or records it as seen at
+    /// `now`. A new device beyond `max` is refused, atomically (two new
+    /// devices racing for the last place cannot both win); devices last seen
+    /// before `stale_before` do not count and are unlinked to make room.
+    async fn touch(
+        &self,
+        user: &UserId,
+        device: &DeviceId,
+        now: Millis,
+        max: usize,
+        stale_before: Millis,
+    ) -> Result<LinkOutcome, StoreError>;
+    /// Every linked device of `user`, in device order.
+    async fn list(&self, user: &UserId) -> Result<Vec<LinkedDevice>, StoreError>;
+    /// Unlinks `device`; false if it was not linked.
+    async fn unlink(&self, user: &UserId, device: &DeviceId) -> Result<bool, StoreError>;
 }
 
 /// Posting to live connections (API Gateway Management API in production).
@@ -224,11 +303,24 @@ pub trait Gateway: Send + Sync {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CatchUpRequest {
     pub user_id: UserId,
+    /// The connecting device: its cursors decide where each conversation
+    /// starts. Absent (an event from before devices): `default`.
+    #[serde(default)]
+    pub device_id: DeviceId,
     pub connection_id: ConnectionId,
     /// API Gateway's `connectedAt`; bounds the window in which 410 means
     /// "not open yet". Absent: taken as "just now".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connected_at: Option<Millis>,
+    /// The conversation the app was opened on (`conversation_id=` on the
+    /// connect URL, a tapped notification): its frames go out first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub open_conversation: Option<ConversationId>,
+    /// Set when connect could not link the device because the user already
+    /// has this many (`MAX_DEVICES`): catch-up tells the client so and closes
+    /// the connection instead of catching up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_limit: Option<usize>,
 }
 
 /// Starts a catch-up without waiting for it (Lambda `InvocationType=Event`).

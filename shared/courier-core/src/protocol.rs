@@ -17,7 +17,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{
-    ClientMsgId, ConversationId, InvalidValue, Message, Millis, Platform, Seq, UserId,
+    ClientMsgId, ConversationId, DeviceId, InvalidValue, Message, Millis, Platform, Seq, UserId,
 };
 
 /// Longest `request_id` echoed back (docs/protocol.md).
@@ -35,6 +35,13 @@ pub enum ErrorCode {
     PayloadTooLarge,
     RateLimited,
     Internal,
+    /// The user already has `MAX_DEVICES` linked devices.
+    TooManyDevices,
+    /// `unlinkDevice` named a device the user has not linked.
+    DeviceNotFound,
+    /// Sent to a device just before its connection is closed because
+    /// another device of the user unlinked it.
+    DeviceUnlinked,
 }
 
 impl ErrorCode {
@@ -48,6 +55,9 @@ impl ErrorCode {
             ErrorCode::PayloadTooLarge => "payload_too_large",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Internal => "internal",
+            ErrorCode::TooManyDevices => "too_many_devices",
+            ErrorCode::DeviceNotFound => "device_not_found",
+            ErrorCode::DeviceUnlinked => "device_unlinked",
         }
     }
 }
@@ -145,8 +155,20 @@ pub enum ClientFrame {
         platform: Platform,
         token: String,
     },
-    /// Heartbeat inside API Gateway's 10-minute idle timeout.
+    /// Heartbeat inside API Gateway's 10-minute idle timeout; it also
+    /// re-asserts the connection's registry entry.
     Ping,
+    /// The user's linked devices.
+    ListDevices,
+    /// Unlinks another device of the user and closes its connection.
+    UnlinkDevice {
+        device_id: DeviceId,
+    },
+    /// One page of the user's conversations, after `after`.
+    ListConversations {
+        after: Option<ConversationId>,
+        limit: Option<u32>,
+    },
 }
 
 impl ClientFrame {
@@ -201,6 +223,21 @@ struct RegisterDeviceFields {
     platform: String,
     token: String,
 }
+
+#[derive(Deserialize)]
+struct UnlinkDeviceFields {
+    device_id: DeviceId,
+}
+
+#[derive(Deserialize)]
+struct ListConversationsFields {
+    after: Option<ConversationId>,
+    limit: Option<u32>,
+}
+
+/// Largest page `listConversations` may ask for; 50 when it names none.
+pub const MAX_LIST_LIMIT: u32 = 100;
+pub const DEFAULT_LIST_LIMIT: u32 = 50;
 
 /// Longest device token accepted (APNs tokens are 64 hex chars, FCM ~160).
 pub const MAX_DEVICE_TOKEN_LEN: usize = 4096;
@@ -389,6 +426,26 @@ impl Request {
                 })
             }
             "ping" => Ok(ClientFrame::Ping),
+            "listDevices" => Ok(ClientFrame::ListDevices),
+            "unlinkDevice" => {
+                let f: UnlinkDeviceFields = fields(raw)?;
+                Ok(ClientFrame::UnlinkDevice {
+                    device_id: f.device_id,
+                })
+            }
+            "listConversations" => {
+                let f: ListConversationsFields = fields(raw)?;
+                if f.limit.is_some_and(|l| l == 0 || l > MAX_LIST_LIMIT) {
+                    return Err(FrameError::new(
+                        ErrorCode::BadRequest,
+                        format!("limit must be between 1 and {MAX_LIST_LIMIT}"),
+                    ));
+                }
+                Ok(ClientFrame::ListConversations {
+                    after: f.after,
+                    limit: f.limit,
+                })
+            }
             other => Err(FrameError::new(
                 ErrorCode::UnknownAction,
                 format!("unknown action {:?}", truncate(other, 64)),
@@ -424,6 +481,30 @@ impl From<&Message> for WireMessage {
             sent_at: m.sent_at,
         }
     }
+}
+
+/// A linked device as `listDevices` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceView {
+    pub device_id: DeviceId,
+    pub linked_at: Millis,
+    pub last_seen_at: Millis,
+    /// It has a live connection in the registry.
+    pub connected: bool,
+    /// It is the device that asked.
+    pub this_device: bool,
+}
+
+/// A conversation as `listConversations` shows it to one device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConversationView {
+    pub conversation_id: ConversationId,
+    pub members: Vec<UserId>,
+    pub last_seq: Seq,
+    /// The asking device's cursor: it holds every message through this seq
+    /// (unread = `last_seq - delivered_through_seq`). A device with nothing
+    /// pending is at `last_seq`.
+    pub delivered_through_seq: Seq,
 }
 
 /// Every frame Courier sends to a client.
@@ -477,6 +558,24 @@ pub enum ServerFrame {
         request_id: Option<String>,
     },
     Pong {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        request_id: Option<String>,
+    },
+    Devices {
+        devices: Vec<DeviceView>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        request_id: Option<String>,
+    },
+    DeviceUnlinked {
+        device_id: DeviceId,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        request_id: Option<String>,
+    },
+    Conversations {
+        conversations: Vec<ConversationView>,
+        /// Where the next page starts (`after`); absent on the last page.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        next: Option<ConversationId>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         request_id: Option<String>,
     },

@@ -12,6 +12,12 @@ use courier_core::config::{ConfigError, Env};
 /// Lambda both run on NTP-disciplined clocks.
 pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(10);
 
+/// The claim that names the user unless `USER_ID_CLAIM` says otherwise.
+pub const DEFAULT_USER_ID_CLAIM: &str = "sub";
+
+/// Longest `USER_ID_CLAIM` accepted: a claim name, not a document.
+const MAX_USER_ID_CLAIM_LEN: usize = 256;
+
 /// Upper bound for `JWT_LEEWAY_SECS`: more than this would quietly extend
 /// every token's life.
 const MAX_LEEWAY_SECS: u64 = 300;
@@ -146,6 +152,10 @@ pub struct AuthConfig {
     /// `ALLOWED_ORIGINS`: when set, a `$connect` whose `Origin` is not listed
     /// is refused.
     pub allowed_origins: Option<OriginAllowlist>,
+    /// `USER_ID_CLAIM`: the token claim whose (string) value is the user id;
+    /// `sub` by default, `cognito:username` or a custom claim where the
+    /// IdP's `sub` is not the id the app knows users by.
+    pub user_id_claim: String,
 }
 
 impl AuthConfig {
@@ -159,7 +169,32 @@ impl AuthConfig {
             audience: None,
             leeway: DEFAULT_LEEWAY,
             allowed_origins: None,
+            user_id_claim: DEFAULT_USER_ID_CLAIM.to_owned(),
         }
+    }
+
+    /// `USER_ID_CLAIM`, or `sub`. Public so the local gateway, which picks
+    /// its keys its own way, reads the claim exactly as the authorizer does.
+    pub fn user_id_claim_from_env<F: Fn(&str) -> Option<String>>(
+        env: &Env<F>,
+    ) -> Result<String, ConfigError> {
+        let Some(claim) = env.optional("USER_ID_CLAIM") else {
+            return Ok(DEFAULT_USER_ID_CLAIM.to_owned());
+        };
+        let invalid = |reason: &str| ConfigError::Invalid {
+            name: "USER_ID_CLAIM",
+            reason: reason.to_owned(),
+        };
+        if claim.trim().is_empty() {
+            return Err(invalid("must name a claim"));
+        }
+        if claim.len() > MAX_USER_ID_CLAIM_LEN {
+            return Err(invalid("longer than 256 characters"));
+        }
+        if claim.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(invalid("a claim name has no whitespace"));
+        }
+        Ok(claim)
     }
 
     pub fn from_env<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<Self, ConfigError> {
@@ -188,6 +223,7 @@ impl AuthConfig {
                 .optional("ALLOWED_ORIGINS")
                 .map(|o| OriginAllowlist::parse(&o))
                 .transpose()?,
+            user_id_claim: Self::user_id_claim_from_env(env)?,
         })
     }
 }
@@ -231,6 +267,7 @@ mod tests {
                 "ALLOWED_ORIGINS",
                 "https://App.Example.com/, http://localhost:5173",
             ),
+            ("USER_ID_CLAIM", "cognito:username"),
         ]))
         .unwrap();
         assert_eq!(c.hs256_secret, Some(Secret::new("s3cret")));
@@ -241,6 +278,7 @@ mod tests {
         );
         assert_eq!(c.audience.as_deref(), Some("client-id"));
         assert_eq!(c.leeway, Duration::from_secs(5));
+        assert_eq!(c.user_id_claim, "cognito:username");
         let origins = c.allowed_origins.clone().unwrap();
         assert!(origins.allows("https://app.example.com"));
         assert!(origins.allows("HTTP://LOCALHOST:5173/"));
@@ -253,6 +291,7 @@ mod tests {
         let d = AuthConfig::from_env(&env(&[("JWT_SECRET", "s")])).unwrap();
         assert_eq!(d.leeway, DEFAULT_LEEWAY);
         assert_eq!(d.allowed_origins, None);
+        assert_eq!(d.user_id_claim, "sub", "the default claim");
     }
 
     #[test]
@@ -289,6 +328,14 @@ mod tests {
             (
                 &[("JWT_SECRET", "s"), ("ALLOWED_ORIGINS", " , ")][..],
                 "ALLOWED_ORIGINS",
+            ),
+            (
+                &[("JWT_SECRET", "s"), ("USER_ID_CLAIM", "  ")][..],
+                "USER_ID_CLAIM",
+            ),
+            (
+                &[("JWT_SECRET", "s"), ("USER_ID_CLAIM", "cognito: username")][..],
+                "USER_ID_CLAIM",
             ),
         ] {
             let pairs: Vec<(String, String)> = pairs

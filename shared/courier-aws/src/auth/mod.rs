@@ -1,7 +1,8 @@
 //! Token verification for the `$connect` authorizer (docs/protocol.md,
 //! Connecting: what the authorizer checks and the handshake outcomes).
 //!
-//! A client proves who it is with a JWT in `?token=`; its `sub` becomes the
+//! A client proves who it is with a JWT in `?token=`; its `sub` (or the claim
+//! `USER_ID_CLAIM` names) becomes the
 //! [`UserId`](courier_core::domain::UserId) every later route trusts. Two
 //! kinds of key, each pinned to one algorithm so a token can never choose how
 //! it is checked:
@@ -40,7 +41,9 @@ mod mint;
 pub mod testing;
 mod verify;
 
-pub use config::{AuthConfig, DEFAULT_LEEWAY, JwksConfig, OriginAllowlist, Secret};
+pub use config::{
+    AuthConfig, DEFAULT_LEEWAY, DEFAULT_USER_ID_CLAIM, JwksConfig, OriginAllowlist, Secret,
+};
 pub use mint::{mint_hs256, sign_hs256};
 pub use verify::{AlgName, MAX_TOKEN_BYTES, Rejection, Verifier, VerifierError};
 

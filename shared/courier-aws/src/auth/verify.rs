@@ -5,7 +5,9 @@
 //! set — the "sign with the public key" attack —, RS256 without a JWKS,
 //! anything else) is refused before any signature code runs. `exp` is always
 //! required, `nbf` checked when present, `iss`/`aud` required and checked when
-//! configured, and `sub` must parse as a [`UserId`].
+//! configured, and the user-id claim (`sub` unless `USER_ID_CLAIM` names
+//! another, e.g. `cognito:username`) must be a string that parses as a
+//! [`UserId`].
 //!
 //! Every refusal is a typed [`Rejection`] whose text never contains token
 //! content (not even the `alg` or `kid` strings an attacker wrote), so it can
@@ -77,8 +79,14 @@ pub enum Rejection {
     WrongAudience,
     #[error("claim {0} missing or not of the right type")]
     MissingClaim(&'static str),
-    #[error("sub is not a valid user id ({0})")]
-    InvalidSubject(InvalidValue),
+    /// The configured user-id claim is absent or not a string. Holds the
+    /// claim's name, which comes from the configuration, never the token.
+    #[error("user-id claim {0} missing or not a string")]
+    MissingUserIdClaim(String),
+    /// The user-id claim is a string but not a valid [`UserId`]; the value
+    /// itself is not kept.
+    #[error("user-id claim {claim} is not a valid user id ({reason})")]
+    InvalidUserId { claim: String, reason: InvalidValue },
 }
 
 impl Rejection {
@@ -136,6 +144,8 @@ pub enum VerifierError {
 pub struct Verifier {
     hs256: Option<(DecodingKey, Validation)>,
     rs256: Option<(Jwks, Validation)>,
+    /// The claim whose value is the user id.
+    user_id_claim: String,
 }
 
 impl std::fmt::Debug for Verifier {
@@ -143,6 +153,7 @@ impl std::fmt::Debug for Verifier {
         f.debug_struct("Verifier")
             .field("hs256", &self.hs256.is_some())
             .field("jwks", &self.rs256.as_ref().map(|(j, _)| j.url()))
+            .field("user_id_claim", &self.user_id_claim)
             .finish()
     }
 }
@@ -159,7 +170,11 @@ impl Verifier {
             Some(j) => Some((Jwks::new(j.clone())?, validation(config, Algorithm::RS256))),
             None => None,
         };
-        Ok(Self { hs256, rs256 })
+        Ok(Self {
+            hs256,
+            rs256,
+            user_id_claim: config.user_id_claim.clone(),
+        })
     }
 
     /// Fetches the JWKS now (best effort), so the first `$connect` does not
@@ -190,9 +205,12 @@ impl Verifier {
             }
             (alg, _, _) => return Err(Rejection::AlgorithmNotAllowed(alg)),
         };
-        match claims.sub {
-            Value::String(s) => UserId::parse(&s).map_err(Rejection::InvalidSubject),
-            _ => Err(Rejection::MissingClaim("sub")),
+        match claims.get(&self.user_id_claim) {
+            Some(Value::String(s)) => UserId::parse(s).map_err(|reason| Rejection::InvalidUserId {
+                claim: self.user_id_claim.clone(),
+                reason,
+            }),
+            _ => Err(Rejection::MissingUserIdClaim(self.user_id_claim.clone())),
         }
     }
 }
@@ -202,7 +220,10 @@ fn validation(config: &AuthConfig, alg: Algorithm) -> Validation {
     v.leeway = config.leeway.as_secs();
     v.validate_exp = true;
     v.validate_nbf = true;
-    let mut required = vec!["exp", "sub"];
+    // The user-id claim is checked by `verify` itself: it may be one
+    // jsonwebtoken does not know (`cognito:username`), and a `sub` that is
+    // not the user-id claim must not refuse a token.
+    let mut required = vec!["exp"];
     if let Some(iss) = &config.issuer {
         v.set_issuer(&[iss]);
         required.push("iss");
@@ -220,11 +241,8 @@ fn validation(config: &AuthConfig, alg: Algorithm) -> Validation {
     v
 }
 
-#[derive(Deserialize)]
-struct Claims {
-    #[serde(default)]
-    sub: Value,
-}
+/// Every claim, so the user-id claim can be any of them.
+type Claims = serde_json::Map<String, Value>;
 
 fn decode(token: &str, key: &DecodingKey, validation: &Validation) -> Result<Claims, Rejection> {
     jsonwebtoken::decode::<Claims>(token, key, validation)
@@ -455,23 +473,85 @@ mod tests {
     #[tokio::test]
     async fn missing_or_invalid_sub_is_refused() {
         let v = hs_verifier();
+        let missing = Err(Rejection::MissingUserIdClaim("sub".into()));
         let no_sub = sign_hs256(SECRET, &json!({"exp": now_plus(60)}));
-        assert_eq!(v.verify(&no_sub).await, Err(Rejection::MissingClaim("sub")));
+        assert_eq!(v.verify(&no_sub).await, missing);
         let numeric = sign_hs256(SECRET, &json!({"sub": 42, "exp": now_plus(60)}));
-        assert_eq!(
-            v.verify(&numeric).await,
-            Err(Rejection::MissingClaim("sub"))
-        );
+        assert_eq!(v.verify(&numeric).await, missing);
         let bad = sign_hs256(SECRET, &json!({"sub": "bob#admin", "exp": now_plus(60)}));
         assert!(matches!(
             v.verify(&bad).await,
-            Err(Rejection::InvalidSubject(_))
+            Err(Rejection::InvalidUserId { claim, .. }) if claim == "sub"
         ));
         let empty = sign_hs256(SECRET, &json!({"sub": "", "exp": now_plus(60)}));
         assert!(matches!(
             v.verify(&empty).await,
-            Err(Rejection::InvalidSubject(_))
+            Err(Rejection::InvalidUserId { .. })
         ));
+    }
+
+    fn cognito_verifier() -> Verifier {
+        Verifier::new(&AuthConfig {
+            user_id_claim: "cognito:username".into(),
+            ..AuthConfig::hs256(SECRET)
+        })
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_custom_user_id_claim_names_the_user_and_sub_is_ignored() {
+        let v = cognito_verifier();
+        // Cognito's `sub` is a UUID; the user id is the username.
+        let token = sign_hs256(
+            SECRET,
+            &json!({
+                "sub": "8f2c1a7e-0000-4000-8000-000000000001",
+                "cognito:username": "alice",
+                "exp": now_plus(60)
+            }),
+        );
+        assert_eq!(v.verify(&token).await, Ok(UserId::parse("alice").unwrap()));
+        // Neither a missing nor a numeric `sub` matters when it is not the claim.
+        let no_sub = sign_hs256(
+            SECRET,
+            &json!({"cognito:username": "alice", "exp": now_plus(60)}),
+        );
+        assert_eq!(v.verify(&no_sub).await, Ok(UserId::parse("alice").unwrap()));
+        let numeric_sub = sign_hs256(
+            SECRET,
+            &json!({"sub": 7, "cognito:username": "alice", "exp": now_plus(60)}),
+        );
+        assert_eq!(
+            v.verify(&numeric_sub).await,
+            Ok(UserId::parse("alice").unwrap())
+        );
+    }
+
+    #[tokio::test]
+    async fn a_custom_user_id_claim_missing_or_invalid_is_refused_by_its_name() {
+        let v = cognito_verifier();
+        let missing = Err(Rejection::MissingUserIdClaim("cognito:username".into()));
+        // A valid `sub` does not stand in for the configured claim.
+        let only_sub = sign_hs256(SECRET, &claims("bob"));
+        assert_eq!(v.verify(&only_sub).await, missing);
+        let not_a_string = sign_hs256(
+            SECRET,
+            &json!({"cognito:username": ["alice"], "exp": now_plus(60)}),
+        );
+        assert_eq!(v.verify(&not_a_string).await, missing);
+        let invalid = sign_hs256(
+            SECRET,
+            &json!({"cognito:username": "alice smith", "exp": now_plus(60)}),
+        );
+        let refusal = v.verify(&invalid).await.unwrap_err();
+        assert!(
+            matches!(&refusal, Rejection::InvalidUserId { claim, .. } if claim == "cognito:username"),
+            "{refusal:?}"
+        );
+        assert!(
+            !refusal.to_string().contains("alice"),
+            "the claim's value is not in the logged reason: {refusal}"
+        );
     }
 
     #[tokio::test]

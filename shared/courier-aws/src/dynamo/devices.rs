@@ -9,17 +9,15 @@
 use std::collections::HashMap;
 
 use async_trait::async_trait;
-use aws_sdk_dynamodb::types::KeysAndAttributes;
 
 use courier_core::domain::{Device, UserId};
 use courier_core::ports::{DeviceStore, StoreError};
 
 use super::items::{Item, attr, device_item, get_s, parse_device, s};
-use super::retry::{build_err, failure};
+use super::retry::failure;
 use super::{DEVICES_BY_USER_INDEX, DynamoStore};
 
-/// Keys one `BatchGetItem` may ask for.
-const MAX_BATCH_GET: usize = 100;
+use super::MAX_BATCH_GET;
 
 #[async_trait]
 impl DeviceStore for DynamoStore {
@@ -83,7 +81,14 @@ impl DeviceStore for DynamoStore {
         tokens.dedup();
         let mut devices = Vec::with_capacity(tokens.len());
         for chunk in tokens.chunks(MAX_BATCH_GET) {
-            for item in self.batch_get_devices(chunk).await? {
+            let keys = chunk
+                .iter()
+                .map(|t| HashMap::from([(attr::TOKEN.to_owned(), s(t))]))
+                .collect();
+            for item in self
+                .batch_get("BatchGetItem devices", &self.tables.devices, keys)
+                .await?
+            {
                 let device = parse_device(&item)?;
                 // The index may lag a move to another user.
                 if &device.user_id == user {
@@ -110,58 +115,5 @@ impl DeviceStore for DynamoStore {
             }
         })
         .await
-    }
-}
-
-impl DynamoStore {
-    /// Strongly consistent reads of device items by token, unprocessed keys
-    /// retried with the same backoff as throttling.
-    async fn batch_get_devices(&self, tokens: &[String]) -> Result<Vec<Item>, StoreError> {
-        let table = self.tables.devices.as_str();
-        let mut keys: Vec<Item> = tokens
-            .iter()
-            .map(|t| HashMap::from([(attr::TOKEN.to_owned(), s(t))]))
-            .collect();
-        let mut found = Vec::new();
-        let mut round = 0;
-        while !keys.is_empty() {
-            let request = KeysAndAttributes::builder()
-                .set_keys(Some(std::mem::take(&mut keys)))
-                .consistent_read(true)
-                .build()
-                .map_err(build_err)?;
-            let out = self
-                .retrying("BatchGetItem devices", || {
-                    let req = self
-                        .client
-                        .batch_get_item()
-                        .request_items(table, request.clone());
-                    async move {
-                        req.send()
-                            .await
-                            .map_err(|e| failure("BatchGetItem devices", e))
-                    }
-                })
-                .await?;
-            if let Some(mut responses) = out.responses {
-                found.extend(responses.remove(table).unwrap_or_default());
-            }
-            if let Some(mut unprocessed) = out.unprocessed_keys {
-                keys = unprocessed
-                    .remove(table)
-                    .map(|k| k.keys)
-                    .unwrap_or_default();
-            }
-            if !keys.is_empty() {
-                round += 1;
-                if round >= self.retry.max_attempts {
-                    return Err(StoreError::Throttled(
-                        "BatchGetItem devices: keys left unprocessed".into(),
-                    ));
-                }
-                tokio::time::sleep(self.retry.backoff().delay(round)).await;
-            }
-        }
-        Ok(found)
     }
 }

@@ -5,14 +5,14 @@
 //! version, a hand edit, the bench's seeder). A bad item is
 //! [`StoreError::Corrupt`] naming the table and the attribute, never a panic.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::str::FromStr;
 
 use aws_sdk_dynamodb::types::AttributeValue;
 
 use courier_core::domain::{
-    ClientMsgId, Conversation, ConversationId, Device, InvalidValue, Message, Millis,
-    PendingDelivery, Platform, Seq, UserId,
+    ClientMsgId, Conversation, ConversationId, Device, DeviceId, InvalidValue, LinkedDevice,
+    Message, Millis, PendingDelivery, Platform, Seq, UserId,
 };
 use courier_core::ports::{NewMessage, StoreError};
 
@@ -36,6 +36,35 @@ pub mod attr {
     pub const TOKEN: &str = "token";
     pub const PLATFORM: &str = "platform";
     pub const ENDPOINT_ARN: &str = "endpoint_arn";
+    pub const DEVICE_ID: &str = "device_id";
+    pub const CURSORS: &str = "cursors";
+    pub const LINKED_AT: &str = "linked_at";
+    pub const LAST_SEEN_AT: &str = "last_seen_at";
+    pub const COUNT: &str = "count";
+}
+
+/// Sort keys of the items that share a user's partition of
+/// `pending_deliveries` with the pending rows (see the module docs of
+/// `dynamo`). They start with `#`, which no conversation id can hold.
+pub(super) mod sk {
+    use courier_core::domain::{ConversationId, DeviceId};
+
+    /// The lowest sort key a pending row can have: `-` (0x2D) is the smallest
+    /// character a conversation id may hold, and `#` (0x23) sorts below it,
+    /// so `conversation_id >= "-"` reads pending rows and nothing else.
+    pub const PENDING_FROM: &str = "-";
+    /// The user's count of linked devices.
+    pub const LINK_COUNTER: &str = "#d";
+    pub const LINK_PREFIX: &str = "#d#";
+    pub const MEMBERSHIP_PREFIX: &str = "#m#";
+
+    pub fn link(device: &DeviceId) -> String {
+        format!("{LINK_PREFIX}{device}")
+    }
+
+    pub fn membership(conversation: &ConversationId) -> String {
+        format!("{MEMBERSHIP_PREFIX}{conversation}")
+    }
 }
 
 pub(super) type Item = HashMap<String, AttributeValue>;
@@ -130,6 +159,7 @@ pub(super) fn device_item(d: &Device) -> Item {
         (attr::PLATFORM.to_owned(), s(d.platform.as_str())),
         (attr::ENDPOINT_ARN.to_owned(), s(d.endpoint_arn.as_str())),
         (attr::UPDATED_AT.to_owned(), n(d.updated_at)),
+        (attr::DEVICE_ID.to_owned(), s(d.device_id.as_str())),
     ])
 }
 
@@ -207,13 +237,88 @@ pub(super) fn parse_pending(item: &Item) -> Result<PendingDelivery, StoreError> 
         first_undelivered_seq: Seq(get_n(item, attr::FIRST_UNDELIVERED_SEQ, T)?),
         last_seq: Seq(get_n(item, attr::LAST_SEQ, T)?),
         updated_at: get_n(item, attr::UPDATED_AT, T)?,
+        cursors: parse_cursors(item, T)?,
     })
+}
+
+/// `cursors`: a map of device id to the highest seq it holds; absent when
+/// no device acknowledged anything since the row was created or lowered.
+fn parse_cursors(item: &Item, table: &str) -> Result<BTreeMap<DeviceId, Seq>, StoreError> {
+    let name = attr::CURSORS;
+    match item.get(name) {
+        None => Ok(BTreeMap::new()),
+        Some(AttributeValue::M(m)) => m
+            .iter()
+            .map(|(device, held)| {
+                let device = DeviceId::parse(device)
+                    .map_err(|e| corrupt(table, name, &format!("has an invalid device: {e}")))?;
+                let held = match held {
+                    AttributeValue::N(v) => v
+                        .parse()
+                        .map_err(|_| corrupt(table, name, "holds a seq out of range"))?,
+                    _ => return Err(corrupt(table, name, "holds a value that is not a number")),
+                };
+                Ok((device, Seq(held)))
+            })
+            .collect(),
+        Some(_) => Err(corrupt(table, name, "is not a map")),
+    }
+}
+
+pub(super) fn link_item(user: &UserId, link: &LinkedDevice) -> Item {
+    HashMap::from([
+        (attr::USER_ID.to_owned(), s(user.as_str())),
+        (
+            attr::CONVERSATION_ID.to_owned(),
+            s(sk::link(&link.device_id)),
+        ),
+        (attr::DEVICE_ID.to_owned(), s(link.device_id.as_str())),
+        (attr::LINKED_AT.to_owned(), n(link.linked_at)),
+        (attr::LAST_SEEN_AT.to_owned(), n(link.last_seen_at)),
+    ])
+}
+
+pub(super) fn parse_link(item: &Item) -> Result<LinkedDevice, StoreError> {
+    const T: &str = "pending_deliveries (link)";
+    Ok(LinkedDevice {
+        device_id: get_id(item, attr::DEVICE_ID, T, DeviceId::parse)?,
+        linked_at: get_n(item, attr::LINKED_AT, T)?,
+        last_seen_at: get_n(item, attr::LAST_SEEN_AT, T)?,
+    })
+}
+
+/// A membership item: `user` is a member of `conversation`, found by a
+/// query of the user's partition (`listConversations`).
+pub(super) fn membership_item(user: &UserId, conversation: &ConversationId) -> Item {
+    HashMap::from([
+        (attr::USER_ID.to_owned(), s(user.as_str())),
+        (
+            attr::CONVERSATION_ID.to_owned(),
+            s(sk::membership(conversation)),
+        ),
+    ])
+}
+
+/// The conversation a membership item names.
+pub(super) fn parse_membership(item: &Item) -> Result<ConversationId, StoreError> {
+    const T: &str = "pending_deliveries (membership)";
+    let key = get_s(item, attr::CONVERSATION_ID, T)?;
+    let id = key
+        .strip_prefix(sk::MEMBERSHIP_PREFIX)
+        .ok_or_else(|| corrupt(T, attr::CONVERSATION_ID, "is not a membership key"))?;
+    ConversationId::parse(id)
+        .map_err(|e| corrupt(T, attr::CONVERSATION_ID, &format!("is invalid: {e}")))
 }
 
 pub(super) fn parse_device(item: &Item) -> Result<Device, StoreError> {
     const T: &str = "devices";
     Ok(Device {
         user_id: get_id(item, attr::USER_ID, T, UserId::parse)?,
+        // Registered before devices: the device `default`.
+        device_id: match item.get(attr::DEVICE_ID) {
+            None => DeviceId::default(),
+            Some(_) => get_id(item, attr::DEVICE_ID, T, DeviceId::parse)?,
+        },
         platform: get_id(item, attr::PLATFORM, T, Platform::parse)?,
         token: get_s(item, attr::TOKEN, T)?.to_owned(),
         endpoint_arn: get_s(item, attr::ENDPOINT_ARN, T)?.to_owned(),
@@ -332,6 +437,7 @@ mod tests {
     fn unknown_platform_is_corrupt() {
         let d = Device {
             user_id: UserId::parse("bob").unwrap(),
+            device_id: DeviceId::default(),
             platform: Platform::Fcm,
             token: "tok".into(),
             endpoint_arn: "arn:x".into(),
@@ -343,5 +449,67 @@ mod tests {
         assert!(
             matches!(parse_device(&item), Err(StoreError::Corrupt(t)) if t.contains("platform"))
         );
+    }
+
+    #[test]
+    fn pending_cursors_are_a_map_of_device_to_seq() {
+        let mut item = HashMap::from([
+            (attr::USER_ID.to_owned(), s("bob")),
+            (attr::CONVERSATION_ID.to_owned(), s("c1")),
+            (attr::FIRST_UNDELIVERED_SEQ.to_owned(), n(1)),
+            (attr::LAST_SEQ.to_owned(), n(5)),
+            (attr::UPDATED_AT.to_owned(), n(0)),
+        ]);
+        assert!(parse_pending(&item).unwrap().cursors.is_empty(), "absent");
+        item.insert(
+            attr::CURSORS.into(),
+            AttributeValue::M(HashMap::from([
+                ("phone".to_owned(), n(3)),
+                ("laptop".to_owned(), n(5)),
+            ])),
+        );
+        let row = parse_pending(&item).unwrap();
+        let cursors: Vec<(&str, u64)> = row
+            .cursors
+            .iter()
+            .map(|(d, s)| (d.as_str(), s.get()))
+            .collect();
+        assert_eq!(cursors, [("laptop", 5), ("phone", 3)]);
+
+        item.insert(
+            attr::CURSORS.into(),
+            AttributeValue::M(HashMap::from([("a b".to_owned(), n(3))])),
+        );
+        assert!(
+            matches!(parse_pending(&item), Err(StoreError::Corrupt(t)) if t.contains("cursors"))
+        );
+        item.insert(
+            attr::CURSORS.into(),
+            AttributeValue::M(HashMap::from([("phone".to_owned(), s("3"))])),
+        );
+        assert!(matches!(parse_pending(&item), Err(StoreError::Corrupt(_))));
+    }
+
+    #[test]
+    fn links_and_memberships_round_trip_through_their_items() {
+        let bob = UserId::parse("bob").unwrap();
+        let link = LinkedDevice {
+            device_id: DeviceId::parse("phone-1").unwrap(),
+            linked_at: 10,
+            last_seen_at: 20,
+        };
+        let item = link_item(&bob, &link);
+        assert_eq!(
+            item.get(attr::CONVERSATION_ID),
+            Some(&s("#d#phone-1")),
+            "a link sorts below every pending row"
+        );
+        assert_eq!(parse_link(&item).unwrap(), link);
+
+        let c = ConversationId::parse("c-1").unwrap();
+        let item = membership_item(&bob, &c);
+        assert_eq!(item.get(attr::CONVERSATION_ID), Some(&s("#m#c-1")));
+        assert_eq!(parse_membership(&item).unwrap(), c);
+        assert!(sk::LINK_PREFIX < sk::PENDING_FROM && sk::MEMBERSHIP_PREFIX < sk::PENDING_FROM);
     }
 }

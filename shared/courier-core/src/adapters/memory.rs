@@ -12,7 +12,7 @@
 //! The store can also hang its message reads (`set_messages_delay`), like a
 //! DynamoDB query stuck in its retries.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -20,13 +20,14 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 
 use crate::domain::{
-    ClientMsgId, Connection, ConnectionId, Conversation, ConversationId, Device, Message,
-    PendingDelivery, Platform, Seq, UserId, now_millis,
+    ClientMsgId, Connection, ConnectionId, Conversation, ConversationId, Device, DeviceId,
+    LinkedDevice, Message, Millis, PendingDelivery, Platform, Seq, UserId, now_millis,
 };
 use crate::ports::{
     AckOutcome, AppendOutcome, CatchUpRequest, CatchUpTrigger, ConnectionInfo, ConnectionRegistry,
-    ConversationStore, DeviceStore, Gateway, MessageStore, NewMessage, Notifier, PendingStore,
-    PostError, PushError, PushMessage, RegistryError, StoreError, TriggerError,
+    ConversationStore, DeviceStore, Gateway, LinkOutcome, LinkStore, MessageStore, NewMessage,
+    Notifier, PendingStore, PostError, PushError, PushMessage, Registered, RegistryError,
+    StoreError, TriggerError,
 };
 
 /// Locks a mutex, recovering the data if a panicking test poisoned it.
@@ -42,6 +43,9 @@ struct Tables {
     sent: HashMap<(ConversationId, UserId, ClientMsgId), u64>,
     pending: BTreeMap<(UserId, ConversationId), PendingDelivery>,
     devices: HashMap<String, Device>,
+    links: BTreeMap<(UserId, DeviceId), LinkedDevice>,
+    /// The memberships index: user → their conversations.
+    memberships: BTreeSet<(UserId, ConversationId)>,
 }
 
 /// Messages, conversations, pending rows, idempotency records and devices.
@@ -103,7 +107,10 @@ fn upsert_pending(
     pending
         .entry((user.clone(), conversation.clone()))
         .and_modify(|row| {
-            row.first_undelivered_seq = row.first_undelivered_seq.min(seq);
+            if seq < row.first_undelivered_seq {
+                row.first_undelivered_seq = seq;
+                row.cursors.clear();
+            }
             row.last_seq = row.last_seq.max(seq);
             row.updated_at = now;
         })
@@ -113,36 +120,40 @@ fn upsert_pending(
             first_undelivered_seq: seq,
             last_seq: seq,
             updated_at: now,
+            cursors: BTreeMap::new(),
         });
 }
 
-/// The user has `from..=through`: delete the row if that covers the rest of
-/// it, else raise its cursor past `through` — only while the cursor is at
-/// `from` or above (`ack` passes `Seq::ZERO`: a client's ack is contiguous).
+/// `device` holds `from..=through`: its cursor moves up to `through`, only
+/// while its start is at `from` or above (`ack` passes `Seq::ZERO`: a
+/// client's ack is contiguous); then the row goes if every device of
+/// `linked` (and `device`) is past `last_seq`.
 fn advance_pending(
     pending: &mut BTreeMap<(UserId, ConversationId), PendingDelivery>,
     user: &UserId,
+    device: &DeviceId,
     conversation: &ConversationId,
     from: Seq,
     through: Seq,
+    linked: &[DeviceId],
 ) -> AckOutcome {
     let key = (user.clone(), conversation.clone());
     let Some(row) = pending.get_mut(&key) else {
         return AckOutcome::Stale;
     };
-    if row.first_undelivered_seq < from {
+    let start = row.start_for(device);
+    if start < from || through < start {
         return AckOutcome::Stale;
     }
-    if row.last_seq <= through {
+    row.cursors.insert(device.clone(), through);
+    row.updated_at = now_millis();
+    let mut holders: Vec<DeviceId> = linked.to_vec();
+    holders.push(device.clone());
+    if row.all_past(&holders) {
         pending.remove(&key);
         return AckOutcome::Cleared;
     }
-    if row.first_undelivered_seq <= through {
-        row.first_undelivered_seq = through.next();
-        row.updated_at = now_millis();
-        return AckOutcome::Advanced;
-    }
-    AckOutcome::Stale
+    AckOutcome::Advanced
 }
 
 #[async_trait]
@@ -229,11 +240,40 @@ impl ConversationStore for MemoryStore {
         }
         t.conversations
             .insert(conversation.conversation_id.clone(), conversation.clone());
+        for member in &conversation.members {
+            t.memberships
+                .insert((member.clone(), conversation.conversation_id.clone()));
+        }
         Ok(true)
     }
 
     async fn get(&self, id: &ConversationId) -> Result<Option<Conversation>, StoreError> {
         Ok(self.tables()?.conversations.get(id).cloned())
+    }
+
+    async fn list_for(
+        &self,
+        user: &UserId,
+        after: Option<&ConversationId>,
+        limit: usize,
+    ) -> Result<(Vec<Conversation>, Option<ConversationId>), StoreError> {
+        let t = self.tables()?;
+        let limit = limit.clamp(1, 100);
+        let mut ids: Vec<ConversationId> = t
+            .memberships
+            .iter()
+            .filter(|(u, c)| u == user && after.is_none_or(|a| c > a))
+            .map(|(_, c)| c.clone())
+            .take(limit + 1)
+            .collect();
+        let more = ids.len() > limit;
+        ids.truncate(limit);
+        let page = ids
+            .iter()
+            .filter_map(|id| t.conversations.get(id).cloned())
+            .collect();
+        let next = if more { ids.last().cloned() } else { None };
+        Ok((page, next))
     }
 }
 
@@ -273,34 +313,97 @@ impl PendingStore for MemoryStore {
     async fn ack(
         &self,
         user: &UserId,
+        device: &DeviceId,
         conversation: &ConversationId,
         seq: Seq,
+        linked: &[DeviceId],
     ) -> Result<AckOutcome, StoreError> {
         let mut t = self.tables()?;
         Ok(advance_pending(
             &mut t.pending,
             user,
+            device,
             conversation,
             Seq::ZERO,
             seq,
+            linked,
         ))
     }
 
     async fn settle_posted(
         &self,
         user: &UserId,
+        device: &DeviceId,
         conversation: &ConversationId,
         from: Seq,
         through: Seq,
+        linked: &[DeviceId],
     ) -> Result<AckOutcome, StoreError> {
         let mut t = self.tables()?;
         Ok(advance_pending(
             &mut t.pending,
             user,
+            device,
             conversation,
             from,
             through,
+            linked,
         ))
+    }
+}
+
+#[async_trait]
+impl LinkStore for MemoryStore {
+    async fn touch(
+        &self,
+        user: &UserId,
+        device: &DeviceId,
+        now: Millis,
+        max: usize,
+        stale_before: Millis,
+    ) -> Result<LinkOutcome, StoreError> {
+        let mut t = self.tables()?;
+        let key = (user.clone(), device.clone());
+        if let Some(link) = t.links.get_mut(&key) {
+            link.last_seen_at = link.last_seen_at.max(now);
+            return Ok(LinkOutcome::Seen);
+        }
+        let stale: Vec<_> = t
+            .links
+            .iter()
+            .filter(|((u, _), l)| u == user && l.last_seen_at < stale_before)
+            .map(|(k, _)| k.clone())
+            .collect();
+        let live = t.links.keys().filter(|(u, _)| u == user).count() - stale.len();
+        if live >= max {
+            return Ok(LinkOutcome::TooMany { max });
+        }
+        for k in stale {
+            t.links.remove(&k);
+        }
+        t.links.insert(
+            key,
+            LinkedDevice {
+                device_id: device.clone(),
+                linked_at: now,
+                last_seen_at: now,
+            },
+        );
+        Ok(LinkOutcome::Linked)
+    }
+
+    async fn list(&self, user: &UserId) -> Result<Vec<LinkedDevice>, StoreError> {
+        let t = self.tables()?;
+        Ok(t.links
+            .iter()
+            .filter(|((u, _), _)| u == user)
+            .map(|(_, l)| l.clone())
+            .collect())
+    }
+
+    async fn unlink(&self, user: &UserId, device: &DeviceId) -> Result<bool, StoreError> {
+        let mut t = self.tables()?;
+        Ok(t.links.remove(&(user.clone(), device.clone())).is_some())
     }
 }
 
@@ -335,10 +438,14 @@ impl DeviceStore for MemoryStore {
     }
 }
 
-/// The connection registry, without Redis.
+/// One user's registry entries: per device, its connection and when it was
+/// written.
+type DeviceEntries = BTreeMap<DeviceId, (Connection, Instant)>;
+
+/// The connection registry, without Redis: per user, one entry per device.
 #[derive(Default, Clone)]
 pub struct MemoryRegistry {
-    entries: Arc<Mutex<HashMap<UserId, (Connection, Instant)>>>,
+    entries: Arc<Mutex<HashMap<UserId, DeviceEntries>>>,
     ttl: Option<Duration>,
     down: Arc<AtomicBool>,
 }
@@ -370,39 +477,69 @@ impl MemoryRegistry {
     }
 }
 
+/// Whether `candidate` may replace `held` in a device's entry: the same
+/// connection (a re-assertion), or one opened later; equal opening times are
+/// ordered by connection id, so every replica agrees.
+pub fn replaces(candidate: &Connection, held: &Connection) -> bool {
+    if candidate.connection_id == held.connection_id {
+        return true;
+    }
+    let at = |c: &Connection| c.connected_at.unwrap_or(0);
+    (at(candidate), &candidate.connection_id) > (at(held), &held.connection_id)
+}
+
 #[async_trait]
 impl ConnectionRegistry for MemoryRegistry {
-    async fn register(&self, user: &UserId, connection: &Connection) -> Result<(), RegistryError> {
-        self.check()?;
-        lock(&self.entries).insert(user.clone(), (connection.clone(), Instant::now()));
-        Ok(())
-    }
-
-    async fn lookup(&self, user: &UserId) -> Result<Option<Connection>, RegistryError> {
+    async fn register(
+        &self,
+        user: &UserId,
+        connection: &Connection,
+    ) -> Result<Registered, RegistryError> {
         self.check()?;
         let mut entries = lock(&self.entries);
-        match entries.get(user) {
-            Some((_, at)) if self.ttl.is_some_and(|ttl| at.elapsed() >= ttl) => {
-                entries.remove(user);
-                Ok(None)
-            }
-            Some((c, _)) => Ok(Some(c.clone())),
-            None => Ok(None),
+        let devices = entries.entry(user.clone()).or_default();
+        let expired = |at: &Instant| self.ttl.is_some_and(|ttl| at.elapsed() >= ttl);
+        if let Some((held, at)) = devices.get(&connection.device_id)
+            && !expired(at)
+            && !replaces(connection, held)
+        {
+            return Ok(Registered::KeptNewer);
         }
+        devices.insert(
+            connection.device_id.clone(),
+            (connection.clone(), Instant::now()),
+        );
+        Ok(Registered::Stored)
+    }
+
+    async fn lookup(&self, user: &UserId) -> Result<Vec<Connection>, RegistryError> {
+        self.check()?;
+        let mut entries = lock(&self.entries);
+        let Some(devices) = entries.get_mut(user) else {
+            return Ok(Vec::new());
+        };
+        if let Some(ttl) = self.ttl {
+            devices.retain(|_, (_, at)| at.elapsed() < ttl);
+        }
+        Ok(devices.values().map(|(c, _)| c.clone()).collect())
     }
 
     async fn remove_if(
         &self,
         user: &UserId,
+        device: &DeviceId,
         connection_id: &ConnectionId,
     ) -> Result<bool, RegistryError> {
         self.check()?;
         let mut entries = lock(&self.entries);
-        if entries
-            .get(user)
+        let Some(devices) = entries.get_mut(user) else {
+            return Ok(false);
+        };
+        if devices
+            .get(device)
             .is_some_and(|(c, _)| &c.connection_id == connection_id)
         {
-            entries.remove(user);
+            devices.remove(device);
             return Ok(true);
         }
         Ok(false)

@@ -8,13 +8,14 @@
 use async_trait::async_trait;
 
 use crate::domain::{
-    ClientMsgId, Connection, ConnectionId, Conversation, ConversationId, Device, Message,
-    PendingDelivery, Platform, Seq, UserId,
+    ClientMsgId, Connection, ConnectionId, Conversation, ConversationId, Device, DeviceId,
+    LinkedDevice, Message, Millis, PendingDelivery, Platform, Seq, UserId,
 };
 use crate::ports::{
     AckOutcome, AppendOutcome, CatchUpRequest, CatchUpTrigger, ConnectionInfo, ConnectionRegistry,
-    ConversationStore, DeviceStore, Gateway, MessageStore, NewMessage, Notifier, PendingStore,
-    PostError, PushError, PushMessage, RegistryError, StoreError, TriggerError,
+    ConversationStore, DeviceStore, Gateway, LinkOutcome, LinkStore, MessageStore, NewMessage,
+    Notifier, PendingStore, PostError, PushError, PushMessage, Registered, RegistryError,
+    StoreError, TriggerError,
 };
 
 /// Stands in for a port the function did not ask for; every call fails.
@@ -29,13 +30,18 @@ fn store_unwired<T>(port: &str) -> Result<T, StoreError> {
 
 #[async_trait]
 impl ConnectionRegistry for Unwired {
-    async fn register(&self, _: &UserId, _: &Connection) -> Result<(), RegistryError> {
+    async fn register(&self, _: &UserId, _: &Connection) -> Result<Registered, RegistryError> {
         Err(RegistryError(format!("registry {UNWIRED}")))
     }
-    async fn lookup(&self, _: &UserId) -> Result<Option<Connection>, RegistryError> {
+    async fn lookup(&self, _: &UserId) -> Result<Vec<Connection>, RegistryError> {
         Err(RegistryError(format!("registry {UNWIRED}")))
     }
-    async fn remove_if(&self, _: &UserId, _: &ConnectionId) -> Result<bool, RegistryError> {
+    async fn remove_if(
+        &self,
+        _: &UserId,
+        _: &DeviceId,
+        _: &ConnectionId,
+    ) -> Result<bool, RegistryError> {
         Err(RegistryError(format!("registry {UNWIRED}")))
     }
 }
@@ -71,6 +77,14 @@ impl ConversationStore for Unwired {
     async fn get(&self, _: &ConversationId) -> Result<Option<Conversation>, StoreError> {
         store_unwired("conversation store")
     }
+    async fn list_for(
+        &self,
+        _: &UserId,
+        _: Option<&ConversationId>,
+        _: usize,
+    ) -> Result<(Vec<Conversation>, Option<ConversationId>), StoreError> {
+        store_unwired("conversation store")
+    }
 }
 
 #[async_trait]
@@ -88,15 +102,24 @@ impl PendingStore for Unwired {
     async fn record(&self, _: &UserId, _: &ConversationId, _: Seq) -> Result<(), StoreError> {
         store_unwired("pending store")
     }
-    async fn ack(&self, _: &UserId, _: &ConversationId, _: Seq) -> Result<AckOutcome, StoreError> {
+    async fn ack(
+        &self,
+        _: &UserId,
+        _: &DeviceId,
+        _: &ConversationId,
+        _: Seq,
+        _: &[DeviceId],
+    ) -> Result<AckOutcome, StoreError> {
         store_unwired("pending store")
     }
     async fn settle_posted(
         &self,
         _: &UserId,
+        _: &DeviceId,
         _: &ConversationId,
         _: Seq,
         _: Seq,
+        _: &[DeviceId],
     ) -> Result<AckOutcome, StoreError> {
         store_unwired("pending store")
     }
@@ -115,6 +138,26 @@ impl DeviceStore for Unwired {
     }
     async fn delete(&self, _: &str) -> Result<(), StoreError> {
         store_unwired("device store")
+    }
+}
+
+#[async_trait]
+impl LinkStore for Unwired {
+    async fn touch(
+        &self,
+        _: &UserId,
+        _: &DeviceId,
+        _: Millis,
+        _: usize,
+        _: Millis,
+    ) -> Result<LinkOutcome, StoreError> {
+        store_unwired("link store")
+    }
+    async fn list(&self, _: &UserId) -> Result<Vec<LinkedDevice>, StoreError> {
+        store_unwired("link store")
+    }
+    async fn unlink(&self, _: &UserId, _: &DeviceId) -> Result<bool, StoreError> {
+        store_unwired("link store")
     }
 }
 

@@ -56,9 +56,10 @@ use tracing::{info, instrument, warn};
 
 use crate::app::App;
 use crate::config::PendingClear;
-use crate::domain::{Connection, ConversationId, Message, PendingDelivery, Seq, UserId};
+use crate::domain::{Connection, ConversationId, DeviceId, Message, PendingDelivery, Seq, UserId};
 use crate::ports::{AckOutcome, CatchUpRequest, StoreError};
 use crate::protocol::{ErrorCode, FrameError, ServerFrame, pack_messages};
+use crate::services::ack::holding_devices;
 use crate::services::delivery::{self, PostFailed, Posted};
 use crate::services::{Answer, Reply};
 
@@ -208,6 +209,9 @@ pub enum Ending {
     /// The connection is gone; nothing was deleted, the rows wait for the
     /// next connection.
     Gone,
+    /// The device is over `MAX_DEVICES`: told so (`too_many_devices`), its
+    /// connection closed, nothing delivered.
+    DeviceRefused,
 }
 
 /// What one catch-up did.
@@ -242,10 +246,15 @@ pub async fn catch_up(
 ) -> Result<Report, CatchUpError> {
     let started = Instant::now();
     let user = &request.user_id;
+    let device = &request.device_id;
     let connection = Connection {
+        device_id: device.clone(),
         connection_id: request.connection_id.clone(),
         connected_at: request.connected_at,
     };
+    if let Some(max) = request.device_limit {
+        return refuse_device(app, user, &connection, max, deadline).await;
+    }
     // Work (reads, message posts, settles) stops at `stop_at`; the closing
     // `more` and `caught_up` frames use the margin, up to the deadline itself.
     let end_at = deadline.map(tokio::time::Instant::from_std);
@@ -259,14 +268,49 @@ pub async fn catch_up(
     // Without the rows nothing can be announced: the one read bounded by the
     // deadline itself, not the margin (past `stop_at` every row is then
     // announced, not delivered).
+    // The rows carry every device's cursor: where this device starts costs
+    // no read of its own.
     let rows = within(end_at, app.ports.pending.list(user))
         .await
         .map_err(|CutOff| CatchUpError::Deadline("the pending rows were read"))??;
+    // Rows this device is already past (another device is behind) hold
+    // nothing for it.
+    let mut rows: Vec<PendingDelivery> = rows
+        .into_iter()
+        .filter(|row| row.start_for(device) <= row.last_seq)
+        .collect();
     let gone = Arc::new(AtomicBool::new(false));
     let conversations = rows.len();
     let budget = &Budget::new(app.settings.catch_up.max_bytes_in_flight);
 
-    let results: Vec<Result<Delivered, CatchUpError>> = futures::stream::iter(rows)
+    // The conversation the app was opened on goes first, alone, before any
+    // other starts: its frames are the first the client gets.
+    let first = request.open_conversation.as_ref().and_then(|open| {
+        let at = rows.iter().position(|r| &r.conversation_id == open);
+        if at.is_none() {
+            info!(conversation_id = %open, "opened conversation has nothing pending for this device (or is not the user's); ignored");
+        }
+        at.map(|i| rows.remove(i))
+    });
+    let mut results: Vec<Result<Delivered, CatchUpError>> = Vec::new();
+    if let Some(row) = first {
+        let d = deliver_conversation(
+            app,
+            user,
+            &connection,
+            row,
+            stop_at,
+            budget,
+            request_id.clone(),
+        )
+        .await;
+        if matches!(&d, Ok(d) if d.gone) {
+            gone.store(true, Ordering::SeqCst);
+        }
+        results.push(d);
+    }
+
+    let rest: Vec<Result<Delivered, CatchUpError>> = futures::stream::iter(rows)
         .map(|row| {
             let gone = Arc::clone(&gone);
             let connection = &connection;
@@ -279,7 +323,7 @@ pub async fn catch_up(
                     // Out of time: announce instead of deliver.
                     return Ok(Delivered::unreached(
                         &row.conversation_id,
-                        row.first_undelivered_seq,
+                        row.start_for(&connection.device_id),
                     ));
                 }
                 let d =
@@ -294,6 +338,7 @@ pub async fn catch_up(
         .buffer_unordered(app.settings.catch_up.concurrency)
         .collect()
         .await;
+    results.extend(rest);
 
     let mut total = Delivered::default();
     let mut first_error = None;
@@ -479,7 +524,77 @@ async fn announce_more(
     )
 }
 
-/// Delivers one conversation's pending messages, in seq order.
+/// `post` mode: `device` was posted `from..=through`. The devices that hold
+/// the row back are read now, after the post, not at the catch-up's start: a
+/// device linked meanwhile may be owed what was just posted to this one
+/// (anything posted was read after its append, so after that link), and a
+/// list read earlier would let the settle delete the row under it.
+async fn settle_posted(
+    app: &App,
+    user: &UserId,
+    device: &DeviceId,
+    conversation: &ConversationId,
+    from: Seq,
+    through: Seq,
+) -> Result<AckOutcome, StoreError> {
+    let linked = holding_devices(app, user).await?;
+    app.ports
+        .pending
+        .settle_posted(user, device, conversation, from, through, &linked)
+        .await
+}
+
+/// A device over `MAX_DEVICES`: tells the client which limit it hit, then
+/// closes the connection (it is not registered, so it would get nothing
+/// live). Nothing is read or delivered.
+async fn refuse_device(
+    app: &App,
+    user: &UserId,
+    connection: &Connection,
+    max: usize,
+    deadline: Option<Instant>,
+) -> Result<Report, CatchUpError> {
+    let end_at = deadline.map(tokio::time::Instant::from_std);
+    let frame = FrameError::new(
+        ErrorCode::TooManyDevices,
+        format!(
+            "{user} already has {max} linked devices (MAX_DEVICES = {max}); \
+             unlink one from another device (unlinkDevice) to use this one"
+        ),
+    )
+    .to_frame()
+    .to_json();
+    warn!(device_id = %connection.device_id, max, "device over MAX_DEVICES refused");
+    let posted = within(
+        end_at,
+        delivery::post_frames(
+            &app.ports,
+            &app.settings.delivery,
+            user,
+            connection,
+            &[frame],
+        ),
+    )
+    .await
+    .map_err(|CutOff| CatchUpError::Deadline("the device-limit error was posted"))??;
+    if let Err(e) = app.ports.gateway.delete(&connection.connection_id).await {
+        warn!(error = %e, "could not close the refused device's connection");
+    }
+    Ok(Report {
+        ending: match posted {
+            Posted::All => Ending::DeviceRefused,
+            Posted::Gone { .. } => Ending::Gone,
+        },
+        conversations: 0,
+        messages: 0,
+        frames: usize::from(posted == Posted::All),
+        more: 0,
+    })
+}
+
+/// Delivers one conversation's pending messages to the connection's device,
+/// in seq order, from that device's cursor.
+#[allow(clippy::too_many_arguments)]
 async fn deliver_conversation(
     app: &App,
     user: &UserId,
@@ -492,8 +607,9 @@ async fn deliver_conversation(
     let cap = app.settings.catch_up.per_conversation_cap;
     let worst = worst_message_bytes(app.settings.send.max_body_bytes);
     let conversation = row.conversation_id.clone();
+    let device = &connection.device_id;
     let mut out = Delivered::default();
-    let mut from = row.first_undelivered_seq;
+    let mut from = row.start_for(device);
 
     for _round in 0..MAX_POST_MODE_ROUNDS {
         // What the row says is pending from `from`, within the cap, so the
@@ -574,10 +690,7 @@ async fn deliver_conversation(
                 // Posted counts as delivered in this mode: move the cursor,
                 // never past what was posted, never over an older seq
                 // recorded meanwhile (that one waits for the next catch-up).
-                let settle = app
-                    .ports
-                    .pending
-                    .settle_posted(user, &conversation, from, through);
+                let settle = settle_posted(app, user, device, &conversation, from, through);
                 let Ok(settled) = within(stop_at, settle).await else {
                     return Ok(out.cut_off(&conversation, next_seq));
                 };
@@ -603,23 +716,23 @@ async fn deliver_conversation(
         // one a retried send recorded again), deliver what it holds now.
         // Nothing posted (expired by retention): the range read is done.
         let through = through.unwrap_or(row.last_seq.max(from));
-        let settle = app
-            .ports
-            .pending
-            .settle_posted(user, &conversation, from, through);
+        let settle = settle_posted(app, user, device, &conversation, from, through);
         let Ok(settled) = within(stop_at, settle).await else {
             return Ok(out.cut_off(&conversation, from));
         };
         if settled? == AckOutcome::Cleared {
             return Ok(out);
         }
+        // Settled for this device, the row may stay for the others: done
+        // unless it grew below or above what was posted.
         let Ok(newer) = within(stop_at, app.ports.pending.get(user, &conversation)).await else {
             return Ok(out.cut_off(&conversation, from));
         };
         match newer? {
             None => return Ok(out),
+            Some(newer) if newer.start_for(device) > newer.last_seq => return Ok(out),
             Some(newer) => {
-                from = newer.first_undelivered_seq;
+                from = newer.start_for(device);
                 row = newer;
             }
         }
@@ -864,6 +977,9 @@ mod tests {
             user_id: bob,
             connection_id: connection,
             connected_at: None,
+            device_id: Default::default(),
+            open_conversation: None,
+            device_limit: None,
         };
         let report = catch_up(&app, &request, None, None).await.unwrap();
         assert_eq!(report.ending, Ending::CaughtUp);
@@ -967,6 +1083,9 @@ mod tests {
             user_id: carol.clone(),
             connection_id: connection.clone(),
             connected_at: None,
+            device_id: Default::default(),
+            open_conversation: None,
+            device_limit: None,
         };
         let report = catch_up(&app, &request, None, None).await.unwrap();
         assert_eq!(report.ending, Ending::CaughtUp);
@@ -1047,6 +1166,9 @@ mod tests {
                 user_id: bob.clone(),
                 connection_id: connection.clone(),
                 connected_at: None,
+                device_id: Default::default(),
+                open_conversation: None,
+                device_limit: None,
             };
             let deadline = Instant::now() + Duration::from_millis(600);
             let report = tokio::time::timeout(
@@ -1209,6 +1331,9 @@ mod tests {
             user_id: bob,
             connection_id: connection.clone(),
             connected_at: None,
+            device_id: Default::default(),
+            open_conversation: None,
+            device_limit: None,
         };
         let report = catch_up(&app, &request, None, None).await.unwrap();
         assert_eq!(report.ending, Ending::CaughtUp);
@@ -1250,5 +1375,167 @@ mod tests {
             501 * worst_message_bytes(crate::config::SendConfig::default().max_body_bytes);
         assert_eq!(d.max_bytes_in_flight / per_read, 4);
         assert_eq!(most_reads_at_once(40, 500).await, 4);
+    }
+
+    mod devices {
+        use super::*;
+        use crate::domain::now_millis;
+        use crate::protocol::AckItem;
+        use crate::services::{ack, send};
+
+        fn id(s: &str) -> UserId {
+            UserId::parse(s).unwrap()
+        }
+        fn dev(s: &str) -> DeviceId {
+            DeviceId::parse(s).unwrap()
+        }
+
+        /// `n` conversations of alice and bob, `per` messages from alice in
+        /// each; bob's devices phone and laptop linked.
+        async fn world(
+            n: usize,
+            per: usize,
+        ) -> (App, crate::app::MemoryHandles, Vec<ConversationId>) {
+            let (app, h) = App::in_memory();
+            let mut ids = Vec::new();
+            for i in 0..n {
+                let c = ConversationId::parse(&format!("c{i:03}")).unwrap();
+                app.ports
+                    .conversations
+                    .create(&Conversation {
+                        conversation_id: c.clone(),
+                        members: vec![id("alice"), id("bob")],
+                        last_seq: Seq::ZERO,
+                        created_at: 1,
+                    })
+                    .await
+                    .unwrap();
+                for k in 0..per {
+                    let key = ClientMsgId::parse(&format!("k{i}-{k}")).unwrap();
+                    send::send_message(&app, &id("alice"), &dev("web"), &c, &key, "hi", None)
+                        .await
+                        .unwrap();
+                }
+                ids.push(c);
+            }
+            for d in ["phone", "laptop"] {
+                app.ports
+                    .links
+                    .touch(&id("bob"), &dev(d), now_millis(), 8, 0)
+                    .await
+                    .unwrap();
+            }
+            (app, h, ids)
+        }
+
+        async fn catch_up_for(
+            app: &App,
+            h: &crate::app::MemoryHandles,
+            device: &str,
+            open: Option<ConversationId>,
+        ) -> (Report, Vec<serde_json::Value>) {
+            let connection = ConnectionId::parse(&format!("conn-{device}")).unwrap();
+            h.gateway.open(&connection);
+            let request = CatchUpRequest {
+                user_id: id("bob"),
+                device_id: dev(device),
+                connection_id: connection.clone(),
+                connected_at: None,
+                open_conversation: open,
+                device_limit: None,
+            };
+            let report = catch_up(app, &request, None, None).await.unwrap();
+            let frames = h
+                .gateway
+                .frames(&connection)
+                .iter()
+                .map(|f| serde_json::from_str(f).unwrap())
+                .collect();
+            (report, frames)
+        }
+
+        #[tokio::test]
+        async fn each_device_starts_after_what_it_acked() {
+            let (app, h, ids) = world(2, 3).await;
+            let acks = [AckItem {
+                conversation_id: ids[0].clone(),
+                seq: Seq(3),
+            }];
+            ack::ack(&app, &id("bob"), &dev("phone"), &acks)
+                .await
+                .unwrap();
+            // The phone acked c000: only c001 is left for it.
+            let (report, _) = catch_up_for(&app, &h, "phone", None).await;
+            assert_eq!((report.conversations, report.messages), (1, 3));
+            // The laptop acked nothing: both conversations.
+            let (report, _) = catch_up_for(&app, &h, "laptop", None).await;
+            assert_eq!((report.conversations, report.messages), (2, 6));
+            // The row of c000 waits for the laptop; its ack clears it.
+            assert!(
+                app.ports
+                    .pending
+                    .get(&id("bob"), &ids[0])
+                    .await
+                    .unwrap()
+                    .is_some()
+            );
+            ack::ack(&app, &id("bob"), &dev("laptop"), &acks)
+                .await
+                .unwrap();
+            assert!(
+                app.ports
+                    .pending
+                    .get(&id("bob"), &ids[0])
+                    .await
+                    .unwrap()
+                    .is_none()
+            );
+        }
+
+        #[tokio::test]
+        async fn the_opened_conversation_goes_out_first() {
+            let (app, h, ids) = world(20, 2).await;
+            let opened = ids[17].clone();
+            let (report, frames) = catch_up_for(&app, &h, "phone", Some(opened.clone())).await;
+            assert_eq!(report.conversations, 20);
+            assert_eq!(frames[0]["type"], "messages");
+            assert_eq!(frames[0]["conversation_id"], opened.as_str());
+            // Not pending (or not the user's): ignored, everything delivered.
+            let stranger = ConversationId::parse("not-bobs").unwrap();
+            let (report, _) = catch_up_for(&app, &h, "laptop", Some(stranger)).await;
+            assert_eq!(
+                (report.ending, report.conversations),
+                (Ending::CaughtUp, 20)
+            );
+        }
+
+        #[tokio::test]
+        async fn a_device_over_the_limit_is_told_and_closed() {
+            let (app, h, _) = world(1, 1).await;
+            let connection = ConnectionId::parse("conn-tablet").unwrap();
+            h.gateway.open(&connection);
+            let request = CatchUpRequest {
+                user_id: id("bob"),
+                device_id: dev("tablet"),
+                connection_id: connection.clone(),
+                connected_at: None,
+                open_conversation: None,
+                device_limit: Some(2),
+            };
+            let report = catch_up(&app, &request, None, None).await.unwrap();
+            assert_eq!((report.ending, report.messages), (Ending::DeviceRefused, 0));
+            let frames = h.gateway.frames(&connection);
+            assert_eq!(frames.len(), 1);
+            let error: serde_json::Value = serde_json::from_str(&frames[0]).unwrap();
+            assert_eq!(error["code"], "too_many_devices");
+            assert!(
+                error["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("MAX_DEVICES = 2")
+            );
+            // Closed: a further post finds it gone.
+            assert!(app.ports.gateway.post(&connection, b"x").await.is_err());
+        }
     }
 }

@@ -1,4 +1,5 @@
-//! Creating a conversation (`createConversation`).
+//! Creating a conversation (`createConversation`) and listing the user's
+//! conversations (`listConversations`).
 //!
 //! The member list is the creator plus the requested users, de-duplicated in
 //! the order given (the creator first). Its size is bounded by
@@ -14,10 +15,51 @@
 use tracing::{info, instrument};
 
 use crate::app::App;
-use crate::domain::{Conversation, ConversationId, Seq, UserId, now_millis};
+use crate::domain::{Conversation, ConversationId, DeviceId, Seq, UserId, now_millis};
 use crate::ports::StoreError;
-use crate::protocol::{ErrorCode, FrameError, ServerFrame};
+use crate::protocol::{ConversationView, DEFAULT_LIST_LIMIT, ErrorCode, FrameError, ServerFrame};
 use crate::services::Answer;
+
+/// `listConversations`: one page of the user's conversations, with members,
+/// `last_seq` and the asking device's cursor, so an app draws its chat list
+/// with unread counts and a new device picks the history it wants to pull
+/// with range `sync`. Two reads, one after the other: the memberships page,
+/// then the conversations and the user's pending rows at once.
+#[instrument(skip_all, fields(user_id = %user, device_id = %device))]
+pub async fn list_conversations(
+    app: &App,
+    user: &UserId,
+    device: &DeviceId,
+    after: Option<&ConversationId>,
+    limit: Option<u32>,
+    request_id: Option<String>,
+) -> Result<Answer, StoreError> {
+    let limit = limit.unwrap_or(DEFAULT_LIST_LIMIT) as usize;
+    let ((page, next), rows) = futures::try_join!(
+        app.ports.conversations.list_for(user, after, limit),
+        app.ports.pending.list(user),
+    )?;
+    let conversations = page
+        .into_iter()
+        .map(|c| {
+            let held = rows
+                .iter()
+                .find(|r| r.conversation_id == c.conversation_id)
+                .map_or(c.last_seq, |r| r.held_by(device));
+            ConversationView {
+                delivered_through_seq: held.min(c.last_seq),
+                conversation_id: c.conversation_id,
+                members: c.members,
+                last_seq: c.last_seq,
+            }
+        })
+        .collect();
+    Ok(Answer::Done(ServerFrame::Conversations {
+        conversations,
+        next,
+        request_id,
+    }))
+}
 
 /// Creates a conversation; answers `conversation` or a `bad_request` error.
 #[instrument(skip_all, fields(user_id = %creator, requested = members.len()))]
@@ -190,5 +232,101 @@ mod tests {
         h.store.set_down(true);
         let r = create_conversation(&app, &user("alice"), &users(&["bob"]), None).await;
         assert!(matches!(r, Err(StoreError::Unavailable(_))));
+    }
+
+    #[tokio::test]
+    async fn list_conversations_pages_with_this_devices_cursor() {
+        use crate::domain::ClientMsgId;
+        use crate::protocol::{AckItem, ConversationView};
+        use crate::services::{ack, send};
+        let (app, _h) = App::in_memory();
+        let phone = DeviceId::parse("phone").unwrap();
+        let laptop = DeviceId::parse("laptop").unwrap();
+        let mut ids = Vec::new();
+        for _ in 0..3 {
+            let ServerFrame::Conversation {
+                conversation_id, ..
+            } = create_conversation(&app, &user("alice"), &users(&["bob"]), None)
+                .await
+                .unwrap()
+                .into_frame()
+            else {
+                panic!("not a conversation frame");
+            };
+            ids.push(conversation_id);
+        }
+        ids.sort();
+        // Carol is in none of them.
+        create_conversation(&app, &user("carol"), &users(&["dave"]), None)
+            .await
+            .unwrap();
+        for k in 0..4 {
+            let key = ClientMsgId::parse(&format!("k{k}")).unwrap();
+            send::send_message(&app, &user("alice"), &phone, &ids[0], &key, "hi", None)
+                .await
+                .unwrap();
+        }
+        for d in [&phone, &laptop] {
+            app.ports
+                .links
+                .touch(&user("bob"), d, now_millis(), 8, 0)
+                .await
+                .unwrap();
+        }
+        let acks = [AckItem {
+            conversation_id: ids[0].clone(),
+            seq: Seq(3),
+        }];
+        ack::ack(&app, &user("bob"), &phone, &acks).await.unwrap();
+
+        let page = |device: DeviceId, after: Option<ConversationId>| {
+            let app = app.clone();
+            async move {
+                let f =
+                    list_conversations(&app, &user("bob"), &device, after.as_ref(), Some(2), None)
+                        .await
+                        .unwrap()
+                        .into_frame();
+                let ServerFrame::Conversations {
+                    conversations,
+                    next,
+                    ..
+                } = f
+                else {
+                    panic!("not a conversations frame: {f:?}");
+                };
+                (conversations, next)
+            }
+        };
+        let (first, next) = page(phone.clone(), None).await;
+        assert_eq!(first.len(), 2);
+        assert_eq!(next.as_ref(), Some(&ids[1]));
+        let view = |c: &ConversationView| {
+            (
+                c.conversation_id.clone(),
+                c.last_seq,
+                c.delivered_through_seq,
+            )
+        };
+        // The phone holds 3 of 4; an untouched conversation counts as read.
+        assert_eq!(view(&first[0]), (ids[0].clone(), Seq(4), Seq(3)));
+        assert_eq!(view(&first[1]), (ids[1].clone(), Seq(0), Seq(0)));
+        assert_eq!(first[0].members, users(&["alice", "bob"]));
+        let (rest, next) = page(phone.clone(), next).await;
+        assert_eq!((rest.len(), next), (1, None));
+        assert_eq!(rest[0].conversation_id, ids[2]);
+        // The laptop acked nothing: 0 of 4.
+        let (first, _) = page(laptop, None).await;
+        assert_eq!(view(&first[0]), (ids[0].clone(), Seq(4), Seq(0)));
+        // Carol sees only her own.
+        let f = list_conversations(&app, &user("carol"), &phone, None, None, None)
+            .await
+            .unwrap()
+            .into_frame();
+        let ServerFrame::Conversations { conversations, .. } = f else {
+            panic!("not a conversations frame");
+        };
+        assert_eq!(conversations.len(), 1);
+        assert!(!conversations[0].members.contains(&user("bob")));
     }
 }

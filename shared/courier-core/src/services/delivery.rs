@@ -13,12 +13,13 @@
 
 use std::time::{Duration, Instant};
 
+use futures::future::join_all;
 use tracing::{debug, warn};
 
 use crate::app::Ports;
 use crate::backoff::Backoff;
 use crate::config::DeliveryConfig;
-use crate::domain::{Connection, UserId, now_millis};
+use crate::domain::{Connection, DeviceId, UserId, now_millis};
 use crate::ports::PostError;
 
 /// Longest pause between two attempts at a not-yet-open connection.
@@ -105,12 +106,13 @@ pub async fn post_frames(
     Ok(Posted::All)
 }
 
-/// Removes the registry entry if it still holds `connection`. Failures are
-/// logged: the registry is a hint, and a stale entry costs one more 410.
+/// Removes the device's registry entry if it still holds `connection`.
+/// Failures are logged: the registry is a hint, and a stale entry costs one
+/// more 410.
 pub async fn forget_connection(ports: &Ports, user: &UserId, connection: &Connection) {
     match ports
         .registry
-        .remove_if(user, &connection.connection_id)
+        .remove_if(user, &connection.device_id, &connection.connection_id)
         .await
     {
         Ok(removed) => {
@@ -122,12 +124,14 @@ pub async fn forget_connection(ports: &Ports, user: &UserId, connection: &Connec
     }
 }
 
-/// How a live delivery attempt to a user ended.
+/// How a live delivery attempt to one connection (or to a user, summed up
+/// by [`LiveReport::summary`]) ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Live {
     /// API Gateway accepted every frame.
     Delivered,
-    /// The registry has no connection for the user.
+    /// The registry has no connection for the user (or none but the
+    /// excluded device).
     Offline,
     /// The registry's connection was gone (410 past the open window).
     Gone,
@@ -143,28 +147,98 @@ impl Live {
     }
 }
 
-/// Looks the user up in the registry and posts `frames` to their connection.
+/// What a live delivery to every connected device of one user did.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LiveReport {
+    /// Each connected device tried, with how its post ended.
+    pub devices: Vec<(DeviceId, Live)>,
+    /// The registry could not be read: no device was tried.
+    pub registry_unavailable: bool,
+}
+
+impl LiveReport {
+    /// At least one device got the frames.
+    pub fn delivered(&self) -> bool {
+        self.devices.iter().any(|(_, l)| l.delivered())
+    }
+
+    /// Whether `device` got the frames.
+    pub fn reached(&self, device: &DeviceId) -> bool {
+        self.devices
+            .iter()
+            .any(|(d, l)| d == device && l.delivered())
+    }
+
+    /// The devices that got the frames.
+    pub fn reached_devices(&self) -> Vec<DeviceId> {
+        self.devices
+            .iter()
+            .filter(|(_, l)| l.delivered())
+            .map(|(d, _)| d.clone())
+            .collect()
+    }
+
+    /// One outcome for the user: delivered if any device was; else the
+    /// registry's failure, the first post failure, gone, or offline.
+    pub fn summary(&self) -> Live {
+        if self.delivered() {
+            return Live::Delivered;
+        }
+        if self.registry_unavailable {
+            return Live::RegistryUnavailable;
+        }
+        if let Some(failed) = self
+            .devices
+            .iter()
+            .find(|(_, l)| matches!(l, Live::Failed(_)))
+        {
+            return failed.1.clone();
+        }
+        if self.devices.iter().any(|(_, l)| *l == Live::Gone) {
+            return Live::Gone;
+        }
+        Live::Offline
+    }
+}
+
+/// Looks the user up in the registry and posts `frames` to every connected
+/// device but `except` (the sender's own device), in parallel: live latency
+/// does not grow with the number of devices, and the 410 rule applies to
+/// each connection on its own.
 pub async fn deliver_live(
     ports: &Ports,
     config: &DeliveryConfig,
     user: &UserId,
     frames: &[String],
-) -> Live {
-    let connection = match ports.registry.lookup(user).await {
-        Ok(Some(c)) => c,
-        Ok(None) => return Live::Offline,
+    except: Option<&DeviceId>,
+) -> LiveReport {
+    let connections = match ports.registry.lookup(user).await {
+        Ok(c) => c,
         Err(e) => {
             warn!(user_id = %user, error = %e, "registry unavailable; treating user as offline");
-            return Live::RegistryUnavailable;
+            return LiveReport {
+                devices: Vec::new(),
+                registry_unavailable: true,
+            };
         }
     };
-    match post_frames(ports, config, user, &connection, frames).await {
-        Ok(Posted::All) => Live::Delivered,
-        Ok(Posted::Gone { .. }) => Live::Gone,
-        Err(f) => {
-            warn!(user_id = %user, error = %f, "live delivery failed");
-            Live::Failed(f.error)
-        }
+    let posts = connections
+        .iter()
+        .filter(|c| Some(&c.device_id) != except)
+        .map(|connection| async move {
+            let live = match post_frames(ports, config, user, connection, frames).await {
+                Ok(Posted::All) => Live::Delivered,
+                Ok(Posted::Gone { .. }) => Live::Gone,
+                Err(f) => {
+                    warn!(user_id = %user, device_id = %connection.device_id, error = %f, "live delivery failed");
+                    Live::Failed(f.error)
+                }
+            };
+            (connection.device_id.clone(), live)
+        });
+    LiveReport {
+        devices: join_all(posts).await,
+        registry_unavailable: false,
     }
 }
 
@@ -188,6 +262,7 @@ mod tests {
         Connection {
             connection_id: ConnectionId::parse(id).unwrap(),
             connected_at: Some(connected_at),
+            device_id: Default::default(),
         }
     }
 
@@ -217,7 +292,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(r, Posted::Gone { delivered: 0 });
-        assert_eq!(ports.registry.lookup(&user).await.unwrap(), None);
+        assert_eq!(ports.registry.lookup(&user).await.unwrap(), vec![]);
 
         // A 410 for the old connection must not remove a newer one.
         h.registry_register(&user, &newer).await;
@@ -225,7 +300,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(r, Posted::Gone { delivered: 0 });
-        assert_eq!(ports.registry.lookup(&user).await.unwrap(), Some(newer));
+        assert_eq!(ports.registry.lookup(&user).await.unwrap(), vec![newer]);
     }
 
     #[tokio::test]
@@ -233,8 +308,8 @@ mod tests {
         let (ports, h, config) = setup();
         h.registry.set_down(true);
         let user = UserId::parse("bob").unwrap();
-        let live = deliver_live(&ports, &config, &user, &["x".into()]).await;
-        assert_eq!(live, Live::RegistryUnavailable);
+        let live = deliver_live(&ports, &config, &user, &["x".into()], None).await;
+        assert_eq!(live.summary(), Live::RegistryUnavailable);
     }
 
     impl crate::app::MemoryHandles {

@@ -17,7 +17,7 @@ use tracing::{debug, info, instrument, warn};
 
 use crate::app::Ports;
 use crate::config::{PushConfig, PushPreview};
-use crate::domain::{Device, Message, UserId};
+use crate::domain::{Device, DeviceId, Message, UserId};
 use crate::ports::{PushError, PushMessage};
 
 /// Longest preview, in characters (not bytes), ellipsis included. Banners
@@ -66,23 +66,34 @@ pub struct PushReport {
     pub failed: usize,
 }
 
-/// Pushes `message` to every device of `user`, concurrently. Never fails:
-/// see the module doc.
+/// Pushes `message` to every push-registered device of `user` but those
+/// in `reached` (they got it live), concurrently. `None` when no device
+/// needed one (all reached, or none registered). Never fails: see the
+/// module doc.
 #[instrument(skip_all, fields(user_id = %user, conversation_id = %message.conversation_id, seq = %message.seq))]
-pub async fn push_to_user(ports: &Ports, user: &UserId, message: &PushMessage) -> PushReport {
+pub async fn push_to_user(
+    ports: &Ports,
+    user: &UserId,
+    message: &PushMessage,
+    reached: &[DeviceId],
+) -> Option<PushReport> {
     let devices = match ports.devices.for_user(user).await {
         Ok(d) => d,
         Err(e) => {
             warn!(error = %e, "could not list devices; no push");
-            return PushReport {
+            return Some(PushReport {
                 failed: 1,
                 ..PushReport::default()
-            };
+            });
         }
     };
+    let devices: Vec<Device> = devices
+        .into_iter()
+        .filter(|d| !reached.contains(&d.device_id))
+        .collect();
     if devices.is_empty() {
-        debug!("no registered device; no push");
-        return PushReport::default();
+        debug!("no registered device left to push to");
+        return None;
     }
     let outcomes = join_all(devices.iter().map(|d| push_to_device(ports, d, message))).await;
     let mut report = PushReport::default();
@@ -93,7 +104,7 @@ pub async fn push_to_user(ports: &Ports, user: &UserId, message: &PushMessage) -
             DeviceOutcome::Failed => report.failed += 1,
         }
     }
-    report
+    Some(report)
 }
 
 enum DeviceOutcome {
@@ -176,6 +187,7 @@ mod tests {
             token: token.into(),
             endpoint_arn: arn,
             updated_at: now_millis(),
+            device_id: Default::default(),
         };
         h.store.put(&d).await.unwrap();
         d
@@ -227,7 +239,9 @@ mod tests {
         register(&h, &bob, Platform::Fcm, "tok-bob-1").await;
         register(&h, &bob, Platform::Apns, "tok-bob-2").await;
         register(&h, &user("carol"), Platform::Fcm, "tok-carol").await;
-        let report = push_to_user(&ports, &bob, &msg()).await;
+        let report = push_to_user(&ports, &bob, &msg(), &[])
+            .await
+            .unwrap_or_default();
         assert_eq!(
             report,
             PushReport {
@@ -251,13 +265,17 @@ mod tests {
         register(&h, &bob, Platform::Fcm, "tok-live").await;
         h.notifier.disable(&dead.endpoint_arn);
 
-        let report = push_to_user(&ports, &bob, &msg()).await;
+        let report = push_to_user(&ports, &bob, &msg(), &[])
+            .await
+            .unwrap_or_default();
         assert_eq!((report.sent, report.cleaned), (1, 1));
         assert_eq!(h.store.by_token("tok-dead").await.unwrap(), None);
         assert!(!h.notifier.endpoint_exists(&dead.endpoint_arn));
 
         // The next push does not try the dead device again.
-        let report = push_to_user(&ports, &bob, &msg()).await;
+        let report = push_to_user(&ports, &bob, &msg(), &[])
+            .await
+            .unwrap_or_default();
         assert_eq!(
             report,
             PushReport {
@@ -275,7 +293,9 @@ mod tests {
         let bob = user("bob");
         register(&h, &bob, Platform::Fcm, "tok").await;
         h.notifier.set_down(true);
-        let report = push_to_user(&ports, &bob, &msg()).await;
+        let report = push_to_user(&ports, &bob, &msg(), &[])
+            .await
+            .unwrap_or_default();
         assert_eq!(report.failed, 1);
         // Not a disabled endpoint: the device stays.
         assert!(h.store.by_token("tok").await.unwrap().is_some());

@@ -21,14 +21,16 @@
 //!    race (`SeqConflict`) re-reads and retries with jittered backoff, a
 //!    bounded number of times, so seqs stay gap-free under any concurrency.
 //! 4. **Delivery, every recipient at once**: a `messages` frame of one
-//!    message through [`delivery::deliver_live`] (which owns the 410 rule).
-//!    In `post` mode a recipient not reached gets a pending row, and *after*
+//!    message through [`delivery::deliver_live`] (which owns the 410 rule)
+//!    to every connected device of every recipient and to the sender's
+//!    other devices, all posts in parallel. In `post` mode a user with a
+//!    linked device not reached gets a pending row, and *after*
 //!    that row is durable the registry is read again: a recipient whose
 //!    connect landed in between either shows up there (delivered live now) or
 //!    their catch-up, which reads pending after connect wrote the registry,
 //!    finds the row. Either way nothing is lost.
-//! 5. **Push** for every recipient not reached live. A push failure never
-//!    fails a send.
+//! 5. **Push** to every push-registered device of a recipient that was not
+//!    reached live. A push failure never fails a send.
 //! 6. Only then `sent`: the sender is never told "sent" before the message
 //!    and every pending row it needs are durable.
 //!
@@ -44,15 +46,16 @@ use crate::app::App;
 use crate::backoff::Backoff;
 use crate::config::PendingClear;
 use crate::domain::{
-    Body, BodyError, ClientMsgId, Conversation, ConversationId, Message, Millis, Seq, UserId,
-    now_millis,
+    Body, BodyError, ClientMsgId, Conversation, ConversationId, DeviceId, Message, Millis, Seq,
+    UserId, now_millis,
 };
 use crate::ports::{AppendOutcome, NewMessage, PushMessage, RateDecision, StoreError};
 use crate::protocol::{
     ErrorCode, FrameError, ServerFrame, WireMessage, one_message_frame_len, pack_messages,
 };
 use crate::services::Answer;
-use crate::services::delivery::{self, Live};
+use crate::services::ack::holding_devices;
+use crate::services::delivery::{self, Live, LiveReport};
 use crate::services::push::{self, PushReport};
 
 /// Appends tried before a send gives up on a hot conversation. Each conflict
@@ -82,6 +85,7 @@ pub enum SendError {
 pub async fn send_message(
     app: &App,
     sender: &UserId,
+    device: &DeviceId,
     conversation_id: &ConversationId,
     client_msg_id: &ClientMsgId,
     body: &str,
@@ -144,7 +148,7 @@ pub async fn send_message(
         ports.conversations.get(conversation_id),
     )?;
     if let Some(original) = original {
-        return replay(app, read, original, request_id).await;
+        return replay(app, read, original, device, request_id).await;
     }
 
     let mut conflicts = 0u32;
@@ -175,7 +179,7 @@ pub async fn send_message(
             AppendOutcome::Stored => break (conversation, new.message),
             // A concurrent send of the same client_msg_id won the race.
             AppendOutcome::Duplicate(original) => {
-                return replay(app, Some(conversation), original, request_id).await;
+                return replay(app, Some(conversation), original, device, request_id).await;
             }
             AppendOutcome::NotAMember => {
                 return reject(
@@ -196,7 +200,7 @@ pub async fn send_message(
         }
     };
     debug!(seq = %message.seq, conflicts, "stored");
-    deliver(app, &conversation, &message).await?;
+    deliver(app, &conversation, &message, Some(device)).await?;
     Ok(Answer::Done(sent(&message, request_id)))
 }
 
@@ -242,7 +246,9 @@ fn new_message(
             sent_at,
         },
         pending_for: match app.settings.delivery.pending_clear {
-            PendingClear::Ack => conversation.others(sender).cloned().collect(),
+            // The sender too: their other devices get it at their next
+            // catch-up (the sending device acks it with the rest).
+            PendingClear::Ack => conversation.members.clone(),
             PendingClear::Post => Vec::new(),
         },
         idempotency_expires_at: (sent_at / 1000).saturating_add(ttl),
@@ -271,12 +277,13 @@ async fn replay(
     app: &App,
     conversation: Option<Conversation>,
     original: Message,
+    device: &DeviceId,
     request_id: Option<String>,
 ) -> Result<Answer, SendError> {
     info!(seq = %original.seq, "duplicate send; answering the original seq");
     match conversation {
         Some(conversation) => {
-            deliver(app, &conversation, &original).await?;
+            deliver(app, &conversation, &original, Some(device)).await?;
         }
         None => {
             warn!(seq = %original.seq, "message stored for a conversation that no longer exists")
@@ -285,27 +292,35 @@ async fn replay(
     Ok(Answer::Done(sent(&original, request_id)))
 }
 
-/// What delivering a message did for one recipient.
+/// What delivering a message did for one user (a recipient, or the sender
+/// for their other devices).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecipientOutcome {
     pub user_id: UserId,
-    /// The live attempt that counts: the re-check's if it delivered, else
-    /// the first one.
+    /// The live attempt that counts, summed up over the user's devices: the
+    /// re-check's if it delivered, else the first one.
     pub live: Live,
-    /// `post` mode only: a pending row was written for this recipient.
+    /// The devices that got the message live.
+    pub reached: Vec<DeviceId>,
+    /// `post` mode only: a pending row was written for this user.
     pub pending_recorded: bool,
-    /// The push, when the recipient was not reached live.
+    /// The push, when some push-registered device was not reached live
+    /// (never for the sender).
     pub push: Option<PushReport>,
 }
 
-/// Delivers `message` to every member but its sender, concurrently: live,
-/// pending rows in `post` mode, pushes. `Err` only when a `post`-mode pending
+/// Delivers `message` to every member's connected devices but the sending
+/// one, concurrently: live, pending rows in `post` mode, pushes to the
+/// recipients' devices not reached. `Err` only when a `post`-mode pending
 /// row could not be written — then the sender must not be told `sent`.
+/// `sender_device` is the device that sent it (`None`: unknown, so every
+/// device of the sender counts as another one).
 #[instrument(skip_all, fields(conversation_id = %conversation.conversation_id, seq = %message.seq))]
 pub async fn deliver(
     app: &App,
     conversation: &Conversation,
     message: &Message,
+    sender_device: Option<&DeviceId>,
 ) -> Result<Vec<RecipientOutcome>, StoreError> {
     let frames = pack_messages(
         &message.conversation_id,
@@ -313,11 +328,11 @@ pub async fn deliver(
         app.settings.delivery.max_frame_bytes,
     );
     let push = push::push_message(&app.settings.push, message);
-    let results = join_all(
-        conversation
-            .others(&message.sender_id)
-            .map(|user| deliver_to(app, user, message, &frames, &push)),
-    )
+    let sender = &message.sender_id;
+    let results = join_all(conversation.members.iter().map(|user| {
+        let except = if user == sender { sender_device } else { None };
+        deliver_to(app, user, user == sender, except, message, &frames, &push)
+    }))
     .await;
 
     let mut outcomes = Vec::with_capacity(results.len());
@@ -329,31 +344,49 @@ pub async fn deliver(
         }
     }
     let live = outcomes.iter().filter(|o| o.live.delivered()).count();
-    info!(
-        recipients = outcomes.len(),
-        live,
-        pushed = outcomes.len() - live,
-        "delivered"
-    );
+    let pushed = outcomes.iter().filter(|o| o.push.is_some()).count();
+    info!(users = outcomes.len(), live, pushed, "delivered");
     match fault {
         Some(e) => Err(e),
         None => Ok(outcomes),
     }
 }
 
+/// Whether every device that holds rows back was reached (`except`, the
+/// sending device, holds the message already). No linked device (data from
+/// before devices): reached if any connection was, as with one device.
+/// Devices unknown (the read failed): not all.
+async fn all_reached(
+    app: &App,
+    user: &UserId,
+    live: &LiveReport,
+    except: Option<&DeviceId>,
+) -> bool {
+    match holding_devices(app, user).await {
+        Ok(linked) if linked.is_empty() => except.is_some() || live.delivered(),
+        Ok(linked) => linked.iter().all(|d| Some(d) == except || live.reached(d)),
+        Err(e) => {
+            warn!(user_id = %user, error = %e, "could not list linked devices; recording pending");
+            false
+        }
+    }
+}
+
 async fn deliver_to(
     app: &App,
     user: &UserId,
+    is_sender: bool,
+    except: Option<&DeviceId>,
     message: &Message,
     frames: &[String],
     push: &PushMessage,
 ) -> (RecipientOutcome, Option<StoreError>) {
     let ports = &app.ports;
     let config = &app.settings.delivery;
-    let mut live = delivery::deliver_live(ports, config, user, frames).await;
+    let mut live = delivery::deliver_live(ports, config, user, frames, except).await;
     let mut pending_recorded = false;
     let mut fault = None;
-    if config.pending_clear == PendingClear::Post && !live.delivered() {
+    if config.pending_clear == PendingClear::Post && !all_reached(app, user, &live, except).await {
         match ports
             .pending
             .record(user, &message.conversation_id, message.seq)
@@ -363,9 +396,11 @@ async fn deliver_to(
                 pending_recorded = true;
                 // The no-lost-race re-check: only now that the row is durable
                 // may the registry be trusted to be read a second time.
-                let again = delivery::deliver_live(ports, config, user, frames).await;
-                if again.delivered() {
-                    live = again;
+                let again = delivery::deliver_live(ports, config, user, frames, except).await;
+                for (device, outcome) in again.devices {
+                    if outcome.delivered() && !live.reached(&device) {
+                        live.devices.push((device, outcome));
+                    }
                 }
             }
             Err(e) => {
@@ -374,15 +409,17 @@ async fn deliver_to(
             }
         }
     }
-    let push = if live.delivered() {
+    let reached = live.reached_devices();
+    let push = if is_sender {
         None
     } else {
-        Some(push::push_to_user(ports, user, push).await)
+        push::push_to_user(ports, user, push, &reached).await
     };
     (
         RecipientOutcome {
             user_id: user.clone(),
-            live,
+            live: live.summary(),
+            reached,
             pending_recorded,
             push,
         },
@@ -401,7 +438,7 @@ mod tests {
     use super::*;
     use crate::app::{MemoryHandles, Ports, Settings};
     use crate::domain::{Connection, ConnectionId, Device, Platform};
-    use crate::ports::{ConnectionRegistry, MessageStore, Notifier, RegistryError};
+    use crate::ports::{ConnectionRegistry, MessageStore, Notifier, Registered, RegistryError};
 
     fn user(s: &str) -> UserId {
         UserId::parse(s).unwrap()
@@ -455,6 +492,7 @@ mod tests {
                     token,
                     endpoint_arn: arn,
                     updated_at: now_millis(),
+                    device_id: Default::default(),
                 })
                 .await
                 .unwrap();
@@ -470,6 +508,7 @@ mod tests {
                 &Connection {
                     connection_id: c.clone(),
                     connected_at: Some(now_millis() - 60_000),
+                    device_id: Default::default(),
                 },
             )
             .await
@@ -481,6 +520,7 @@ mod tests {
         send_message(
             app,
             &user(from),
+            &Default::default(),
             &cid("c1"),
             &cmid(key),
             body,
@@ -609,7 +649,12 @@ mod tests {
         send(&app, "alice", "m1", "hello??").await;
         let bob = row(&app, "bob").await.unwrap();
         assert_eq!((bob.first_undelivered_seq, bob.last_seq), (Seq(1), Seq(1)));
-        assert!(row(&app, "alice").await.is_none());
+        // The sender's row is for her other devices.
+        let alice = row(&app, "alice").await.unwrap();
+        assert_eq!(
+            (alice.first_undelivered_seq, alice.last_seq),
+            (Seq(1), Seq(1))
+        );
         let to_bob: Vec<_> = h
             .notifier
             .sent()
@@ -665,7 +710,10 @@ mod tests {
         let bob = online(&h, "bob", "conn-bob").await;
         h.gateway.close(&bob);
         send(&app, "alice", "m1", "hello??").await;
-        assert_eq!(app.ports.registry.lookup(&user("bob")).await.unwrap(), None);
+        assert_eq!(
+            app.ports.registry.lookup(&user("bob")).await.unwrap(),
+            vec![]
+        );
         assert!(row(&app, "bob").await.is_some());
         assert_eq!(pushes_to(&h, "bob"), 1);
     }
@@ -681,6 +729,7 @@ mod tests {
                 &Connection {
                     connection_id: c.clone(),
                     connected_at: Some(now_millis()),
+                    device_id: Default::default(),
                 },
             )
             .await
@@ -734,10 +783,10 @@ mod tests {
 
     #[async_trait]
     impl ConnectionRegistry for ConnectsDuringSend {
-        async fn register(&self, u: &UserId, c: &Connection) -> Result<(), RegistryError> {
+        async fn register(&self, u: &UserId, c: &Connection) -> Result<Registered, RegistryError> {
             self.inner.register(u, c).await
         }
-        async fn lookup(&self, u: &UserId) -> Result<Option<Connection>, RegistryError> {
+        async fn lookup(&self, u: &UserId) -> Result<Vec<Connection>, RegistryError> {
             let first = self.inner.lookup(u).await;
             if u.as_str() == "bob" && !self.connected.swap(true, Ordering::SeqCst) {
                 let c = ConnectionId::parse("conn-late").unwrap();
@@ -748,14 +797,20 @@ mod tests {
                         &Connection {
                             connection_id: c,
                             connected_at: Some(now_millis()),
+                            device_id: Default::default(),
                         },
                     )
                     .await?;
             }
             first
         }
-        async fn remove_if(&self, u: &UserId, c: &ConnectionId) -> Result<bool, RegistryError> {
-            self.inner.remove_if(u, c).await
+        async fn remove_if(
+            &self,
+            u: &UserId,
+            d: &DeviceId,
+            c: &ConnectionId,
+        ) -> Result<bool, RegistryError> {
+            self.inner.remove_if(u, d, c).await
         }
     }
 
@@ -819,8 +874,16 @@ mod tests {
             crashing.messages = Arc::new(CrashAfterStore(h.store.clone()));
             let app = App::new(crashing, settings(mode));
             seed(&app.ports, &h).await;
-            let first =
-                send_message(&app, &user("alice"), &cid("c1"), &cmid("m1"), "hi", None).await;
+            let first = send_message(
+                &app,
+                &user("alice"),
+                &Default::default(),
+                &cid("c1"),
+                &cmid("m1"),
+                "hi",
+                None,
+            )
+            .await;
             assert!(matches!(first, Err(SendError::Store(_))), "{mode:?}");
             assert!(h.notifier.sent().is_empty(), "crashed before delivering");
 
@@ -844,7 +907,16 @@ mod tests {
         down.set_down(true);
         broken.pending = Arc::new(down);
         let broken = App::new(broken, settings(PendingClear::Post));
-        let r = send_message(&broken, &user("alice"), &cid("c1"), &cmid("m1"), "hi", None).await;
+        let r = send_message(
+            &broken,
+            &user("alice"),
+            &Default::default(),
+            &cid("c1"),
+            &cmid("m1"),
+            "hi",
+            None,
+        )
+        .await;
         assert!(matches!(r, Err(SendError::Store(_))));
         // Offline recipients are still pushed; the retry writes the rows.
         assert_eq!(h.notifier.sent().len(), 2);
@@ -867,6 +939,7 @@ mod tests {
             let f = send_message(
                 &app,
                 &user(from),
+                &Default::default(),
                 &cid(conv),
                 &cmid("k"),
                 body,
@@ -1055,7 +1128,16 @@ mod tests {
     async fn store_down_is_a_fault() {
         let (app, h) = setup(PendingClear::Ack).await;
         h.store.set_down(true);
-        let r = send_message(&app, &user("alice"), &cid("c1"), &cmid("k"), "hi", None).await;
+        let r = send_message(
+            &app,
+            &user("alice"),
+            &Default::default(),
+            &cid("c1"),
+            &cmid("k"),
+            "hi",
+            None,
+        )
+        .await;
         assert!(matches!(
             r,
             Err(SendError::Store(StoreError::Unavailable(_)))
@@ -1077,5 +1159,111 @@ mod tests {
             .map(|n| CONFLICT_BACKOFF.window(n))
             .sum();
         assert!(worst < Duration::from_secs(29), "{worst:?}");
+    }
+
+    /// `u`'s device `device` online on connection `conn`.
+    async fn online_device(h: &MemoryHandles, u: &str, device: &str, conn: &str) -> ConnectionId {
+        let c = ConnectionId::parse(conn).unwrap();
+        h.gateway.open(&c);
+        h.registry
+            .register(
+                &user(u),
+                &Connection {
+                    connection_id: c.clone(),
+                    connected_at: Some(now_millis() - 60_000),
+                    device_id: DeviceId::parse(device).unwrap(),
+                },
+            )
+            .await
+            .unwrap();
+        c
+    }
+
+    #[tokio::test]
+    async fn every_device_of_every_member_gets_it_live_but_the_sending_one() {
+        let (app, h) = setup(PendingClear::Ack).await;
+        let bob_phone = online_device(&h, "bob", "phone", "bob-phone").await;
+        let bob_laptop = online_device(&h, "bob", "laptop", "bob-laptop").await;
+        let alice_phone = online_device(&h, "alice", "phone", "alice-phone").await;
+        let alice_laptop = online_device(&h, "alice", "laptop", "alice-laptop").await;
+        let sent = send_message(
+            &app,
+            &user("alice"),
+            &DeviceId::parse("phone").unwrap(),
+            &cid("c1"),
+            &cmid("m1"),
+            "hi",
+            None,
+        )
+        .await
+        .unwrap()
+        .into_frame();
+        assert_eq!(seq_of(&sent), 1);
+        for c in [&bob_phone, &bob_laptop, &alice_laptop] {
+            assert_eq!(h.gateway.frames(c).len(), 1, "{c}");
+        }
+        // The sending device has `sent`; it gets no copy.
+        assert!(h.gateway.frames(&alice_phone).is_empty());
+        // Pushes go per device: bob's token was registered by his device
+        // `default`, which is not connected, so it gets one; alice (the
+        // sender) gets none.
+        assert_eq!(pushes_to(&h, "bob"), 1);
+        assert_eq!(pushes_to(&h, "carol"), 1);
+        assert_eq!(pushes_to(&h, "alice"), 0);
+    }
+
+    #[tokio::test]
+    async fn pushes_go_only_to_the_devices_not_reached_live() {
+        let (app, h) = setup(PendingClear::Ack).await;
+        // Bob's phone (token tok-bob, device default) is offline; his laptop
+        // registered its own token and is online.
+        let arn = h
+            .notifier
+            .create_endpoint(Platform::Fcm, "tok-bob-laptop", &user("bob"))
+            .await
+            .unwrap();
+        app.ports
+            .devices
+            .put(&Device {
+                user_id: user("bob"),
+                device_id: DeviceId::parse("laptop").unwrap(),
+                platform: Platform::Fcm,
+                token: "tok-bob-laptop".into(),
+                endpoint_arn: arn,
+                updated_at: now_millis(),
+            })
+            .await
+            .unwrap();
+        online_device(&h, "bob", "laptop", "bob-laptop").await;
+        send(&app, "alice", "m1", "hi").await;
+        let to_bob: Vec<String> = h
+            .notifier
+            .sent()
+            .into_iter()
+            .map(|p| p.token)
+            .filter(|t| t.starts_with("tok-bob"))
+            .collect();
+        assert_eq!(to_bob, vec!["tok-bob"]);
+    }
+
+    #[tokio::test]
+    async fn post_mode_records_a_row_while_a_linked_device_was_not_reached() {
+        let (app, h) = setup(PendingClear::Post).await;
+        let now = now_millis();
+        for d in ["phone", "laptop"] {
+            app.ports
+                .links
+                .touch(&user("bob"), &DeviceId::parse(d).unwrap(), now, 8, 0)
+                .await
+                .unwrap();
+        }
+        online_device(&h, "bob", "laptop", "bob-laptop").await;
+        send(&app, "alice", "m1", "hi").await;
+        // The laptop got it live, the phone did not: the row stays for it.
+        assert!(row(&app, "bob").await.is_some());
+        online_device(&h, "bob", "phone", "bob-phone").await;
+        send(&app, "alice", "m2", "again").await;
+        // Both reached this time; the row holds only what the phone missed.
+        assert_eq!(row(&app, "bob").await.unwrap().last_seq, Seq(1));
     }
 }
