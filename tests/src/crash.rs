@@ -29,13 +29,14 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use async_trait::async_trait;
 use courier_core::app::Ports;
 use courier_core::domain::{
-    ClientMsgId, Connection, ConnectionId, Conversation, ConversationId, Device, Message,
-    PendingDelivery, Platform, Seq, UserId,
+    ClientMsgId, Connection, ConnectionId, Conversation, ConversationId, Device, DeviceId,
+    LinkedDevice, Message, Millis, PendingDelivery, Platform, Seq, UserId,
 };
 use courier_core::ports::{
     AckOutcome, AppendOutcome, CatchUpRequest, CatchUpTrigger, ConnectionInfo, ConnectionRegistry,
-    ConversationStore, DeviceStore, Gateway, MessageStore, NewMessage, Notifier, PendingStore,
-    PostError, PushError, PushMessage, RegistryError, StoreError, TriggerError,
+    ConversationStore, DeviceStore, Gateway, LinkOutcome, LinkStore, MessageStore, NewMessage,
+    Notifier, PendingStore, PostError, PushError, PushMessage, Registered, RegistryError,
+    StoreError, TriggerError,
 };
 
 tokio::task_local! {
@@ -239,6 +240,7 @@ pub fn crashing_ports(ports: &Ports, plan: &Arc<CrashPlan>) -> Ports {
         conversations: Crashing::new(ports.conversations.clone(), p()),
         pending: Crashing::new(ports.pending.clone(), p()),
         devices: Crashing::new(ports.devices.clone(), p()),
+        links: Crashing::new(ports.links.clone(), p()),
         gateway: Crashing::new(ports.gateway.clone(), p()),
         trigger: Crashing::new(ports.trigger.clone(), p()),
         notifier: Crashing::new(ports.notifier.clone(), p()),
@@ -251,7 +253,11 @@ fn store_err(m: String) -> StoreError {
 
 #[async_trait]
 impl ConnectionRegistry for Crashing<dyn ConnectionRegistry> {
-    async fn register(&self, user: &UserId, connection: &Connection) -> Result<(), RegistryError> {
+    async fn register(
+        &self,
+        user: &UserId,
+        connection: &Connection,
+    ) -> Result<Registered, RegistryError> {
         self.plan
             .guard(
                 "registry.register",
@@ -260,16 +266,21 @@ impl ConnectionRegistry for Crashing<dyn ConnectionRegistry> {
             )
             .await
     }
-    async fn lookup(&self, user: &UserId) -> Result<Option<Connection>, RegistryError> {
+    async fn lookup(&self, user: &UserId) -> Result<Vec<Connection>, RegistryError> {
         self.plan
             .guard("registry.lookup", || self.inner.lookup(user), RegistryError)
             .await
     }
-    async fn remove_if(&self, user: &UserId, id: &ConnectionId) -> Result<bool, RegistryError> {
+    async fn remove_if(
+        &self,
+        user: &UserId,
+        device: &DeviceId,
+        id: &ConnectionId,
+    ) -> Result<bool, RegistryError> {
         self.plan
             .guard(
                 "registry.remove_if",
-                || self.inner.remove_if(user, id),
+                || self.inner.remove_if(user, device, id),
                 RegistryError,
             )
             .await
@@ -329,6 +340,20 @@ impl ConversationStore for Crashing<dyn ConversationStore> {
             .guard("conversations.get", || self.inner.get(id), store_err)
             .await
     }
+    async fn list_for(
+        &self,
+        user: &UserId,
+        after: Option<&ConversationId>,
+        limit: usize,
+    ) -> Result<(Vec<Conversation>, Option<ConversationId>), StoreError> {
+        self.plan
+            .guard(
+                "conversations.list_for",
+                || self.inner.list_for(user, after, limit),
+                store_err,
+            )
+            .await
+    }
 }
 
 #[async_trait]
@@ -368,13 +393,15 @@ impl PendingStore for Crashing<dyn PendingStore> {
     async fn ack(
         &self,
         user: &UserId,
+        device: &DeviceId,
         conversation: &ConversationId,
         seq: Seq,
+        linked: &[DeviceId],
     ) -> Result<AckOutcome, StoreError> {
         self.plan
             .guard(
                 "pending.ack",
-                || self.inner.ack(user, conversation, seq),
+                || self.inner.ack(user, device, conversation, seq, linked),
                 store_err,
             )
             .await
@@ -382,14 +409,19 @@ impl PendingStore for Crashing<dyn PendingStore> {
     async fn settle_posted(
         &self,
         user: &UserId,
+        device: &DeviceId,
         conversation: &ConversationId,
         from: Seq,
         through: Seq,
+        linked: &[DeviceId],
     ) -> Result<AckOutcome, StoreError> {
         self.plan
             .guard(
                 "pending.settle_posted",
-                || self.inner.settle_posted(user, conversation, from, through),
+                || {
+                    self.inner
+                        .settle_posted(user, device, conversation, from, through, linked)
+                },
                 store_err,
             )
             .await
@@ -416,6 +448,40 @@ impl DeviceStore for Crashing<dyn DeviceStore> {
     async fn delete(&self, token: &str) -> Result<(), StoreError> {
         self.plan
             .guard("devices.delete", || self.inner.delete(token), store_err)
+            .await
+    }
+}
+
+#[async_trait]
+impl LinkStore for Crashing<dyn LinkStore> {
+    async fn touch(
+        &self,
+        user: &UserId,
+        device: &DeviceId,
+        now: Millis,
+        max: usize,
+        stale_before: Millis,
+    ) -> Result<LinkOutcome, StoreError> {
+        self.plan
+            .guard(
+                "links.touch",
+                || self.inner.touch(user, device, now, max, stale_before),
+                store_err,
+            )
+            .await
+    }
+    async fn list(&self, user: &UserId) -> Result<Vec<LinkedDevice>, StoreError> {
+        self.plan
+            .guard("links.list", || self.inner.list(user), store_err)
+            .await
+    }
+    async fn unlink(&self, user: &UserId, device: &DeviceId) -> Result<bool, StoreError> {
+        self.plan
+            .guard(
+                "links.unlink",
+                || self.inner.unlink(user, device),
+                store_err,
+            )
             .await
     }
 }
@@ -514,6 +580,7 @@ mod tests {
         Connection {
             connection_id: ConnectionId::parse(s).unwrap(),
             connected_at: Some(now_millis()),
+            device_id: Default::default(),
         }
     }
 
@@ -535,7 +602,7 @@ mod tests {
         assert!(r.0.is_ok());
         assert!(r.1.is_err(), "the 2nd call crashes");
         assert!(r.2.is_err(), "calls after the crash fail too");
-        let held = h.registry.lookup(&bob).await.unwrap().unwrap();
+        let held = h.registry.lookup(&bob).await.unwrap().pop().unwrap();
         assert_eq!(
             held.connection_id.as_str(),
             "c1",
@@ -558,7 +625,7 @@ mod tests {
             .invocation(7, p.registry.register(&bob, &conn("c1")))
             .await;
         assert!(r.is_err());
-        assert!(h.registry.lookup(&bob).await.unwrap().is_some());
+        assert!(!h.registry.lookup(&bob).await.unwrap().is_empty());
     }
 
     #[tokio::test]
@@ -582,7 +649,7 @@ mod tests {
         assert!(r.0.is_ok(), "another port method runs");
         assert!(r.1.is_err(), "the named call crashes");
         assert!(r.2.is_err(), "calls after the crash fail too");
-        let held = h.registry.lookup(&bob).await.unwrap().unwrap();
+        let held = h.registry.lookup(&bob).await.unwrap().pop().unwrap();
         assert_eq!(held.connection_id.as_str(), "c1", "it took effect");
         assert_eq!(plan.crashes(), 1);
 
@@ -599,7 +666,7 @@ mod tests {
             .invocation(2, p.registry.register(&bob, &conn("c3")))
             .await;
         assert!(r.is_err());
-        let held = h.registry.lookup(&bob).await.unwrap().unwrap();
+        let held = h.registry.lookup(&bob).await.unwrap().pop().unwrap();
         assert_eq!(
             held.connection_id.as_str(),
             "c2",

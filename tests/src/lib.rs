@@ -1,11 +1,13 @@
 //! The test harness: real Redis and a real DynamoDB API (moto's server) for
 //! every integration and conformance test.
 //!
-//! `scripts/test` starts both servers once and names them in `REDIS_URL` and
-//! `DYNAMODB_ENDPOINT`; the helpers here use those when set. When they are
-//! not (a plain `cargo test`), the first test that asks starts its own
-//! `redis-server` or moto's server on a free loopback port, once per test
-//! process, and waits until it answers. moto runs through
+//! `scripts/test` starts the servers once and names them in `REDIS_URL`,
+//! `REDIS_CLUSTER_URL` (a three-master Redis Cluster, the shape of
+//! ElastiCache Serverless's protocol) and `DYNAMODB_ENDPOINT`; the helpers
+//! here use those when set. When they are not (a plain `cargo test`), the
+//! first test that asks starts its own `redis-server`, cluster or moto's
+//! server on free loopback ports, once per test process, and waits until it
+//! answers. moto runs through
 //! `scripts/moto_server.py`, which serializes its requests: moto's threaded
 //! server is not transactional under concurrency, DynamoDB is. A binary that
 //! cannot be found is a panic that says how to get it: a test that silently
@@ -19,6 +21,7 @@
 //! set of tables under a unique prefix for each test, so tests run in
 //! parallel against one moto without seeing each other's items.
 
+pub mod cluster;
 pub mod crash;
 pub mod proxy;
 
@@ -42,9 +45,9 @@ pub const TEST_REGION: &str = "us-east-1";
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Where to get the servers, for the panic messages.
-const HOW_TO_GET: &str = "run `bash scripts/test` (it installs redis-server with apt-get and \
-     moto[server] into .venv, then runs the tests), or set REDIS_URL / DYNAMODB_ENDPOINT \
-     to running servers";
+const HOW_TO_GET: &str = "run `bash scripts/test` (it installs redis-server and redis-cli with \
+     apt-get and moto[server] into .venv, then runs the tests), or set REDIS_URL / \
+     REDIS_CLUSTER_URL / DYNAMODB_ENDPOINT to running servers";
 
 /// Logs go to the test output only when `TEST_LOG` is set (its value is an
 /// `EnvFilter`, e.g. `TEST_LOG=debug` or `TEST_LOG=courier=trace`); silent
@@ -77,6 +80,18 @@ pub async fn redis_url() -> String {
     }
     static REDIS: OnceLock<String> = OnceLock::new();
     blocking(|| REDIS.get_or_init(start_redis).clone()).await
+}
+
+/// `redis://127.0.0.1:PORT` of one master of a running Redis Cluster of
+/// three masters (all 16384 slots assigned, `cluster_state:ok`); a cluster
+/// client finds the other two from it.
+pub async fn redis_cluster_url() -> String {
+    init_test_logging();
+    if let Some(url) = env_var("REDIS_CLUSTER_URL") {
+        return url;
+    }
+    static CLUSTER: OnceLock<String> = OnceLock::new();
+    blocking(|| CLUSTER.get_or_init(start_redis_cluster).clone()).await
 }
 
 /// `http://127.0.0.1:PORT` of moto's server (DynamoDB, SNS, …).
@@ -194,6 +209,86 @@ fn start_redis() -> String {
         redis_answers,
     );
     format!("redis://127.0.0.1:{port}")
+}
+
+/// Three `redis-server --cluster-enabled yes` on free ports, joined by
+/// `redis-cli --cluster create` with no replicas, as `scripts/test` does.
+fn start_redis_cluster() -> String {
+    let dirs = [Path::new("/usr/bin"), Path::new("/usr/sbin")];
+    let bin = find_on_path("redis-server", &dirs)
+        .unwrap_or_else(|| panic!("redis-server not found on PATH: {HOW_TO_GET}"));
+    let cli = find_on_path("redis-cli", &dirs)
+        .unwrap_or_else(|| panic!("redis-cli not found on PATH: {HOW_TO_GET}"));
+    let dir = std::env::temp_dir().join(format!(
+        "courier-tests-{}-cluster-{}",
+        std::process::id(),
+        uuid::Uuid::new_v4().simple()
+    ));
+    std::fs::create_dir_all(&dir)
+        .unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
+    let ports: Vec<u16> = (0..3)
+        .map(|i| {
+            start_server(
+                &format!("redis-cluster-{i}"),
+                |port| {
+                    let mut cmd = Command::new(&bin);
+                    cmd.args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+                        // The bus port is chosen too, not left at port + 10000.
+                        .args(["--cluster-enabled", "yes"])
+                        .args(["--cluster-port", &free_port().to_string()])
+                        .args(["--cluster-config-file", &format!("nodes-{port}.conf")])
+                        .arg("--dir")
+                        .arg(&dir)
+                        .args(["--save", "", "--appendonly", "no"]);
+                    cmd
+                },
+                redis_answers,
+            )
+        })
+        .collect();
+    let nodes: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let created = Command::new(&cli)
+        .arg("--cluster")
+        .arg("create")
+        .args(&nodes)
+        .args(["--cluster-replicas", "0", "--cluster-yes"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run redis-cli --cluster create: {e}"));
+    if !created.status.success() {
+        panic!(
+            "redis-cli --cluster create failed: {}{}",
+            String::from_utf8_lossy(&created.stdout),
+            String::from_utf8_lossy(&created.stderr)
+        );
+    }
+    let deadline = Instant::now() + START_TIMEOUT;
+    while !ports.iter().all(|p| cluster_ok(*p)) {
+        if Instant::now() > deadline {
+            panic!("the Redis Cluster on {nodes:?} did not reach cluster_state:ok");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    format!("redis://127.0.0.1:{}", ports[0])
+}
+
+/// `CLUSTER INFO` of the node on `port` says `cluster_state:ok`.
+fn cluster_ok(port: u16) -> bool {
+    let Some(mut s) = connect(port) else {
+        return false;
+    };
+    if s.write_all(b"CLUSTER INFO\r\n").is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 4096];
+    let mut got = Vec::new();
+    while !got.windows(14).any(|w| w == b"cluster_state:") || !got.ends_with(b"\r\n") {
+        match s.read(&mut buf) {
+            Ok(n) if n > 0 => got.extend_from_slice(&buf[..n]),
+            _ => return false,
+        }
+    }
+    got.windows(16).any(|w| w == b"cluster_state:ok")
 }
 
 fn start_moto() -> String {

@@ -18,8 +18,8 @@ use courier_aws::dynamo::{DynamoStore, RetryPolicy};
 use courier_core::config::TableNames;
 use courier_core::domain::{ClientMsgId, ConversationId, Message, Seq, UserId};
 use courier_core::ports::{
-    AppendOutcome, ConversationStore, DeviceStore, MessageStore, NewMessage, PendingStore,
-    StoreError,
+    AppendOutcome, ConversationStore, DeviceStore, LinkStore, MessageStore, NewMessage,
+    PendingStore, StoreError,
 };
 use courier_tests::{dynamo_client, fresh_tables, init_test_logging};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -357,6 +357,55 @@ async fn malformed_items_are_corrupt_not_panics() {
     ));
     assert!(matches!(
         store.for_user(&bob).await,
+        Err(StoreError::Corrupt(_))
+    ));
+
+    // In carol's partition: a pending row whose cursors hold a string, a
+    // link without last_seen_at, a membership of an invalid id.
+    let carol = UserId::parse("carol").unwrap();
+    put(
+        &tables.pending,
+        vec![
+            ("user_id", s("carol")),
+            ("conversation_id", s("c1")),
+            ("first_undelivered_seq", n("1")),
+            ("last_seq", n("3")),
+            ("updated_at", n("0")),
+            (
+                "cursors",
+                AttributeValue::M(HashMap::from([("phone".to_owned(), s("2"))])),
+            ),
+        ],
+    )
+    .await
+    .unwrap();
+    assert!(matches!(
+        PendingStore::get(&store, &carol, &conv()).await,
+        Err(StoreError::Corrupt(_))
+    ));
+    put(
+        &tables.pending,
+        vec![
+            ("user_id", s("carol")),
+            ("conversation_id", s("#d#phone")),
+            ("device_id", s("phone")),
+            ("linked_at", n("0")),
+        ],
+    )
+    .await
+    .unwrap();
+    assert!(matches!(
+        LinkStore::list(&store, &carol).await,
+        Err(StoreError::Corrupt(_))
+    ));
+    put(
+        &tables.pending,
+        vec![("user_id", s("carol")), ("conversation_id", s("#m#a b"))],
+    )
+    .await
+    .unwrap();
+    assert!(matches!(
+        ConversationStore::list_for(&store, &carol, None, 10).await,
         Err(StoreError::Corrupt(_))
     ));
 }

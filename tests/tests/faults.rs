@@ -136,6 +136,7 @@ async fn real() -> Real {
             token,
             endpoint_arn: arn,
             updated_at: now_millis(),
+            device_id: Default::default(),
         })
         .await
         .unwrap();
@@ -176,9 +177,10 @@ impl Real {
         let c = Connection {
             connection_id: ConnectionId::parse(&unique("conn")).unwrap(),
             connected_at: Some(now_millis() - 10_000),
+            device_id: Default::default(),
         };
         self.gateway.open(&c.connection_id);
-        let connected = connect::connect(&self.app.ports, user, &c).await;
+        let connected = connect::connect(&self.app, user, &c, None).await;
         (c, connected)
     }
 
@@ -187,6 +189,9 @@ impl Real {
             user_id: user.clone(),
             connection_id: c.connection_id.clone(),
             connected_at: c.connected_at,
+            device_id: Default::default(),
+            open_conversation: None,
+            device_limit: None,
         }
     }
 
@@ -213,9 +218,17 @@ async fn send_with(
     key: &str,
 ) -> Result<Seq, send::SendError> {
     let key = ClientMsgId::parse(key).unwrap();
-    match send::send_message(app, from, conv, &key, &format!("body of {key}"), None)
-        .await?
-        .into_frame()
+    match send::send_message(
+        app,
+        from,
+        &Default::default(),
+        conv,
+        &key,
+        &format!("body of {key}"),
+        None,
+    )
+    .await?
+    .into_frame()
     {
         ServerFrame::Sent { seq, .. } => Ok(seq),
         other => panic!("send answered {other:?}"),
@@ -678,7 +691,11 @@ async fn ack_all(r: &Real, user: &UserId, got: &Received) {
             seq: Seq(*s.iter().next_back().unwrap()),
         })
         .collect();
-    let report = ack::ack(&r.app, user, &acks).await.unwrap().done().unwrap();
+    let report = ack::ack(&r.app, user, &Default::default(), &acks)
+        .await
+        .unwrap()
+        .done()
+        .unwrap();
     assert!(report.refused.is_empty());
 }
 
@@ -697,7 +714,13 @@ async fn catch_up_killed_after_k_posts_is_completed_by_the_next_connect() {
         assert_eq!(report.ending, Ending::Gone, "k={k}");
         assert_eq!(r.has_pending(&r.bob).await, 2, "nothing deleted, k={k}");
         assert!(
-            r.app.ports.registry.lookup(&r.bob).await.unwrap().is_none(),
+            r.app
+                .ports
+                .registry
+                .lookup(&r.bob)
+                .await
+                .unwrap()
+                .is_empty(),
             "the gone connection left the registry"
         );
         let partial = received(&r.gateway, &[&first]);
@@ -744,6 +767,8 @@ async fn a_410_mid_catch_up_leaves_a_newer_connection_alone() {
             .lookup(&r.bob)
             .await
             .unwrap()
+            .into_iter()
+            .next()
             .map(|c| c.connection_id),
         Some(newer.connection_id.clone()),
         "compare-and-delete kept the newer connection"

@@ -28,6 +28,9 @@ fn request() -> CatchUpRequest {
         user_id: UserId::parse("bob").unwrap(),
         connection_id: ConnectionId::parse("L0SM9cOFvHcCIhw=").unwrap(),
         connected_at: Some(1_795_000_000_000),
+        device_id: Default::default(),
+        open_conversation: None,
+        device_limit: None,
     }
 }
 
@@ -50,6 +53,7 @@ async fn invokes_the_function_asynchronously_with_the_request_as_payload() {
         raw,
         serde_json::json!({
             "user_id": "bob",
+            "device_id": "default",
             "connection_id": "L0SM9cOFvHcCIhw=",
             "connected_at": 1_795_000_000_000i64,
         })

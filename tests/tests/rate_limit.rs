@@ -1,5 +1,7 @@
 //! Per-user rate limiting of sends: the same cases against the in-memory
-//! token bucket and the Redis one (a Lua script on a real redis-server), and
+//! token bucket and the Redis one (a Lua script on a real redis-server, and
+//! in cluster mode on a real three-master Redis Cluster, with users whose
+//! buckets live on each master), and
 //! the send path on top: a flood gets `rate_limited` frames and stores
 //! nothing, other users are unaffected, and a limiter that cannot be asked
 //! lets sends through with a log line.
@@ -17,6 +19,7 @@ use courier_core::domain::{ClientMsgId, Conversation, ConversationId, Seq, UserI
 use courier_core::ports::{RateDecision, RateLimiter};
 use courier_core::protocol::{ErrorCode, ServerFrame};
 use courier_core::services::send;
+use courier_tests::cluster;
 use courier_tests::proxy::{FaultProxy, Mode};
 
 fn user(name: &str) -> UserId {
@@ -29,6 +32,13 @@ fn user(name: &str) -> UserId {
 
 async fn redis_limiter(limits: RateLimitConfig) -> RedisRateLimiter {
     let mut config = RegistryConfig::new(courier_tests::redis_url().await);
+    config.timeout = Duration::from_secs(2);
+    RedisRateLimiter::new(&config, limits).unwrap()
+}
+
+async fn cluster_limiter(limits: RateLimitConfig) -> RedisRateLimiter {
+    let mut config = RegistryConfig::new(courier_tests::redis_cluster_url().await);
+    config.cluster = true;
     config.timeout = Duration::from_secs(2);
     RedisRateLimiter::new(&config, limits).unwrap()
 }
@@ -98,6 +108,10 @@ macro_rules! conformance {
             async fn redis() {
                 super::$case(&redis_limiter(limits(2.0, 5)).await).await;
             }
+            #[tokio::test]
+            async fn redis_cluster() {
+                super::$case(&cluster_limiter(limits(2.0, 5)).await).await;
+            }
         }
     )*};
 }
@@ -129,6 +143,41 @@ async fn redis_bucket_is_atomic_across_execution_environments() {
         total += t.await.unwrap();
     }
     assert_eq!(total, 10, "forty tries, a burst of ten");
+}
+
+#[tokio::test]
+async fn cluster_buckets_on_every_master_each_keep_their_own_count() {
+    let seed = courier_tests::redis_cluster_url().await;
+    let masters = cluster::masters(&seed).await;
+    assert_eq!(masters.len(), 3, "the test cluster has three masters");
+    let l = cluster_limiter(limits(2.0, 5)).await;
+    let mut served = Vec::new();
+    for _ in 0..1000 {
+        let u = user("spread");
+        let key = RedisRateLimiter::key(&u);
+        let slot = cluster::key_slot(&seed, &key).await;
+        let Some(master) = masters.iter().find(|m| m.serves(slot)) else {
+            panic!("no master serves slot {slot}");
+        };
+        if served.contains(&master.id) {
+            continue;
+        }
+        assert_eq!(allowed(&l, &u, 8).await, 5, "{master:?}");
+        // The bucket is on that master, asked directly.
+        let tokens: Option<String> = redis::cmd("HGET")
+            .arg(&key)
+            .arg("tokens")
+            .query_async(&mut master.connection().await)
+            .await
+            .unwrap();
+        let tokens: f64 = tokens.expect("bucket on its master").parse().unwrap();
+        assert!(tokens < 1.0, "{tokens}");
+        served.push(master.id.clone());
+        if served.len() == masters.len() {
+            return;
+        }
+    }
+    panic!("no users found for every master: {served:?}");
 }
 
 #[tokio::test]
@@ -196,10 +245,18 @@ async fn app_with(limiter: Arc<dyn RateLimiter>) -> (App, ConversationId, UserId
 
 async fn send(app: &App, from: &UserId, conv: &ConversationId, i: usize) -> ServerFrame {
     let key = ClientMsgId::parse(&format!("{from}-{i}")).unwrap();
-    send::send_message(app, from, conv, &key, "hi", Some(format!("r{i}")))
-        .await
-        .unwrap()
-        .into_frame()
+    send::send_message(
+        app,
+        from,
+        &Default::default(),
+        conv,
+        &key,
+        "hi",
+        Some(format!("r{i}")),
+    )
+    .await
+    .unwrap()
+    .into_frame()
 }
 
 #[tokio::test]

@@ -22,8 +22,8 @@ use courier_core::adapters::memory::{MemoryGateway, MemoryNotifier, MemoryTrigge
 use courier_core::app::{App, Ports, Settings};
 use courier_core::config::{PendingClear, RegistryConfig};
 use courier_core::domain::{
-    ClientMsgId, Connection, ConnectionId, Conversation, ConversationId, Message, PendingDelivery,
-    Seq, UserId, now_millis,
+    ClientMsgId, Connection, ConnectionId, Conversation, ConversationId, DeviceId, Message,
+    PendingDelivery, Seq, UserId, now_millis,
 };
 use courier_core::ports::{
     AckOutcome, AppendOutcome, CatchUpRequest, NewMessage, PendingStore, StoreError,
@@ -187,6 +187,7 @@ fn conn(id: &str, connected_at: i64) -> Connection {
         ))
         .unwrap(),
         connected_at: Some(connected_at),
+        device_id: DeviceId::default(),
     }
 }
 
@@ -195,6 +196,9 @@ fn request(user: &UserId, c: &Connection) -> CatchUpRequest {
         user_id: user.clone(),
         connection_id: c.connection_id.clone(),
         connected_at: c.connected_at,
+        device_id: Default::default(),
+        open_conversation: None,
+        device_limit: None,
     }
 }
 
@@ -230,10 +234,10 @@ async fn story_delivers_everything_in_order(backend: Backend, mode: PendingClear
     let f = fixture(backend, settings(mode)).await;
     let s = seed_story(&f.app).await;
     let c = conn("bob-conn", now_millis());
-    connect::connect(&f.app.ports, &s.bob, &c).await;
+    connect::connect(&f.app, &s.bob, &c, None).await;
     assert_eq!(
         f.app.ports.registry.lookup(&s.bob).await.unwrap(),
-        Some(c.clone())
+        vec![c.clone()]
     );
     let triggered = f.trigger.requests();
     assert_eq!(triggered, vec![request(&s.bob, &c)]);
@@ -289,7 +293,7 @@ async fn story_delivers_everything_in_order(backend: Backend, mode: PendingClear
                     seq: Seq(19),
                 },
             ];
-            let r = ack::ack(&f.app, &s.bob, &acks)
+            let r = ack::ack(&f.app, &s.bob, &Default::default(), &acks)
                 .await
                 .unwrap()
                 .done()
@@ -334,17 +338,28 @@ impl PendingStore for SendAfterList {
     async fn record(&self, u: &UserId, c: &ConversationId, s: Seq) -> Result<(), StoreError> {
         self.inner.record(u, c, s).await
     }
-    async fn ack(&self, u: &UserId, c: &ConversationId, s: Seq) -> Result<AckOutcome, StoreError> {
-        self.inner.ack(u, c, s).await
+    async fn ack(
+        &self,
+        u: &UserId,
+        d: &DeviceId,
+        c: &ConversationId,
+        s: Seq,
+        linked: &[DeviceId],
+    ) -> Result<AckOutcome, StoreError> {
+        self.inner.ack(u, d, c, s, linked).await
     }
     async fn settle_posted(
         &self,
         u: &UserId,
+        d: &DeviceId,
         c: &ConversationId,
         from: Seq,
         through: Seq,
+        linked: &[DeviceId],
     ) -> Result<AckOutcome, StoreError> {
-        self.inner.settle_posted(u, c, from, through).await
+        self.inner
+            .settle_posted(u, d, c, from, through, linked)
+            .await
     }
 }
 
@@ -386,6 +401,7 @@ async fn message_after_pending_read_is_not_wiped(backend: Backend, mode: Pending
             ack::ack(
                 &f.app,
                 &s.bob,
+                &Default::default(),
                 &[AckItem {
                     conversation_id: s.abc.clone(),
                     seq: Seq(44),
@@ -404,7 +420,7 @@ async fn message_after_pending_read_is_not_wiped(backend: Backend, mode: Pending
                 .unwrap()
                 .expect("45 still pending");
             assert_eq!(
-                (row.first_undelivered_seq, row.last_seq),
+                (row.start_for(&DeviceId::default()), row.last_seq),
                 (Seq(45), Seq(45))
             );
             assert!(seen >= 44);
@@ -428,7 +444,7 @@ async fn ack_moves_cursor_up_only(backend: Backend) {
         }]
     };
 
-    let r = ack::ack(&f.app, &s.bob, &a(42))
+    let r = ack::ack(&f.app, &s.bob, &Default::default(), &a(42))
         .await
         .unwrap()
         .done()
@@ -443,12 +459,12 @@ async fn ack_moves_cursor_up_only(backend: Backend) {
         .unwrap()
         .unwrap();
     assert_eq!(
-        (row.first_undelivered_seq, row.last_seq),
+        (row.start_for(&DeviceId::default()), row.last_seq),
         (Seq(43), Seq(44))
     );
 
     // A stale (lower) ack never moves the cursor down.
-    let r = ack::ack(&f.app, &s.bob, &a(41))
+    let r = ack::ack(&f.app, &s.bob, &Default::default(), &a(41))
         .await
         .unwrap()
         .done()
@@ -462,16 +478,16 @@ async fn ack_moves_cursor_up_only(backend: Backend) {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(row.first_undelivered_seq, Seq(43));
+    assert_eq!(row.start_for(&DeviceId::default()), Seq(43));
 
-    let r = ack::ack(&f.app, &s.bob, &a(44))
+    let r = ack::ack(&f.app, &s.bob, &Default::default(), &a(44))
         .await
         .unwrap()
         .done()
         .unwrap();
     assert_eq!(r.outcomes, vec![(s.abc.clone(), AckOutcome::Cleared)]);
     // Acking again, after the row is gone, is harmless.
-    let r = ack::ack(&f.app, &s.bob, &a(44))
+    let r = ack::ack(&f.app, &s.bob, &Default::default(), &a(44))
         .await
         .unwrap()
         .done()
@@ -490,14 +506,14 @@ async fn ack_moves_cursor_up_only(backend: Backend) {
     );
 
     // Beyond the end, or where bob is not a member: refused with an error frame.
-    let r = ack::ack(&f.app, &s.bob, &a(99))
+    let r = ack::ack(&f.app, &s.bob, &Default::default(), &a(99))
         .await
         .unwrap()
         .done()
         .unwrap();
     assert_eq!(r.refused.len(), 1);
     let mallory = unique("mallory");
-    let r = ack::ack(&f.app, &mallory, &a(44))
+    let r = ack::ack(&f.app, &mallory, &Default::default(), &a(44))
         .await
         .unwrap()
         .done()
@@ -537,6 +553,7 @@ async fn ack_sends_receipts_to_online_members(backend: Backend) {
     ack::ack(
         &f.app,
         &s.bob,
+        &Default::default(),
         &[AckItem {
             conversation_id: s.abc.clone(),
             seq: Seq(44),
@@ -558,6 +575,7 @@ async fn ack_sends_receipts_to_online_members(backend: Backend) {
     ack::ack(
         &f.app,
         &s.bob,
+        &Default::default(),
         &[AckItem {
             conversation_id: s.abc.clone(),
             seq: Seq(43),
@@ -574,7 +592,7 @@ async fn gone_for_a_while_after_connect_then_delivered(backend: Backend) {
     let f = fixture(backend, settings(PendingClear::Ack)).await;
     let s = seed_story(&f.app).await;
     let c = conn("bob-conn", now_millis());
-    connect::connect(&f.app.ports, &s.bob, &c).await;
+    connect::connect(&f.app, &s.bob, &c, None).await;
     // `$connect` has not returned yet: 410 for the next 300 ms.
     f.gateway
         .open_after(&c.connection_id, Duration::from_millis(300));
@@ -585,7 +603,7 @@ async fn gone_for_a_while_after_connect_then_delivered(backend: Backend) {
     let by_conv = seqs_by_conversation(&parse(&f.gateway.frames(&c.connection_id)));
     assert_eq!(by_conv[&s.abc], vec![42, 43, 44]);
     assert_eq!(by_conv[&s.def], vec![17, 18, 19]);
-    assert_eq!(f.app.ports.registry.lookup(&s.bob).await.unwrap(), Some(c));
+    assert_eq!(f.app.ports.registry.lookup(&s.bob).await.unwrap(), vec![c]);
 }
 
 async fn gone_past_window_keeps_pending_and_newer_connection(backend: Backend, mode: PendingClear) {
@@ -593,7 +611,7 @@ async fn gone_past_window_keeps_pending_and_newer_connection(backend: Backend, m
     let s = seed_story(&f.app).await;
     // Opened long ago and never reachable: 410 means gone.
     let dead = conn("dead", now_millis() - 60_000);
-    connect::connect(&f.app.ports, &s.bob, &dead).await;
+    connect::connect(&f.app, &s.bob, &dead, None).await;
     let started = Instant::now();
     let report = catch_up::catch_up(&f.app, &request(&s.bob, &dead), None, None)
         .await
@@ -606,7 +624,7 @@ async fn gone_past_window_keeps_pending_and_newer_connection(backend: Backend, m
     assert_eq!(rows(&f.app, &s.bob).await.len(), 2, "nothing deleted");
     assert_eq!(
         f.app.ports.registry.lookup(&s.bob).await.unwrap(),
-        None,
+        vec![],
         "dead entry removed"
     );
 
@@ -619,7 +637,7 @@ async fn gone_past_window_keeps_pending_and_newer_connection(backend: Backend, m
     assert_eq!(report.ending, Ending::Gone);
     assert_eq!(
         f.app.ports.registry.lookup(&s.bob).await.unwrap(),
-        Some(newer)
+        vec![newer]
     );
     assert_eq!(rows(&f.app, &s.bob).await.len(), 2);
 }
@@ -801,7 +819,7 @@ async fn redis_unreachable_connect_succeeds_and_catch_up_runs() {
     let s = seed_story(&f.app).await;
     let c = conn("bob-conn", now_millis());
     let started = Instant::now();
-    let r = connect::connect(&f.app.ports, &s.bob, &c).await;
+    let r = connect::connect(&f.app, &s.bob, &c, None).await;
     assert!(!r.registered);
     assert!(r.catch_up_triggered);
     assert!(
@@ -820,10 +838,11 @@ async fn redis_unreachable_connect_succeeds_and_catch_up_runs() {
         &f.app.settings.delivery,
         &s.bob,
         &["x".into()],
+        None,
     )
     .await;
     assert_eq!(
-        live,
+        live.summary(),
         courier_core::services::delivery::Live::RegistryUnavailable
     );
 }

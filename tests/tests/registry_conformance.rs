@@ -1,9 +1,13 @@
-//! The connection registry's contract, run against the in-memory registry
-//! and the Redis one on a real `redis-server`: the same cases, the same
-//! outcomes. Then what only the real one can show: the TTL really set on the
-//! key, and Redis being down (a closed port, a server that never answers, a
-//! server that goes away and comes back) costing a bounded, fast
-//! `RegistryError` instead of a hang, with recovery once it is back.
+//! The connection registry's contract, run against the in-memory registry,
+//! the Redis one on a real `redis-server`, and the Redis one in cluster mode
+//! on a real three-master Redis Cluster (the protocol ElastiCache Serverless
+//! speaks): the same cases, the same outcomes. Then what only the real ones
+//! can show: the TTL really set on the key; on the cluster, users whose keys
+//! live on each master all served, and a slot moved under a running client
+//! (its slot map stale, `MOVED` followed); and Redis being down (a closed
+//! port, a server that never answers, a server that goes away and comes
+//! back) costing a bounded, fast `RegistryError` instead of a hang, with
+//! recovery once it is back.
 
 #![allow(clippy::unwrap_used)]
 
@@ -14,8 +18,9 @@ use std::time::{Duration, Instant};
 use courier_aws::redis::RedisRegistry;
 use courier_core::adapters::memory::MemoryRegistry;
 use courier_core::config::RegistryConfig;
-use courier_core::domain::{Connection, ConnectionId, UserId};
-use courier_core::ports::ConnectionRegistry;
+use courier_core::domain::{Connection, ConnectionId, DeviceId, UserId};
+use courier_core::ports::{ConnectionRegistry, Registered};
+use courier_tests::cluster::{self, Master};
 
 fn user() -> UserId {
     UserId::parse(&format!("u-{}", uuid::Uuid::new_v4().simple())).unwrap()
@@ -25,6 +30,7 @@ fn conn(id: &str, at: i64) -> Connection {
     Connection {
         connection_id: ConnectionId::parse(id).unwrap(),
         connected_at: Some(at),
+        device_id: Default::default(),
     }
 }
 
@@ -36,20 +42,28 @@ async fn redis_registry(ttl: Duration) -> RedisRegistry {
     RedisRegistry::new(config).unwrap()
 }
 
+async fn cluster_registry(ttl: Duration) -> RedisRegistry {
+    let mut config = RegistryConfig::new(courier_tests::redis_cluster_url().await);
+    config.cluster = true;
+    config.ttl = ttl;
+    config.timeout = Duration::from_secs(2);
+    RedisRegistry::new(config).unwrap()
+}
+
 // ---- the shared cases ------------------------------------------------------
 
 async fn register_then_lookup_then_replace(r: &dyn ConnectionRegistry) {
     let u = user();
-    assert_eq!(r.lookup(&u).await.unwrap(), None);
+    assert_eq!(r.lookup(&u).await.unwrap(), vec![]);
     let first = conn("AbC123=", 1_795_000_000_000);
     r.register(&u, &first).await.unwrap();
-    assert_eq!(r.lookup(&u).await.unwrap(), Some(first));
+    assert_eq!(r.lookup(&u).await.unwrap(), vec![first]);
     // A newer connection replaces the older one, connected_at included.
     let second = conn("XyZ789=", 1_795_000_005_000);
     r.register(&u, &second).await.unwrap();
-    assert_eq!(r.lookup(&u).await.unwrap(), Some(second));
+    assert_eq!(r.lookup(&u).await.unwrap(), vec![second]);
     // Users do not see each other's entries.
-    assert_eq!(r.lookup(&user()).await.unwrap(), None);
+    assert_eq!(r.lookup(&user()).await.unwrap(), vec![]);
 }
 
 async fn remove_if_deletes_only_while_the_entry_holds_that_id(r: &dyn ConnectionRegistry) {
@@ -57,35 +71,59 @@ async fn remove_if_deletes_only_while_the_entry_holds_that_id(r: &dyn Connection
     let old = conn("old-conn", 1);
     let new = conn("new-conn", 2);
     // Nothing there: nothing deleted.
-    assert!(!r.remove_if(&u, &old.connection_id).await.unwrap());
+    assert!(
+        !r.remove_if(&u, &DeviceId::default(), &old.connection_id)
+            .await
+            .unwrap()
+    );
 
     r.register(&u, &old).await.unwrap();
     r.register(&u, &new).await.unwrap();
     // A stale $disconnect (or a late 410) of the old connection must not
     // delete the new one.
-    assert!(!r.remove_if(&u, &old.connection_id).await.unwrap());
-    assert_eq!(r.lookup(&u).await.unwrap(), Some(new.clone()));
+    assert!(
+        !r.remove_if(&u, &DeviceId::default(), &old.connection_id)
+            .await
+            .unwrap()
+    );
+    assert_eq!(r.lookup(&u).await.unwrap(), vec![new.clone()]);
 
-    assert!(r.remove_if(&u, &new.connection_id).await.unwrap());
-    assert_eq!(r.lookup(&u).await.unwrap(), None);
+    assert!(
+        r.remove_if(&u, &DeviceId::default(), &new.connection_id)
+            .await
+            .unwrap()
+    );
+    assert_eq!(r.lookup(&u).await.unwrap(), vec![]);
     // Twice is harmless.
-    assert!(!r.remove_if(&u, &new.connection_id).await.unwrap());
+    assert!(
+        !r.remove_if(&u, &DeviceId::default(), &new.connection_id)
+            .await
+            .unwrap()
+    );
 }
 
 async fn an_id_that_is_a_prefix_of_the_stored_one_does_not_match(r: &dyn ConnectionRegistry) {
     let u = user();
     r.register(&u, &conn("abc=", 7)).await.unwrap();
     assert!(
-        !r.remove_if(&u, &ConnectionId::parse("abc").unwrap())
-            .await
-            .unwrap()
+        !r.remove_if(
+            &u,
+            &DeviceId::default(),
+            &ConnectionId::parse("abc").unwrap()
+        )
+        .await
+        .unwrap()
     );
     assert!(
-        !r.remove_if(&u, &ConnectionId::parse("abc==").unwrap())
-            .await
-            .unwrap()
+        !r.remove_if(
+            &u,
+            &DeviceId::default(),
+            &ConnectionId::parse("abc==").unwrap()
+        )
+        .await
+        .unwrap()
     );
-    assert!(r.lookup(&u).await.unwrap().is_some());
+    assert!(r.lookup(&u).await.unwrap().len() == 1);
 }
 
 /// `r` must have been built with a 600 ms TTL.
@@ -97,9 +135,75 @@ async fn entries_expire_after_the_ttl_and_reregistering_restarts_it(r: &dyn Conn
     r.register(&u, &c).await.unwrap();
     tokio::time::sleep(Duration::from_millis(400)).await;
     // 800 ms after the first write, 400 after the second: still there.
-    assert_eq!(r.lookup(&u).await.unwrap(), Some(c));
+    assert_eq!(r.lookup(&u).await.unwrap(), vec![c]);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(r.lookup(&u).await.unwrap(), None);
+    assert_eq!(r.lookup(&u).await.unwrap(), vec![]);
+}
+
+fn on(device: &str, id: &str, at: i64) -> Connection {
+    Connection {
+        device_id: DeviceId::parse(device).unwrap(),
+        ..conn(id, at)
+    }
+}
+
+async fn devices_sit_side_by_side_and_go_one_by_one(r: &dyn ConnectionRegistry) {
+    let u = user();
+    let phone = on("phone", "p1", 10);
+    let laptop = on("laptop", "l1", 20);
+    r.register(&u, &phone).await.unwrap();
+    r.register(&u, &laptop).await.unwrap();
+    // In device order.
+    assert_eq!(
+        r.lookup(&u).await.unwrap(),
+        vec![laptop.clone(), phone.clone()]
+    );
+    // The phone's connection id under the laptop: nothing removed.
+    assert!(
+        !r.remove_if(&u, &laptop.device_id, &phone.connection_id)
+            .await
+            .unwrap()
+    );
+    assert!(
+        r.remove_if(&u, &phone.device_id, &phone.connection_id)
+            .await
+            .unwrap()
+    );
+    assert_eq!(r.lookup(&u).await.unwrap(), vec![laptop.clone()]);
+    assert!(
+        r.remove_if(&u, &laptop.device_id, &laptop.connection_id)
+            .await
+            .unwrap()
+    );
+    assert_eq!(r.lookup(&u).await.unwrap(), vec![]);
+}
+
+async fn an_older_connection_never_replaces_a_newer_one_of_its_device(r: &dyn ConnectionRegistry) {
+    use courier_core::ports::Registered;
+    let u = user();
+    let newer = on("phone", "new", 2_000);
+    let older = on("phone", "old", 1_000);
+    assert_eq!(r.register(&u, &newer).await.unwrap(), Registered::Stored);
+    // A slow `$connect` of the older connection finishing late: kept out.
+    assert_eq!(r.register(&u, &older).await.unwrap(), Registered::KeptNewer);
+    assert_eq!(r.lookup(&u).await.unwrap(), vec![newer.clone()]);
+    // The same connection again (a ping) re-asserts it.
+    assert_eq!(r.register(&u, &newer).await.unwrap(), Registered::Stored);
+    // Unknown opening time counts as the oldest.
+    let unknown = Connection {
+        connected_at: None,
+        ..on("phone", "zzz", 0)
+    };
+    assert_eq!(
+        r.register(&u, &unknown).await.unwrap(),
+        Registered::KeptNewer
+    );
+    // Equal opening times: the larger id wins, whichever comes first.
+    let a = on("tablet", "aaa", 5_000);
+    let b = on("tablet", "bbb", 5_000);
+    assert_eq!(r.register(&u, &b).await.unwrap(), Registered::Stored);
+    assert_eq!(r.register(&u, &a).await.unwrap(), Registered::KeptNewer);
+    assert_eq!(r.lookup(&u).await.unwrap(), vec![newer, b]);
 }
 
 const SHORT_TTL: Duration = Duration::from_millis(600);
@@ -118,6 +222,11 @@ macro_rules! conformance {
             async fn redis() {
                 super::$case(&redis_registry(RegistryConfig::DEFAULT_TTL).await).await;
             }
+
+            #[tokio::test]
+            async fn redis_cluster() {
+                super::$case(&cluster_registry(RegistryConfig::DEFAULT_TTL).await).await;
+            }
         }
     };
 }
@@ -125,6 +234,8 @@ macro_rules! conformance {
 conformance!(register_then_lookup_then_replace);
 conformance!(remove_if_deletes_only_while_the_entry_holds_that_id);
 conformance!(an_id_that_is_a_prefix_of_the_stored_one_does_not_match);
+conformance!(devices_sit_side_by_side_and_go_one_by_one);
+conformance!(an_older_connection_never_replaces_a_newer_one_of_its_device);
 
 mod entries_expire_after_the_ttl_and_reregistering_restarts_it {
     use super::*;
@@ -144,6 +255,129 @@ mod entries_expire_after_the_ttl_and_reregistering_restarts_it {
         )
         .await;
     }
+
+    #[tokio::test]
+    async fn redis_cluster() {
+        super::entries_expire_after_the_ttl_and_reregistering_restarts_it(
+            &cluster_registry(SHORT_TTL).await,
+        )
+        .await;
+    }
+}
+
+// ---- Redis Cluster only -------------------------------------------------------
+
+/// One fresh user per master: users whose `ws:` key hashes to a slot of
+/// that master.
+async fn a_user_on_every_master(seed: &str) -> Vec<(Master, UserId)> {
+    let masters = cluster::masters(seed).await;
+    assert_eq!(masters.len(), 3, "the test cluster has three masters");
+    let mut found: Vec<(Master, UserId)> = Vec::new();
+    for _ in 0..1000 {
+        let u = user();
+        let slot = cluster::key_slot(seed, &RedisRegistry::key(&u)).await;
+        if let Some(m) = masters.iter().find(|m| m.serves(slot))
+            && !found.iter().any(|(f, _)| f.id == m.id)
+        {
+            found.push((m.clone(), u));
+        }
+        if found.len() == masters.len() {
+            return found;
+        }
+    }
+    panic!("no users found for every master: {found:?}");
+}
+
+#[tokio::test]
+async fn cluster_users_on_every_master_are_each_served_from_their_own_master() {
+    let seed = courier_tests::redis_cluster_url().await;
+    let registry = cluster_registry(RegistryConfig::DEFAULT_TTL).await;
+    for (master, u) in a_user_on_every_master(&seed).await {
+        let c = conn(&format!("on-{}", master.port), 5);
+        registry.register(&u, &c).await.unwrap();
+        assert_eq!(registry.lookup(&u).await.unwrap(), vec![c.clone()]);
+        // The hash lives on the master of its slot: asked directly, without
+        // any redirection, that master has it.
+        let value: Option<String> = redis::cmd("HGET")
+            .arg(RedisRegistry::key(&u))
+            .arg("default")
+            .query_async(&mut master.connection().await)
+            .await
+            .unwrap();
+        assert_eq!(
+            value.as_deref(),
+            Some(&*format!("on-{}|5", master.port)),
+            "{master:?}"
+        );
+        assert!(
+            registry
+                .remove_if(&u, &DeviceId::default(), &c.connection_id)
+                .await
+                .unwrap()
+        );
+        assert_eq!(registry.lookup(&u).await.unwrap(), vec![]);
+    }
+}
+
+#[tokio::test]
+async fn cluster_client_follows_moved_when_a_slot_changes_master_under_it() {
+    let seed = courier_tests::redis_cluster_url().await;
+    let registry = cluster_registry(RegistryConfig::DEFAULT_TTL).await;
+    let u = user();
+    let key = RedisRegistry::key(&u);
+    let c = conn("before-the-move", 7);
+    // The client is connected and has the slot map from before the move.
+    registry.register(&u, &c).await.unwrap();
+    let from = cluster::master_of(&seed, &key).await;
+    let to = cluster::masters(&seed)
+        .await
+        .into_iter()
+        .find(|m| m.id != from.id)
+        .unwrap();
+    cluster::move_slot(&seed, cluster::key_slot(&seed, &key).await, &to).await;
+    assert_eq!(cluster::master_of(&seed, &key).await.id, to.id);
+
+    // The old owner now answers MOVED; the client follows it and finds the
+    // entry on the new owner.
+    assert_eq!(registry.lookup(&u).await.unwrap(), vec![c.clone()]);
+    let newer = conn("after-the-move", 8);
+    assert_eq!(
+        registry.register(&u, &newer).await.unwrap(),
+        Registered::Stored
+    );
+    let value: Option<String> = redis::cmd("HGET")
+        .arg(&key)
+        .arg("default")
+        .query_async(&mut to.connection().await)
+        .await
+        .unwrap();
+    assert_eq!(value.as_deref(), Some("after-the-move|8"));
+    // A client built after the move goes straight to the new owner.
+    let fresh = cluster_registry(RegistryConfig::DEFAULT_TTL).await;
+    assert_eq!(fresh.lookup(&u).await.unwrap(), vec![newer]);
+}
+
+#[tokio::test]
+async fn cluster_key_is_ws_user_with_the_configured_ttl() {
+    let seed = courier_tests::redis_cluster_url().await;
+    let registry = cluster_registry(RegistryConfig::DEFAULT_TTL).await;
+    let u = user();
+    registry
+        .register(&u, &conn("ttl-on-cluster", 1))
+        .await
+        .unwrap();
+    let key = format!("ws:{u}");
+    let master = cluster::master_of(&seed, &key).await;
+    let pttl: i64 = redis::cmd("PTTL")
+        .arg(&key)
+        .query_async(&mut master.connection().await)
+        .await
+        .unwrap();
+    let ttl = RegistryConfig::DEFAULT_TTL.as_millis() as i64;
+    assert!(
+        pttl > ttl - 60_000 && pttl <= ttl,
+        "PTTL {pttl}, configured {ttl}"
+    );
 }
 
 // ---- Redis only -------------------------------------------------------------
@@ -161,8 +395,10 @@ async fn redis_key_is_ws_user_with_the_configured_ttl() {
     let client = redis::Client::open(url.as_str()).unwrap();
     let mut raw = client.get_multiplexed_async_connection().await.unwrap();
     let key = format!("ws:{u}");
-    let value: String = redis::cmd("GET")
+    // One hash per user, one field per device.
+    let value: String = redis::cmd("HGET")
         .arg(&key)
+        .arg("default")
         .query_async(&mut raw)
         .await
         .unwrap();
@@ -176,6 +412,37 @@ async fn redis_key_is_ws_user_with_the_configured_ttl() {
     assert!(
         pttl > ttl - 60_000 && pttl <= ttl,
         "PTTL {pttl}, configured {ttl}"
+    );
+}
+
+#[tokio::test]
+async fn an_entry_from_before_devices_is_the_device_default_and_survives_the_first_write() {
+    let url = courier_tests::redis_url().await;
+    let registry = redis_registry(RegistryConfig::DEFAULT_TTL).await;
+    let u = user();
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut raw = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("SET")
+        .arg(format!("ws:{u}"))
+        .arg("legacy|1795000000000")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    let legacy = conn("legacy", 1_795_000_000_000);
+    assert_eq!(registry.lookup(&u).await.unwrap(), vec![legacy.clone()]);
+    // A new device's connection joins it instead of replacing it.
+    let phone = on("phone", "p1", 1_795_000_001_000);
+    registry.register(&u, &phone).await.unwrap();
+    assert_eq!(
+        registry.lookup(&u).await.unwrap(),
+        vec![legacy.clone(), phone]
+    );
+    // And its disconnect removes it like any device's.
+    assert!(
+        registry
+            .remove_if(&u, &DeviceId::default(), &legacy.connection_id)
+            .await
+            .unwrap()
     );
 }
 
@@ -195,7 +462,7 @@ async fn a_garbled_value_is_an_error_not_a_panic() {
     assert!(registry.lookup(&u).await.is_err());
     // The registry is still usable afterwards.
     registry.register(&u, &conn("fresh", 1)).await.unwrap();
-    assert!(registry.lookup(&u).await.unwrap().is_some());
+    assert!(registry.lookup(&u).await.unwrap().len() == 1);
 }
 
 fn free_port() -> u16 {
@@ -208,6 +475,13 @@ fn free_port() -> u16 {
 
 fn down_registry(port: u16, timeout: Duration) -> RedisRegistry {
     let mut config = RegistryConfig::new(format!("redis://127.0.0.1:{port}"));
+    config.timeout = timeout;
+    RedisRegistry::new(config).unwrap()
+}
+
+fn down_cluster_registry(port: u16, timeout: Duration) -> RedisRegistry {
+    let mut config = RegistryConfig::new(format!("redis://127.0.0.1:{port}"));
+    config.cluster = true;
     config.timeout = timeout;
     RedisRegistry::new(config).unwrap()
 }
@@ -231,7 +505,11 @@ async fn every_call_fails_within(r: &RedisRegistry, bound: Duration) {
         started.elapsed()
     );
     let started = Instant::now();
-    assert!(r.remove_if(&u, &c.connection_id).await.is_err());
+    assert!(
+        r.remove_if(&u, &DeviceId::default(), &c.connection_id)
+            .await
+            .is_err()
+    );
     assert!(
         started.elapsed() < bound,
         "remove_if took {:?}",
@@ -242,6 +520,8 @@ async fn every_call_fails_within(r: &RedisRegistry, bound: Duration) {
 #[tokio::test]
 async fn a_closed_port_fails_fast_with_a_registry_error() {
     let r = down_registry(free_port(), Duration::from_millis(300));
+    every_call_fails_within(&r, Duration::from_millis(1000)).await;
+    let r = down_cluster_registry(free_port(), Duration::from_millis(300));
     every_call_fails_within(&r, Duration::from_millis(1000)).await;
 }
 
@@ -257,6 +537,8 @@ async fn a_server_that_never_answers_costs_at_most_the_timeout() {
         }
     });
     let r = down_registry(port, Duration::from_millis(300));
+    every_call_fails_within(&r, Duration::from_millis(1000)).await;
+    let r = down_cluster_registry(port, Duration::from_millis(300));
     every_call_fails_within(&r, Duration::from_millis(1000)).await;
     hold.abort();
 }
@@ -310,7 +592,7 @@ async fn until_registered(r: &RedisRegistry, u: &UserId, c: &Connection, within:
     let deadline = Instant::now() + within;
     loop {
         match r.register(u, c).await {
-            Ok(()) => return,
+            Ok(_) => return,
             Err(e) => assert!(Instant::now() < deadline, "registry did not recover: {e}"),
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -330,7 +612,7 @@ async fn recovers_when_redis_comes_back_and_again_after_it_restarts() {
     // Up: the same registry starts working without being rebuilt.
     let server = OwnRedis::start(port);
     until_registered(&r, &u, &c, Duration::from_secs(5)).await;
-    assert_eq!(r.lookup(&u).await.unwrap(), Some(c.clone()));
+    assert_eq!(r.lookup(&u).await.unwrap(), vec![c.clone()]);
 
     // Gone while connected: errors, fast.
     server.stop();
@@ -340,8 +622,12 @@ async fn recovers_when_redis_comes_back_and_again_after_it_restarts() {
     // is replaced and the registry works again.
     let _server = OwnRedis::start(port);
     until_registered(&r, &u, &c, Duration::from_secs(5)).await;
-    assert_eq!(r.lookup(&u).await.unwrap(), Some(c.clone()));
-    assert!(r.remove_if(&u, &c.connection_id).await.unwrap());
+    assert_eq!(r.lookup(&u).await.unwrap(), vec![c.clone()]);
+    assert!(
+        r.remove_if(&u, &DeviceId::default(), &c.connection_id)
+            .await
+            .unwrap()
+    );
 }
 
 /// A self-signed certificate for 127.0.0.1 and its key, made for this test
@@ -370,6 +656,7 @@ async fn rediss_speaks_tls_and_refuses_a_certificate_nobody_vouches_for() {
     let dir = std::env::temp_dir().join(format!("courier-tls-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).unwrap();
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let log = dir.join("redis.log");
     std::fs::write(&cert, TEST_CERT).unwrap();
     std::fs::write(&key, TEST_KEY).unwrap();
     let port = free_port();
@@ -386,21 +673,45 @@ async fn rediss_speaks_tls_and_refuses_a_certificate_nobody_vouches_for() {
             key.to_str().unwrap(),
             "--tls-auth-clients",
             "no",
+            "--logfile",
+            log.to_str().unwrap(),
         ],
     );
+    let refusals = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .matches(" alert ")
+            .count()
+    };
 
-    let mut config = RegistryConfig::new(format!("rediss://127.0.0.1:{port}"));
-    config.timeout = Duration::from_secs(2);
-    let r = RedisRegistry::new(config).unwrap();
-    let started = Instant::now();
-    let e = r.lookup(&user()).await.unwrap_err();
-    // A TLS handshake ran and the server's certificate was checked against
-    // the webpki roots (and refused: it is self-signed).
-    assert!(e.0.to_lowercase().contains("certificate"), "{e}");
-    assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "{:?}",
-        started.elapsed()
-    );
+    for cluster in [false, true] {
+        let before = refusals();
+        let mut config = RegistryConfig::new(format!("rediss://127.0.0.1:{port}"));
+        config.cluster = cluster;
+        config.timeout = Duration::from_secs(2);
+        let r = RedisRegistry::new(config).unwrap();
+        let started = Instant::now();
+        let e = r.lookup(&user()).await.unwrap_err();
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "cluster {cluster}: {:?}",
+            started.elapsed()
+        );
+        // A TLS handshake ran and the client checked the server's
+        // certificate against the webpki roots, and refused it (self-signed):
+        // the server logs the client's TLS alert. The single-node client also
+        // says so; the cluster client reports only that it found no node.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while refusals() == before && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(
+            refusals() > before,
+            "cluster {cluster}: no TLS refusal logged ({e})"
+        );
+        if !cluster {
+            assert!(e.0.to_lowercase().contains("certificate"), "{e}");
+        }
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -36,8 +36,8 @@ use courier_core::adapters::memory::{MemoryGateway, MemoryTrigger};
 use courier_core::app::{App, Ports, Settings};
 use courier_core::config::{PendingClear, PushConfig, PushPreview, RegistryConfig, TableNames};
 use courier_core::domain::{
-    ClientMsgId, Connection, ConnectionId, ConversationId, Message, PendingDelivery, Platform, Seq,
-    UserId, now_millis,
+    ClientMsgId, Connection, ConnectionId, ConversationId, DeviceId, Message, PendingDelivery,
+    Platform, Seq, UserId, now_millis,
 };
 use courier_core::ports::{
     AckOutcome, ConnectionInfo, ConnectionRegistry, Gateway, Notifier, PendingStore, PostError,
@@ -189,19 +189,34 @@ impl World {
     async fn register_devices(&self) {
         let app = self.app().await;
         for (user, platform) in [(&self.bob, Platform::Fcm), (&self.carol, Platform::Apns)] {
-            let f = devices::register_device(&app, user, platform, &unique("token"), None)
-                .await
-                .unwrap()
-                .into_frame();
+            let f = devices::register_device(
+                &app,
+                user,
+                &Default::default(),
+                platform,
+                &unique("token"),
+                None,
+            )
+            .await
+            .unwrap()
+            .into_frame();
             assert!(matches!(f, ServerFrame::DeviceRegistered { .. }), "{f:?}");
         }
     }
 
     async fn send(&self, app: &App, from: &UserId, key: &str, body: &str) -> ServerFrame {
-        send_message(app, from, &self.conv, &cmid(key), body, None)
-            .await
-            .unwrap()
-            .into_frame()
+        send_message(
+            app,
+            from,
+            &Default::default(),
+            &self.conv,
+            &cmid(key),
+            body,
+            None,
+        )
+        .await
+        .unwrap()
+        .into_frame()
     }
 
     async fn stored(&self, app: &App) -> Vec<Message> {
@@ -254,6 +269,7 @@ impl World {
                 &Connection {
                     connection_id: c.clone(),
                     connected_at: Some(now_millis() - age_ms),
+                    device_id: Default::default(),
                 },
             )
             .await
@@ -268,12 +284,14 @@ impl World {
         let conn = ConnectionId::parse(&unique("conn")).unwrap();
         self.gateway.open_after(&conn, opens_after);
         let connected = connect::connect(
-            &app.ports,
+            app,
             &self.bob,
             &Connection {
                 connection_id: conn.clone(),
                 connected_at: Some(now_millis()),
+                device_id: Default::default(),
             },
+            None,
         )
         .await;
         assert!(connected.registered && connected.catch_up_triggered);
@@ -455,7 +473,15 @@ async fn crash_after_store_is_completed_by_the_retry(mode: PendingClear) {
     let first = plan
         .invocation(
             1,
-            send_message(&crashing, &w.alice, &w.conv, &cmid("m1"), "hello??", None),
+            send_message(
+                &crashing,
+                &w.alice,
+                &Default::default(),
+                &w.conv,
+                &cmid("m1"),
+                "hello??",
+                None,
+            ),
         )
         .await;
     assert!(matches!(first, Err(SendError::Store(_))), "{first:?}");
@@ -476,7 +502,12 @@ async fn crash_after_store_is_completed_by_the_retry(mode: PendingClear) {
         assert_eq!(row.map(|r| r.last_seq), Some(Seq(1)), "{mode:?} {user}");
         assert_eq!(w.pushes(&app, user).await.len(), 1, "{mode:?} {user}");
     }
-    assert!(w.pending(&app, &w.alice).await.is_none());
+    // The sender's own row (for her other devices) exists in `ack` mode
+    // only; she is never pushed her own message.
+    let own = w.pending(&app, &w.alice).await.map(|r| r.last_seq);
+    let expected = (mode == PendingClear::Ack).then_some(Seq(1));
+    assert_eq!(own, expected, "{mode:?}");
+    assert!(w.pushes(&app, &w.alice).await.is_empty());
 }
 
 #[tokio::test]
@@ -510,17 +541,26 @@ impl PendingStore for RecordFails {
             "injected: pending write failed".into(),
         ))
     }
-    async fn ack(&self, u: &UserId, c: &ConversationId, s: Seq) -> Result<AckOutcome, StoreError> {
-        self.0.ack(u, c, s).await
+    async fn ack(
+        &self,
+        u: &UserId,
+        d: &DeviceId,
+        c: &ConversationId,
+        s: Seq,
+        linked: &[DeviceId],
+    ) -> Result<AckOutcome, StoreError> {
+        self.0.ack(u, d, c, s, linked).await
     }
     async fn settle_posted(
         &self,
         u: &UserId,
+        d: &DeviceId,
         c: &ConversationId,
         from: Seq,
         through: Seq,
+        linked: &[DeviceId],
     ) -> Result<AckOutcome, StoreError> {
-        self.0.settle_posted(u, c, from, through).await
+        self.0.settle_posted(u, d, c, from, through, linked).await
     }
 }
 
@@ -530,7 +570,16 @@ async fn post_mode_pending_write_failure_withholds_sent_until_the_retry() {
     let mut ports = w.ports().await;
     ports.pending = Arc::new(RecordFails(ports.pending.clone()));
     let failing = App::new(ports, w.settings.clone());
-    let r = send_message(&failing, &w.alice, &w.conv, &cmid("m1"), "hi", None).await;
+    let r = send_message(
+        &failing,
+        &w.alice,
+        &Default::default(),
+        &w.conv,
+        &cmid("m1"),
+        "hi",
+        None,
+    )
+    .await;
     assert!(matches!(r, Err(SendError::Store(_))), "{r:?}");
 
     let app = w.app().await;
@@ -627,7 +676,7 @@ async fn gone_connection_is_forgotten_pending_kept_push_sent() {
     w.gateway.close(&dead); // 410 from now on, and past the open window
     w.send(&app, &w.alice, "m1", "hello??").await;
 
-    assert_eq!(app.ports.registry.lookup(&w.bob).await.unwrap(), None);
+    assert_eq!(app.ports.registry.lookup(&w.bob).await.unwrap(), vec![]);
     assert!(w.pending(&app, &w.bob).await.is_some());
     assert_eq!(w.pushes(&app, &w.bob).await.len(), 1);
 }
@@ -671,6 +720,7 @@ async fn gone_connection_never_removes_a_newer_one() {
     let newer = Connection {
         connection_id: ConnectionId::parse(&unique("conn-new")).unwrap(),
         connected_at: Some(now_millis()),
+        device_id: Default::default(),
     };
     ports.gateway = Arc::new(ReconnectsDuringPost {
         inner: w.gateway.clone(),
@@ -684,7 +734,7 @@ async fn gone_connection_never_removes_a_newer_one() {
 
     assert_eq!(
         app.ports.registry.lookup(&w.bob).await.unwrap(),
-        Some(newer)
+        vec![newer]
     );
     assert!(w.pending(&app, &w.bob).await.is_some());
     assert_eq!(w.pushes(&app, &w.bob).await.len(), 1);
@@ -862,9 +912,10 @@ async fn a_spoofed_sender_in_the_body_is_ignored() {
         ServerFrame::Sent { seq: Seq(1), .. }
     ));
     assert_eq!(w.stored(&app).await[0].sender_id, w.alice);
-    // The row went to bob (a recipient), not to alice.
-    assert!(w.pending(&app, &w.bob).await.is_some());
-    assert!(w.pending(&app, &w.alice).await.is_none());
+    // Bob got the row of a recipient (1..=1, nothing held); alice's row is
+    // the sender's, for her other devices.
+    let bob = w.pending(&app, &w.bob).await.unwrap();
+    assert_eq!((bob.first_undelivered_seq, bob.last_seq), (Seq(1), Seq(1)));
 }
 
 // ---------------------------------------------------------------- push
@@ -998,15 +1049,29 @@ async fn register_device_moves_a_token_between_users() {
     let w = World::new(PendingClear::Ack, PushPreview::Full).await;
     let app = w.app().await;
     let token = unique("fcm-token");
-    devices::register_device(&app, &w.bob, Platform::Fcm, &token, None)
-        .await
-        .unwrap()
-        .into_frame();
+    devices::register_device(
+        &app,
+        &w.bob,
+        &Default::default(),
+        Platform::Fcm,
+        &token,
+        None,
+    )
+    .await
+    .unwrap()
+    .into_frame();
     let first = app.ports.devices.by_token(&token).await.unwrap().unwrap();
-    devices::register_device(&app, &w.carol, Platform::Fcm, &token, None)
-        .await
-        .unwrap()
-        .into_frame();
+    devices::register_device(
+        &app,
+        &w.carol,
+        &Default::default(),
+        Platform::Fcm,
+        &token,
+        None,
+    )
+    .await
+    .unwrap()
+    .into_frame();
 
     assert!(app.ports.devices.for_user(&w.bob).await.unwrap().is_empty());
     let carol = app.ports.devices.for_user(&w.carol).await.unwrap();

@@ -9,29 +9,38 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use courier_aws::dynamo::DynamoStore;
 use courier_core::adapters::memory::MemoryStore;
 use courier_core::config::TableNames;
 use courier_core::domain::{
-    ClientMsgId, Conversation, ConversationId, Device, Message, Platform, Seq, UserId,
+    ClientMsgId, Conversation, ConversationId, Device, DeviceId, Message, Platform, Seq, UserId,
 };
 use courier_core::ports::{
-    AckOutcome, AppendOutcome, ConversationStore, DeviceStore, MessageStore, NewMessage,
-    PendingStore,
+    AckOutcome, AppendOutcome, ConversationStore, DeviceStore, LinkOutcome, LinkStore,
+    MessageStore, NewMessage, PendingStore,
 };
 use courier_tests::{dynamo_client, fresh_tables, init_test_logging};
 
 trait Store:
-    MessageStore + ConversationStore + PendingStore + DeviceStore + Clone + Send + Sync + 'static
+    MessageStore
+    + ConversationStore
+    + PendingStore
+    + LinkStore
+    + DeviceStore
+    + Clone
+    + Send
+    + Sync
+    + 'static
 {
 }
 impl<T> Store for T where
     T: MessageStore
         + ConversationStore
         + PendingStore
+        + LinkStore
         + DeviceStore
         + Clone
         + Send
@@ -73,6 +82,14 @@ fn user(s: &str) -> UserId {
 
 fn conv_id(s: &str) -> ConversationId {
     ConversationId::parse(s).unwrap()
+}
+
+fn dev(s: &str) -> DeviceId {
+    DeviceId::parse(s).unwrap()
+}
+
+fn devs(names: &[&str]) -> Vec<DeviceId> {
+    names.iter().map(|d| dev(d)).collect()
 }
 
 async fn create_conversation<S: Store>(store: &S, id: &str, members: &[&str]) -> ConversationId {
@@ -175,6 +192,33 @@ async fn pending_range<S: Store>(
         .await
         .unwrap()
         .map(|p| (p.first_undelivered_seq.get(), p.last_seq.get()))
+}
+
+/// Where `device`'s catch-up would start, and the row's `last_seq`.
+async fn start_for<S: Store>(
+    store: &S,
+    who: &str,
+    device: &str,
+    conv: &ConversationId,
+) -> Option<(u64, u64)> {
+    PendingStore::get(store, &user(who), conv)
+        .await
+        .unwrap()
+        .map(|p| (p.start_for(&dev(device)).get(), p.last_seq.get()))
+}
+
+/// The row's cursors, device → seq held.
+async fn cursors<S: Store>(store: &S, who: &str, conv: &ConversationId) -> BTreeMap<String, u64> {
+    PendingStore::get(store, &user(who), conv)
+        .await
+        .unwrap()
+        .map(|p| {
+            p.cursors
+                .into_iter()
+                .map(|(d, s)| (d.to_string(), s.get()))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 // --- cases ---------------------------------------------------------------------
@@ -511,53 +555,81 @@ async fn ack_clears_advances_or_is_stale_and_never_lowers_the_cursor<S: Store>(b
     let s = &b.store;
     let c = conv_id("c1");
     let bob = user("bob");
+    let phone = dev("phone");
+    let only = devs(&["phone"]);
     assert_eq!(
-        s.ack(&bob, &c, Seq(3)).await.unwrap(),
+        s.ack(&bob, &phone, &c, Seq(3), &only).await.unwrap(),
         AckOutcome::Stale,
         "no row"
     );
 
     s.record(&bob, &c, Seq(2)).await.unwrap();
     s.record(&bob, &c, Seq(10)).await.unwrap();
-    assert_eq!(pending_range(s, "bob", &c).await, Some((2, 10)));
+    assert_eq!(start_for(s, "bob", "phone", &c).await, Some((2, 10)));
 
-    assert_eq!(s.ack(&bob, &c, Seq(5)).await.unwrap(), AckOutcome::Advanced);
-    assert_eq!(pending_range(s, "bob", &c).await, Some((6, 10)));
+    assert_eq!(
+        s.ack(&bob, &phone, &c, Seq(5), &only).await.unwrap(),
+        AckOutcome::Advanced
+    );
+    assert_eq!(start_for(s, "bob", "phone", &c).await, Some((6, 10)));
+    assert_eq!(
+        pending_range(s, "bob", &c).await,
+        Some((2, 10)),
+        "the row's range is the user's, the cursor the device's"
+    );
     // An ack from before (a reordered or repeated frame) moves nothing back.
-    assert_eq!(s.ack(&bob, &c, Seq(3)).await.unwrap(), AckOutcome::Stale);
-    assert_eq!(s.ack(&bob, &c, Seq(4)).await.unwrap(), AckOutcome::Stale);
-    assert_eq!(pending_range(s, "bob", &c).await, Some((6, 10)));
-    // seq = first - 1 is already covered; seq = first advances by one.
-    assert_eq!(s.ack(&bob, &c, Seq(5)).await.unwrap(), AckOutcome::Stale);
-    assert_eq!(s.ack(&bob, &c, Seq(6)).await.unwrap(), AckOutcome::Advanced);
-    assert_eq!(pending_range(s, "bob", &c).await, Some((7, 10)));
+    for seq in [3, 4, 5] {
+        assert_eq!(
+            s.ack(&bob, &phone, &c, Seq(seq), &only).await.unwrap(),
+            AckOutcome::Stale,
+            "ack {seq}"
+        );
+    }
+    assert_eq!(start_for(s, "bob", "phone", &c).await, Some((6, 10)));
+    // Below first: covered already, whatever the cursor.
+    assert_eq!(
+        s.ack(&bob, &dev("laptop"), &c, Seq(1), &only)
+            .await
+            .unwrap(),
+        AckOutcome::Stale
+    );
+    assert_eq!(
+        s.ack(&bob, &phone, &c, Seq(6), &only).await.unwrap(),
+        AckOutcome::Advanced
+    );
+    assert_eq!(start_for(s, "bob", "phone", &c).await, Some((7, 10)));
 
-    assert_eq!(s.ack(&bob, &c, Seq(10)).await.unwrap(), AckOutcome::Cleared);
+    assert_eq!(
+        s.ack(&bob, &phone, &c, Seq(10), &only).await.unwrap(),
+        AckOutcome::Cleared
+    );
     assert_eq!(pending_range(s, "bob", &c).await, None);
     assert_eq!(
-        s.ack(&bob, &c, Seq(10)).await.unwrap(),
+        s.ack(&bob, &phone, &c, Seq(10), &only).await.unwrap(),
         AckOutcome::Stale,
         "repeat is harmless"
     );
 
-    // Past last_seq clears too.
+    // Past last_seq clears too; the acking device counts even unlisted.
     s.record(&bob, &c, Seq(12)).await.unwrap();
-    assert_eq!(s.ack(&bob, &c, Seq(99)).await.unwrap(), AckOutcome::Cleared);
+    assert_eq!(
+        s.ack(&bob, &phone, &c, Seq(99), &[]).await.unwrap(),
+        AckOutcome::Cleared
+    );
     assert!(PendingStore::list(s, &bob).await.unwrap().is_empty());
 }
 
 async fn ack_below_last_seq_keeps_newer_messages<S: Store>(b: Backend<S>) {
     let s = &b.store;
     let c = create_conversation(s, "c1", &["alice", "bob"]).await;
+    let (bob, phone) = (user("bob"), dev("phone"));
+    let only = devs(&["phone"]);
     assert_eq!(
         send(s, &c, "alice", "k1", "one", &["bob"]).await,
         AppendOutcome::Stored
     );
     // Catch-up reads the row (1..=1) and posts seq 1; meanwhile seq 2 lands.
-    let seen = PendingStore::get(s, &user("bob"), &c)
-        .await
-        .unwrap()
-        .unwrap();
+    let seen = PendingStore::get(s, &bob, &c).await.unwrap().unwrap();
     assert_eq!(
         (seen.first_undelivered_seq, seen.last_seq),
         (Seq(1), Seq(1))
@@ -568,79 +640,360 @@ async fn ack_below_last_seq_keeps_newer_messages<S: Store>(b: Backend<S>) {
     );
 
     assert_eq!(
-        s.ack(&user("bob"), &c, Seq(1)).await.unwrap(),
+        s.ack(&bob, &phone, &c, Seq(1), &only).await.unwrap(),
         AckOutcome::Advanced
     );
     assert_eq!(
-        pending_range(s, "bob", &c).await,
+        start_for(s, "bob", "phone", &c).await,
         Some((2, 2)),
         "seq 2 still pending"
     );
     // PENDING_CLEAR=post: catch-up settling what it posted from the row it
     // read must not wipe the newer message either.
     assert_eq!(
-        s.settle_posted(&user("bob"), &c, seen.first_undelivered_seq, seen.last_seq)
-            .await
-            .unwrap(),
+        s.settle_posted(
+            &bob,
+            &phone,
+            &c,
+            seen.first_undelivered_seq,
+            seen.last_seq,
+            &only
+        )
+        .await
+        .unwrap(),
         AckOutcome::Stale
     );
-    assert_eq!(pending_range(s, "bob", &c).await, Some((2, 2)));
+    assert_eq!(start_for(s, "bob", "phone", &c).await, Some((2, 2)));
 
     assert_eq!(
-        s.ack(&user("bob"), &c, Seq(2)).await.unwrap(),
+        s.ack(&bob, &phone, &c, Seq(2), &only).await.unwrap(),
         AckOutcome::Cleared
     );
     assert_eq!(pending_range(s, "bob", &c).await, None);
-    // A message after the clear starts a fresh row.
+    // A message after the clear starts a fresh row, without cursors.
     assert_eq!(
         send(s, &c, "alice", "k3", "three", &["bob"]).await,
         AppendOutcome::Stored
     );
     assert_eq!(pending_range(s, "bob", &c).await, Some((3, 3)));
+    assert!(cursors(s, "bob", &c).await.is_empty());
 }
 
 async fn settle_posted_clears_only_what_was_posted<S: Store>(b: Backend<S>) {
     let s = &b.store;
     let c = conv_id("c1");
-    let bob = user("bob");
+    let (bob, phone) = (user("bob"), dev("phone"));
+    let only = devs(&["phone"]);
     assert_eq!(
-        s.settle_posted(&bob, &c, Seq(1), Seq(1)).await.unwrap(),
+        s.settle_posted(&bob, &phone, &c, Seq(1), Seq(1), &only)
+            .await
+            .unwrap(),
         AckOutcome::Stale,
         "no row"
     );
     s.record(&bob, &c, Seq(2)).await.unwrap();
     s.record(&bob, &c, Seq(4)).await.unwrap();
-    // Posted 2..=3 of a row that now reaches 4: the cursor moves to 4.
+    // Posted 2..=3 of a row that now reaches 4: the cursor moves to 3.
     assert_eq!(
-        s.settle_posted(&bob, &c, Seq(2), Seq(3)).await.unwrap(),
+        s.settle_posted(&bob, &phone, &c, Seq(2), Seq(3), &only)
+            .await
+            .unwrap(),
         AckOutcome::Advanced
     );
-    assert_eq!(pending_range(s, "bob", &c).await, Some((4, 4)));
+    assert_eq!(start_for(s, "bob", "phone", &c).await, Some((4, 4)));
     // Posted 2..=3 again (a second catch-up with the old read): no change.
     assert_eq!(
-        s.settle_posted(&bob, &c, Seq(2), Seq(3)).await.unwrap(),
+        s.settle_posted(&bob, &phone, &c, Seq(2), Seq(3), &only)
+            .await
+            .unwrap(),
         AckOutcome::Stale
     );
-    assert_eq!(pending_range(s, "bob", &c).await, Some((4, 4)));
+    assert_eq!(start_for(s, "bob", "phone", &c).await, Some((4, 4)));
     // A retried send records seq 1 again after catch-up read 4..=4: posting
     // 4..=4 must not clear the row, seq 1 was never posted.
     s.record(&bob, &c, Seq(1)).await.unwrap();
     assert_eq!(
-        s.settle_posted(&bob, &c, Seq(4), Seq(4)).await.unwrap(),
+        s.settle_posted(&bob, &phone, &c, Seq(4), Seq(4), &only)
+            .await
+            .unwrap(),
         AckOutcome::Stale
     );
-    assert_eq!(pending_range(s, "bob", &c).await, Some((1, 4)));
+    assert_eq!(start_for(s, "bob", "phone", &c).await, Some((1, 4)));
     assert_eq!(
-        s.settle_posted(&bob, &c, Seq(4), Seq(9)).await.unwrap(),
+        s.settle_posted(&bob, &phone, &c, Seq(4), Seq(9), &only)
+            .await
+            .unwrap(),
         AckOutcome::Stale
     );
-    assert_eq!(pending_range(s, "bob", &c).await, Some((1, 4)));
+    assert_eq!(start_for(s, "bob", "phone", &c).await, Some((1, 4)));
     // Posted from 1 through 4: everything it holds.
     assert_eq!(
-        s.settle_posted(&bob, &c, Seq(1), Seq(4)).await.unwrap(),
+        s.settle_posted(&bob, &phone, &c, Seq(1), Seq(4), &only)
+            .await
+            .unwrap(),
         AckOutcome::Cleared
     );
     assert_eq!(pending_range(s, "bob", &c).await, None);
+}
+
+async fn each_device_acks_for_itself_and_the_row_goes_with_the_last<S: Store>(b: Backend<S>) {
+    let s = &b.store;
+    let c = create_conversation(s, "c1", &["alice", "bob"]).await;
+    let bob = user("bob");
+    let (phone, laptop) = (dev("phone"), dev("laptop"));
+    let both = devs(&["laptop", "phone"]);
+    for k in ["k1", "k2", "k3"] {
+        assert_eq!(
+            send(s, &c, "alice", k, "x", &["bob"]).await,
+            AppendOutcome::Stored
+        );
+    }
+
+    assert_eq!(
+        s.ack(&bob, &phone, &c, Seq(3), &both).await.unwrap(),
+        AckOutcome::Advanced,
+        "the laptop has nothing yet"
+    );
+    assert_eq!(pending_range(s, "bob", &c).await, Some((1, 3)));
+    assert_eq!(
+        cursors(s, "bob", &c).await,
+        BTreeMap::from([("phone".to_owned(), 3)])
+    );
+    assert_eq!(start_for(s, "bob", "laptop", &c).await, Some((1, 3)));
+    // The phone's cursor never goes down, and repeating it changes nothing.
+    for seq in [2, 3] {
+        assert_eq!(
+            s.ack(&bob, &phone, &c, Seq(seq), &both).await.unwrap(),
+            AckOutcome::Stale
+        );
+    }
+    assert_eq!(
+        s.ack(&bob, &laptop, &c, Seq(2), &both).await.unwrap(),
+        AckOutcome::Advanced
+    );
+    assert_eq!(
+        cursors(s, "bob", &c).await,
+        BTreeMap::from([("laptop".to_owned(), 2), ("phone".to_owned(), 3)])
+    );
+    assert_eq!(
+        s.ack(&bob, &laptop, &c, Seq(3), &both).await.unwrap(),
+        AckOutcome::Cleared
+    );
+    assert_eq!(pending_range(s, "bob", &c).await, None);
+
+    // A message stored after a device read the row keeps it: the laptop
+    // acks what it read (4), the phone already has 5.
+    assert_eq!(
+        send(s, &c, "alice", "k4", "x", &["bob"]).await,
+        AppendOutcome::Stored
+    );
+    assert_eq!(
+        s.ack(&bob, &phone, &c, Seq(4), &both).await.unwrap(),
+        AckOutcome::Advanced
+    );
+    assert_eq!(
+        send(s, &c, "alice", "k5", "x", &["bob"]).await,
+        AppendOutcome::Stored
+    );
+    assert_eq!(
+        s.ack(&bob, &phone, &c, Seq(5), &both).await.unwrap(),
+        AckOutcome::Advanced
+    );
+    assert_eq!(
+        s.ack(&bob, &laptop, &c, Seq(4), &both).await.unwrap(),
+        AckOutcome::Advanced,
+        "seq 5 is still the laptop's"
+    );
+    assert_eq!(start_for(s, "bob", "laptop", &c).await, Some((5, 5)));
+    assert_eq!(start_for(s, "bob", "phone", &c).await, Some((6, 5)));
+    // A cursor past last_seq is kept as acked.
+    assert_eq!(
+        s.ack(&bob, &phone, &c, Seq(9), &both).await.unwrap(),
+        AckOutcome::Advanced
+    );
+    assert_eq!(cursors(s, "bob", &c).await.get("phone"), Some(&9));
+    assert_eq!(
+        s.ack(&bob, &laptop, &c, Seq(5), &both).await.unwrap(),
+        AckOutcome::Cleared
+    );
+}
+
+/// Sends land while two devices read the row and ack what they read: each
+/// device must end up having read every seq (an ack that deleted the row
+/// over a message stored after the read would lose it), and the row goes
+/// once both hold the last one.
+async fn concurrent_sends_and_acks_lose_no_message_for_any_device<S: Store>(b: Backend<S>) {
+    const COUNT: u64 = 40;
+    let s = b.store;
+    let c = create_conversation(&s, "busy", &["alice", "bob"]).await;
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sender = {
+        let (s, c, done) = (s.clone(), c.clone(), done.clone());
+        tokio::spawn(async move {
+            for i in 1..=COUNT {
+                let out = send(&s, &c, "alice", &format!("k{i}"), "x", &["bob"]).await;
+                assert_eq!(out, AppendOutcome::Stored);
+            }
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
+        })
+    };
+    let readers: Vec<_> = ["laptop", "phone"]
+        .into_iter()
+        .map(|name| {
+            let (s, c, done) = (s.clone(), c.clone(), done.clone());
+            tokio::spawn(async move {
+                let (bob, me) = (user("bob"), dev(name));
+                let both = devs(&["laptop", "phone"]);
+                let mut read = BTreeSet::new();
+                loop {
+                    let finished = done.load(std::sync::atomic::Ordering::SeqCst);
+                    let row = PendingStore::get(&s, &bob, &c).await.unwrap();
+                    match row.filter(|r| r.start_for(&me) <= r.last_seq) {
+                        Some(r) => {
+                            read.extend(r.start_for(&me).get()..=r.last_seq.get());
+                            s.ack(&bob, &me, &c, r.last_seq, &both).await.unwrap();
+                        }
+                        None if finished => return read,
+                        None => tokio::time::sleep(std::time::Duration::from_millis(2)).await,
+                    }
+                }
+            })
+        })
+        .collect();
+    sender.await.unwrap();
+    for r in readers {
+        let read = r.await.unwrap();
+        assert_eq!(
+            read.into_iter().collect::<Vec<_>>(),
+            (1..=COUNT).collect::<Vec<_>>(),
+            "every seq read by every device"
+        );
+    }
+    assert_eq!(
+        pending_range(&s, "bob", &c).await,
+        None,
+        "both hold the last"
+    );
+}
+
+async fn a_device_not_linked_any_more_does_not_hold_the_row<S: Store>(b: Backend<S>) {
+    let s = &b.store;
+    let c = conv_id("c1");
+    let bob = user("bob");
+    s.record(&bob, &c, Seq(1)).await.unwrap();
+    s.record(&bob, &c, Seq(3)).await.unwrap();
+    assert_eq!(
+        s.ack(
+            &bob,
+            &dev("phone"),
+            &c,
+            Seq(3),
+            &devs(&["phone", "laptop", "tablet"])
+        )
+        .await
+        .unwrap(),
+        AckOutcome::Advanced
+    );
+    // The tablet went past its TTL: only the phone and the laptop count.
+    assert_eq!(
+        s.ack(&bob, &dev("laptop"), &c, Seq(3), &devs(&["phone"]))
+            .await
+            .unwrap(),
+        AckOutcome::Cleared,
+        "the acking device counts without being listed"
+    );
+    assert_eq!(pending_range(s, "bob", &c).await, None);
+
+    // Nobody else linked: one device's ack clears.
+    s.record(&bob, &c, Seq(4)).await.unwrap();
+    assert_eq!(
+        s.ack(&bob, &dev("phone"), &c, Seq(4), &[]).await.unwrap(),
+        AckOutcome::Cleared
+    );
+}
+
+async fn settle_posted_moves_only_the_posting_device_and_keeps_its_from_guard<S: Store>(
+    b: Backend<S>,
+) {
+    let s = &b.store;
+    let c = conv_id("c1");
+    let bob = user("bob");
+    let (phone, laptop) = (dev("phone"), dev("laptop"));
+    let both = devs(&["laptop", "phone"]);
+    s.record(&bob, &c, Seq(1)).await.unwrap();
+    s.record(&bob, &c, Seq(6)).await.unwrap();
+
+    assert_eq!(
+        s.settle_posted(&bob, &phone, &c, Seq(1), Seq(3), &both)
+            .await
+            .unwrap(),
+        AckOutcome::Advanced
+    );
+    assert_eq!(start_for(s, "bob", "phone", &c).await, Some((4, 6)));
+    assert_eq!(start_for(s, "bob", "laptop", &c).await, Some((1, 6)));
+    // The phone starts at 4 now: a catch-up that read it from 5 did not
+    // post 4, one that read it from 4 did.
+    assert_eq!(
+        s.settle_posted(&bob, &phone, &c, Seq(5), Seq(6), &both)
+            .await
+            .unwrap(),
+        AckOutcome::Stale
+    );
+    // The laptop starts at 1: from 2 is not what it was posted.
+    assert_eq!(
+        s.settle_posted(&bob, &laptop, &c, Seq(2), Seq(6), &both)
+            .await
+            .unwrap(),
+        AckOutcome::Stale
+    );
+    assert_eq!(
+        s.settle_posted(&bob, &phone, &c, Seq(4), Seq(6), &both)
+            .await
+            .unwrap(),
+        AckOutcome::Advanced
+    );
+    assert_eq!(
+        s.settle_posted(&bob, &laptop, &c, Seq(1), Seq(6), &both)
+            .await
+            .unwrap(),
+        AckOutcome::Cleared
+    );
+    assert_eq!(pending_range(s, "bob", &c).await, None);
+}
+
+async fn record_below_first_drops_every_cursor<S: Store>(b: Backend<S>) {
+    let s = &b.store;
+    let c = conv_id("c1");
+    let bob = user("bob");
+    let both = devs(&["laptop", "phone"]);
+    s.record(&bob, &c, Seq(5)).await.unwrap();
+    s.record(&bob, &c, Seq(8)).await.unwrap();
+    s.ack(&bob, &dev("phone"), &c, Seq(6), &both).await.unwrap();
+    s.ack(&bob, &dev("laptop"), &c, Seq(7), &both)
+        .await
+        .unwrap();
+    // Inside the row, or above it: the cursors stay.
+    s.record(&bob, &c, Seq(7)).await.unwrap();
+    s.record(&bob, &c, Seq(9)).await.unwrap();
+    assert_eq!(
+        cursors(s, "bob", &c).await,
+        BTreeMap::from([("laptop".to_owned(), 7), ("phone".to_owned(), 6)])
+    );
+    assert_eq!(pending_range(s, "bob", &c).await, Some((5, 9)));
+    // Below first: a cursor past 3 would skip it, so all go.
+    s.record(&bob, &c, Seq(3)).await.unwrap();
+    assert!(cursors(s, "bob", &c).await.is_empty());
+    assert_eq!(start_for(s, "bob", "phone", &c).await, Some((3, 9)));
+    assert_eq!(start_for(s, "bob", "laptop", &c).await, Some((3, 9)));
+    // And the next ack builds them again.
+    assert_eq!(
+        s.ack(&bob, &dev("phone"), &c, Seq(9), &both).await.unwrap(),
+        AckOutcome::Advanced
+    );
+    assert_eq!(
+        cursors(s, "bob", &c).await,
+        BTreeMap::from([("phone".to_owned(), 9)])
+    );
 }
 
 async fn pending_list_returns_every_row_of_the_user_only<S: Store>(b: Backend<S>) {
@@ -673,6 +1026,62 @@ async fn pending_list_returns_every_row_of_the_user_only<S: Store>(b: Backend<S>
     );
 }
 
+async fn pending_list_never_returns_links_or_memberships<S: Store>(b: Backend<S>) {
+    let s = &b.store;
+    let bob = user("bob");
+    for d in ["phone", "laptop"] {
+        assert_eq!(
+            s.touch(&bob, &dev(d), 1_000, 5, 0).await.unwrap(),
+            LinkOutcome::Linked
+        );
+    }
+    let c1 = create_conversation(s, "c1", &["alice", "bob"]).await;
+    create_conversation(s, "-", &["bob"]).await;
+    create_conversation(s, "zz", &["bob", "carol"]).await;
+    assert_eq!(
+        send(s, &c1, "alice", "k1", "hi", &["bob"]).await,
+        AppendOutcome::Stored
+    );
+    s.record(&bob, &conv_id("-"), Seq(4)).await.unwrap();
+
+    let mut rows: Vec<(String, u64)> = PendingStore::list(s, &bob)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.conversation_id.to_string(), r.last_seq.get()))
+        .collect();
+    rows.sort();
+    assert_eq!(rows, [("-".to_owned(), 4), ("c1".to_owned(), 1)]);
+    assert_eq!(LinkStore::list(s, &bob).await.unwrap().len(), 2);
+    assert_eq!(
+        ConversationStore::list_for(s, &bob, None, 10)
+            .await
+            .unwrap()
+            .0
+            .len(),
+        3
+    );
+
+    if let Some((client, tables)) = &b.raw {
+        // The premise: the partition does hold the other items.
+        let all = client
+            .query()
+            .table_name(&tables.pending)
+            .key_condition_expression("#u = :u")
+            .expression_attribute_names("#u", "user_id")
+            .expression_attribute_values(":u", AttributeValue::S("bob".into()))
+            .consistent_read(true)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            all.count,
+            2 + 2 + 1 + 3,
+            "2 rows, 2 links, a counter, 3 memberships"
+        );
+    }
+}
+
 async fn conversation_create_twice_keeps_the_first<S: Store>(b: Backend<S>) {
     let s = &b.store;
     let first = Conversation {
@@ -702,6 +1111,273 @@ async fn conversation_create_twice_keeps_the_first<S: Store>(b: Backend<S>) {
     );
 }
 
+fn linked(outcome: &[LinkOutcome]) -> usize {
+    outcome
+        .iter()
+        .filter(|o| **o == LinkOutcome::Linked)
+        .count()
+}
+
+async fn link_names<S: Store>(store: &S, who: &str) -> Vec<String> {
+    LinkStore::list(store, &user(who))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| l.device_id.to_string())
+        .collect()
+}
+
+async fn touch_links_a_new_device_sees_a_known_one_and_refuses_past_max<S: Store>(b: Backend<S>) {
+    let s = &b.store;
+    let bob = user("bob");
+    assert_eq!(
+        s.touch(&bob, &dev("phone"), 100, 2, 0).await.unwrap(),
+        LinkOutcome::Linked
+    );
+    assert_eq!(
+        s.touch(&bob, &dev("phone"), 200, 2, 0).await.unwrap(),
+        LinkOutcome::Seen
+    );
+    // A touch with an older clock never moves last_seen_at back.
+    assert_eq!(
+        s.touch(&bob, &dev("phone"), 150, 2, 0).await.unwrap(),
+        LinkOutcome::Seen
+    );
+    let links = LinkStore::list(s, &bob).await.unwrap();
+    assert_eq!(links.len(), 1);
+    assert_eq!(
+        (links[0].linked_at, links[0].last_seen_at),
+        (100, 200),
+        "linked once, seen last at 200"
+    );
+
+    assert_eq!(
+        s.touch(&bob, &dev("laptop"), 300, 2, 0).await.unwrap(),
+        LinkOutcome::Linked
+    );
+    assert_eq!(
+        s.touch(&bob, &dev("tablet"), 300, 2, 0).await.unwrap(),
+        LinkOutcome::TooMany { max: 2 }
+    );
+    assert_eq!(
+        link_names(s, "bob").await,
+        ["laptop", "phone"],
+        "device order"
+    );
+    // A known device is seen whatever the limit.
+    assert_eq!(
+        s.touch(&bob, &dev("phone"), 400, 1, 0).await.unwrap(),
+        LinkOutcome::Seen
+    );
+    // Another user's devices are theirs.
+    assert_eq!(
+        s.touch(&user("carol"), &dev("tablet"), 300, 2, 0)
+            .await
+            .unwrap(),
+        LinkOutcome::Linked
+    );
+
+    assert!(s.unlink(&bob, &dev("laptop")).await.unwrap());
+    assert!(
+        !s.unlink(&bob, &dev("laptop")).await.unwrap(),
+        "unlinked already"
+    );
+    assert!(!s.unlink(&bob, &dev("never")).await.unwrap());
+    assert_eq!(link_names(s, "bob").await, ["phone"]);
+    assert_eq!(
+        s.touch(&bob, &dev("tablet"), 500, 2, 0).await.unwrap(),
+        LinkOutcome::Linked,
+        "unlinking made room"
+    );
+    assert_eq!(link_names(s, "bob").await, ["phone", "tablet"]);
+    assert!(LinkStore::list(s, &user("dave")).await.unwrap().is_empty());
+}
+
+async fn stale_devices_do_not_count_and_make_room_when_a_device_links<S: Store>(b: Backend<S>) {
+    let s = &b.store;
+    let bob = user("bob");
+    for (d, at) in [("a", 100), ("b", 500), ("c", 600)] {
+        assert_eq!(
+            s.touch(&bob, &dev(d), at, 3, 0).await.unwrap(),
+            LinkOutcome::Linked
+        );
+    }
+    // The limit went down to 2: a is stale, b and c fill it. Refused, and
+    // nothing is unlinked for a device that is not linked.
+    assert_eq!(
+        s.touch(&bob, &dev("d"), 1_000, 2, 300).await.unwrap(),
+        LinkOutcome::TooMany { max: 2 }
+    );
+    assert_eq!(link_names(s, "bob").await, ["a", "b", "c"]);
+    // Back at 3: a does not count, and goes when d links.
+    assert_eq!(
+        s.touch(&bob, &dev("d"), 1_000, 3, 300).await.unwrap(),
+        LinkOutcome::Linked
+    );
+    assert_eq!(link_names(s, "bob").await, ["b", "c", "d"]);
+    // Every stale device goes when one links, not just enough of them.
+    assert_eq!(
+        s.touch(&bob, &dev("e"), 2_000, 5, 700).await.unwrap(),
+        LinkOutcome::Linked
+    );
+    assert_eq!(link_names(s, "bob").await, ["d", "e"]);
+    // And the limit still holds after the evictions.
+    for d in ["f", "g", "h"] {
+        assert_eq!(
+            s.touch(&bob, &dev(d), 2_000, 5, 700).await.unwrap(),
+            LinkOutcome::Linked
+        );
+    }
+    assert_eq!(
+        s.touch(&bob, &dev("i"), 2_000, 5, 700).await.unwrap(),
+        LinkOutcome::TooMany { max: 5 }
+    );
+}
+
+async fn concurrent_new_devices_never_exceed_max<S: Store>(b: Backend<S>) {
+    const MAX: usize = 3;
+    let s = b.store;
+    let bob = user("bob");
+    let tasks: Vec<_> = (0..8)
+        .map(|i| {
+            let (s, bob) = (s.clone(), bob.clone());
+            tokio::spawn(async move {
+                s.touch(&bob, &dev(&format!("d{i}")), 1_000, MAX, 0)
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut outcomes = Vec::new();
+    for t in tasks {
+        outcomes.push(t.await.unwrap());
+    }
+    assert_eq!(linked(&outcomes), MAX, "{outcomes:?}");
+    assert!(
+        outcomes
+            .iter()
+            .all(|o| matches!(o, LinkOutcome::Linked | LinkOutcome::TooMany { max: MAX })),
+        "{outcomes:?}"
+    );
+    assert_eq!(LinkStore::list(&s, &bob).await.unwrap().len(), MAX);
+
+    // One new device connecting four times at once is linked once.
+    let carol = user("carol");
+    let tasks: Vec<_> = (0..4)
+        .map(|_| {
+            let (s, carol) = (s.clone(), carol.clone());
+            tokio::spawn(async move { s.touch(&carol, &dev("phone"), 1_000, 2, 0).await.unwrap() })
+        })
+        .collect();
+    let mut outcomes = Vec::new();
+    for t in tasks {
+        outcomes.push(t.await.unwrap());
+    }
+    assert_eq!(linked(&outcomes), 1, "{outcomes:?}");
+    assert!(
+        outcomes
+            .iter()
+            .all(|o| matches!(o, LinkOutcome::Linked | LinkOutcome::Seen)),
+        "{outcomes:?}"
+    );
+    assert_eq!(link_names(&s, "carol").await, ["phone"]);
+    // Its one place was counted once: a second device still fits.
+    assert_eq!(
+        s.touch(&carol, &dev("laptop"), 1_000, 2, 0).await.unwrap(),
+        LinkOutcome::Linked
+    );
+}
+
+async fn list_for_pages_the_conversations_of_a_member_in_id_order<S: Store>(b: Backend<S>) {
+    let s = &b.store;
+    let bob = user("bob");
+    let ids = |page: &[Conversation]| {
+        page.iter()
+            .map(|c| c.conversation_id.to_string())
+            .collect::<Vec<_>>()
+    };
+    // Created out of order, some without bob.
+    for (id, members) in [
+        ("c05", &["bob", "alice"][..]),
+        ("c02", &["bob"][..]),
+        ("c07", &["alice", "bob"][..]),
+        ("c03", &["alice"][..]),
+        ("c01", &["bob", "bob"][..]),
+        ("c06", &["carol", "bob"][..]),
+        ("c04", &["bob"][..]),
+    ] {
+        create_conversation(s, id, members).await;
+    }
+    let (page, next) = ConversationStore::list_for(s, &bob, None, 2).await.unwrap();
+    assert_eq!(ids(&page), ["c01", "c02"]);
+    assert_eq!(next, Some(conv_id("c02")));
+    assert_eq!(
+        page[0],
+        ConversationStore::get(s, &conv_id("c01"))
+            .await
+            .unwrap()
+            .unwrap(),
+        "whole conversations"
+    );
+    let (page, next) = ConversationStore::list_for(s, &bob, next.as_ref(), 2)
+        .await
+        .unwrap();
+    assert_eq!(ids(&page), ["c04", "c05"]);
+    let (page, next) = ConversationStore::list_for(s, &bob, next.as_ref(), 2)
+        .await
+        .unwrap();
+    assert_eq!(ids(&page), ["c06", "c07"]);
+    assert_eq!(next, None, "exactly the last page: no next");
+
+    // After an id that is not one of bob's (or does not exist).
+    let (page, next) = ConversationStore::list_for(s, &bob, Some(&conv_id("c03")), 10)
+        .await
+        .unwrap();
+    assert_eq!(ids(&page), ["c04", "c05", "c06", "c07"]);
+    assert_eq!(next, None);
+    let (page, _) = ConversationStore::list_for(s, &bob, Some(&conv_id("c045")), 1)
+        .await
+        .unwrap();
+    assert_eq!(ids(&page), ["c05"]);
+    let (page, next) = ConversationStore::list_for(s, &bob, Some(&conv_id("c07")), 10)
+        .await
+        .unwrap();
+    assert!(page.is_empty() && next.is_none());
+    // The limit is clamped to 1..=100.
+    let (page, next) = ConversationStore::list_for(s, &bob, None, 0).await.unwrap();
+    assert_eq!(
+        (ids(&page), next),
+        (vec!["c01".to_owned()], Some(conv_id("c01")))
+    );
+    let (page, next) = ConversationStore::list_for(s, &bob, None, 1_000)
+        .await
+        .unwrap();
+    assert_eq!(ids(&page).len(), 6);
+    assert_eq!(next, None);
+
+    let (page, _) = ConversationStore::list_for(s, &user("alice"), None, 10)
+        .await
+        .unwrap();
+    assert_eq!(ids(&page), ["c03", "c05", "c07"]);
+    let (page, next) = ConversationStore::list_for(s, &user("nobody"), None, 10)
+        .await
+        .unwrap();
+    assert!(page.is_empty() && next.is_none());
+
+    // A refused second create lists nothing for its would-be members.
+    let again = Conversation {
+        conversation_id: conv_id("c01"),
+        members: vec![user("mallory")],
+        last_seq: Seq::ZERO,
+        created_at: 1,
+    };
+    assert!(!ConversationStore::create(s, &again).await.unwrap());
+    let (page, _) = ConversationStore::list_for(s, &user("mallory"), None, 10)
+        .await
+        .unwrap();
+    assert!(page.is_empty());
+}
+
 fn device(owner: &str, token: &str, platform: Platform) -> Device {
     Device {
         user_id: user(owner),
@@ -709,6 +1385,7 @@ fn device(owner: &str, token: &str, platform: Platform) -> Device {
         token: token.to_owned(),
         endpoint_arn: format!("arn:aws:sns:us-east-1:123456789012:endpoint/{token}"),
         updated_at: 1_795_000_000_000,
+        device_id: Default::default(),
     }
 }
 
@@ -788,7 +1465,17 @@ conformance!(
     ack_clears_advances_or_is_stale_and_never_lowers_the_cursor,
     ack_below_last_seq_keeps_newer_messages,
     settle_posted_clears_only_what_was_posted,
+    each_device_acks_for_itself_and_the_row_goes_with_the_last,
+    a_device_not_linked_any_more_does_not_hold_the_row,
+    concurrent_sends_and_acks_lose_no_message_for_any_device,
+    settle_posted_moves_only_the_posting_device_and_keeps_its_from_guard,
+    record_below_first_drops_every_cursor,
     pending_list_returns_every_row_of_the_user_only,
+    pending_list_never_returns_links_or_memberships,
+    touch_links_a_new_device_sees_a_known_one_and_refuses_past_max,
+    stale_devices_do_not_count_and_make_room_when_a_device_links,
+    concurrent_new_devices_never_exceed_max,
+    list_for_pages_the_conversations_of_a_member_in_id_order,
     conversation_create_twice_keeps_the_first,
     devices_are_found_by_token_and_user_and_a_token_can_move,
 );
