@@ -1,24 +1,38 @@
-// The story page: alice, bob and carol side by side on the local gateway,
-// each a CourierClient of their own (the same module apps use), with bob's
-// connection on a switch.
+// The story page: alice, bob's phone, bob's laptop and carol side by side on
+// the local gateway, each a CourierClient of its own (the same module apps
+// use). bob is one user with two devices (`device=phone`, `device=laptop`):
+// each device has its own connection, its own catch-up and its own acks, so
+// an ack on one never empties the other. Each bob device is on a switch.
 //
-// While bob is offline his pane shows what his phone would: the push
-// notifications the gateway recorded for his device (/_local/pushes), one
-// banner per conversation, the latest, as the OS collapses them. Switching him
-// online opens his socket; catch-up fills his conversations in seq order and
-// the pane shows how long it took from socket open to `caught_up`.
+// While bob's phone is offline its pane shows what the phone would: the
+// push notifications the gateway recorded for its push token
+// (/_local/pushes), one banner per conversation, the latest, as the OS
+// collapses them. Switching a device online opens its socket; catch-up fills
+// its conversations in seq order and the pane shows how long it took from
+// socket open to `caught_up`, and what is still waiting on the server for
+// that device.
 //
 // The story (the Play button) is the seed's: 41 and 16 earlier messages bob
-// has read, bob closes the app, alice and carol send three each (seqs 42–44
-// and 17–19), bob opens the app. `?history=5,3` shortens the earlier part.
+// has read, bob closes the app on both devices, alice and carol send three
+// each (seqs 42–44 and 17–19), bob opens the app on his phone; his laptop
+// still has all six waiting, until it is opened too. `?history=5,3` shortens
+// the earlier part. Every play starts clean: fresh conversations (so seqs
+// start at 1 again), and the panes show only the current play's.
 //
 // Every step sets #status's data-phase, which the browser test waits on:
 // loading → ready → history → offline → offline-banners → catching-up →
-// caught-up (or error).
+// caught-up → laptop-catching-up → all-caught-up (or error).
 
 import { CourierClient } from '/courier.js';
 
-const USERS = ['alice', 'bob', 'carol'];
+/** The panes: a user, and for bob which of his devices. */
+const VIEWS = [
+  { key: 'alice', user: 'alice', device: 'browser' },
+  { key: 'bob-phone', user: 'bob', device: 'phone', label: 'phone' },
+  { key: 'bob-laptop', user: 'bob', device: 'laptop', label: 'laptop' },
+  { key: 'carol', user: 'carol', device: 'browser' },
+];
+const BOB_DEVICES = VIEWS.filter((v) => v.user === 'bob');
 const ALICE_SAYS = ['hey', 'where are you?', 'hello??'];
 const CAROL_SAYS = ['are we still on for tonight?', "I'm at the station", 'call me when you see this'];
 
@@ -30,7 +44,8 @@ const HISTORY = (() => {
 })();
 
 const wsUrl = `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}`;
-const bobPhone = `bob-browser-${Math.random().toString(16).slice(2, 10)}`;
+/** The push token of bob's phone (its registerDevice). */
+const phonePushToken = `bob-phone-${Math.random().toString(16).slice(2, 10)}`;
 
 const $ = (sel, root = document) => root.querySelector(sel);
 const el = (tag, props = {}, ...children) => {
@@ -74,55 +89,61 @@ function setStatus(phase, text) {
 
 // ------------------------------------------------------------------- state
 
+/** view key → CourierClient */
 const clients = {};
-/** conversation id → {members, label} as the page created them */
+/** The current play's conversations: id → {members}. Only these are shown;
+ *  a new play replaces them (the old ones stay on the server). */
 const conversations = new Map();
-const bob = {
+/** Per bob device: what its pane shows about going offline and back. */
+const devices = Object.fromEntries(BOB_DEVICES.map((v) => [v.key, {
   offline: false,
-  /** contiguous seq per conversation when he went offline: what came later
+  /** contiguous seq per conversation when it went offline: what came later
    *  arrived by catch-up and is highlighted */
   floor: new Map(),
+  switchedAt: null,
+  timing: null,
+  /** messages still waiting on the server for this device (null: unknown) */
+  waiting: null,
+}]));
+/** The phone's lock screen while it is offline. */
+const phone = {
   pushesBefore: 0,
   banners: new Map(),
-  phoneShown: false,
+  shown: false,
   pushTimer: null,
-  switchedAt: null,
-  openedAt: null,
-  timing: null,
-  pending: null,
 };
 let story = null;
 /** Sends the client rejected (too large for a frame, refused by the
- *  server): user → [{conversationId, body, reason}], shown as failed. */
+ *  server): view → [{conversationId, body, reason}], shown as failed. */
 const failedSends = new Map();
 
-for (const user of USERS) {
+for (const view of VIEWS) {
   const c = new CourierClient({
     url: wsUrl,
-    user,
-    token: () => fetchToken(user),
+    user: view.user,
+    deviceId: view.device,
+    token: () => fetchToken(view.user),
     tuning: { caughtUpTimeout: 3000 },
   });
-  clients[user] = c;
+  clients[view.key] = c;
   c.on('message', scheduleRender);
   c.on('receipt', scheduleRender);
-  c.on('state', ({ state }) => {
-    if (user === 'bob' && state === 'open') bob.openedAt = performance.now();
-    scheduleRender();
+  c.on('state', scheduleRender);
+  c.on('error', (e) => {
+    console.warn(`${view.key}:`, e.code, e.message);
+    if (e.code === 'too_many_devices') fail(new Error(`${view.key}: ${e.message}`));
   });
-  c.on('error', (e) => console.warn(`${user}:`, e.code, e.message));
+  if (devices[view.key]) {
+    c.on('caughtUp', (detail) => {
+      const d = devices[view.key];
+      if (d.switchedAt === null) return;
+      d.timing = { ...detail, afterSwitchMs: performance.now() - d.switchedAt };
+      d.switchedAt = null;
+      scheduleRender();
+      afterCatchUp(view).catch(fail);
+    });
+  }
 }
-
-clients.bob.on('caughtUp', (detail) => {
-  if (bob.switchedAt === null) return;
-  bob.timing = {
-    ...detail,
-    afterSwitchMs: performance.now() - bob.switchedAt,
-  };
-  bob.switchedAt = null;
-  scheduleRender();
-  afterCatchUp().catch(fail);
-});
 
 // ------------------------------------------------------------------ render
 
@@ -138,19 +159,28 @@ function scheduleRender() {
 
 function buildPanes() {
   const main = $('#panes');
-  for (const user of USERS) {
-    const header = el('header', {}, el('h2', {}, user), el('span', { class: 'dot', dataset: { role: 'state' } }));
-    const pane = el('section', { class: 'pane', id: `pane-${user}`, dataset: { user } }, header);
-    if (user === 'bob') {
-      const input = el('input', { type: 'checkbox', id: 'bob-online', 'aria-label': 'bob online' });
+  for (const view of VIEWS) {
+    const title = el('h2', {}, view.user);
+    if (view.label) title.append(el('small', {}, ` · ${view.label}`));
+    const header = el('header', {}, title, el('span', { class: 'dot', dataset: { role: 'state' } }));
+    const pane = el('section', {
+      class: 'pane',
+      id: `pane-${view.key}`,
+      dataset: { user: view.user, device: view.device },
+    }, header);
+    if (devices[view.key]) {
+      const input = el('input', { type: 'checkbox', id: `${view.key}-online`, 'aria-label': `${view.key} online` });
       input.checked = true;
-      input.addEventListener('change', () => setBobOnline(input.checked).catch(fail));
-      header.append(el('label', { class: 'switch', id: 'bob-switch' }, input, el('span', { class: 'track' }), el('span', { class: 'label' }, 'online')));
-      pane.append(
-        el('div', { class: 'phone', id: 'bob-phone', hidden: '' },
+      input.addEventListener('change', () => setOnline(view, input.checked).catch(fail));
+      header.append(el('label', { class: 'switch', id: `${view.key}-switch` }, input, el('span', { class: 'track' }), el('span', { class: 'label' }, 'online')));
+      if (view.device === 'phone') {
+        pane.append(el('div', { class: 'phone', id: 'bob-phone-screen', hidden: '' },
           el('h3', {}, el('span', { class: 'title' }, "bob's phone: app closed"), el('span', { class: 'clock' }, '')),
-          el('div', { class: 'banners' })),
-        el('div', { class: 'timing', id: 'bob-timing', hidden: '' }),
+          el('div', { class: 'banners' })));
+      }
+      pane.append(
+        el('div', { class: 'timing', id: `${view.key}-timing`, hidden: '' }),
+        el('div', { class: 'waiting', id: `${view.key}-waiting`, hidden: '' }),
       );
     }
     pane.append(el('div', { class: 'convs' }));
@@ -158,28 +188,26 @@ function buildPanes() {
   }
 }
 
-function convIdsFor(user) {
-  const ids = [...conversations].filter(([, c]) => c.members.includes(user)).map(([id]) => id);
-  for (const id of clients[user].conversations()) if (!ids.includes(id)) ids.push(id);
-  return ids;
+function convIdsFor(view) {
+  return [...conversations].filter(([, c]) => c.members.includes(view.user)).map(([id]) => id);
 }
 
-function convBox(user, pane, id) {
+function convBox(view, pane, id) {
   let box = pane.querySelector(`article[data-conversation="${id}"]`);
   if (box) return box;
   const meta = conversations.get(id);
-  const others = meta ? meta.members.filter((m) => m !== user) : [];
-  const input = el('input', { placeholder: `message as ${user}`, 'aria-label': `message as ${user}` });
+  const others = meta ? meta.members.filter((m) => m !== view.user) : [];
+  const input = el('input', { placeholder: `message as ${view.user}`, 'aria-label': `message as ${view.key}` });
   const form = el('form', { class: 'compose' }, input, el('button', { type: 'submit' }, 'Send'));
   form.addEventListener('submit', (ev) => {
     ev.preventDefault();
     const body = input.value.trim();
     if (!body) return;
     input.value = '';
-    clients[user].send(id, body).then(scheduleRender, (e) => {
+    clients[view.key].send(id, body).then(scheduleRender, (e) => {
       console.warn(e);
-      if (!failedSends.has(user)) failedSends.set(user, []);
-      failedSends.get(user).push({ conversationId: id, body, reason: e?.code ?? String(e) });
+      if (!failedSends.has(view.key)) failedSends.set(view.key, []);
+      failedSends.get(view.key).push({ conversationId: id, body, reason: e?.code ?? String(e) });
       scheduleRender();
     });
     scheduleRender();
@@ -193,11 +221,12 @@ function convBox(user, pane, id) {
   return box;
 }
 
-function renderConversation(user, box, id) {
-  const c = clients[user];
+function renderConversation(view, box, id) {
+  const c = clients[view.key];
+  const user = view.user;
   const list = box.querySelector('ol.messages');
   const atBottom = list.scrollTop + list.clientHeight >= list.scrollHeight - 4;
-  const floor = user === 'bob' ? bob.floor.get(id) : undefined;
+  const floor = devices[view.key]?.floor.get(id);
   const items = c.timeline(id).map((m) => el('li', {
     class: [m.senderId === user ? 'mine' : 'theirs', floor !== undefined && m.seq > floor ? 'caught-up' : ''].join(' ').trim(),
     dataset: { seq: String(m.seq), sender: m.senderId },
@@ -206,7 +235,7 @@ function renderConversation(user, box, id) {
     items.push(el('li', { class: 'mine sending', dataset: { pending: p.clientMsgId } },
       el('span', { class: 'seq' }, '…'), el('span', { class: 'from' }, `${user}:`), el('span', { class: 'body' }, `${p.body} (sending)`)));
   }
-  for (const f of failedSends.get(user) ?? []) {
+  for (const f of failedSends.get(view.key) ?? []) {
     if (f.conversationId !== id) continue;
     const shown = f.body.length > 80 ? `${f.body.slice(0, 80)}…` : f.body;
     items.push(el('li', { class: 'mine failed', dataset: { failed: f.reason } },
@@ -230,152 +259,249 @@ function renderConversation(user, box, id) {
     : through > 0 ? `holds #1–#${through}, in order` : '';
 }
 
-function renderBob(pane) {
-  const phone = $('#bob-phone', pane);
-  phone.hidden = !bob.phoneShown;
-  phone.classList.toggle('opened', !bob.offline);
-  $('.title', phone).textContent = bob.offline ? "bob's phone: app closed" : "bob's phone: shown while the app was closed";
-  const banners = [...bob.banners.values()].sort((x, y) => y.at - x.at);
-  const list = $('.banners', phone);
+function renderPhone(pane, d) {
+  const screen = $('#bob-phone-screen', pane);
+  screen.hidden = !phone.shown;
+  screen.classList.toggle('opened', !d.offline);
+  $('.title', screen).textContent = d.offline ? "bob's phone: app closed" : "bob's phone: shown while the app was closed";
+  const banners = [...phone.banners.values()].sort((x, y) => y.at - x.at);
+  const list = $('.banners', screen);
   list.replaceChildren(...(banners.length
     ? banners.map((b) => el('div', { class: 'banner', dataset: { conversation: b.conversation_id, seq: String(b.seq) } },
       el('div', { class: 'app' }, el('span', {}, 'COURIER'), el('span', {}, `#${b.seq}`)),
       el('div', { class: 'text' }, b.preview ?? 'New message')))
     : [el('div', { class: 'empty' }, 'no notifications')]));
-  const timing = $('#bob-timing', pane);
-  timing.hidden = bob.timing === null;
-  if (bob.timing) {
-    const t = bob.timing;
+}
+
+function renderDevice(view, pane) {
+  const d = devices[view.key];
+  if (view.device === 'phone') renderPhone(pane, d);
+  const timing = $(`#${view.key}-timing`, pane);
+  timing.hidden = d.timing === null;
+  if (d.timing) {
+    const t = d.timing;
     timing.dataset.ms = String(Math.round(t.afterOpenMs));
     timing.replaceChildren(
       el('div', {}, 'socket open → caught_up: ', el('b', {}, `${Math.round(t.afterOpenMs)} ms`)),
       el('div', {}, `${t.messages} messages in ${t.conversations} conversations; switch → caught_up ${Math.round(t.afterSwitchMs)} ms`),
-      el('div', {}, bob.pending === null ? 'pending on the server: checking…' : `pending on the server: ${bob.pending === 0 ? 'nothing' : `${bob.pending} rows`}`),
     );
   }
-  const sw = $('#bob-switch', pane);
-  $('.label', sw).textContent = $('#bob-online').checked ? 'online' : 'offline';
+  const waiting = $(`#${view.key}-waiting`, pane);
+  waiting.hidden = d.waiting === null;
+  waiting.dataset.count = String(d.waiting ?? '');
+  waiting.textContent = d.waiting === null
+    ? ''
+    : `waiting on the server for this ${view.label}: ${d.waiting === 0 ? 'nothing' : `${d.waiting} messages`}`;
+  const sw = $(`#${view.key}-switch`, pane);
+  $('.label', sw).textContent = $(`#${view.key}-online`).checked ? 'online' : 'offline';
 }
 
 function render() {
-  for (const user of USERS) {
-    const pane = $(`#pane-${user}`);
-    const c = clients[user];
+  for (const view of VIEWS) {
+    const pane = $(`#pane-${view.key}`);
+    const c = clients[view.key];
     const dot = $('[data-role="state"]', pane);
     dot.dataset.state = c.state;
     dot.textContent = c.state === 'open' ? 'online' : c.state;
     pane.dataset.state = c.state;
-    for (const id of convIdsFor(user)) renderConversation(user, convBox(user, pane, id), id);
-    if (user === 'bob') renderBob(pane);
+    const ids = convIdsFor(view);
+    // A new play's conversations replace the last one's.
+    for (const box of pane.querySelectorAll('article.conv')) {
+      if (!ids.includes(box.dataset.conversation)) box.remove();
+    }
+    for (const id of ids) renderConversation(view, convBox(view, pane, id), id);
+    if (devices[view.key]) renderDevice(view, pane);
   }
 }
 
-// ------------------------------------------------------------- bob's switch
+// ----------------------------------------------------- the server's view
+
+/** bob's pending rows on the server (every device's). */
+const pendingRows = () => getJson('/_local/pending/bob');
+
+/**
+ * How many messages of `rows` `device` may still lack: a row covers
+ * `first_undelivered_seq..=last_seq`, and a device's cursor says what it
+ * acked since (courier-core's PendingDelivery::held_by).
+ */
+function waitingFor(rows, device) {
+  let n = 0;
+  for (const r of rows) {
+    const cursor = r.cursors?.[device];
+    const start = cursor === undefined ? r.first_undelivered_seq : Math.max(r.first_undelivered_seq, cursor + 1);
+    n += Math.max(0, r.last_seq - start + 1);
+  }
+  return n;
+}
+
+/** Whether any of bob's devices is in the registry (one entry per device). */
+async function bobConnected(device) {
+  const entries = await getJson('/_local/registry/bob');
+  if (entries === null) return false;
+  const list = Array.isArray(entries) ? entries : [entries];
+  return list.some((e) => device === undefined || (e.device_id ?? 'default') === device);
+}
+
+async function refreshWaiting() {
+  const rows = await pendingRows();
+  for (const v of BOB_DEVICES) devices[v.key].waiting = waitingFor(rows, v.device);
+  scheduleRender();
+  return rows;
+}
+
+// ---------------------------------------------------------- bob's switches
 
 async function pollPushes() {
   const all = await getJson('/_local/pushes');
   // The OS collapses a conversation's pushes into one banner: the latest.
-  for (const p of all.slice(bob.pushesBefore)) {
-    if (p.token !== bobPhone) continue;
+  for (const p of all.slice(phone.pushesBefore)) {
+    if (p.token !== phonePushToken) continue;
     const m = p.message;
-    const seen = bob.banners.get(m.conversation_id);
-    if (!seen || m.seq > seen.seq) bob.banners.set(m.conversation_id, { ...m, at: p.at });
+    const seen = phone.banners.get(m.conversation_id);
+    if (!seen || m.seq > seen.seq) phone.banners.set(m.conversation_id, { ...m, at: p.at });
   }
   scheduleRender();
 }
 
-async function setBobOnline(online) {
-  const input = $('#bob-online');
+async function setOnline(view, online) {
+  const d = devices[view.key];
+  const c = clients[view.key];
+  const input = $(`#${view.key}-online`);
   input.checked = online;
-  $('#bob-switch').classList.remove('nudge');
+  $(`#${view.key}-switch`).classList.remove('nudge');
   if (!online) {
-    bob.offline = true;
-    bob.phoneShown = true;
-    bob.banners.clear();
-    bob.timing = null;
-    bob.pending = null;
-    bob.pushesBefore = (await getJson('/_local/pushes')).length;
-    for (const id of convIdsFor('bob')) bob.floor.set(id, clients.bob.contiguousThrough(id));
-    clients.bob.goOffline();
-    clearInterval(bob.pushTimer);
-    bob.pushTimer = setInterval(() => pollPushes().catch(fail), 250);
+    d.offline = true;
+    d.timing = null;
+    for (const id of convIdsFor(view)) d.floor.set(id, c.contiguousThrough(id));
+    if (view.device === 'phone') {
+      phone.shown = true;
+      phone.banners.clear();
+      phone.pushesBefore = (await getJson('/_local/pushes')).length;
+      clearInterval(phone.pushTimer);
+      phone.pushTimer = setInterval(() => pollPushes().catch(fail), 250);
+    }
+    c.goOffline();
     scheduleRender();
     return;
   }
-  clearInterval(bob.pushTimer);
-  bob.pushTimer = null;
-  await pollPushes();
-  bob.offline = false;
-  bob.switchedAt = performance.now();
-  if (story?.phase === 'offline-banners') setStatus('catching-up', 'bob opens the app: catch-up is delivering…');
-  scheduleRender();
-  await clients.bob.connect();
-}
-
-async function pendingForBob() {
-  return (await getJson('/_local/pending/bob')).length;
-}
-
-async function afterCatchUp() {
-  // Acks go out coalesced; the pending rows go once the server has them.
-  try {
-    await waitFor('bob has nothing pending', async () => (bob.pending = await pendingForBob()) === 0, 5000);
-  } catch {
-    // shown as the row count
+  if (view.device === 'phone') {
+    clearInterval(phone.pushTimer);
+    phone.pushTimer = null;
+    await pollPushes();
+  }
+  d.offline = false;
+  d.switchedAt = performance.now();
+  if (story?.phase === 'offline-banners' && view.device === 'phone') {
+    setStatus('catching-up', "bob opens the app on his phone: catch-up is delivering…");
+  } else if (story?.phase === 'caught-up' && view.device === 'laptop') {
+    story.phase = 'laptop-catching-up';
+    setStatus('laptop-catching-up', 'bob opens his laptop: its own catch-up is delivering…');
   }
   scheduleRender();
-  if (story?.phase !== 'offline-banners') return;
+  await c.connect();
+}
+
+async function afterCatchUp(view) {
+  // Acks go out coalesced; this device's share of the pending rows goes
+  // once the server has them. The other device's share stays.
+  try {
+    await waitFor(`nothing waiting for bob's ${view.label}`, async () => {
+      const rows = await refreshWaiting();
+      return waitingFor(rows, view.device) === 0;
+    }, 5000);
+  } catch {
+    // shown as the count
+  }
+  scheduleRender();
+  if (!story) return;
   const [ca, cc] = story.ids;
   const [ha, hc] = HISTORY;
-  await waitFor('bob holds every message', () =>
-    clients.bob.contiguousThrough(ca) >= ha + ALICE_SAYS.length
-    && clients.bob.contiguousThrough(cc) >= hc + CAROL_SAYS.length);
-  story.phase = 'done';
-  const t = bob.timing;
-  setStatus('caught-up', `bob caught up: ${t.messages} messages in ${t.conversations} conversations, `
-    + `${Math.round(t.afterOpenMs)} ms after his socket opened; `
-    + `${bob.pending === 0 ? 'nothing pending on the server' : `${bob.pending} pending rows left`}.`);
+  const holdsAll = (key) =>
+    clients[key].contiguousThrough(ca) >= ha + ALICE_SAYS.length
+    && clients[key].contiguousThrough(cc) >= hc + CAROL_SAYS.length;
+  const ms = (key) => Math.round(devices[key].timing.afterOpenMs);
+  if (story.phase === 'offline-banners' && view.device === 'phone') {
+    await waitFor("bob's phone holds every message", () => holdsAll('bob-phone'));
+    const rows = await refreshWaiting();
+    story.phase = 'caught-up';
+    const laptop = waitingFor(rows, 'laptop');
+    setStatus('caught-up', `bob's phone caught up: ${devices['bob-phone'].timing.messages} messages in `
+      + `${devices['bob-phone'].timing.conversations} conversations, ${ms('bob-phone')} ms after its socket opened; `
+      + `nothing waiting for it. His laptop's copies are still waiting (${laptop} messages): flip the laptop.`);
+    $('#bob-laptop-switch').classList.add('nudge');
+  } else if (story.phase === 'laptop-catching-up' && view.device === 'laptop') {
+    await waitFor("bob's laptop holds every message", () => holdsAll('bob-laptop'));
+    await waitFor('nothing pending for bob', async () => (await refreshWaiting()).length === 0, 5000).catch(() => {});
+    const rows = await refreshWaiting();
+    story.phase = 'done';
+    setStatus('all-caught-up', `bob's laptop caught up too: ${devices['bob-laptop'].timing.messages} messages, `
+      + `${ms('bob-laptop')} ms after its socket opened; `
+      + `${rows.length === 0 ? 'nothing pending for bob on the server' : `${rows.length} pending rows left`}.`);
+  }
 }
 
 // ------------------------------------------------------------------- story
 
+/** Fresh conversations alice–bob and carol–bob: a play starts from seq 1
+ *  and shows nothing of an earlier one. */
+async function freshConversations() {
+  conversations.clear();
+  for (const [key, peer] of [['alice', 'bob'], ['carol', 'bob']]) {
+    const { conversationId, members } = await clients[key].createConversation([peer]);
+    conversations.set(conversationId, { members });
+  }
+  for (const v of BOB_DEVICES) {
+    devices[v.key].floor.clear();
+    devices[v.key].timing = null;
+    devices[v.key].waiting = null;
+  }
+  phone.banners.clear();
+  phone.shown = false;
+  failedSends.clear();
+  render();
+  return [...conversations.keys()];
+}
+
 async function setup() {
   buildPanes();
   render();
-  await Promise.all(USERS.map((u) => clients[u].connect()));
-  await clients.bob.registerDevice('fcm', bobPhone);
-  for (const [user, peer] of [['alice', 'bob'], ['carol', 'bob']]) {
-    const { conversationId, members } = await clients[user].createConversation([peer]);
-    conversations.set(conversationId, { members });
-  }
-  render();
+  await Promise.all(VIEWS.map((v) => clients[v.key].connect()));
+  await clients['bob-phone'].registerDevice('fcm', phonePushToken);
+  await freshConversations();
   $('#play').disabled = false;
   $('#play').addEventListener('click', () => playStory().catch(fail));
-  setStatus('ready', 'Ready. Press play, or chat: every pane is a live client.');
+  setStatus('ready', "Ready. Press play, or chat: every pane is a live client (bob's two are two devices of one user).");
 }
 
 async function playStory() {
   $('#play').disabled = true;
-  if (!$('#bob-online').checked) await setBobOnline(true);
-  const ids = [...conversations.keys()];
-  story = { phase: 'history', ids };
+  for (const v of BOB_DEVICES) {
+    $(`#${v.key}-switch`).classList.remove('nudge');
+    if (!$(`#${v.key}-online`).checked) await setOnline(v, true);
+  }
+  story = { phase: 'history', ids: [] };
+  const ids = await freshConversations();
+  story.ids = ids;
   const [ca, cc] = ids;
   const [ha, hc] = HISTORY;
   setStatus('history', `alice and carol have been chatting with bob: ${ha} and ${hc} earlier messages…`);
-  const base = [clients.alice.contiguousThrough(ca), clients.carol.contiguousThrough(cc)];
   // One at a time: each waits for its `sent`, so bodies and seqs line up.
   for (let i = 1; i <= ha; i += 1) await clients.alice.send(ca, `earlier message ${i}`);
   for (let i = 1; i <= hc; i += 1) await clients.carol.send(cc, `earlier message ${i}`);
-  await waitFor('bob reads the earlier messages', () =>
-    clients.bob.contiguousThrough(ca) >= base[0] + ha && clients.bob.contiguousThrough(cc) >= base[1] + hc);
-  await waitFor("bob's acks clear his pending rows", async () => (await pendingForBob()) === 0);
+  for (const v of BOB_DEVICES) {
+    await waitFor(`bob's ${v.label} reads the earlier messages`, () =>
+      clients[v.key].contiguousThrough(ca) >= ha && clients[v.key].contiguousThrough(cc) >= hc);
+  }
+  await waitFor("the acks of both of bob's devices clear his pending rows", async () => (await pendingRows()).length === 0);
 
   story.phase = 'offline';
-  setStatus('offline', 'bob closes the app. alice and carol keep writing…');
-  await setBobOnline(false);
-  // Until the pushes are in, the story needs bob offline.
-  $('#bob-online').disabled = true;
-  await waitFor('bob leaves the registry', async () => (await getJson('/_local/registry/bob')) === null);
+  setStatus('offline', 'bob closes the app on his phone and his laptop. alice and carol keep writing…');
+  for (const v of BOB_DEVICES) {
+    await setOnline(v, false);
+    // Until the pushes are in, the story needs bob offline.
+    $(`#${v.key}-online`).disabled = true;
+  }
+  await waitFor('bob leaves the registry', async () => !(await bobConnected()));
   for (const body of ALICE_SAYS) {
     await clients.alice.send(ca, body);
     await sleep(120);
@@ -385,14 +511,16 @@ async function playStory() {
     await sleep(120);
   }
   const last = new Map([[ca, clients.alice.contiguousThrough(ca)], [cc, clients.carol.contiguousThrough(cc)]]);
-  await waitFor('the pushes reach bob\'s phone', async () => {
+  await waitFor("the pushes reach bob's phone", async () => {
     await pollPushes();
-    return [...last].every(([id, seq]) => bob.banners.get(id)?.seq === seq);
+    return [...last].every(([id, seq]) => phone.banners.get(id)?.seq === seq);
   });
+  await refreshWaiting();
   story.phase = 'offline-banners';
-  $('#bob-online').disabled = false;
-  setStatus('offline-banners', "bob's phone shows one banner per conversation, the latest. Flip bob's switch to open the app.");
-  $('#bob-switch').classList.add('nudge');
+  for (const v of BOB_DEVICES) $(`#${v.key}-online`).disabled = false;
+  $('#play').disabled = false;
+  setStatus('offline-banners', "bob's phone shows one banner per conversation, the latest. Flip his phone's switch to open the app.");
+  $('#bob-phone-switch').classList.add('nudge');
 }
 
 function fail(e) {

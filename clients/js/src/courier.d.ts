@@ -50,10 +50,14 @@ export type ErrorCode =
   | 'payload_too_large'
   | 'rate_limited'
   | 'internal'
+  | 'too_many_devices'
+  | 'device_not_found'
+  | 'device_unlinked'
   | 'timeout'
   | 'closed'
   | 'handshake_refused'
-  | 'unreachable';
+  | 'unreachable'
+  | 'invalid_device_id';
 
 export class CourierError extends Error {
   constructor(code: ErrorCode | string, message: string, details?: object);
@@ -64,10 +68,15 @@ export class CourierError extends Error {
   status?: number;
   /** `payload_too_large` from the client: the encoded frame's UTF-8 bytes… */
   frameBytes?: number;
-  /** …and the limit it is over. */
-  limit?: number;
+  /** …and the limit it is over; for `too_many_devices`, the user's device
+   *  limit (MAX_DEVICES) from the server's message, null if it named none. */
+  limit?: number | null;
   /** The close code, when the socket closed on the frame (1009). */
   closeCode?: number;
+  /** `too_many_devices`: the client stopped and will not reconnect by itself. */
+  fatal?: boolean;
+  /** `invalid_device_id`: the value refused. */
+  deviceId?: unknown;
 }
 
 export function isPermanent(code: string): boolean;
@@ -79,6 +88,38 @@ export function newClientMsgId(): string;
 export function frameBytes(text: string): number;
 export function tokenSubject(token: string): string | undefined;
 export function withToken(url: string, token: string): string;
+
+/** 1–64 characters of `A-Z a-z 0-9 . _ -` (the server's DeviceId). */
+export const DEVICE_ID_PATTERN: RegExp;
+/** `courier.device_id`: where a browser client keeps its device id. */
+export const DEVICE_ID_STORAGE_KEY: string;
+export function isValidDeviceId(id: unknown): id is string;
+/** Returns `id`, or throws CourierError `invalid_device_id`. */
+export function checkDeviceId(id: unknown, what?: string): string;
+/** A new random, valid device id. */
+export function newDeviceId(): string;
+
+/** What the client needs of a Storage (localStorage fits). */
+export interface DeviceIdStorage {
+  getItem(key: string): string | null;
+  setItem(key: string, value: string): void;
+}
+
+/** The option if given (checked); else the stored id, or a new one stored;
+ *  else null (no `device=`: the server's `default` device). */
+export function resolveDeviceId(options?: {
+  deviceId?: string | null;
+  storage?: DeviceIdStorage | null;
+  key?: string;
+}): string | null;
+/** `url` with `token=`, and `device=` / `conversation_id=` when given. */
+export function connectUrl(
+  url: string,
+  token: string,
+  options?: { deviceId?: string | null; conversationId?: string | null },
+): string;
+/** The device limit a `too_many_devices` message names, or null. */
+export function deviceLimitOf(message: string): number | null;
 
 /** A message as the app sees it. */
 export interface Message {
@@ -112,6 +153,33 @@ export interface Receipt {
   deliveredThroughSeq: number;
 }
 
+/** A linked device of this user (`listDevices`). */
+export interface Device {
+  deviceId: string;
+  /** ms since the epoch */
+  linkedAt: number;
+  lastSeenAt: number;
+  /** It has a live connection. */
+  connected: boolean;
+  /** It is the device that asked. */
+  thisDevice: boolean;
+}
+
+/** A conversation as `listConversations` shows it to this device. */
+export interface ConversationSummary {
+  conversationId: string;
+  members: string[];
+  lastSeq: number;
+  /** This device holds every message through this seq (unread = lastSeq - this). */
+  deliveredThroughSeq: number;
+}
+
+export interface ConversationPage {
+  conversations: ConversationSummary[];
+  /** `after` of the next page; null on the last page. */
+  next: string | null;
+}
+
 export type ConnectionState = 'idle' | 'connecting' | 'open' | 'reconnecting' | 'offline' | 'closed';
 
 export interface StateChange {
@@ -120,7 +188,10 @@ export interface StateChange {
   delay?: number;
   /** The close code that ended the last socket. */
   code?: number;
+  /** Why the client went offline by itself: `too_many_devices`. */
   reason?: string;
+  /** The error that stopped it (`reason` set). */
+  error?: CourierError;
 }
 
 export interface ClientEvents {
@@ -165,6 +236,17 @@ export interface ClientOptions {
   random?: () => number;
   /** Clock in ms (default: performance.now). */
   now?: () => number;
+  /** This device's id; wins over the stored one and is not stored. A bad one
+   *  throws CourierError `invalid_device_id`. */
+  deviceId?: string;
+  /** Where the device id is kept when `deviceId` is not given (default:
+   *  localStorage where there is one; null: none, and no `device=`). */
+  storage?: DeviceIdStorage | null;
+  /** The storage key (default `courier.device_id`). */
+  deviceIdKey?: string;
+  /** The conversation the app was opened on (a tapped notification): sent as
+   *  `conversation_id=` on the first connection. */
+  openConversation?: string;
 }
 
 export class CourierClient {
@@ -175,12 +257,16 @@ export class CourierClient {
   refusedStatus: number | null;
   readonly state: ConnectionState;
   readonly user: string | undefined;
+  /** This device's id, or null (the server's `default` device). */
+  readonly deviceId: string | null;
+  /** The `too_many_devices` error that stopped the client, until the next connect(). */
+  readonly fatalError: CourierError | null;
 
   on<K extends keyof ClientEvents>(type: K, listener: (detail: ClientEvents[K]) => void): () => void;
   off<K extends keyof ClientEvents>(type: K, listener: (detail: ClientEvents[K]) => void): void;
 
   /** Opens (and keeps open) the connection; resolves once a socket is open. */
-  connect(options?: { timeout?: number }): Promise<void>;
+  connect(options?: { timeout?: number; openConversation?: string }): Promise<void>;
   /** Closes the socket and stays offline until `connect()`. */
   goOffline(): void;
   /** Stops for good; pending sends and requests reject with `closed`. */
@@ -192,6 +278,13 @@ export class CourierClient {
   registerDevice(platform: 'apns' | 'apns_sandbox' | 'fcm', token: string): Promise<void>;
   /** A heartbeat round trip, in ms. */
   ping(): Promise<number>;
+  /** This user's linked devices. */
+  listDevices(): Promise<Device[]>;
+  /** Unlinks another device of this user; rejects with `device_not_found`,
+   *  `bad_request`, or at once `invalid_device_id`. */
+  unlinkDevice(deviceId: string): Promise<{ deviceId: string }>;
+  /** One page of this user's conversations. */
+  listConversations(options?: { after?: string; limit?: number }): Promise<ConversationPage>;
   /** Asks for a full catch-up now. */
   sync(): void;
 
@@ -245,6 +338,8 @@ export class Session {
   readonly opens: number;
   readonly caughtUpCount: number;
   readonly duplicates: number;
+  /** Set by `too_many_devices`; cleared on the next open. */
+  readonly fatal: CourierError | null;
   readonly timelines: Map<string, Timeline>;
   timeline(conversationId: string): Timeline;
   receipt(conversationId: string, userId: string): number;
@@ -257,6 +352,8 @@ export class Session {
    *  socket closed on (1009, or twice in a row right after it went out). */
   onDropped(code: number | undefined, now: number): void;
   onClose(): void;
+  /** Fails every request with `err` and emits it (`too_many_devices`). */
+  onFatal(err: CourierError): void;
   closeAll(): void;
   onText(raw: string, now: number): string[];
   onFrame(frame: { type: string; [key: string]: unknown }, now: number): string[];

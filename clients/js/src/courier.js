@@ -12,7 +12,7 @@
 //   prefix, range syncs for holes and `more`, the full sync when `caught_up` is
 //   late, receipts, replies matched to requests by request_id. The unit tests
 //   drive it directly.
-// - `CourierClient`: the socket. It opens `url?token=…`, feeds frames to the
+// - `CourierClient`: the socket. It opens `url?token=…&device=…`, feeds frames to the
 //   session and sends what it answers, ticks its timers, sends a heartbeat
 //   inside API Gateway's idle timeout, and reconnects with backoff and jitter.
 //   It takes any WHATWG-style WebSocket constructor (the browser's, Node 22's
@@ -172,6 +172,92 @@ export function withToken(url, token) {
   const slash = rest.includes('/') ? '' : '/';
   const sep = url.includes('?') ? '&' : '?';
   return `${url}${slash}${sep}token=${encodeURIComponent(token)}`;
+}
+
+/** What a device id may be (courier-core's DeviceId): 1–64 characters of
+ *  `A-Z a-z 0-9 . _ -`. */
+export const DEVICE_ID_PATTERN = /^[A-Za-z0-9._-]{1,64}$/;
+
+/** Where a browser client keeps its device id (`localStorage`). */
+export const DEVICE_ID_STORAGE_KEY = 'courier.device_id';
+
+/** Whether `id` is a device id the server accepts. */
+export function isValidDeviceId(id) {
+  return typeof id === 'string' && DEVICE_ID_PATTERN.test(id);
+}
+
+/** `id`, or a CourierError(`invalid_device_id`) thrown at once. */
+export function checkDeviceId(id, what = 'device id') {
+  if (!isValidDeviceId(id)) {
+    throw new CourierError(
+      'invalid_device_id',
+      `${what} must be 1–64 characters of A-Z a-z 0-9 . _ - (got ${JSON.stringify(String(id).slice(0, 80))})`,
+      { deviceId: id },
+    );
+  }
+  return id;
+}
+
+/** A new random device id (a v4 UUID: 36 characters, all valid). */
+export function newDeviceId() {
+  return newClientMsgId();
+}
+
+/** `globalThis.localStorage` where there is one and it may be used (it
+ *  throws in some sandboxed frames and with storage disabled), else null. */
+function defaultStorage() {
+  try {
+    const s = globalThis.localStorage;
+    return s && typeof s.getItem === 'function' && typeof s.setItem === 'function' ? s : null;
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * This client's device id: `deviceId` if given (checked, never stored);
+ * else the one kept in `storage` under `key`, or a new one put there (a
+ * stored value that is not a valid id is replaced); else `null`: no
+ * `device=` parameter, and the server counts the connection as the user's
+ * `default` device.
+ */
+export function resolveDeviceId({ deviceId, storage, key = DEVICE_ID_STORAGE_KEY } = {}) {
+  if (deviceId !== undefined && deviceId !== null) return checkDeviceId(deviceId, 'deviceId');
+  if (!storage) return null;
+  let kept = null;
+  try {
+    kept = storage.getItem(key);
+  } catch {
+    kept = null;
+  }
+  if (isValidDeviceId(kept)) return kept;
+  const fresh = newDeviceId();
+  try {
+    storage.setItem(key, fresh);
+  } catch {
+    // Storage full or denied: this id lasts as long as the client.
+  }
+  return fresh;
+}
+
+/**
+ * The connect URL: `url` with `token=`, and `device=` and
+ * `conversation_id=` when given (a handshake needs a path).
+ */
+export function connectUrl(url, token, { deviceId = null, conversationId = null } = {}) {
+  let out = withToken(url, token);
+  if (deviceId !== null && deviceId !== undefined) out += `&device=${encodeURIComponent(deviceId)}`;
+  if (conversationId !== null && conversationId !== undefined) {
+    out += `&conversation_id=${encodeURIComponent(conversationId)}`;
+  }
+  return out;
+}
+
+/** The limit a `too_many_devices` message names (`MAX_DEVICES = 8`, or
+ *  `has 8 linked devices`), or null. */
+export function deviceLimitOf(message) {
+  const m = /MAX_DEVICES\s*=\s*(\d+)/.exec(String(message)) ?? /(\d+) linked devices/.exec(String(message));
+  return m ? Number(m[1]) : null;
 }
 
 function fromWire(conversationId, m) {
@@ -350,6 +436,9 @@ export class Session {
     /** [client_msg_id, when] of sends that went out since the last frame
      *  received: the ones to blame if the socket closes on them. */
     this.suspects = [];
+    /** The error that ended this device's use of the server
+     *  (`too_many_devices`): the client must not reconnect on its own. */
+    this.fatal = null;
   }
 
   timeline(conversationId) {
@@ -431,6 +520,7 @@ export class Session {
     this.open = true;
     this.opens += 1;
     this.openedAt = now;
+    this.fatal = null;
     this.syncsInFlight.clear();
     this.caughtUpDeadline = now + this.tuning.caughtUpTimeout;
     this.fullSyncs = 0;
@@ -487,6 +577,19 @@ export class Session {
         r.reject(new CourierError('closed', 'the connection closed before the reply'));
       }
     }
+  }
+
+  /**
+   * The server refused this device for good (`too_many_devices`): every
+   * request fails with `err`, which the app hears as an `error` event.
+   * Sends keep their place in the outbox: after a device is unlinked (from
+   * another device) a later `connect()` sends them.
+   */
+  onFatal(err) {
+    this.fatal = err;
+    for (const r of this.requests.values()) r.reject(err);
+    this.requests.clear();
+    this.emit('error', err);
   }
 
   /** Fails every waiter: the client is shutting down. */
@@ -564,6 +667,7 @@ export class Session {
         break;
       case 'sent':
         this.onSent(f, now);
+        if (this.tuning.ackDelay <= 0 && this.ackAt !== null) out.push(...this.flushAcks());
         break;
       case 'receipt': {
         const key = `${f.conversation_id}\u0000${f.user_id}`;
@@ -581,6 +685,9 @@ export class Session {
         break;
       case 'device_registered':
       case 'pong':
+      case 'devices':
+      case 'device_unlinked':
+      case 'conversations':
         this.answer(f.request_id, f);
         break;
       case 'error':
@@ -609,7 +716,11 @@ export class Session {
       seq: f.seq,
       sentAt: f.sent_at,
     };
-    // Our own message takes its place: the server never sends it back to us.
+    // Our own message takes its place at its seq. The server keeps a pending
+    // row for the sender too (so the user's other devices get the message),
+    // and only this device's ack clears it for this device: the message
+    // counts as held here, and the contiguous prefix through it is acked like
+    // any other. (A copy that arrived first, by catch-up, is the same seq.)
     const t = this.timeline(f.conversation_id);
     const mine = {
       conversationId: f.conversation_id,
@@ -620,22 +731,30 @@ export class Session {
       sentAt: f.sent_at,
     };
     if (t.insert(mine, now) === 'new') this.emit('message', mine);
-    // Nothing to ack for a prefix made only of our own messages.
-    const due = t.ackDue();
-    if (due !== null) {
-      let allMine = true;
-      for (let s = t.acked + 1; s <= due; s += 1) {
-        if (t.get(s)?.senderId !== this.me) {
-          allMine = false;
-          break;
-        }
-      }
-      if (allMine) t.markAcked(due);
+    if (t.ackDue() !== null) {
+      this.ackWanted.set(f.conversation_id, this.ackWanted.get(f.conversation_id) || false);
+      if (this.ackAt === null) this.ackAt = now + this.tuning.ackDelay;
     }
     for (const w of o.waiters) w.resolve(sent);
   }
 
   onError(f) {
+    if (f.code === 'too_many_devices') {
+      this.onFatal(
+        new CourierError('too_many_devices', f.message, {
+          limit: deviceLimitOf(f.message),
+          fatal: true,
+          requestId: f.request_id,
+        }),
+      );
+      return;
+    }
+    if (f.code === 'device_unlinked') {
+      // Another device of the user unlinked this one; the server closes
+      // the socket next. Reconnecting would link it again.
+      this.onFatal(new CourierError('device_unlinked', f.message, { fatal: true }));
+      return;
+    }
     const err = new CourierError(f.code, f.message, {
       clientMsgId: f.client_msg_id,
       requestId: f.request_id,
@@ -740,8 +859,12 @@ const OPEN = 1;
  * Events (`on(type, fn)`): `message` (a message new to this client, in any
  * order across conversations, each conversation's in seq order once holes
  * fill: render from `timeline()`), `caughtUp`, `receipt`, `error` (an error
- * frame no request owns, or a refused handshake), `state` (`connecting`,
- * `open`, `reconnecting`, `offline`, `closed`).
+ * frame no request owns, or a refused handshake; `too_many_devices` is
+ * fatal: the client goes offline and does not reconnect by itself), `state`
+ * (`connecting`, `open`, `reconnecting`, `offline`, `closed`).
+ *
+ * Each client is one device of its user: it connects with `device=<id>`
+ * (see `resolveDeviceId` for where the id comes from).
  */
 export class CourierClient {
   #url;
@@ -767,6 +890,13 @@ export class CourierClient {
   #pingSentAt = null;
   #openWaiters = [];
   #nextRequest = 1;
+  #deviceId;
+  /** The app passed `deviceId`: never replaced by the client. */
+  #deviceIdGiven;
+  #storage;
+  #deviceIdKey;
+  /** The conversation the app was opened on, for the next socket only. */
+  #openConversation = null;
 
   /**
    * @param {object} options
@@ -777,10 +907,37 @@ export class CourierClient {
    * @param {Function} [options.WebSocket] a WebSocket constructor (default:
    *   globalThis.WebSocket; on Node 20 pass the `ws` package's)
    * @param {object} [options.tuning] overrides of DEFAULT_TUNING
+   * @param {string} [options.deviceId] this device's id (1–64 of
+   *   `A-Z a-z 0-9 . _ -`); wins over the stored one, and is not stored.
+   *   A bad one throws CourierError `invalid_device_id`.
+   * @param {{getItem(k: string): string | null, setItem(k: string, v: string): void} | null} [options.storage]
+   *   where the device id is kept when `deviceId` is not given (default:
+   *   `localStorage` where there is one; `null` for none)
+   * @param {string} [options.deviceIdKey] its key (`courier.device_id`)
+   * @param {string} [options.openConversation] the conversation the app was
+   *   opened on (a tapped notification): sent as `conversation_id=` on the
+   *   first connection, so its catch-up goes first
    */
-  constructor({ url, token, user, WebSocket: Ctor, tuning, random = Math.random, now } = {}) {
+  constructor({
+    url,
+    token,
+    user,
+    WebSocket: Ctor,
+    tuning,
+    random = Math.random,
+    now,
+    deviceId,
+    storage = defaultStorage(),
+    deviceIdKey = DEVICE_ID_STORAGE_KEY,
+    openConversation,
+  } = {}) {
     if (typeof url !== 'string' || !url) throw new TypeError('url is required');
     if (token === undefined) throw new TypeError('token is required');
+    this.#deviceId = resolveDeviceId({ deviceId, storage, key: deviceIdKey });
+    this.#deviceIdGiven = deviceId !== undefined && deviceId !== null;
+    this.#storage = storage;
+    this.#deviceIdKey = deviceIdKey;
+    this.#openConversation = openConversation ?? null;
     this.#url = url;
     this.#token = token;
     this.#WebSocket = Ctor ?? globalThis.WebSocket;
@@ -840,6 +997,17 @@ export class CourierClient {
     return this.session.me;
   }
 
+  /** This device's id, or null when it names none (the server's `default`). */
+  get deviceId() {
+    return this.#deviceId;
+  }
+
+  /** The `too_many_devices` error that stopped this client, until the next
+   *  `connect()`; else null. */
+  get fatalError() {
+    return this.session.fatal;
+  }
+
   // ------------------------------------------------------- connection
 
   /**
@@ -847,10 +1015,12 @@ export class CourierClient {
    * drop), and resolves once a socket is open. Rejects on timeout, or at once
    * when the handshake is refused with 401/403 where the platform reports it
    * (Node; browsers hide the status); the client is then offline until the
-   * next `connect()`.
+   * next `connect()`. `openConversation`: as the constructor's option, for
+   * the next socket that opens.
    */
-  async connect({ timeout = this.tuning.connectTimeout } = {}) {
+  async connect({ timeout = this.tuning.connectTimeout, openConversation } = {}) {
     if (this.#state === 'closed') throw new CourierError('closed', 'the client is closed');
+    if (openConversation !== undefined) this.#openConversation = openConversation;
     this.#wanted = true;
     if (this.#state === 'open') return;
     if (!this.#ws && !this.#opening && this.#reconnectTimer === null) {
@@ -921,7 +1091,9 @@ export class CourierClient {
     if (this.session.me === undefined) this.session.me = tokenSubject(token);
     let ws;
     try {
-      ws = new this.#WebSocket(withToken(this.#url, token));
+      ws = new this.#WebSocket(
+        connectUrl(this.#url, token, { deviceId: this.#deviceId, conversationId: this.#openConversation }),
+      );
     } catch (e) {
       this.#emit('error', new CourierError('unreachable', String(e?.message ?? e)));
       this.#scheduleReconnect();
@@ -940,6 +1112,8 @@ export class CourierClient {
       if (this.#ws !== ws) return;
       clearTimeout(this.#connectTimer);
       this.refusedStatus = null;
+      // Opened on it: later connections are not "opened from a notification".
+      this.#openConversation = null;
       const now = this.#now();
       // The backoff starts over once this connection proves it works (a
       // frame arrives, or it stays up a second), not on open: a connection
@@ -965,6 +1139,7 @@ export class CourierClient {
       }
       if (typeof ev.data !== 'string') return; // the protocol is text frames only
       this.#sendAll(this.session.onText(ev.data, now));
+      if (this.session.fatal && this.#ws === ws) this.#stopFatal(this.session.fatal);
     };
     ws.onerror = (ev) => {
       if (this.#ws !== ws) return;
@@ -992,6 +1167,28 @@ export class CourierClient {
       this.#socketGone();
       if (this.#wanted) this.#scheduleReconnect({ code: ev?.code });
     };
+  }
+
+  /** `too_many_devices`: the server closes this socket and would refuse
+   *  every reconnect the same way. Stop here, offline, until the app calls
+   *  `connect()` again (after unlinking a device from another one).
+   *  `device_unlinked`: the same, and the kept device id is forgotten, so a
+   *  later `connect()` links this installation as a new device. */
+  #stopFatal(err) {
+    if (err.code === 'device_unlinked' && !this.#deviceIdGiven) {
+      const fresh = newDeviceId();
+      try {
+        this.#storage?.setItem(this.#deviceIdKey, fresh);
+      } catch {
+        // Storage full or denied: this id lasts as long as the client.
+      }
+      this.#deviceId = fresh;
+    }
+    this.#wanted = false;
+    clearTimeout(this.#reconnectTimer);
+    this.#reconnectTimer = null;
+    this.#dropSocket(1000, err.code);
+    this.#setState('offline', { reason: err.code, error: err });
   }
 
   /** Closes the current socket without waiting for its close event. */
@@ -1083,6 +1280,7 @@ export class CourierClient {
     if (this.#state === 'closed') {
       return Promise.reject(new CourierError('closed', 'the client is closed'));
     }
+    if (this.session.fatal && !this.#wanted) return Promise.reject(this.session.fatal);
     const requestId = `r${this.#nextRequest++}`;
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
@@ -1112,6 +1310,57 @@ export class CourierClient {
   /** Registers a push token (`apns`, `apns_sandbox` or `fcm`) for this user. */
   async registerDevice(platform, token) {
     await this.#request({ action: 'registerDevice', platform, token });
+  }
+
+  /**
+   * This user's linked devices: `[{deviceId, linkedAt, lastSeenAt,
+   * connected, thisDevice}]`.
+   */
+  async listDevices() {
+    const f = await this.#request({ action: 'listDevices' });
+    return (Array.isArray(f.devices) ? f.devices : []).map((d) => ({
+      deviceId: d.device_id,
+      linkedAt: d.linked_at,
+      lastSeenAt: d.last_seen_at,
+      connected: d.connected,
+      thisDevice: d.this_device,
+    }));
+  }
+
+  /**
+   * Unlinks another device of this user (the server closes its connection);
+   * resolves with `{deviceId}` on `device_unlinked`. Rejects with
+   * `device_not_found` (not linked) or `bad_request` from the server, and at
+   * once with `invalid_device_id` for an id the server would refuse.
+   */
+  async unlinkDevice(deviceId) {
+    checkDeviceId(deviceId);
+    const f = await this.#request({ action: 'unlinkDevice', device_id: deviceId });
+    return { deviceId: f.device_id };
+  }
+
+  /**
+   * One page of this user's conversations, after `after` (a conversation
+   * id; the previous page's `next`), at most `limit` (1–100; the server's
+   * default is 50). Resolves with `{conversations: [{conversationId,
+   * members, lastSeq, deliveredThroughSeq}], next}`, `next` null on the
+   * last page. `deliveredThroughSeq` is this device's: unread is `lastSeq -
+   * deliveredThroughSeq`.
+   */
+  async listConversations({ after, limit } = {}) {
+    const frame = { action: 'listConversations' };
+    if (after !== undefined && after !== null) frame.after = after;
+    if (limit !== undefined && limit !== null) frame.limit = limit;
+    const f = await this.#request(frame);
+    return {
+      conversations: (Array.isArray(f.conversations) ? f.conversations : []).map((c) => ({
+        conversationId: c.conversation_id,
+        members: c.members,
+        lastSeq: c.last_seq,
+        deliveredThroughSeq: c.delivered_through_seq,
+      })),
+      next: typeof f.next === 'string' ? f.next : null,
+    };
   }
 
   /** A heartbeat round trip; resolves with its time in ms. */

@@ -71,6 +71,7 @@ export async function startGateway({ args = [], env = {}, t } = {}) {
       return (await gw.get(`/_local/token?user=${encodeURIComponent(user)}`)).token;
     },
     pending: (user) => gw.get(`/_local/pending/${user}`),
+    /** The registry entries of `user`: one per connected device. */
     registry: (user) => gw.get(`/_local/registry/${user}`),
     pushes: () => gw.get('/_local/pushes'),
     /** The Management API's DELETE: the server drops the connection. */

@@ -160,8 +160,8 @@ test('sends are retried with the same client_msg_id until sent, and land in the 
   assert.equal(mine.senderId, 'bob');
   assert.deepEqual(
     parsed(s.onTick(10_000)).filter((f) => f.action === 'ack'),
-    [],
-    'no ack for a prefix of our own messages',
+    [{ action: 'ack', acks: [{ conversation_id: 'c1', seq: 1 }] }],
+    'our own message is acked like any other: the server keeps a pending row for the sending device too',
   );
   assert.ok(events.some((e) => e.type === 'message' && e.detail.seq === 1));
   // A second `sent` for an earlier retry changes nothing.

@@ -7,6 +7,12 @@ import {
   Session,
   Timeline,
   backoff,
+  connectUrl,
+  isValidDeviceId,
+  newDeviceId,
+  resolveDeviceId,
+  type ConversationPage,
+  type Device,
   type Message,
   type Sent,
 } from '../src/courier.js';
@@ -19,7 +25,11 @@ export async function app(): Promise<void> {
     token: async () => 'jwt',
     WebSocket: WS,
     tuning: { heartbeat: 60_000 },
+    deviceId: 'phone',
+    openConversation: 'c1',
   });
+  const laptop = new CourierClient({ url: 'ws://h', token: 'jwt', storage: null });
+  const id: string | null = laptop.deviceId;
   const unsubscribe = client.on('message', (m: Message) => {
     const line: string = `${m.conversationId} #${m.seq} ${m.senderId}: ${m.body}`;
     void line;
@@ -30,7 +40,8 @@ export async function app(): Promise<void> {
   });
   client.on('receipt', (r) => void r.deliveredThroughSeq.toFixed());
   client.on('state', ({ state, delay }) => void [state === 'reconnecting', delay]);
-  client.on('error', (e: CourierError) => void e.code);
+  client.on('error', (e: CourierError) => void [e.code, e.code === 'too_many_devices' && e.limit]);
+  client.on('state', ({ reason, error }) => void [reason === 'too_many_devices', error?.fatal]);
   client.restore('c1', [], { heldThrough: 41 });
   await client.connect({ timeout: 5000 });
   const { conversationId, members } = await client.createConversation(['bob']);
@@ -39,6 +50,14 @@ export async function app(): Promise<void> {
   const timeline: Message[] = client.timeline(conversationId);
   const through: number = client.contiguousThrough(conversationId) + client.receipt(conversationId, 'bob');
   const rtt: number = await client.ping();
+  const devices: Device[] = await client.listDevices();
+  const other = devices.find((d) => !d.thisDevice && !d.connected);
+  if (other) await client.unlinkDevice(other.deviceId);
+  const page: ConversationPage = await client.listConversations({ limit: 20 });
+  const more = page.next ? await client.listConversations({ after: page.next }) : null;
+  const unread: number = page.conversations.reduce((n, c) => n + c.lastSeq - c.deliveredThroughSeq, 0);
+  await client.connect({ openConversation: page.conversations[0]?.conversationId });
+  void [id, more?.conversations.length, unread, client.fatalError?.limit];
   void [members, sent.seq, timeline, through, rtt, client.pendingSends()[0]?.attempts, client.stats.opens];
   client.sync();
   client.goOffline();
@@ -52,5 +71,7 @@ export function pure(): void {
   const holes: Array<[number, number]> = t.holes();
   const s = new Session({ me: 'bob', tuning: { ackDelay: 0 } });
   const frames: string[] = [...s.onOpen(0), ...s.onText('{}', 1), ...s.onTick(2)];
-  void [outcome, holes, frames, backoff(DEFAULT_TUNING, 3)];
+  const url: string = connectUrl('ws://h', 't', { deviceId: newDeviceId(), conversationId: 'c1' });
+  const kept: string | null = resolveDeviceId({ storage: { getItem: () => null, setItem: () => {} } });
+  void [outcome, holes, frames, backoff(DEFAULT_TUNING, 3), url, kept, isValidDeviceId('phone')];
 }

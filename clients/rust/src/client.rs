@@ -11,8 +11,8 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use courier_core::domain::{ClientMsgId, ConversationId, Platform, UserId};
-use courier_core::protocol::{ServerFrame, WireMessage};
+use courier_core::domain::{ClientMsgId, ConversationId, DeviceId, Platform, UserId};
+use courier_core::protocol::{ConversationView, DeviceView, ErrorCode, ServerFrame, WireMessage};
 use futures::{SinkExt, StreamExt};
 use serde_json::json;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
@@ -28,10 +28,21 @@ pub type TokenSource = Arc<dyn Fn() -> String + Send + Sync>;
 /// Where and as whom to connect.
 #[derive(Clone)]
 pub struct ClientConfig {
-    /// `ws://127.0.0.1:3001` or `wss://…/prod`; `?token=` is appended.
+    /// `ws://127.0.0.1:3001` or `wss://…/prod`; `?token=` (and `&device=`,
+    /// `&conversation_id=`) are appended.
     pub url: String,
     pub user: UserId,
     pub token: TokenSource,
+    /// This device (`device=` on every connection). Generate one once with
+    /// [`new_device_id`] and keep it with the app's data: a new id per start
+    /// is a new linked device each time, up to the server's `MAX_DEVICES`.
+    /// `None`: no `device=`, and the server counts the connection as the
+    /// user's `default` device.
+    pub device: Option<DeviceId>,
+    /// The conversation the app was opened on (a tapped notification): sent
+    /// as `conversation_id=` until a socket opens, so its catch-up goes
+    /// first; later reconnects do not send it.
+    pub open_conversation: Option<ConversationId>,
     pub tuning: Tuning,
     /// How long [`Client::connect`] waits for the first open socket.
     pub connect_timeout: Duration,
@@ -45,11 +56,45 @@ impl ClientConfig {
             url: url.into(),
             user,
             token,
+            device: None,
+            open_conversation: None,
             tuning: Tuning::default(),
             connect_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
         }
     }
+
+    /// This config as device `id`, checked as the server checks it (1–64
+    /// characters of `A-Z a-z 0-9 . _ -`): a bad one fails here, before any
+    /// connection, with [`ClientError::InvalidDeviceId`].
+    pub fn with_device(mut self, id: &str) -> Result<Self, ClientError> {
+        self.device =
+            Some(DeviceId::parse(id).map_err(|e| ClientError::InvalidDeviceId(e.to_string()))?);
+        Ok(self)
+    }
+
+    /// This config opened on `conversation` (see
+    /// [`ClientConfig::open_conversation`]).
+    pub fn opened_on(mut self, conversation: ConversationId) -> Self {
+        self.open_conversation = Some(conversation);
+        self
+    }
+}
+
+/// A new random device id (32 hex digits), valid for [`DeviceId`]. Make it
+/// once per installation and keep it.
+pub fn new_device_id() -> DeviceId {
+    let raw = uuid::Uuid::new_v4().simple().to_string();
+    // 32 hex digits always parse; the fallback is never taken.
+    DeviceId::parse(&raw).unwrap_or_default()
+}
+
+/// One page of [`Client::list_conversations`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConversationPage {
+    pub conversations: Vec<ConversationView>,
+    /// `after` of the next page; `None` on the last page.
+    pub next: Option<ConversationId>,
 }
 
 /// Why the client could not do what was asked.
@@ -65,6 +110,39 @@ pub enum ClientError {
     Request(#[from] RequestError),
     #[error("invalid value: {0}")]
     Invalid(String),
+    /// A device id the server would refuse (1–64 characters of `A-Z a-z
+    /// 0-9 . _ -`).
+    #[error("invalid device id: {0}")]
+    InvalidDeviceId(String),
+    /// The server refused this device: the user already has `limit` linked
+    /// devices. The client is offline until [`Client::go_online`] (after a
+    /// device was unlinked from another one).
+    #[error("too many devices (limit {limit:?}): {message}")]
+    TooManyDevices { limit: Option<u32>, message: String },
+    /// Another device of the user unlinked this one. The client is offline;
+    /// connecting again with the same device id would link it again, so
+    /// start over as a new device ([`new_device_id`]).
+    #[error("this device was unlinked: {message}")]
+    DeviceUnlinked { message: String },
+}
+
+impl ClientError {
+    /// A `too_many_devices` refusal, as its typed error.
+    fn from_fatal(e: &RequestError) -> ClientError {
+        match e {
+            RequestError::Refused {
+                code: ErrorCode::DeviceUnlinked,
+                message,
+            } => ClientError::DeviceUnlinked {
+                message: message.clone(),
+            },
+            RequestError::Refused { message, .. } => ClientError::TooManyDevices {
+                limit: crate::session::device_limit_of(message),
+                message: message.clone(),
+            },
+            other => ClientError::Request(other.clone()),
+        }
+    }
 }
 
 enum Command {
@@ -111,7 +189,10 @@ pub struct Client {
 }
 
 impl Client {
-    /// Starts the client and waits for its first open socket.
+    /// Starts the client and waits for its first open socket. A device the
+    /// server refuses at once (`too_many_devices` before this returns) is
+    /// [`ClientError::TooManyDevices`]; one refused later is reported as
+    /// [`Event::TooManyDevices`] and [`Client::refused_device`].
     pub async fn connect(config: ClientConfig) -> Result<Client, ClientError> {
         let (tx, rx) = mpsc::unbounded_channel();
         let (version, _) = watch::channel(0);
@@ -127,9 +208,19 @@ impl Client {
         tokio::spawn(run(inner.clone(), rx));
         let client = Client { inner };
         let timeout = client.inner.config.connect_timeout;
-        let opened = client.wait_until_or_refused(timeout, |s| s.is_open()).await;
+        // Opened at least once: a socket the server closes right away (as it
+        // does after `too_many_devices`) may be gone before this looks.
+        let opened = client
+            .wait_until_or_refused(timeout, |s| s.opens() > 0)
+            .await;
         match opened {
-            Ok(()) => Ok(client),
+            Ok(()) => match client.refused_device() {
+                Some(e) => {
+                    client.close();
+                    Err(e)
+                }
+                None => Ok(client),
+            },
             Err(e) => {
                 client.close();
                 Err(e)
@@ -165,6 +256,17 @@ impl Client {
 
     pub fn user(&self) -> &UserId {
         &self.inner.config.user
+    }
+
+    /// This client's device (`None`: the server's `default`).
+    pub fn device(&self) -> Option<&DeviceId> {
+        self.inner.config.device.as_ref()
+    }
+
+    /// The `too_many_devices` refusal that stopped this client, until it
+    /// opens again.
+    pub fn refused_device(&self) -> Option<ClientError> {
+        self.inspect(|s| s.fatal().map(ClientError::from_fatal))
     }
 
     /// Sends a message and waits for its `sent`, retrying as needed.
@@ -213,13 +315,73 @@ impl Client {
         frame["request_id"] = json!(request_id);
         let frame = frame.to_string();
         self.fits(&frame)?;
+        if let Some(e) = self.inspect(|s| (!s.is_open()).then(|| s.fatal().cloned()).flatten()) {
+            // Offline for good until go_online: it would never be sent.
+            return Err(ClientError::from_fatal(&e));
+        }
         let (tx, rx) = oneshot::channel();
         self.inner.with_session(|s| s.expect_reply(request_id, tx));
         let _ = self.inner.commands.send(Command::Frame(frame));
         match tokio::time::timeout(self.inner.config.request_timeout, rx).await {
+            Ok(Ok(Err(
+                e @ RequestError::Refused {
+                    code: ErrorCode::TooManyDevices,
+                    ..
+                },
+            ))) => Err(ClientError::from_fatal(&e)),
             Ok(Ok(r)) => r.map_err(ClientError::from),
             Ok(Err(_)) => Err(RequestError::Closed.into()),
             Err(_) => Err(RequestError::Timeout.into()),
+        }
+    }
+
+    /// This user's linked devices (`listDevices`).
+    pub async fn list_devices(&self) -> Result<Vec<DeviceView>, ClientError> {
+        match self.request(json!({"action": "listDevices"})).await? {
+            ServerFrame::Devices { devices, .. } => Ok(devices),
+            other => Err(ClientError::Invalid(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    /// Unlinks another device of this user (the server closes its
+    /// connection); its id once `device_unlinked` comes. The server refuses
+    /// with `device_not_found` (not linked) or `bad_request`, as
+    /// [`RequestError::Refused`].
+    pub async fn unlink_device(&self, device: &DeviceId) -> Result<DeviceId, ClientError> {
+        match self
+            .request(json!({"action": "unlinkDevice", "device_id": device}))
+            .await?
+        {
+            ServerFrame::DeviceUnlinked { device_id, .. } => Ok(device_id),
+            other => Err(ClientError::Invalid(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    /// One page of this user's conversations after `after` (the previous
+    /// page's `next`), at most `limit` (1–100; the server's default is 50).
+    /// Each one's `delivered_through_seq` is this device's.
+    pub async fn list_conversations(
+        &self,
+        after: Option<&ConversationId>,
+        limit: Option<u32>,
+    ) -> Result<ConversationPage, ClientError> {
+        let mut frame = json!({"action": "listConversations"});
+        if let Some(after) = after {
+            frame["after"] = json!(after);
+        }
+        if let Some(limit) = limit {
+            frame["limit"] = json!(limit);
+        }
+        match self.request(frame).await? {
+            ServerFrame::Conversations {
+                conversations,
+                next,
+                ..
+            } => Ok(ConversationPage {
+                conversations,
+                next,
+            }),
+            other => Err(ClientError::Invalid(format!("unexpected reply {other:?}"))),
         }
     }
 
@@ -342,8 +504,12 @@ impl Client {
         let opens = self.inspect(Session::opens);
         let _ = self.inner.commands.send(Command::Online);
         let timeout = self.inner.config.connect_timeout;
-        self.wait_until_or_refused(timeout, |s| s.is_open() && s.opens() > opens)
-            .await
+        self.wait_until_or_refused(timeout, |s| s.opens() > opens)
+            .await?;
+        match self.refused_device() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 
     /// Stops the client for good.
@@ -372,15 +538,51 @@ fn with_token(url: &str, token: &str) -> String {
     format!("{url}{slash}{sep}token={token}")
 }
 
+/// The connect URL: [`with_token`], then `&device=` and `&conversation_id=`
+/// when given. Both are URL-safe as their types allow them, except the
+/// `@ : =` a conversation id may hold, which are escaped.
+pub fn connect_url(
+    url: &str,
+    token: &str,
+    device: Option<&DeviceId>,
+    conversation: Option<&ConversationId>,
+) -> String {
+    let mut out = with_token(url, token);
+    if let Some(d) = device {
+        out.push_str("&device=");
+        out.push_str(d.as_str());
+    }
+    if let Some(c) = conversation {
+        out.push_str("&conversation_id=");
+        for ch in c.as_str().chars() {
+            match ch {
+                'A'..='Z' | 'a'..='z' | '0'..='9' | '-' | '_' | '.' | '~' => out.push(ch),
+                other => {
+                    let mut buf = [0u8; 4];
+                    for b in other.encode_utf8(&mut buf).bytes() {
+                        out.push_str(&format!("%{b:02X}"));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
 enum Ended {
     Dropped,
     Offline(Option<oneshot::Sender<()>>),
+    /// The server refused this device (`too_many_devices`): offline until
+    /// told to go online.
+    Refused,
     Shutdown,
 }
 
 async fn run(inner: Arc<Inner>, mut commands: mpsc::UnboundedReceiver<Command>) {
     let mut attempt: u32 = 0;
     let mut online = true;
+    // Only until a socket opens: a reconnect is not a tap on a notification.
+    let mut open_conversation = inner.config.open_conversation.clone();
     loop {
         if !online {
             match commands.recv().await {
@@ -393,9 +595,15 @@ async fn run(inner: Arc<Inner>, mut commands: mpsc::UnboundedReceiver<Command>) 
                 Some(Command::Shutdown) | None => break,
             }
         }
-        let url = with_token(&inner.config.url, &(inner.config.token)());
+        let url = connect_url(
+            &inner.config.url,
+            &(inner.config.token)(),
+            inner.config.device.as_ref(),
+            open_conversation.as_ref(),
+        );
         match tokio_tungstenite::connect_async(url).await {
             Ok((ws, _)) => {
+                open_conversation = None;
                 *inner.refused.lock().unwrap_or_else(|e| e.into_inner()) = None;
                 let (ended, healthy) = connected(&inner, ws, &mut commands).await;
                 // Only a connection that worked starts the backoff over: one
@@ -406,6 +614,11 @@ async fn run(inner: Arc<Inner>, mut commands: mpsc::UnboundedReceiver<Command>) 
                 }
                 match ended {
                     Ended::Dropped => {}
+                    Ended::Refused => {
+                        // Every reconnect would be refused the same way.
+                        online = false;
+                        continue;
+                    }
                     Ended::Offline(done) => {
                         online = false;
                         if let Some(done) = done {
@@ -478,7 +691,12 @@ async fn connected(
             msg = ws.next() => match msg {
                 Some(Ok(Message::Text(t))) => {
                     received = true;
-                    inner.with_session(|s| s.on_text(&t, Instant::now()))
+                    let out = inner.with_session(|s| s.on_text(&t, Instant::now()));
+                    if inner.session().fatal().is_some() {
+                        let _ = ws.close(Some(CloseFrame { code: 1000.into(), reason: "too_many_devices".into() })).await;
+                        break Ended::Refused;
+                    }
+                    out
                 }
                 Some(Ok(Message::Close(frame))) => {
                     close_code = frame.map(|f| u16::from(f.code));
@@ -616,5 +834,198 @@ mod tests {
         let samples: std::collections::HashSet<Duration> =
             (0..20).map(|_| backoff(&t, 5)).collect();
         assert!(samples.len() > 1, "jitter varies the delay");
+    }
+
+    #[test]
+    fn connect_urls_carry_device_and_the_opened_conversation() {
+        let phone = DeviceId::parse("phone").unwrap();
+        assert_eq!(
+            connect_url("ws://h:1", "t", None, None),
+            "ws://h:1/?token=t"
+        );
+        assert_eq!(
+            connect_url("ws://h:1", "t", Some(&phone), None),
+            "ws://h:1/?token=t&device=phone"
+        );
+        let c = ConversationId::parse("c:1@x=").unwrap();
+        assert_eq!(
+            connect_url("wss://h/prod", "t.k", Some(&phone), Some(&c)),
+            "wss://h/prod?token=t.k&device=phone&conversation_id=c%3A1%40x%3D"
+        );
+    }
+
+    #[test]
+    fn a_bad_device_id_fails_before_any_connection() {
+        let bob = UserId::parse("bob").unwrap();
+        let config = || ClientConfig::new("ws://h", bob.clone(), crate::static_token("t"));
+        assert_eq!(
+            config().with_device("laptop").unwrap().device,
+            Some(DeviceId::parse("laptop").unwrap())
+        );
+        for bad in ["", "my phone", "é", "a/b", &"x".repeat(65)] {
+            assert!(
+                matches!(
+                    config().with_device(bad),
+                    Err(ClientError::InvalidDeviceId(_))
+                ),
+                "{bad:?}"
+            );
+        }
+        assert!(config().with_device(&"x".repeat(64)).is_ok());
+        let a = new_device_id();
+        assert_eq!(
+            DeviceId::parse(a.as_str()).unwrap(),
+            a,
+            "a generated id is valid"
+        );
+        assert_ne!(a, new_device_id());
+    }
+
+    /// A server that records each handshake's URI and answers each socket
+    /// with `script(n)` (n: 0-based connection count), then closes.
+    /// With `answer`, it waits for the client's first frame instead, answers
+    /// it with `answer`, then closes.
+    #[allow(clippy::result_large_err)] // tungstenite's callback signature
+    async fn scripted_server(
+        script: impl Fn(usize) -> Vec<String> + Send + Sync + 'static,
+        answer: Option<&'static str>,
+    ) -> (String, Arc<Mutex<Vec<String>>>) {
+        use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let uris = Arc::new(Mutex::new(Vec::new()));
+        let seen = uris.clone();
+        let script = Arc::new(script);
+        tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                let seen = seen.clone();
+                let script = script.clone();
+                tokio::spawn(async move {
+                    let n = std::sync::atomic::AtomicUsize::new(0);
+                    let record = |req: &Request, resp: Response| {
+                        let mut v = seen.lock().unwrap();
+                        v.push(req.uri().to_string());
+                        n.store(v.len() - 1, std::sync::atomic::Ordering::SeqCst);
+                        Ok(resp)
+                    };
+                    let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(tcp, record).await else {
+                        return;
+                    };
+                    for f in script(n.load(std::sync::atomic::Ordering::SeqCst)) {
+                        let _ = ws.send(Message::text(f)).await;
+                    }
+                    if let Some(answer) = answer {
+                        while let Some(Ok(m)) = ws.next().await {
+                            if m.is_text() {
+                                let _ = ws.send(Message::text(answer)).await;
+                                break;
+                            }
+                        }
+                    }
+                    let _ = ws.close(None).await;
+                    while let Some(Ok(_)) = ws.next().await {}
+                });
+            }
+        });
+        (format!("ws://{addr}"), uris)
+    }
+
+    fn test_config(url: String) -> ClientConfig {
+        let bob = UserId::parse("bob").unwrap();
+        let mut config = ClientConfig::new(url, bob, crate::static_token("tok"));
+        config.tuning.backoff_base = Duration::from_millis(10);
+        config.tuning.backoff_max = Duration::from_millis(40);
+        config.connect_timeout = Duration::from_secs(5);
+        config.request_timeout = Duration::from_secs(2);
+        config
+    }
+
+    const REFUSAL: &str = r#"{"type":"error","code":"too_many_devices","message":"bob already has 8 linked devices (MAX_DEVICES = 8); unlink one from another device (unlinkDevice) to use this one"}"#;
+
+    #[tokio::test]
+    async fn too_many_devices_stops_the_client_without_a_reconnect_loop() {
+        let (url, uris) = scripted_server(|_| vec![REFUSAL.to_owned()], None).await;
+        // Refused at once: connect says so, typed, with the limit.
+        let config = test_config(url.clone()).with_device("ninth").unwrap();
+        let refused = Client::connect(config).await.err();
+        assert!(
+            matches!(refused, Some(ClientError::TooManyDevices { limit: Some(8), ref message }) if message.contains("MAX_DEVICES")),
+            "{refused:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(
+            uris.lock().unwrap().len(),
+            1,
+            "no reconnect after too_many_devices"
+        );
+
+        // Refused later (after connect returned; here, answering the first
+        // frame): a pending request fails with it, an event, then offline.
+        let (url, uris) = scripted_server(|_| Vec::new(), Some(REFUSAL)).await;
+        let client = Client::connect(test_config(url).with_device("ninth").unwrap())
+            .await
+            .unwrap();
+        let mut events = client.events();
+        assert!(matches!(
+            client.ping().await,
+            Err(ClientError::TooManyDevices { limit: Some(8), .. })
+        ));
+        let mut reported = false;
+        while let Ok(e) = events.try_recv() {
+            reported |= matches!(e, Event::TooManyDevices { limit: Some(8), .. });
+        }
+        assert!(reported, "the app hears of it as an event");
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(
+            uris.lock().unwrap().len(),
+            1,
+            "no reconnect after too_many_devices"
+        );
+        assert!(!client.inspect(Session::is_open));
+        assert!(matches!(
+            client.refused_device(),
+            Some(ClientError::TooManyDevices { limit: Some(8), .. })
+        ));
+        assert!(matches!(
+            client.list_devices().await,
+            Err(ClientError::TooManyDevices { limit: Some(8), .. })
+        ));
+        // go_online tries again, once (and is refused again at its first frame).
+        client.go_online().await.unwrap();
+        assert!(client.ping().await.is_err());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(uris.lock().unwrap().len(), 2);
+        client.close();
+    }
+
+    #[tokio::test]
+    async fn device_on_every_connection_the_opened_conversation_on_the_first() {
+        // Every socket is closed at once with a greeting: the client reconnects.
+        let (url, uris) = scripted_server(
+            |_| vec![r#"{"type":"caught_up","conversations":0,"messages":0}"#.to_owned()],
+            None,
+        )
+        .await;
+        let config = test_config(url)
+            .with_device("phone")
+            .unwrap()
+            .opened_on(ConversationId::parse("c7").unwrap());
+        let client = Client::connect(config).await.unwrap();
+        client
+            .wait_until(Duration::from_secs(5), |s| s.opens() >= 3)
+            .await
+            .unwrap();
+        client.close();
+        let uris = uris.lock().unwrap().clone();
+        assert_eq!(uris[0], "/?token=tok&device=phone&conversation_id=c7");
+        for u in &uris[1..] {
+            assert_eq!(
+                u, "/?token=tok&device=phone",
+                "a reconnect names no conversation"
+            );
+        }
     }
 }

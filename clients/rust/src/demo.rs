@@ -243,9 +243,10 @@ pub async fn run(opts: &DemoOptions) -> Result<DemoOutcome, DemoError> {
     // bob goes offline.
     bob.go_offline().await;
     let gone = poll(opts.timeout, || async {
-        http.get::<Option<serde_json::Value>>(&format!("/_local/registry/{}", opts.bob))
+        // One entry per connected device: none left.
+        http.get::<Vec<serde_json::Value>>(&format!("/_local/registry/{}", opts.bob))
             .await
-            .map(|e| e.is_none())
+            .map(|e| e.is_empty())
     })
     .await?;
     if !gone {

@@ -22,8 +22,12 @@ pub mod timeline;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use client::{Client, ClientConfig, ClientError, TokenSource};
-pub use session::{Event, MAX_FRAME_BYTES, RequestError, Sent, Session, Tuning, send_frame_bytes};
+pub use client::{
+    Client, ClientConfig, ClientError, ConversationPage, TokenSource, connect_url, new_device_id,
+};
+pub use session::{
+    Event, MAX_FRAME_BYTES, RequestError, Sent, Session, Tuning, device_limit_of, send_frame_bytes,
+};
 pub use timeline::Timeline;
 
 use courier_core::domain::UserId;

@@ -3,15 +3,20 @@
 //! `chat --as bob` connects as bob (a token minted with the local secret,
 //! or `--token`), prints messages as they arrive, and sends what you type
 //! to the current conversation. Commands: `/new alice carol`, `/to <id>`,
-//! `/history`, `/sync`, `/device fcm <token>`, `/quit`.
+//! `/history`, `/sync`, `/device fcm <token>`, `/devices`, `/unlink <device>`,
+//! `/conversations [after]`, `/quit`. `--device phone` connects as that
+//! device of the user (`chat --new-device-id` prints a fresh one to keep);
+//! `--open <conversation>` as if opened from its notification.
 
 use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use courier_client::demo::{self, DemoOptions};
-use courier_client::{Client, ClientConfig, Event, LOCAL_JWT_SECRET, minted_token, static_token};
-use courier_core::domain::{ConversationId, Platform, UserId};
+use courier_client::{
+    Client, ClientConfig, Event, LOCAL_JWT_SECRET, minted_token, new_device_id, static_token,
+};
+use courier_core::domain::{ConversationId, DeviceId, Platform, UserId};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 #[derive(Parser)]
@@ -52,6 +57,17 @@ struct ChatArgs {
     /// Use this token instead of minting one.
     #[arg(long)]
     token: Option<String>,
+    /// This device's id (1–64 of A-Z a-z 0-9 . _ -); keep the same one
+    /// across runs. Without it the server counts the `default` device.
+    #[arg(long, env = "COURIER_DEVICE")]
+    device: Option<String>,
+    /// Open on this conversation, as a tapped notification does: its
+    /// catch-up goes first.
+    #[arg(long)]
+    open: Option<String>,
+    /// Print a new random device id and exit.
+    #[arg(long)]
+    new_device_id: bool,
     #[command(flatten)]
     common: Common,
 }
@@ -99,6 +115,10 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn chat(args: ChatArgs) -> anyhow::Result<()> {
+    if args.new_device_id {
+        println!("{}", new_device_id());
+        return Ok(());
+    }
     let user = args
         .user
         .context("--as <user> is required (or run `chat demo`)")?;
@@ -110,11 +130,23 @@ async fn chat(args: ChatArgs) -> anyhow::Result<()> {
             &user,
         ),
     };
-    let client = Client::connect(ClientConfig::new(&args.common.url, user.clone(), token))
-        .await
-        .context("connecting")?;
+    let mut config = ClientConfig::new(&args.common.url, user.clone(), token);
+    if let Some(device) = &args.device {
+        config = config.with_device(device).context("--device")?;
+    }
+    let mut current: Option<ConversationId> = None;
+    if let Some(open) = &args.open {
+        let c = ConversationId::parse(open).context("--open")?;
+        config = config.opened_on(c.clone());
+        current = Some(c);
+    }
+    let client = Client::connect(config).await.context("connecting")?;
+    let device = client.device().map_or_else(
+        || "the default device".to_owned(),
+        |d| format!("device {d}"),
+    );
     println!(
-        "connected as {user}. /new <members…>, /to <conversation>, /history, /sync, /device fcm <token>, /quit"
+        "connected as {user} on {device}. /new <members…>, /to <conversation>, /history, /sync, /device fcm <token>, /devices, /unlink <device>, /conversations [after], /quit"
     );
 
     let mut events = client.events();
@@ -140,11 +172,17 @@ async fn chat(args: ChatArgs) -> anyhow::Result<()> {
                 Event::Connected => println!("(connected)"),
                 Event::Disconnected => println!("(disconnected; reconnecting)"),
                 Event::ServerError { code, message } => println!("(error {code:?}: {message})"),
+                Event::TooManyDevices { limit, message } => println!(
+                    "(this device was refused: {} linked devices is the limit; unlink one from another device, then restart. {message})",
+                    limit.map_or_else(|| "?".to_owned(), |l| l.to_string())
+                ),
+                Event::DeviceUnlinked { message } => println!(
+                    "(this device was unlinked from another device; start again with --new-device-id. {message})"
+                ),
             }
         }
     });
 
-    let mut current: Option<ConversationId> = None;
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     while let Some(line) = lines.next_line().await? {
         let line = line.trim();
@@ -178,6 +216,58 @@ async fn chat(args: ChatArgs) -> anyhow::Result<()> {
                 None => println!("(no conversation selected)"),
             },
             Some("/sync") => client.sync(),
+            Some("/devices") => match client.list_devices().await {
+                Ok(devices) => {
+                    for d in devices {
+                        println!(
+                            "  {}{}{}",
+                            d.device_id,
+                            if d.this_device { " (this device)" } else { "" },
+                            if d.connected { ", connected" } else { "" }
+                        );
+                    }
+                }
+                Err(e) => println!("(could not list devices: {e})"),
+            },
+            Some("/unlink") => match words.next().map(DeviceId::parse) {
+                Some(Ok(d)) => match client.unlink_device(&d).await {
+                    Ok(d) => println!("(unlinked {d})"),
+                    Err(e) => println!("(could not unlink: {e})"),
+                },
+                _ => println!("(usage: /unlink <device id>)"),
+            },
+            Some("/conversations") => {
+                let after = match words.next().map(ConversationId::parse).transpose() {
+                    Ok(a) => a,
+                    Err(e) => {
+                        println!("(bad conversation id: {e})");
+                        continue;
+                    }
+                };
+                match client.list_conversations(after.as_ref(), None).await {
+                    Ok(page) => {
+                        for c in &page.conversations {
+                            println!(
+                                "  {} with {} — #{} ({} unread here)",
+                                c.conversation_id,
+                                c.members
+                                    .iter()
+                                    .map(UserId::as_str)
+                                    .collect::<Vec<_>>()
+                                    .join(", "),
+                                c.last_seq,
+                                c.last_seq
+                                    .get()
+                                    .saturating_sub(c.delivered_through_seq.get())
+                            );
+                        }
+                        if let Some(next) = page.next {
+                            println!("  (more: /conversations {next})");
+                        }
+                    }
+                    Err(e) => println!("(could not list conversations: {e})"),
+                }
+            }
             Some("/device") => {
                 let platform = words.next().map(Platform::parse);
                 match (platform, words.next()) {

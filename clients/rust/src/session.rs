@@ -16,7 +16,13 @@
 //!   duplicates dropped);
 //! - **acks** cover the contiguous prefix, and are repeated when the server
 //!   redelivers what was already acked (the earlier ack was lost with its
-//!   connection, so the pending row is still there);
+//!   connection, so the pending row is still there); a message this device
+//!   sent counts as held at its seq once `sent` comes, so the ack covers it
+//!   (the server keeps a pending row for the sender too, for the user's other
+//!   devices, and this device's ack clears its share);
+//! - **`too_many_devices`** is fatal: requests fail, [`Event::TooManyDevices`]
+//!   is reported, and [`Session::fatal`] tells the socket task to stop
+//!   reconnecting;
 //! - **holes** older than `hole_grace` and **`more`** frames are pulled with
 //!   a range `sync`, one in flight per conversation;
 //! - **catch-up**: no `caught_up` within `caught_up_timeout` of opening means
@@ -157,6 +163,38 @@ pub enum Event {
         code: ErrorCode,
         message: String,
     },
+    /// The server refused this device: the user already has `limit`
+    /// (`MAX_DEVICES`, when the message names it) linked devices. The client
+    /// stops reconnecting until [`crate::Client::go_online`].
+    TooManyDevices {
+        limit: Option<u32>,
+        message: String,
+    },
+    /// Another device of the user unlinked this one; the server closes the
+    /// socket. The client stops reconnecting (it would link again); the app
+    /// should start over as a new device ([`crate::new_device_id`]).
+    DeviceUnlinked {
+        message: String,
+    },
+}
+
+/// The device limit a `too_many_devices` message names (`MAX_DEVICES = 8`,
+/// or `has 8 linked devices`).
+pub fn device_limit_of(message: &str) -> Option<u32> {
+    let number_after = |key: &str| {
+        let rest = &message[message.find(key)? + key.len()..];
+        let rest = rest.trim_start();
+        let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        digits.parse().ok()
+    };
+    number_after("MAX_DEVICES =").or_else(|| {
+        let end = message.find(" linked devices")?;
+        let head = &message[..end];
+        let start = head
+            .rfind(|c: char| !c.is_ascii_digit())
+            .map_or(0, |i| i + 1);
+        head[start..].parse().ok()
+    })
 }
 
 /// Codes after which resending the same frame cannot succeed.
@@ -186,6 +224,8 @@ pub struct Session {
     events: Vec<Event>,
     /// Sends that went out since the last frame received, and when.
     suspects: Vec<(String, Instant)>,
+    /// `too_many_devices`: this device was refused; until the next open.
+    fatal: Option<RequestError>,
 }
 
 impl Session {
@@ -206,7 +246,14 @@ impl Session {
             receipts: BTreeMap::new(),
             events: Vec::new(),
             suspects: Vec::new(),
+            fatal: None,
         }
+    }
+
+    /// The refusal that stopped this device (`too_many_devices`), until the
+    /// next open: the socket task does not reconnect while it is set.
+    pub fn fatal(&self) -> Option<&RequestError> {
+        self.fatal.as_ref()
     }
 
     pub fn me(&self) -> &UserId {
@@ -332,6 +379,7 @@ impl Session {
     pub fn on_open(&mut self, now: Instant) -> Vec<String> {
         self.open = true;
         self.opens += 1;
+        self.fatal = None;
         self.syncs_in_flight.clear();
         self.caught_up_deadline = Some(now + self.tuning.caught_up_timeout);
         self.full_syncs = 0;
@@ -430,6 +478,13 @@ impl Session {
     pub fn on_frame(&mut self, frame: ServerFrame, now: Instant) -> Vec<String> {
         let mut out = Vec::new();
         match frame {
+            // Replies to device and conversation-list requests.
+            ServerFrame::Devices { ref request_id, .. }
+            | ServerFrame::DeviceUnlinked { ref request_id, .. }
+            | ServerFrame::Conversations { ref request_id, .. } => {
+                let id = request_id.clone();
+                self.answer(id, Ok(frame));
+            }
             ServerFrame::Messages {
                 conversation_id,
                 messages,
@@ -495,7 +550,11 @@ impl Session {
                 seq,
                 sent_at,
                 ..
-            } => self.on_sent(conversation_id, client_msg_id, seq, sent_at, now),
+            } => {
+                if let Some(ack) = self.on_sent(conversation_id, client_msg_id, seq, sent_at, now) {
+                    out.push(ack);
+                }
+            }
             ServerFrame::Receipt {
                 conversation_id,
                 user_id,
@@ -546,6 +605,8 @@ impl Session {
         }
     }
 
+    /// A send was stored: its waiters hear so, and it takes its place in the
+    /// timeline. The ack frame, if the contiguous prefix grew through it.
     fn on_sent(
         &mut self,
         conversation_id: ConversationId,
@@ -553,9 +614,9 @@ impl Session {
         seq: Seq,
         sent_at: i64,
         now: Instant,
-    ) {
+    ) -> Option<String> {
         let Some(o) = self.outbox.remove(client_msg_id.as_str()) else {
-            return; // a repeat `sent` for a retry already answered
+            return None; // a repeat `sent` for a retry already answered
         };
         let sent = Sent {
             conversation_id: conversation_id.clone(),
@@ -566,9 +627,12 @@ impl Session {
         for w in o.waiters {
             let _ = w.send(Ok(sent.clone()));
         }
-        // Our own message takes its place in the timeline: the server never
-        // sends it back (the sender has no pending row).
-        let timeline = self.timelines.entry(conversation_id).or_default();
+        // Our own message takes its place at its seq. The server keeps a
+        // pending row for the sender too (so the user's other devices get the
+        // message), and only this device's ack clears this device's share: it
+        // counts as held here and is acked like any other. (A copy that came
+        // first, by catch-up, is the same seq: a duplicate.)
+        let timeline = self.timelines.entry(conversation_id.clone()).or_default();
         let mine = WireMessage {
             seq,
             message_id: client_msg_id.as_str().to_owned(),
@@ -577,15 +641,12 @@ impl Session {
             sent_at,
         };
         timeline.insert(mine, now);
-        // Nothing to ack for a prefix made only of our own messages.
-        if let Some(due) = timeline.ack_due() {
-            let from = timeline.acked().get() + 1;
-            let all_mine = (from..=due.get())
-                .all(|s| timeline.get(Seq(s)).is_some_and(|m| m.sender_id == self.me));
-            if all_mine {
-                timeline.mark_acked(due);
-            }
-        }
+        let due = timeline.ack_due().filter(|s| s.get() > 0)?;
+        timeline.mark_acked(due);
+        Some(
+            json!({"action": "ack", "acks": [{"conversation_id": conversation_id, "seq": due}]})
+                .to_string(),
+        )
     }
 
     fn on_error(
@@ -599,6 +660,30 @@ impl Session {
             code,
             message: message.clone(),
         };
+        if code == ErrorCode::DeviceUnlinked {
+            tracing::warn!(%message, "this device was unlinked by another device");
+            for (_, w) in self.requests.drain() {
+                let _ = w.send(Err(refused.clone()));
+            }
+            self.fatal = Some(refused);
+            self.events.push(Event::DeviceUnlinked { message });
+            return;
+        }
+        if code == ErrorCode::TooManyDevices {
+            // Right after connect, then the server closes the socket; every
+            // reconnect would end the same way until a device is unlinked.
+            // Sends stay in the outbox for a later go_online.
+            tracing::warn!(%message, "this device was refused: too many devices");
+            for (_, w) in self.requests.drain() {
+                let _ = w.send(Err(refused.clone()));
+            }
+            self.fatal = Some(refused);
+            self.events.push(Event::TooManyDevices {
+                limit: device_limit_of(&message),
+                message,
+            });
+            return;
+        }
         if let Some(cmid) = client_msg_id
             && permanent(code)
             && let Some(o) = self.outbox.remove(&cmid)
@@ -952,7 +1037,11 @@ mod tests {
             r#"{"type":"sent","conversation_id":"c1","client_msg_id":"k1","seq":1,"sent_at":9}"#,
             t0,
         );
-        assert!(acks.is_empty(), "no ack for our own message");
+        assert_eq!(
+            parsed(&acks),
+            vec![json!({"action": "ack", "acks": [{"conversation_id": "c1", "seq": 1}]})],
+            "our own message is acked like any other: the server keeps a pending row for the sending device too"
+        );
         assert_eq!(rx.await.unwrap().unwrap().seq, Seq(1));
         assert_eq!(s.outbox_len(), 0);
         let t = s.timeline(&cid("c1")).unwrap();
@@ -1156,5 +1245,227 @@ mod tests {
             .is_empty()
         );
         assert!(s.on_text("not json", Instant::now()).is_empty());
+    }
+
+    fn sent(conv: &str, cmid: &str, seq: u64) -> String {
+        json!({"type": "sent", "conversation_id": conv, "client_msg_id": cmid, "seq": seq, "sent_at": 1})
+            .to_string()
+    }
+
+    fn acks_in(frames: &[String]) -> Vec<(String, u64)> {
+        parsed(frames)
+            .iter()
+            .filter(|f| f["action"] == "ack")
+            .flat_map(|f| f["acks"].as_array().cloned().unwrap_or_default())
+            .map(|a| {
+                (
+                    a["conversation_id"].as_str().unwrap().to_owned(),
+                    a["seq"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_sent_message_counts_as_held_so_the_ack_covers_it() {
+        let now = Instant::now();
+        let mut s = session();
+        s.on_open(now);
+        assert_eq!(
+            acks_in(&s.on_text(&messages("c1", &[1]), now)),
+            vec![("c1".to_owned(), 1)]
+        );
+        // bob's own message at seq 2, sent from this device.
+        s.queue_send(
+            cid("c1"),
+            ClientMsgId::parse("k2").unwrap(),
+            "mine".into(),
+            None,
+            now,
+        );
+        assert_eq!(
+            acks_in(&s.on_text(&sent("c1", "k2", 2), now)),
+            vec![("c1".to_owned(), 2)],
+            "the ack moves over our own message"
+        );
+        // A fresh conversation of only our own messages: acked too.
+        s.queue_send(
+            cid("c2"),
+            ClientMsgId::parse("k1").unwrap(),
+            "first".into(),
+            None,
+            now,
+        );
+        assert_eq!(
+            acks_in(&s.on_text(&sent("c2", "k1", 1), now)),
+            vec![("c2".to_owned(), 1)]
+        );
+        // The catch-up copy came first (the pending row): one copy, one ack.
+        s.queue_send(
+            cid("c1"),
+            ClientMsgId::parse("k3").unwrap(),
+            "again".into(),
+            None,
+            now,
+        );
+        let copy = json!({"type": "messages", "conversation_id": "c1", "messages": [
+            {"seq": 3, "message_id": "m3", "sender_id": "bob", "body": "again", "sent_at": 1}
+        ]})
+        .to_string();
+        assert_eq!(acks_in(&s.on_text(&copy, now)), vec![("c1".to_owned(), 3)]);
+        assert!(acks_in(&s.on_text(&sent("c1", "k3", 3), now)).is_empty());
+        let t = s.timeline(&cid("c1")).unwrap();
+        assert_eq!(t.len(), 3);
+        assert_eq!(t.acked(), Seq(3));
+        // A hole below our own message: nothing acked past it.
+        s.queue_send(
+            cid("c3"),
+            ClientMsgId::parse("k5").unwrap(),
+            "late".into(),
+            None,
+            now,
+        );
+        assert!(acks_in(&s.on_text(&sent("c3", "k5", 5), now)).is_empty());
+    }
+
+    #[tokio::test]
+    async fn device_and_conversation_list_replies_reach_their_request() {
+        let now = Instant::now();
+        let mut s = session();
+        s.on_open(now);
+        let (d_tx, d_rx) = oneshot::channel();
+        let (u_tx, u_rx) = oneshot::channel();
+        let (c_tx, c_rx) = oneshot::channel();
+        s.expect_reply("r1".into(), d_tx);
+        s.expect_reply("r2".into(), u_tx);
+        s.expect_reply("r3".into(), c_tx);
+        s.on_text(
+            r#"{"type":"devices","devices":[],"request_id":"nobody"}"#,
+            now,
+        );
+        s.on_text(
+            r#"{"type":"devices","devices":[{"device_id":"phone","linked_at":1,"last_seen_at":2,"connected":true,"this_device":true}],"request_id":"r1"}"#,
+            now,
+        );
+        s.on_text(
+            r#"{"type":"device_unlinked","device_id":"laptop","request_id":"r2"}"#,
+            now,
+        );
+        s.on_text(
+            r#"{"type":"conversations","conversations":[{"conversation_id":"c1","members":["alice","bob"],"last_seq":9,"delivered_through_seq":4}],"next":"c1","request_id":"r3"}"#,
+            now,
+        );
+        let Ok(ServerFrame::Devices { devices, .. }) = d_rx.await.unwrap() else {
+            panic!("not devices")
+        };
+        assert_eq!(devices[0].device_id.as_str(), "phone");
+        assert!(devices[0].this_device);
+        assert!(matches!(
+            u_rx.await.unwrap(),
+            Ok(ServerFrame::DeviceUnlinked { ref device_id, .. }) if device_id.as_str() == "laptop"
+        ));
+        let Ok(ServerFrame::Conversations {
+            conversations,
+            next,
+            ..
+        }) = c_rx.await.unwrap()
+        else {
+            panic!("not conversations")
+        };
+        assert_eq!(conversations[0].last_seq, Seq(9));
+        assert_eq!(next, Some(cid("c1")));
+        // An error for a request rejects it: device_not_found.
+        let (tx, rx) = oneshot::channel();
+        s.expect_reply("r4".into(), tx);
+        s.on_text(
+            r#"{"type":"error","code":"device_not_found","message":"no","request_id":"r4"}"#,
+            now,
+        );
+        assert!(matches!(
+            rx.await.unwrap(),
+            Err(RequestError::Refused {
+                code: ErrorCode::DeviceNotFound,
+                ..
+            })
+        ));
+    }
+
+    const REFUSAL: &str = r#"{"type":"error","code":"too_many_devices","message":"bob already has 8 linked devices (MAX_DEVICES = 8); unlink one from another device (unlinkDevice) to use this one"}"#;
+
+    #[tokio::test]
+    async fn device_unlinked_is_fatal_and_reported() {
+        let now = Instant::now();
+        let mut s = session();
+        s.on_open(now);
+        let (tx, rx) = oneshot::channel();
+        s.expect_reply("r1".into(), tx);
+        s.drain_events();
+        let unlinked = r#"{"type":"error","code":"device_unlinked","message":"device phone was unlinked by another of your devices"}"#;
+        assert!(s.on_text(unlinked, now).is_empty());
+        assert!(matches!(
+            s.fatal(),
+            Some(RequestError::Refused {
+                code: ErrorCode::DeviceUnlinked,
+                ..
+            })
+        ));
+        assert!(rx.await.unwrap().is_err());
+        let events = s.drain_events();
+        assert!(
+            matches!(events.as_slice(), [Event::DeviceUnlinked { message }] if message.contains("unlinked")),
+            "{events:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn too_many_devices_is_fatal_until_the_next_open() {
+        let now = Instant::now();
+        let mut s = session();
+        s.on_open(now);
+        let (tx, rx) = oneshot::channel();
+        s.expect_reply("r1".into(), tx);
+        s.queue_send(
+            cid("c1"),
+            ClientMsgId::parse("k1").unwrap(),
+            "kept".into(),
+            None,
+            now,
+        );
+        s.drain_events();
+        assert!(s.on_text(REFUSAL, now).is_empty());
+        assert!(matches!(
+            s.fatal(),
+            Some(RequestError::Refused {
+                code: ErrorCode::TooManyDevices,
+                ..
+            })
+        ));
+        assert!(matches!(
+            rx.await.unwrap(),
+            Err(RequestError::Refused {
+                code: ErrorCode::TooManyDevices,
+                ..
+            })
+        ));
+        let events = s.drain_events();
+        assert!(
+            matches!(events.as_slice(), [Event::TooManyDevices { limit: Some(8), message }] if message.contains("MAX_DEVICES")),
+            "{events:?}"
+        );
+        assert_eq!(s.outbox_len(), 1, "sends wait for a later go_online");
+        s.on_close();
+        s.on_open(now);
+        assert!(s.fatal().is_none());
+    }
+
+    #[test]
+    fn the_device_limit_is_read_from_the_message() {
+        assert_eq!(
+            device_limit_of("bob already has 8 linked devices (MAX_DEVICES = 8); unlink one"),
+            Some(8)
+        );
+        assert_eq!(device_limit_of("bob already has 3 linked devices"), Some(3));
+        assert_eq!(device_limit_of("MAX_DEVICES = 12"), Some(12));
+        assert_eq!(device_limit_of("nothing here"), None);
     }
 }
