@@ -217,6 +217,8 @@ impl Bench {
             .registry
             .lookup(&reader)
             .await?
+            .into_iter()
+            .next()
             .context("the reader's connection is not in the gateway's registry")?;
         Ok(Bench {
             backends,

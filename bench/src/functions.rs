@@ -174,6 +174,7 @@ impl Fixture {
                     connection_id: ConnectionId::parse("bench-bob").map_err(|e| anyhow!("{e}"))?,
                     // Past the open window: a 410 would mean gone at once.
                     connected_at: Some(now_millis() - 60_000),
+                    device_id: Default::default(),
                 },
             )
             .await?;

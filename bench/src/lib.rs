@@ -15,6 +15,9 @@
 //!   naive loop beside it, and frames against the packing bound.
 //! - [`send`]: round trips of `sendMessage` → `sent` and → the recipient's
 //!   frame, and the throughput of 100 concurrent senders.
+//! - [`devices`]: several devices per user — catch-up depth with other
+//!   devices' cursors, live fan-out to 5 devices against a sequential loop,
+//!   the tapped conversation's first frame.
 //! - [`storm`]: 1,000 clients with a backlog reconnecting at once.
 //! - [`functions`]: per-function binary size, start-up to the first handled
 //!   invocation, peak RSS and CPU per delivered message, measured on child
@@ -36,6 +39,7 @@
 
 pub mod backends;
 pub mod catchup;
+pub mod devices;
 pub mod functions;
 pub mod gateway;
 pub mod profiles;

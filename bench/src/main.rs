@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use courier_bench::report::Report;
-use courier_bench::{catchup, functions, profiles, send, storm};
+use courier_bench::{catchup, devices, functions, profiles, send, storm};
 
 #[derive(Parser)]
 #[command(
@@ -37,6 +37,9 @@ enum Command {
     CatchUp,
     /// Send path round trips and 100 concurrent senders.
     Send,
+    /// Several devices per user: catch-up depth with other devices'
+    /// cursors, live fan-out to 5 devices, the tapped conversation first.
+    Devices,
     /// 1,000 clients reconnecting at once.
     Storm {
         #[arg(long, default_value_t = 1000)]
@@ -61,8 +64,8 @@ enum Command {
         #[arg(long)]
         arm64: bool,
     },
-    /// A small run of catch-up, frames, send and storm; asserts counts and
-    /// bounds, never times.
+    /// A small run of catch-up, frames, send, devices and storm; asserts
+    /// counts, bounds and the tape's structure, never times.
     Smoke,
 }
 
@@ -76,6 +79,7 @@ async fn main() -> anyhow::Result<()> {
         Command::All { skip_profiles } => {
             run_catch_up(&mut report, &catchup::Config::full()).await?;
             run_send(&mut report, &send::Config::full()).await?;
+            run_devices(&mut report, &devices::Config::full()).await?;
             run_storm(&mut report, &storm::Config::full()).await?;
             let moto = storm::Config {
                 backend: storm::Backend::Moto,
@@ -91,6 +95,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::CatchUp => run_catch_up(&mut report, &catchup::Config::full()).await?,
         Command::Send => run_send(&mut report, &send::Config::full()).await?,
+        Command::Devices => run_devices(&mut report, &devices::Config::full()).await?,
         Command::Storm {
             clients,
             fixed_sync,
@@ -113,6 +118,9 @@ async fn main() -> anyhow::Result<()> {
         Command::Smoke => {
             run_catch_up(&mut report, &catchup::Config::smoke()).await?;
             run_send(&mut report, &send::Config::smoke()).await?;
+            let f = devices::run(&devices::Config::smoke()).await?;
+            report.extend(devices::report(&f));
+            devices::check_structure(&f)?;
             let config = storm::Config::smoke();
             let f = storm::run(&config).await?;
             report.extend(storm::report(&f, config.pending_per_client));
@@ -143,6 +151,12 @@ async fn run_catch_up(report: &mut Report, config: &catchup::Config) -> anyhow::
 async fn run_send(report: &mut Report, config: &send::Config) -> anyhow::Result<()> {
     let f = send::run(config).await?;
     report.extend(send::report(&f));
+    Ok(())
+}
+
+async fn run_devices(report: &mut Report, config: &devices::Config) -> anyhow::Result<()> {
+    let f = devices::run(config).await?;
+    report.extend(devices::report(&f));
     Ok(())
 }
 

@@ -18,6 +18,18 @@ pub fn median(samples: &[Duration]) -> Option<Duration> {
     percentile(samples, 50.0)
 }
 
+/// Median (nearest rank, the lower one for an even count), min and max of
+/// `values`; zeros for none. NaNs sort last.
+pub fn spread(values: &[f64]) -> (f64, f64, f64) {
+    if values.is_empty() {
+        return (0.0, 0.0, 0.0);
+    }
+    let mut sorted = values.to_vec();
+    sorted.sort_by(|a, b| a.total_cmp(b));
+    let mid = sorted[(sorted.len() - 1) / 2];
+    (mid, sorted[0], sorted[sorted.len() - 1])
+}
+
 /// Milliseconds with two decimals, for tables.
 pub fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
@@ -40,5 +52,7 @@ mod tests {
         assert_eq!(percentile(&s, 0.0), Some(d(1)));
         assert_eq!(median(&[d(3), d(1), d(2)]), Some(d(2)));
         assert_eq!(median(&[]), None);
+        assert_eq!(spread(&[3.0, 1.0, 2.0, 4.0]), (2.0, 1.0, 4.0));
+        assert_eq!(spread(&[]), (0.0, 0.0, 0.0));
     }
 }

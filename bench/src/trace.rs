@@ -15,14 +15,14 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use courier_core::app::Ports;
 use courier_core::domain::{
-    ClientMsgId, Connection, ConnectionId, Conversation, ConversationId, Device, Message,
-    PendingDelivery, Platform, Seq, UserId,
+    ClientMsgId, Connection, ConnectionId, Conversation, ConversationId, Device, DeviceId,
+    LinkedDevice, Message, Millis, PendingDelivery, Platform, Seq, UserId,
 };
 use courier_core::ports::{
     AckOutcome, AppendOutcome, CatchUpRequest, CatchUpTrigger, ConnectionInfo, ConnectionRegistry,
-    ConversationStore, DeviceStore, Gateway, MessageStore, NewMessage, Notifier, PendingStore,
-    PostError, PushError, PushMessage, RateDecision, RateLimiter, RegistryError, StoreError,
-    TriggerError,
+    ConversationStore, DeviceStore, Gateway, LinkOutcome, LinkStore, MessageStore, NewMessage,
+    Notifier, PendingStore, PostError, PushError, PushMessage, RateDecision, RateLimiter,
+    Registered, RegistryError, StoreError, TriggerError,
 };
 
 /// One port call.
@@ -114,6 +114,7 @@ pub fn traced_delayed(ports: Ports, tape: &Arc<Tape>, delay: Duration) -> Ports 
         conversations: w().around(ports.conversations),
         pending: w().around(ports.pending),
         devices: w().around(ports.devices),
+        links: w().around(ports.links),
         gateway: w().around(ports.gateway),
         trigger: w().around(ports.trigger),
         notifier: w().around(ports.notifier),
@@ -190,14 +191,23 @@ pub fn fold(chain: &[&'static str]) -> String {
 
 #[async_trait]
 impl ConnectionRegistry for Traced<dyn ConnectionRegistry> {
-    async fn register(&self, user: &UserId, connection: &Connection) -> Result<(), RegistryError> {
+    async fn register(
+        &self,
+        user: &UserId,
+        connection: &Connection,
+    ) -> Result<Registered, RegistryError> {
         on!(self, "redis SET", |p| p.register(user, connection))
     }
-    async fn lookup(&self, user: &UserId) -> Result<Option<Connection>, RegistryError> {
+    async fn lookup(&self, user: &UserId) -> Result<Vec<Connection>, RegistryError> {
         on!(self, "redis GET", |p| p.lookup(user))
     }
-    async fn remove_if(&self, user: &UserId, id: &ConnectionId) -> Result<bool, RegistryError> {
-        on!(self, "redis DEL-if", |p| p.remove_if(user, id))
+    async fn remove_if(
+        &self,
+        user: &UserId,
+        device: &DeviceId,
+        id: &ConnectionId,
+    ) -> Result<bool, RegistryError> {
+        on!(self, "redis DEL-if", |p| p.remove_if(user, device, id))
     }
 }
 
@@ -236,6 +246,41 @@ impl ConversationStore for Traced<dyn ConversationStore> {
     async fn get(&self, id: &ConversationId) -> Result<Option<Conversation>, StoreError> {
         on!(self, "ddb get conversation", |p| p.get(id))
     }
+    async fn list_for(
+        &self,
+        user: &UserId,
+        after: Option<&ConversationId>,
+        limit: usize,
+    ) -> Result<(Vec<Conversation>, Option<ConversationId>), StoreError> {
+        on!(self, "ddb list conversations", |p| p
+            .list_for(user, after, limit))
+    }
+}
+
+#[async_trait]
+impl LinkStore for Traced<dyn LinkStore> {
+    async fn touch(
+        &self,
+        user: &UserId,
+        device: &DeviceId,
+        now: Millis,
+        max: usize,
+        stale_before: Millis,
+    ) -> Result<LinkOutcome, StoreError> {
+        on!(self, "ddb link touch", |p| p.touch(
+            user,
+            device,
+            now,
+            max,
+            stale_before
+        ))
+    }
+    async fn list(&self, user: &UserId) -> Result<Vec<LinkedDevice>, StoreError> {
+        on!(self, "ddb link list", |p| p.list(user))
+    }
+    async fn unlink(&self, user: &UserId, device: &DeviceId) -> Result<bool, StoreError> {
+        on!(self, "ddb unlink", |p| p.unlink(user, device))
+    }
 }
 
 #[async_trait]
@@ -265,23 +310,35 @@ impl PendingStore for Traced<dyn PendingStore> {
     async fn ack(
         &self,
         user: &UserId,
+        device: &DeviceId,
         conversation: &ConversationId,
         seq: Seq,
+        linked: &[DeviceId],
     ) -> Result<AckOutcome, StoreError> {
-        on!(self, "ddb pending ack", |p| p.ack(user, conversation, seq))
+        on!(self, "ddb pending ack", |p| p.ack(
+            user,
+            device,
+            conversation,
+            seq,
+            linked
+        ))
     }
     async fn settle_posted(
         &self,
         user: &UserId,
+        device: &DeviceId,
         conversation: &ConversationId,
         from: Seq,
         through: Seq,
+        linked: &[DeviceId],
     ) -> Result<AckOutcome, StoreError> {
         on!(self, "ddb pending settle", |p| p.settle_posted(
             user,
+            device,
             conversation,
             from,
-            through
+            through,
+            linked
         ))
     }
 }

@@ -283,6 +283,9 @@ mod tests {
             user_id: courier_core::domain::UserId::parse("bob").unwrap(),
             connection_id: courier_core::domain::ConnectionId::parse("abc=").unwrap(),
             connected_at: Some(5),
+            device_id: Default::default(),
+            open_conversation: None,
+            device_limit: None,
         };
         trigger.trigger(&req).await.unwrap();
         let (payload, deadline) = rx.recv().await.unwrap();

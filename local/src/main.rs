@@ -141,6 +141,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     auth.issuer = env.optional("JWT_ISSUER");
     auth.audience = env.optional("JWT_AUDIENCE");
+    auth.user_id_claim = AuthConfig::user_id_claim_from_env(&env)?;
     let mut gateway = GatewayConfig {
         idle_timeout: Duration::from_secs(args.idle_timeout_secs),
         max_connection_duration: Duration::from_secs(args.max_connection_secs),

@@ -149,7 +149,14 @@ pub fn courier_routes(app: App, auth: Arc<authorizer::AuthorizerState>) -> Route
             f::CONVERSATIONS,
             ws!(conversations::handle),
         )
+        .route(
+            "listConversations",
+            f::CONVERSATIONS,
+            ws!(conversations::handle),
+        )
         .route("registerDevice", f::DEVICES, ws!(devices::handle))
+        .route("listDevices", f::DEVICES, ws!(devices::handle))
+        .route("unlinkDevice", f::DEVICES, ws!(devices::handle))
         .route(DEFAULT, f::DEFAULT, ws!(default::handle))
         .route("ping", f::DEFAULT, ws!(default::handle))
         .function(f::CATCH_UP, move |e: LambdaEvent<Value>| {

@@ -120,6 +120,8 @@ impl Env {
             .lookup(&self.user(who))
             .await
             .unwrap()
+            .into_iter()
+            .next()
             .map(|c| c.connection_id)
     }
 
