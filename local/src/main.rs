@@ -45,6 +45,10 @@ struct ServeArgs {
     /// Redis for the connection registry (in memory without).
     #[arg(long, env = "REDIS_URL")]
     redis_url: Option<String>,
+    /// REDIS_URL is a node of a Redis Cluster (ElastiCache Serverless, a
+    /// cluster-mode-enabled cache): use the cluster client.
+    #[arg(long, env = "REDIS_CLUSTER")]
+    redis_cluster: bool,
     /// DynamoDB endpoint (moto, DynamoDB Local) for the stores (in memory without).
     #[arg(long, env = "DYNAMODB_ENDPOINT")]
     dynamodb_endpoint: Option<String>,
@@ -151,6 +155,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let options = LocalOptions {
         gateway,
         redis_url: args.redis_url.clone(),
+        redis_cluster: args.redis_cluster,
         dynamodb_endpoint: args.dynamodb_endpoint.clone(),
         tables: TableNames::with_prefix(&args.tables.table_prefix),
         auth,
@@ -184,7 +189,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     println!(
         "  backends:    stores {}, registry {}",
         args.dynamodb_endpoint.as_deref().unwrap_or("in memory"),
-        if args.redis_url.is_some() {
+        if args.redis_url.is_some() && args.redis_cluster {
+            "redis cluster"
+        } else if args.redis_url.is_some() {
             "redis"
         } else {
             "in memory"

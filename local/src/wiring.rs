@@ -8,7 +8,8 @@
 //!
 //! - stores: in memory by default, DynamoDB (`--dynamodb-endpoint`, tables
 //!   created if missing) otherwise;
-//! - registry: in memory by default, Redis (`--redis-url`) otherwise;
+//! - registry: in memory by default, Redis (`--redis-url`, a cluster with
+//!   `--redis-cluster`) otherwise;
 //! - gateway and catch-up trigger: **in process** by default
 //!   ([`crate::connections::LocalGateway`], [`crate::invoke::LocalTrigger`]):
 //!   posts go straight to the sockets and catch-up runs as an `Event`
@@ -173,6 +174,10 @@ pub struct LocalOptions {
     pub gateway: GatewayConfig,
     /// Redis for the registry; in memory without.
     pub redis_url: Option<String>,
+    /// `redis_url` seeds a Redis Cluster client (`REDIS_CLUSTER`, as the
+    /// template's ElastiCache Serverless cache needs) instead of a
+    /// single-node one.
+    pub redis_cluster: bool,
     /// DynamoDB (moto, DynamoDB Local) for the stores; in memory without.
     pub dynamodb_endpoint: Option<String>,
     pub tables: TableNames,
@@ -192,6 +197,7 @@ impl Default for LocalOptions {
         Self {
             gateway: GatewayConfig::default(),
             redis_url: None,
+            redis_cluster: false,
             dynamodb_endpoint: None,
             tables: TableNames::with_prefix(LOCAL_TABLE_PREFIX),
             auth: AuthConfig::hs256(LOCAL_JWT_SECRET),
@@ -286,9 +292,14 @@ pub async fn start_with(
         },
     );
 
-    let registry: Arc<dyn ConnectionRegistry> = match &options.redis_url {
-        Some(url) => {
-            let r = RedisRegistry::new(RegistryConfig::new(url.clone()))
+    let redis = options.redis_url.as_ref().map(|url| {
+        let mut config = RegistryConfig::new(url.clone());
+        config.cluster = options.redis_cluster;
+        config
+    });
+    let registry: Arc<dyn ConnectionRegistry> = match &redis {
+        Some(config) => {
+            let r = RedisRegistry::new(config.clone())
                 .map_err(|e| anyhow::anyhow!("REDIS_URL: {}", e.0))?;
             tracing::info!("registry: redis");
             Arc::new(r)
@@ -326,10 +337,10 @@ pub async fn start_with(
         .with_trigger(trigger)
         .with_notifier(Arc::new(pushes.clone()));
     let pending = ports.pending.clone();
-    let limiter: Arc<dyn RateLimiter> = match (&options.redis_url, options.rate_limit) {
+    let limiter: Arc<dyn RateLimiter> = match (&redis, options.rate_limit) {
         (_, limits) if !limits.enabled() => Arc::new(Unlimited),
-        (Some(url), limits) => Arc::new(
-            RedisRateLimiter::new(&RegistryConfig::new(url.clone()), limits)
+        (Some(config), limits) => Arc::new(
+            RedisRateLimiter::new(config, limits)
                 .map_err(|e| anyhow::anyhow!("REDIS_URL: {}", e.0))?,
         ),
         (None, limits) => Arc::new(MemoryRateLimiter::new(limits)),

@@ -2,10 +2,12 @@
 //! (`courier-client`, and raw tungstenite where a device must not ack or
 //! must not reconnect) through the local gateway running the real handlers.
 //!
-//! Every scenario runs on the embedded default (everything in memory) and
-//! on real services (Redis for the registry, moto's DynamoDB for the
-//! stores, fresh tables per test; Redis is shared by the tests of a run, so
-//! each test's users get a unique suffix). The registry and pending rows are
+//! Every scenario runs on the embedded default (everything in memory), on
+//! real services (Redis for the registry, moto's DynamoDB for the stores,
+//! fresh tables per test; Redis is shared by the tests of a run, so each
+//! test's users get a unique suffix), and with the registry on a
+//! three-master Redis Cluster through the cluster client, as deployed
+//! (`REDIS_CLUSTER=true` in template.yaml). The registry and pending rows are
 //! read through the gateway's `/_local/registry` and `/_local/pending`
 //! inspection endpoints.
 //!
@@ -46,6 +48,9 @@ const DAY_MS: Millis = 86_400_000;
 enum Backend {
     Embedded,
     RedisAndDynamo,
+    /// A three-master Redis Cluster and moto: the deployed shape
+    /// (ElastiCache Serverless is cluster-mode only).
+    ClusterAndDynamo,
 }
 
 struct Env {
@@ -65,8 +70,17 @@ async fn start(backend: Backend) -> Env {
 async fn start_with(backend: Backend, tweak: impl FnOnce(&mut LocalOptions)) -> Env {
     courier_tests::init_test_logging();
     let mut options = LocalOptions::default();
-    if let Backend::RedisAndDynamo = backend {
-        options.redis_url = Some(courier_tests::redis_url().await);
+    match backend {
+        Backend::Embedded => {}
+        Backend::RedisAndDynamo => {
+            options.redis_url = Some(courier_tests::redis_url().await);
+        }
+        Backend::ClusterAndDynamo => {
+            options.redis_url = Some(courier_tests::redis_cluster_url().await);
+            options.redis_cluster = true;
+        }
+    }
+    if !matches!(backend, Backend::Embedded) {
         options.dynamodb_endpoint = Some(courier_tests::dynamodb_endpoint().await);
         options.tables = courier_tests::fresh_tables().await;
     }
@@ -260,7 +274,7 @@ async fn next_frame(ws: &mut Raw) -> Option<ServerFrame> {
     }
 }
 
-macro_rules! on_both_backends {
+macro_rules! on_every_backend {
     ($($scenario:ident),* $(,)?) => {$(
         mod $scenario {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -271,11 +285,15 @@ macro_rules! on_both_backends {
             async fn redis_and_dynamodb() {
                 super::$scenario(super::Backend::RedisAndDynamo).await
             }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn redis_cluster_and_dynamodb() {
+                super::$scenario(super::Backend::ClusterAndDynamo).await
+            }
         }
     )*};
 }
 
-on_both_backends!(
+on_every_backend!(
     every_online_device_gets_live_messages,
     one_devices_ack_leaves_the_others_share_for_its_catch_up,
     the_senders_other_device_gets_what_it_sent_live_and_at_catch_up,

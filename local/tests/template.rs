@@ -239,6 +239,13 @@ fn check_timeouts(t: &Template, local: &Routes) -> Vec<String> {
     problems
 }
 
+/// How the deployed functions reach their services, not how they behave:
+/// the local gateway takes these from its own flags (`--redis-url`,
+/// `--redis-cluster`), since a developer's Redis is rarely the deployed
+/// cache's kind. The template's `REDIS_CLUSTER: "true"` (ElastiCache
+/// Serverless) is covered by the local e2e tests' cluster backend instead.
+const CONNECTION_ENV: &[&str] = &["REDIS_CLUSTER"];
+
 /// Environment values the template gives that the local defaults do not.
 fn check_env(t: &Template, local_env: &[(&str, &str)], local: &LocalOptions) -> Vec<String> {
     let mut problems = Vec::new();
@@ -246,6 +253,9 @@ fn check_env(t: &Template, local_env: &[(&str, &str)], local: &LocalOptions) -> 
     let mut template_env: BTreeMap<String, String> = BTreeMap::new();
     for (name, id) in t.functions() {
         for (k, (v, literal)) in t.known_env(id) {
+            if CONNECTION_ENV.contains(&k.as_str()) {
+                continue;
+            }
             match local_env.get(k.as_str()) {
                 Some(l) if *l != v => problems.push(format!(
                     "{k}: {v:?} in template.yaml ({name}), {l:?} in TEMPLATE_ENV"
