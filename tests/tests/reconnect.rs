@@ -143,6 +143,10 @@ async fn append(
         match app.ports.messages.append(&new).await.unwrap() {
             AppendOutcome::Stored => return seq,
             AppendOutcome::SeqConflict => continue,
+            // This very attempt landed, but its answer was lost and the
+            // SDK's retry found the message (moto under the full suite's
+            // load): as the send path does, take the stored message.
+            AppendOutcome::Duplicate(stored) => return stored.seq,
             other => panic!("append refused: {other:?}"),
         }
     }
