@@ -16,9 +16,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use aws_sdk_dynamodb::types::AttributeValue;
 use courier_aws::dynamo::DynamoStore;
 use courier_aws::redis::RedisRegistry;
-use courier_core::adapters::memory::{MemoryGateway, MemoryNotifier, MemoryTrigger};
+use courier_core::adapters::memory::{MemoryGateway, MemoryNotifier, MemoryStore, MemoryTrigger};
 use courier_core::app::{App, Ports, Settings};
 use courier_core::config::{PendingClear, RegistryConfig};
 use courier_core::domain::{
@@ -42,6 +43,40 @@ struct Fixture {
     app: App,
     gateway: MemoryGateway,
     trigger: MemoryTrigger,
+    expire: Expire,
+}
+
+/// How a scenario plays DynamoDB's TTL under `MESSAGE_RETENTION_DAYS`.
+enum Expire {
+    Memory(MemoryStore),
+    Dynamo(aws_sdk_dynamodb::Client, String),
+}
+
+impl Fixture {
+    /// Deletes `conversation`'s messages through `through`, as the TTL does
+    /// (oldest first).
+    async fn expire_through(&self, conversation: &ConversationId, through: u64) {
+        match &self.expire {
+            Expire::Memory(store) => {
+                store.expire_through(conversation, Seq(through));
+            }
+            Expire::Dynamo(client, table) => {
+                for seq in 1..=through {
+                    client
+                        .delete_item()
+                        .table_name(table)
+                        .key(
+                            "conversation_id",
+                            AttributeValue::S(conversation.to_string()),
+                        )
+                        .key("seq", AttributeValue::N(seq.to_string()))
+                        .send()
+                        .await
+                        .unwrap();
+                }
+            }
+        }
+    }
 }
 
 fn settings(mode: PendingClear) -> Settings {
@@ -56,33 +91,34 @@ async fn fixture(backend: Backend, settings: Settings) -> Fixture {
     let gateway = MemoryGateway::new();
     let trigger = MemoryTrigger::new();
     let notifier = MemoryNotifier::new();
-    let ports = match backend {
+    let (ports, expire) = match backend {
         Backend::Memory => {
-            let (mut ports, _) = Ports::in_memory();
+            let (mut ports, handles) = Ports::in_memory();
             ports.gateway = Arc::new(gateway.clone());
             ports.trigger = Arc::new(trigger.clone());
-            ports
+            (ports, Expire::Memory(handles.store))
         }
         Backend::Real => {
             let tables = courier_tests::fresh_tables().await;
-            let store = Arc::new(DynamoStore::new(
-                courier_tests::dynamo_client().await,
-                tables,
-            ));
+            let client = courier_tests::dynamo_client().await;
+            let expire = Expire::Dynamo(client.clone(), tables.messages.clone());
+            let store = Arc::new(DynamoStore::new(client, tables));
             let registry =
                 RedisRegistry::new(RegistryConfig::new(courier_tests::redis_url().await)).unwrap();
-            Ports::unwired()
+            let ports = Ports::unwired()
                 .with_store(store)
                 .with_registry(Arc::new(registry))
                 .with_gateway(Arc::new(gateway.clone()))
                 .with_trigger(Arc::new(trigger.clone()))
-                .with_notifier(Arc::new(notifier))
+                .with_notifier(Arc::new(notifier));
+            (ports, expire)
         }
     };
     Fixture {
         app: App::new(ports, settings),
         gateway,
         trigger,
+        expire,
     }
 }
 
@@ -181,6 +217,25 @@ async fn seed_story(app: &App) -> Story {
         append(app, &def, &carol, body, &[&bob]).await;
     }
     Story { bob, abc, def }
+}
+
+/// Bob acks the story's last seqs: 44 in abc, 19 in def.
+async fn ack_story(app: &App, s: &Story) -> ack::AckReport {
+    let acks = [
+        AckItem {
+            conversation_id: s.abc.clone(),
+            seq: Seq(44),
+        },
+        AckItem {
+            conversation_id: s.def.clone(),
+            seq: Seq(19),
+        },
+    ];
+    ack::ack(app, &s.bob, &Default::default(), &acks)
+        .await
+        .unwrap()
+        .done()
+        .unwrap()
 }
 
 fn conn(id: &str, connected_at: i64) -> Connection {
@@ -287,21 +342,7 @@ async fn story_delivers_everything_in_order(backend: Backend, mode: PendingClear
                 2,
                 "ack mode keeps rows until acked"
             );
-            let acks = [
-                AckItem {
-                    conversation_id: s.abc.clone(),
-                    seq: Seq(44),
-                },
-                AckItem {
-                    conversation_id: s.def.clone(),
-                    seq: Seq(19),
-                },
-            ];
-            let r = ack::ack(&f.app, &s.bob, &Default::default(), &acks)
-                .await
-                .unwrap()
-                .done()
-                .unwrap();
+            let r = ack_story(&f.app, &s).await;
             assert!(r.refused.is_empty());
             assert!(r.outcomes.iter().all(|(_, o)| *o == AckOutcome::Cleared));
             assert!(rows(&f.app, &s.bob).await.is_empty());
@@ -313,6 +354,79 @@ async fn story_delivers_everything_in_order(backend: Backend, mode: PendingClear
             );
         }
     }
+}
+
+/// Retention deleted abc's seqs 1–42 while bob was away (his row says 42):
+/// catch-up tells him history starts at 43, before abc's messages; his ack
+/// of 44 clears the row, and a range sync from the start says the same.
+async fn retention_says_where_history_starts(backend: Backend, mode: PendingClear) {
+    let f = fixture(backend, settings(mode)).await;
+    let s = seed_story(&f.app).await;
+    f.expire_through(&s.abc, 42).await;
+    let c = conn("bob-conn", now_millis());
+    f.gateway.open(&c.connection_id);
+    let report = catch_up::catch_up(&f.app, &request(&s.bob, &c), None, None)
+        .await
+        .unwrap();
+    assert_eq!((report.ending, report.messages), (Ending::CaughtUp, 5));
+    let frames = parse(&f.gateway.frames(&c.connection_id));
+    let abc: Vec<&ServerFrame> = frames
+        .iter()
+        .filter(|f| {
+            matches!(f, ServerFrame::HistoryStarts { conversation_id, .. }
+                | ServerFrame::Messages { conversation_id, .. } if conversation_id == &s.abc)
+        })
+        .collect();
+    assert_eq!(
+        abc[0],
+        &ServerFrame::HistoryStarts {
+            conversation_id: s.abc.clone(),
+            first_available_seq: Seq(43),
+            request_id: None,
+        }
+    );
+    let by_conv = seqs_by_conversation(&frames);
+    assert_eq!(by_conv[&s.abc], vec![43, 44]);
+    assert_eq!(by_conv[&s.def], vec![17, 18, 19]);
+    let told = frames
+        .iter()
+        .filter(|f| matches!(f, ServerFrame::HistoryStarts { .. }))
+        .count();
+    assert_eq!(told, 1, "def lost nothing: {frames:?}");
+    if mode == PendingClear::Ack {
+        ack_story(&f.app, &s).await;
+    }
+    assert!(rows(&f.app, &s.bob).await.is_empty());
+
+    let before = f.gateway.frames(&c.connection_id).len();
+    catch_up::sync_range(
+        &f.app,
+        &s.bob,
+        &c,
+        &s.abc,
+        Seq::ZERO,
+        None,
+        Some("r1".into()),
+    )
+    .await
+    .unwrap();
+    let frames = parse(&f.gateway.frames(&c.connection_id)[before..]);
+    assert_eq!(
+        frames[0],
+        ServerFrame::HistoryStarts {
+            conversation_id: s.abc.clone(),
+            first_available_seq: Seq(43),
+            request_id: Some("r1".into()),
+        }
+    );
+    assert_eq!(seqs_by_conversation(&frames)[&s.abc], vec![43, 44]);
+    assert!(matches!(
+        frames.last().unwrap(),
+        ServerFrame::Synced {
+            through_seq: Seq(44),
+            ..
+        }
+    ));
 }
 
 /// A pending store that lets a send land right after catch-up read the rows:
@@ -915,4 +1029,5 @@ matrix! {
     two_catch_ups_at_once { ack_mode: [memory, real], post_mode: [real] };
     large_backlog_is_paged_capped_and_complete [memory, real];
     deadline_turns_remaining_work_into_more_frames [memory, real];
+    retention_says_where_history_starts { ack_mode: [memory, real], post_mode: [memory, real] };
 }

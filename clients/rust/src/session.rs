@@ -507,24 +507,35 @@ impl Session {
                     // there. Repeat it.
                     redelivered.then(|| timeline.contiguous_through())
                 });
-                if let Some(seq) = due.filter(|s| s.get() > 0) {
-                    timeline.mark_acked(seq);
-                    out.push(
-                        json!({"action": "ack", "acks": [{"conversation_id": conversation_id, "seq": seq}]})
-                            .to_string(),
-                    );
-                }
-                if !timeline.has_hole() {
-                    self.syncs_in_flight.remove(&conversation_id);
+                self.settle_timeline(&conversation_id, due, &mut out);
+            }
+            ServerFrame::HistoryStarts {
+                conversation_id,
+                first_available_seq,
+                ..
+            } => {
+                // Retention deleted what lies below: count it as held, so
+                // the prefix closes and the ack moves on (without this, a
+                // hole below the first kept message never fills).
+                let timeline = self.timelines.entry(conversation_id.clone()).or_default();
+                if timeline.history_starts(first_available_seq, now) {
+                    let due = timeline.ack_due();
+                    self.settle_timeline(&conversation_id, due, &mut out);
                 }
             }
             ServerFrame::More {
-                conversation_id, ..
+                conversation_id,
+                next_seq,
+                ..
             } => {
-                // Pull the rest now: the cap cut this conversation short. An
+                // Pull the rest now, from where the server stopped: the cap
+                // cut this conversation short. Not from the contiguous end
+                // (a hole below is the hole fill's to ask for, and asking
+                // from below it again would get the same page back). An
                 // answer, so the repeats of the last sync start over.
                 self.syncs_in_flight.remove(&conversation_id);
-                out.push(self.range_sync(&conversation_id, now));
+                let after = Seq(next_seq.get().saturating_sub(1));
+                out.push(self.range_sync_after(&conversation_id, after, now));
             }
             ServerFrame::Synced {
                 conversation_id, ..
@@ -702,7 +713,41 @@ impl Session {
         self.events.push(Event::ServerError { code, message });
     }
 
+    /// After `conversation`'s timeline grew: acks `due` (its contiguous
+    /// end), and a range sync in flight is answered once no hole is left.
+    fn settle_timeline(
+        &mut self,
+        conversation: &ConversationId,
+        due: Option<Seq>,
+        out: &mut Vec<String>,
+    ) {
+        let Some(timeline) = self.timelines.get_mut(conversation) else {
+            return;
+        };
+        if let Some(seq) = due.filter(|s| s.get() > 0) {
+            timeline.mark_acked(seq);
+            out.push(
+                json!({"action": "ack", "acks": [{"conversation_id": conversation, "seq": seq}]})
+                    .to_string(),
+            );
+        }
+        if !timeline.has_hole() {
+            self.syncs_in_flight.remove(conversation);
+        }
+    }
+
     fn range_sync(&mut self, conversation: &ConversationId, now: Instant) -> String {
+        self.range_sync_after(conversation, Seq::ZERO, now)
+    }
+
+    /// A range sync from the contiguous end, or from `floor` when that is
+    /// further on.
+    fn range_sync_after(
+        &mut self,
+        conversation: &ConversationId,
+        floor: Seq,
+        now: Instant,
+    ) -> String {
         let attempts = self
             .syncs_in_flight
             .get(conversation)
@@ -714,7 +759,8 @@ impl Session {
         let after = self
             .timelines
             .get(conversation)
-            .map_or(Seq::ZERO, Timeline::contiguous_through);
+            .map_or(Seq::ZERO, Timeline::contiguous_through)
+            .max(floor);
         if let Some(t) = self.timelines.get_mut(conversation) {
             t.hole_requested(now);
         }
@@ -908,6 +954,63 @@ mod tests {
         ));
         assert_eq!(out[0]["action"], "sync");
         assert_eq!(out[0]["after_seq"], 3);
+    }
+
+    #[test]
+    fn history_starts_closes_the_hole_and_acks_once() {
+        let now = Instant::now();
+        let mut s = session();
+        s.on_open(now);
+        s.on_text(&messages("c1", &[1, 2]), now);
+        // Retention deleted 3..=4 while catch-up was on its way.
+        let told = r#"{"type":"history_starts","conversation_id":"c1","first_available_seq":5}"#;
+        let out = parsed(&s.on_text(told, now));
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0]["acks"][0]["seq"], 4, "held or gone through 4");
+        let out = parsed(&s.on_text(&messages("c1", &[5, 6]), now));
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0]["acks"][0]["seq"], 6);
+        // Again, or below: nothing to say.
+        assert!(s.on_text(told, now).is_empty());
+        // Told after the messages: the hole closes then, and the ack follows.
+        let mut s = session();
+        s.on_open(now);
+        s.on_text(&messages("c2", &[7, 8]), now);
+        let out = parsed(&s.on_text(
+            r#"{"type":"history_starts","conversation_id":"c2","first_available_seq":7}"#,
+            now,
+        ));
+        assert_eq!(out[0]["acks"][0]["seq"], 8);
+        assert!(s.timeline(&cid("c2")).unwrap().holes().is_empty());
+        let t = now + s.tuning.hole_grace * 4;
+        assert!(parsed(&s.on_tick(t)).iter().all(|f| f["action"] != "sync"));
+    }
+
+    /// The loop the retention issue names: seqs 1..=9 expired, the server
+    /// answers a sync from below them with a page and `more`. The client must
+    /// go on from `next_seq`, not ask for the same page again.
+    #[test]
+    fn more_continues_from_next_seq_past_a_hole_it_cannot_fill() {
+        let now = Instant::now();
+        let mut s = session();
+        s.on_open(now);
+        s.on_text(&messages("c1", &[10, 11]), now);
+        let out = parsed(&s.on_text(
+            r#"{"type":"more","conversation_id":"c1","next_seq":12}"#,
+            now,
+        ));
+        assert_eq!(out[0]["action"], "sync");
+        assert_eq!(out[0]["after_seq"], 11);
+        // A `more` behind what is contiguous never pulls from below it.
+        s.on_text(
+            r#"{"type":"history_starts","conversation_id":"c1","first_available_seq":10}"#,
+            now,
+        );
+        let out = parsed(&s.on_text(
+            r#"{"type":"more","conversation_id":"c1","next_seq":5}"#,
+            now,
+        ));
+        assert_eq!(out[0]["after_seq"], 11);
     }
 
     /// Times at which `on_tick`, called every 100 ms from `t0` for `span`,

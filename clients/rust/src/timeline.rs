@@ -54,6 +54,26 @@ impl Timeline {
             return Inserted::Duplicate;
         }
         self.messages.insert(seq, m);
+        self.extend_prefix(now);
+        Inserted::New
+    }
+
+    /// The server said history starts at `first` (retention deleted what
+    /// lies below): every seq below it counts as held, so the prefix can be
+    /// contiguous and acked again. Returns whether the prefix grew.
+    pub fn history_starts(&mut self, first: Seq, now: Instant) -> bool {
+        let below = first.get().saturating_sub(1);
+        if below <= self.contiguous {
+            return false;
+        }
+        self.contiguous = below;
+        self.extend_prefix(now);
+        true
+    }
+
+    /// Runs the contiguous prefix over what is held just past it, and
+    /// starts (or ends) the current hole's grace period.
+    fn extend_prefix(&mut self, now: Instant) {
         while self.messages.contains_key(&(self.contiguous + 1)) {
             self.contiguous += 1;
         }
@@ -62,7 +82,6 @@ impl Timeline {
         } else {
             self.hole_since = None;
         }
-        Inserted::New
     }
 
     /// Every seq up to this one is held.
@@ -231,6 +250,31 @@ mod tests {
         t.mark_acked(Seq(7));
         t.mark_acked(Seq(3));
         assert_eq!(t.acked(), Seq(7));
+    }
+
+    #[test]
+    fn history_start_closes_the_hole_below_it() {
+        let now = Instant::now();
+        let mut t = Timeline::new();
+        for s in [1, 2, 6, 7] {
+            t.insert(m(s), now);
+        }
+        assert_eq!(t.holes(), [(3, 5)]);
+        // Retention deleted 3..=5: the prefix runs through 7.
+        assert!(t.history_starts(Seq(6), now));
+        assert_eq!(t.contiguous_through(), Seq(7));
+        assert!(!t.has_hole());
+        assert_eq!(t.ack_due(), Some(Seq(7)));
+        // Below what is held already: nothing changes.
+        assert!(!t.history_starts(Seq(4), now));
+        assert_eq!(t.contiguous_through(), Seq(7));
+        // Nothing held yet: the prefix starts just below the first kept seq,
+        // and a later seq above it opens a hole as usual.
+        let mut fresh = Timeline::new();
+        assert!(fresh.history_starts(Seq(40), now));
+        assert_eq!(fresh.contiguous_through(), Seq(39));
+        fresh.insert(m(41), now);
+        assert_eq!(fresh.holes(), [(40, 40)]);
     }
 
     #[test]

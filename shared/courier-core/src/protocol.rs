@@ -521,6 +521,16 @@ pub enum ServerFrame {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         request_id: Option<String>,
     },
+    /// Retention deleted a conversation's seqs from where a read started up
+    /// to `first_available_seq - 1`: none of them will ever be delivered, so
+    /// the client counts every seq below it as held. Posted before the
+    /// conversation's `messages` frames of that read.
+    HistoryStarts {
+        conversation_id: ConversationId,
+        first_available_seq: Seq,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        request_id: Option<String>,
+    },
     CaughtUp {
         conversations: usize,
         messages: usize,

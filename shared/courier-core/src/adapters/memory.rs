@@ -74,6 +74,20 @@ impl MemoryStore {
         *lock(&self.messages_delay) = delay;
     }
 
+    /// What DynamoDB's TTL does under `MESSAGE_RETENTION_DAYS`: deletes the
+    /// messages of `conversation` through `through` (the oldest ones; a
+    /// conversation's messages expire in seq order). Returns how many went.
+    pub fn expire_through(&self, conversation: &ConversationId, through: Seq) -> usize {
+        let mut tables = lock(&self.tables);
+        let Some(messages) = tables.messages.get_mut(conversation) else {
+            return 0;
+        };
+        let kept = messages.split_off(&through.get().saturating_add(1));
+        let gone = messages.len();
+        *messages = kept;
+        gone
+    }
+
     async fn messages_delay(&self) {
         let delay = *lock(&self.messages_delay);
         if let Some(delay) = delay {

@@ -639,6 +639,7 @@ async fn deliver_conversation(
             return Ok(out.cut_off(&conversation, from));
         };
         let mut messages = messages?;
+        let history = history_starts(from, &messages, row.last_seq);
         let capped = messages.len() > want;
         // Cut short by a stale row, not by the cap: `post` mode settles what
         // it posted, finds the row grew and delivers the rest next round.
@@ -647,11 +648,14 @@ async fn deliver_conversation(
         let next_seq = (capped && !stale).then(|| messages[want].seq);
         messages.truncate(want);
 
-        let frames = pack_messages(
+        let mut frames = pack_messages(
             &conversation,
             &messages,
             app.settings.delivery.max_frame_bytes,
         );
+        if let Some(first) = history {
+            frames.insert(0, history_frame(&conversation, first, request_id.clone()));
+        }
         // Keep what was actually read; the rest of the worst case goes back.
         taken.keep(held_bytes(&messages, &frames));
         let Ok(posted) = within(
@@ -766,6 +770,32 @@ async fn deliver_conversation(
     Ok(out)
 }
 
+/// Where a conversation's history starts, when retention deleted the seqs
+/// from `from` on: the first message read is above `from`, or nothing was
+/// read although `known_last` (read before the range) is `from` or above.
+/// Nothing else leaves a hole in stored seqs: a seq is taken and its message
+/// stored in one transaction, and TTL deletes the oldest first.
+fn history_starts(from: Seq, read: &[Message], known_last: Seq) -> Option<Seq> {
+    match read.first() {
+        Some(first) => (first.seq > from).then_some(first.seq),
+        None => (known_last >= from).then(|| known_last.next()),
+    }
+}
+
+/// The `history_starts` frame posted ahead of a conversation's messages.
+fn history_frame(
+    conversation: &ConversationId,
+    first_available_seq: Seq,
+    request_id: Option<String>,
+) -> String {
+    ServerFrame::HistoryStarts {
+        conversation_id: conversation.clone(),
+        first_available_seq,
+        request_id,
+    }
+    .to_json()
+}
+
 /// Serves `{"action":"sync","conversation_id":…,"after_seq":…,"limit":…}`:
 /// posts messages after `after_seq` (at most `limit`), then `more` if the
 /// limit cut them short, else `synced`.
@@ -804,6 +834,7 @@ pub async fn sync_range(
         .messages
         .range(conversation, after_seq.next(), limit + 1)
         .await?;
+    let history = history_starts(after_seq.next(), &messages, conv.last_seq);
     let next_seq = (messages.len() > limit).then(|| messages[limit].seq);
     messages.truncate(limit);
     let mut frames = pack_messages(
@@ -811,9 +842,18 @@ pub async fn sync_range(
         &messages,
         app.settings.delivery.max_frame_bytes,
     );
-    let through = messages
-        .last()
-        .map_or(after_seq.min(conv.last_seq), |m| m.seq);
+    if let Some(first) = history {
+        frames.insert(0, history_frame(conversation, first, request_id.clone()));
+    }
+    // Everything through `through` was posted or is gone.
+    let through = messages.last().map_or_else(
+        || {
+            history.map_or(after_seq.min(conv.last_seq), |first| {
+                Seq(first.get().saturating_sub(1))
+            })
+        },
+        |m| m.seq,
+    );
     let last = match next_seq {
         Some(next_seq) => ServerFrame::More {
             conversation_id: conversation.clone(),
@@ -1536,6 +1576,125 @@ mod tests {
             );
             // Closed: a further post finds it gone.
             assert!(app.ports.gateway.post(&connection, b"x").await.is_err());
+        }
+
+        /// Retention deleted c000's seqs 1–3 of 6 (what DynamoDB's TTL does):
+        /// the device is told history starts at 4 before the messages, acks
+        /// 6, and the row goes once both devices have.
+        #[tokio::test]
+        async fn catch_up_says_where_history_starts_after_retention() {
+            let (app, h, ids) = world(1, 6).await;
+            assert_eq!(h.store.expire_through(&ids[0], Seq(3)), 3);
+            let (report, frames) = catch_up_for(&app, &h, "phone", None).await;
+            assert_eq!(report.messages, 3);
+            assert_eq!(frames[0]["type"], "history_starts");
+            assert_eq!(frames[0]["conversation_id"], ids[0].as_str());
+            assert_eq!(frames[0]["first_available_seq"], 4);
+            assert_eq!(frames[1]["type"], "messages");
+            let seqs: Vec<u64> = frames[1]["messages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m["seq"].as_u64().unwrap())
+                .collect();
+            assert_eq!(seqs, [4, 5, 6]);
+            for d in ["phone", "laptop"] {
+                let acks = [AckItem {
+                    conversation_id: ids[0].clone(),
+                    seq: Seq(6),
+                }];
+                ack::ack(&app, &id("bob"), &dev(d), &acks).await.unwrap();
+            }
+            let row = app.ports.pending.get(&id("bob"), &ids[0]).await.unwrap();
+            assert!(row.is_none(), "row left: {row:?}");
+        }
+
+        /// Everything pending expired: no messages frame, only where history
+        /// starts (past the row's last seq), so the client can ack it. In
+        /// `post` mode that post settles the device.
+        #[tokio::test]
+        async fn catch_up_of_an_expired_backlog_posts_only_where_history_starts() {
+            for mode in [PendingClear::Ack, PendingClear::Post] {
+                let (mut app, h, ids) = world(1, 4).await;
+                app.settings.delivery.pending_clear = mode;
+                h.store.expire_through(&ids[0], Seq(4));
+                let (report, frames) = catch_up_for(&app, &h, "phone", None).await;
+                assert_eq!(report.messages, 0, "{mode:?}");
+                let types: Vec<&str> = frames.iter().map(|f| f["type"].as_str().unwrap()).collect();
+                assert_eq!(types, ["history_starts", "caught_up"], "{mode:?}");
+                assert_eq!(frames[0]["first_available_seq"], 5, "{mode:?}");
+                let row = app.ports.pending.get(&id("bob"), &ids[0]).await.unwrap();
+                if mode == PendingClear::Post {
+                    let row = row.expect("the laptop still holds the row back");
+                    assert_eq!(row.held_by(&dev("phone")), Seq(4));
+                    assert_eq!(row.held_by(&dev("laptop")), Seq::ZERO);
+                }
+            }
+        }
+
+        /// A range sync from below where history starts: told first, with the
+        /// sync's request id; `synced` covers what is gone. From inside the
+        /// kept history: no `history_starts`.
+        #[tokio::test]
+        async fn range_sync_says_where_history_starts() {
+            let (app, h, ids) = world(1, 6).await;
+            h.store.expire_through(&ids[0], Seq(2));
+            let connection = Connection {
+                device_id: dev("phone"),
+                connection_id: ConnectionId::parse("conn-sync").unwrap(),
+                connected_at: None,
+            };
+            h.gateway.open(&connection.connection_id);
+            let sync = |after: u64, limit: Option<u32>, rid: &str| {
+                let (app, connection, c) = (&app, &connection, ids[0].clone());
+                let rid = rid.to_owned();
+                async move {
+                    sync_range(
+                        app,
+                        &id("bob"),
+                        connection,
+                        &c,
+                        Seq(after),
+                        limit,
+                        Some(rid),
+                    )
+                    .await
+                    .unwrap()
+                }
+            };
+            let frames = |from: usize| -> Vec<serde_json::Value> {
+                h.gateway.frames(&connection.connection_id)[from..]
+                    .iter()
+                    .map(|f| serde_json::from_str(f).unwrap())
+                    .collect()
+            };
+            sync(0, None, "r1").await;
+            let got = frames(0);
+            assert_eq!(got[0]["type"], "history_starts");
+            assert_eq!(got[0]["first_available_seq"], 3);
+            assert_eq!(got[0]["request_id"], "r1");
+            assert_eq!(got[1]["type"], "messages");
+            assert_eq!(got[2]["type"], "synced");
+            assert_eq!(got[2]["through_seq"], 6);
+            // Cut by the limit: told as well, then `more` past the page.
+            sync(1, Some(2), "r2").await;
+            let got = frames(3);
+            let types: Vec<&str> = got.iter().map(|f| f["type"].as_str().unwrap()).collect();
+            assert_eq!(types, ["history_starts", "messages", "more"]);
+            assert_eq!(got[2]["next_seq"], 5);
+            // Inside what is kept: nothing to say.
+            sync(3, None, "r3").await;
+            let got = frames(6);
+            let types: Vec<&str> = got.iter().map(|f| f["type"].as_str().unwrap()).collect();
+            assert_eq!(types, ["messages", "synced"]);
+            // All of it gone: where it starts, and `synced` through the end.
+            h.store.expire_through(&ids[0], Seq(6));
+            sync(2, None, "r4").await;
+            let got = frames(8);
+            let types: Vec<&str> = got.iter().map(|f| f["type"].as_str().unwrap()).collect();
+            assert_eq!(types, ["history_starts", "synced"]);
+            assert_eq!(got[0]["first_available_seq"], 7);
+            assert_eq!(got[1]["through_seq"], 6);
         }
     }
 }
