@@ -17,6 +17,14 @@
 //!   override each number. Sender `i` writes into conversation `i % C`, so
 //!   every conversation has several concurrent writers and the recipient.
 //!
+//! Each case runs twice: with the recipient's client filling holes and
+//! following `more` with range syncs, as shipped, and with a client that
+//! never sends a range sync (`Tuning::fill_gaps` off). The second proves the
+//! server alone: live posts and catch-ups must deliver every seq by
+//! themselves (after one last reconnect once the senders are done), so a
+//! lost pending row or a skipped message fails it instead of being papered
+//! over by the client's own pulls.
+//!
 //! Each run prints an `outcome:` line that RELIABILITY.md quotes.
 
 #![allow(clippy::unwrap_used)]
@@ -81,7 +89,14 @@ async fn start(backend: Backend) -> Started {
         .unwrap()
 }
 
-async fn client(started: &Started, user: &UserId) -> Client {
+/// Whether the recipient's client pulls what it misses with range syncs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum GapFill {
+    On,
+    Off,
+}
+
+async fn client(started: &Started, user: &UserId, gap_fill: GapFill) -> Client {
     let mut config = ClientConfig::new(
         started.gateway.ws_url(),
         user.clone(),
@@ -93,6 +108,7 @@ async fn client(started: &Started, user: &UserId) -> Client {
         hole_grace: Duration::from_millis(300),
         backoff_base: Duration::from_millis(20),
         backoff_max: Duration::from_millis(300),
+        fill_gaps: gap_fill == GapFill::On,
         ..Tuning::default()
     };
     config.request_timeout = Duration::from_secs(120);
@@ -102,7 +118,7 @@ async fn client(started: &Started, user: &UserId) -> Client {
 /// The two backends' runs take turns: each wants both cores.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-async fn senders_race_a_reconnecting_recipient(backend: Backend) {
+async fn senders_race_a_reconnecting_recipient(backend: Backend, gap_fill: GapFill) {
     let _turn = ONE_AT_A_TIME.lock().await;
     let started = start(backend).await;
     let size = sizes(backend);
@@ -112,10 +128,10 @@ async fn senders_race_a_reconnecting_recipient(backend: Backend) {
         .map(|i| UserId::parse(&format!("s{i}-{run}")).unwrap())
         .collect();
 
-    let bob = client(&started, &bob_id).await;
+    let bob = client(&started, &bob_id, gap_fill).await;
     let mut senders = Vec::new();
     for id in &sender_ids {
-        senders.push(client(&started, id).await);
+        senders.push(client(&started, id, GapFill::On).await);
     }
     // Conversation c: bob and every sender i with i % C == c, created by
     // its first sender.
@@ -177,7 +193,14 @@ async fn senders_race_a_reconnecting_recipient(backend: Backend) {
     }
     let send_time = started_at.elapsed();
     flapping.0.store(true, std::sync::atomic::Ordering::SeqCst);
-    let reconnects = flapping.1.await.unwrap();
+    let mut reconnects = flapping.1.await.unwrap();
+    if gap_fill == GapFill::Off {
+        // Nobody pulls a hole a dropped live post left: the catch-up of
+        // the next connection must deliver it, from what the server kept.
+        bob.go_offline().await;
+        bob.go_online().await.unwrap();
+        reconnects += 1;
+    }
 
     // Expected: conversation c holds (#its senders × messages) seqs.
     let expected: BTreeMap<ConversationId, u64> = conversations
@@ -233,10 +256,11 @@ async fn senders_race_a_reconnecting_recipient(backend: Backend) {
     }
     let sent = size.senders * size.messages;
     let duplicates = bob.inspect(|s| s.duplicates());
+    let range_syncs = bob.inspect(|s| s.range_syncs());
     eprintln!(
-        "outcome: race {backend:?}: senders={} messages_per_sender={} conversations={} \
-         sent={sent} delivered={delivered} lost={} duplicated={duplicates} \
-         recipient_reconnects={reconnects} send_phase_s={:.1}",
+        "outcome: race {backend:?} gap_fill={gap_fill:?}: senders={} messages_per_sender={} \
+         conversations={} sent={sent} delivered={delivered} lost={} duplicated={duplicates} \
+         recipient_reconnects={reconnects} range_syncs={range_syncs} send_phase_s={:.1}",
         size.senders,
         size.messages,
         size.conversations,
@@ -249,6 +273,9 @@ async fn senders_race_a_reconnecting_recipient(backend: Backend) {
     );
     assert!(wrong.is_empty(), "{:?}", &wrong[..wrong.len().min(10)]);
     assert_eq!(delivered, sent);
+    if gap_fill == GapFill::Off {
+        assert_eq!(range_syncs, 0, "the server alone delivered it");
+    }
 
     // Nothing stays pending once bob's acks land.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -268,10 +295,20 @@ async fn senders_race_a_reconnecting_recipient(backend: Backend) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn senders_race_a_reconnecting_recipient_embedded() {
-    senders_race_a_reconnecting_recipient(Backend::Embedded).await;
+    senders_race_a_reconnecting_recipient(Backend::Embedded, GapFill::On).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn senders_race_a_reconnecting_recipient_on_redis_and_dynamodb() {
-    senders_race_a_reconnecting_recipient(Backend::RedisAndDynamo).await;
+    senders_race_a_reconnecting_recipient(Backend::RedisAndDynamo, GapFill::On).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn senders_race_a_recipient_that_never_fills_gaps_embedded() {
+    senders_race_a_reconnecting_recipient(Backend::Embedded, GapFill::Off).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn senders_race_a_recipient_that_never_fills_gaps_on_redis_and_dynamodb() {
+    senders_race_a_reconnecting_recipient(Backend::RedisAndDynamo, GapFill::Off).await;
 }

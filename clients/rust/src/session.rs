@@ -70,6 +70,10 @@ pub struct Tuning {
     /// frame over 32 KB). A larger send fails at once with
     /// [`RequestError::FrameTooLarge`].
     pub max_frame_bytes: usize,
+    /// Ask for holes and follow `more` with range syncs. Off only to test
+    /// the server alone (the race suite's variant): what live posts and
+    /// catch-ups deliver by themselves, with no client pulling the rest.
+    pub fill_gaps: bool,
 }
 
 /// API Gateway's limit on a client frame (docs/protocol.md, size limits).
@@ -92,6 +96,7 @@ impl Default for Tuning {
             backoff_max: Duration::from_secs(10),
             retry_max: Duration::from_secs(60),
             max_frame_bytes: MAX_FRAME_BYTES,
+            fill_gaps: true,
         }
     }
 }
@@ -215,6 +220,8 @@ pub struct Session {
     caught_up_deadline: Option<Instant>,
     /// Full syncs sent since the last `caught_up` for want of one.
     full_syncs: u32,
+    /// Range syncs sent so far (hole fills, `more` follow-ups, repeats).
+    range_syncs: u64,
     caught_up: u64,
     /// `pong` frames received: heartbeats the server answered.
     pongs: u64,
@@ -239,6 +246,7 @@ impl Session {
             syncs_in_flight: HashMap::new(),
             caught_up_deadline: None,
             full_syncs: 0,
+            range_syncs: 0,
             caught_up: 0,
             pongs: 0,
             opens: 0,
@@ -302,6 +310,11 @@ impl Session {
         self.receipts
             .get(&(conversation.clone(), user.clone()))
             .copied()
+    }
+
+    /// Range syncs sent so far: none while [`Tuning::fill_gaps`] is off.
+    pub fn range_syncs(&self) -> u64 {
+        self.range_syncs
     }
 
     pub fn duplicates(&self) -> u64 {
@@ -534,8 +547,10 @@ impl Session {
                 // from below it again would get the same page back). An
                 // answer, so the repeats of the last sync start over.
                 self.syncs_in_flight.remove(&conversation_id);
-                let after = Seq(next_seq.get().saturating_sub(1));
-                out.push(self.range_sync_after(&conversation_id, after, now));
+                if self.tuning.fill_gaps {
+                    let after = Seq(next_seq.get().saturating_sub(1));
+                    out.push(self.range_sync_after(&conversation_id, after, now));
+                }
             }
             ServerFrame::Synced {
                 conversation_id, ..
@@ -748,6 +763,7 @@ impl Session {
         floor: Seq,
         now: Instant,
     ) -> String {
+        self.range_syncs = self.range_syncs.saturating_add(1);
         let attempts = self
             .syncs_in_flight
             .get(conversation)
@@ -799,7 +815,8 @@ impl Session {
             .timelines
             .iter()
             .filter(|(c, t)| {
-                t.hole_older_than(self.tuning.hole_grace, now)
+                self.tuning.fill_gaps
+                    && t.hole_older_than(self.tuning.hole_grace, now)
                     && self
                         .syncs_in_flight
                         .get(*c)
@@ -1011,6 +1028,33 @@ mod tests {
             now,
         ));
         assert_eq!(out[0]["after_seq"], 11);
+    }
+
+    #[test]
+    fn without_gap_fill_no_range_sync_is_ever_sent() {
+        let t0 = Instant::now();
+        let mut s = Session::new(
+            UserId::parse("bob").unwrap(),
+            Tuning {
+                fill_gaps: false,
+                ..Tuning::default()
+            },
+        );
+        s.on_open(t0);
+        s.on_text(&messages("c1", &[1, 5]), t0);
+        let more = r#"{"type":"more","conversation_id":"c1","next_seq":6}"#;
+        assert!(s.on_text(more, t0).iter().all(|f| !f.contains("after_seq")));
+        let at = sent_at(&mut s, t0, Duration::from_secs(30), |f| {
+            f["action"] == "sync" && f.get("after_seq").is_some()
+        });
+        assert!(at.is_empty(), "range syncs at {at:?}");
+        assert_eq!(s.range_syncs(), 0);
+        // The same with gap fills on: the hole is asked for.
+        let mut s = session();
+        s.on_open(t0);
+        s.on_text(&messages("c1", &[1, 5]), t0);
+        assert!(!s.on_text(more, t0).is_empty());
+        assert_eq!(s.range_syncs(), 1);
     }
 
     /// Times at which `on_tick`, called every 100 ms from `t0` for `span`,
