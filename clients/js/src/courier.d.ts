@@ -303,6 +303,10 @@ export class Timeline {
   insert(message: Message, now?: number): 'new' | 'duplicate';
   /** Counts every seq up to `seq` as held, present or not. */
   holdThrough(seq: number, now?: number): void;
+  /** `history_starts`: retention deleted every seq below `seq`, so they count
+   *  as held (as `holdThrough(seq - 1)`) and the hole they left is never asked
+   *  for again. A seq at or below the contiguous end changes nothing. */
+  historyStartsAt(seq: number, now?: number): void;
   readonly contiguousThrough: number;
   readonly highest: number;
   hasHole(): boolean;

@@ -9,9 +9,9 @@
 // - `Session`: the protocol rules as a state machine with no I/O and no clock
 //   of its own (every method takes `now` in ms): the outbox of sends retried
 //   with the same client_msg_id until `sent`, coalesced acks of the contiguous
-//   prefix, range syncs for holes and `more`, the full sync when `caught_up` is
-//   late, receipts, replies matched to requests by request_id. The unit tests
-//   drive it directly.
+//   prefix, range syncs for holes and `more`, where history starts under
+//   retention, the full sync when `caught_up` is late, receipts, replies
+//   matched to requests by request_id. The unit tests drive it directly.
 // - `CourierClient`: the socket. It opens `url?token=…&device=…`, feeds frames to the
 //   session and sends what it answers, ticks its timers, sends a heartbeat
 //   inside API Gateway's idle timeout, and reconnects with backoff and jitter.
@@ -334,6 +334,17 @@ export class Timeline {
     this.#holeSince = this.hasHole() ? (this.#holeSince ?? now) : null;
   }
 
+  /**
+   * The server says history starts at `seq` (`history_starts`: message
+   * retention deleted every seq below it). Those seqs will never come, so
+   * they count as held: otherwise the prefix could never be contiguous, never
+   * be acked, and the hole below would be asked for forever.
+   */
+  historyStartsAt(seq, now = 0) {
+    if (!Number.isSafeInteger(seq) || seq < 1) return;
+    this.holdThrough(seq - 1, now);
+  }
+
   /** Every seq in 1..=this is held. */
   get contiguousThrough() {
     return this.#contiguous;
@@ -637,19 +648,38 @@ export class Session {
         if (t.ackDue() !== null || (redelivered && t.contiguousThrough > 0)) {
           // A redelivery of what we acked means the ack was lost with its
           // connection and the pending row is still there: ack again.
-          this.ackWanted.set(cid, this.ackWanted.get(cid) || redelivered);
-          if (this.ackAt === null) this.ackAt = now + this.tuning.ackDelay;
+          this.wantAck(cid, redelivered, now);
         }
+        if (!t.hasHole()) this.syncsInFlight.delete(cid);
+        if (this.tuning.ackDelay <= 0) out.push(...this.flushAcks());
+        break;
+      }
+      case 'history_starts': {
+        // Retention deleted the seqs below first_available_seq; it comes
+        // before the conversation's messages, so a timeline is made for a
+        // conversation not seen yet.
+        const first = f.first_available_seq;
+        if (typeof f.conversation_id !== 'string' || !Number.isSafeInteger(first) || first < 1) break;
+        const cid = f.conversation_id;
+        const t = this.timeline(cid);
+        t.historyStartsAt(first, now);
+        if (t.ackDue() !== null) this.wantAck(cid, false, now);
         if (!t.hasHole()) this.syncsInFlight.delete(cid);
         if (this.tuning.ackDelay <= 0) out.push(...this.flushAcks());
         break;
       }
       case 'more':
         // The catch-up cap (or a range limit) cut this conversation short.
-        // An answer: the repeats of the last sync start over.
+        // An answer: the repeats of the last sync start over. The next sync
+        // goes on from next_seq, not from the contiguous end: below a hole
+        // that never fills (expired messages) that would fetch this same
+        // page again, and get this same `more`, forever. The hole is the
+        // hole-fill timer's.
         if (typeof f.conversation_id === 'string') {
-          this.syncsInFlight.delete(f.conversation_id);
-          out.push(this.rangeSync(f.conversation_id, now));
+          const cid = f.conversation_id;
+          const from = Number.isSafeInteger(f.next_seq) && f.next_seq >= 1 ? f.next_seq - 1 : 0;
+          this.syncsInFlight.delete(cid);
+          out.push(this.rangeSync(cid, now, Math.max(this.timeline(cid).contiguousThrough, from)));
         }
         break;
       case 'synced':
@@ -731,10 +761,7 @@ export class Session {
       sentAt: f.sent_at,
     };
     if (t.insert(mine, now) === 'new') this.emit('message', mine);
-    if (t.ackDue() !== null) {
-      this.ackWanted.set(f.conversation_id, this.ackWanted.get(f.conversation_id) || false);
-      if (this.ackAt === null) this.ackAt = now + this.tuning.ackDelay;
-    }
+    if (t.ackDue() !== null) this.wantAck(f.conversation_id, false, now);
     for (const w of o.waiters) w.resolve(sent);
   }
 
@@ -777,18 +804,28 @@ export class Session {
     this.emit('error', err);
   }
 
-  rangeSync(conversationId, now) {
+  /** A range sync from `afterSeq` (default: the contiguous end). Only one
+   *  from the contiguous end asks for the hole above it, so only that one
+   *  restarts the hole's grace. */
+  rangeSync(conversationId, now, afterSeq = this.timeline(conversationId).contiguousThrough) {
     const attempts = (this.syncsInFlight.get(conversationId)?.attempts ?? 0) + 1;
     const due = now + retryWait(this.tuning.syncTimeout, attempts, this.tuning, this.random);
     this.syncsInFlight.set(conversationId, { due, attempts });
     const t = this.timeline(conversationId);
-    t.holeRequested(now);
+    if (afterSeq === t.contiguousThrough) t.holeRequested(now);
     return JSON.stringify({
       action: 'sync',
       conversation_id: conversationId,
-      after_seq: t.contiguousThrough,
+      after_seq: afterSeq,
       limit: this.tuning.syncLimit,
     });
+  }
+
+  /** Gathers an ack of the conversation's contiguous end (`force`: even if
+   *  acked already), sent after `ackDelay` with the others. */
+  wantAck(conversationId, force, now) {
+    this.ackWanted.set(conversationId, this.ackWanted.get(conversationId) || force);
+    if (this.ackAt === null) this.ackAt = now + this.tuning.ackDelay;
   }
 
   /** The gathered acks, at most MAX_ACKS_PER_FRAME per frame. */

@@ -1,11 +1,12 @@
 // Test helper: a real courier-local per test, on a port the OS picks.
 //
-// The binary is the one `cargo build -p courier-local` leaves in target/
-// (COURIER_LOCAL_BIN overrides). It runs on its embedded in-memory stores
-// whatever the calling shell exports (scripts/test exports REDIS_URL and
-// DYNAMODB_ENDPOINT for the Rust tests), so only a few variables pass
-// through. Its logs are kept and printed when a test fails, or always with
-// TEST_LOG set (TEST_LOG=debug for more).
+// The binary is the one `cargo build -p courier-local` leaves in the target
+// directory: CARGO_TARGET_DIR (a relative one from the root, where
+// scripts/test runs cargo), else target/; COURIER_LOCAL_BIN overrides. It
+// runs on its embedded in-memory stores whatever the calling shell exports
+// (scripts/test exports REDIS_URL and DYNAMODB_ENDPOINT for the Rust tests),
+// so only a few variables pass through. Its logs are kept and printed when a
+// test fails, or always with TEST_LOG set (TEST_LOG=debug for more).
 import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import path from 'node:path';
@@ -13,7 +14,8 @@ import { fileURLToPath } from 'node:url';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 export const ROOT = path.resolve(here, '../../..');
-export const BIN = process.env.COURIER_LOCAL_BIN ?? path.join(ROOT, 'target/debug/courier-local');
+export const BIN =
+  process.env.COURIER_LOCAL_BIN ?? path.join(path.resolve(ROOT, process.env.CARGO_TARGET_DIR || 'target'), 'debug/courier-local');
 
 /**
  * Starts `courier-local serve --addr 127.0.0.1:0 …args` and waits for the

@@ -127,6 +127,127 @@ test('more pulls the rest from the contiguous end at once', () => {
   assert.deepEqual(out, [{ action: 'sync', conversation_id: 'c1', after_seq: 3, limit: T.syncLimit }]);
 });
 
+const historyStarts = (conv, first) =>
+  JSON.stringify({ type: 'history_starts', conversation_id: conv, first_available_seq: first });
+const caughtUp = JSON.stringify({ type: 'caught_up', conversations: 1, messages: 1 });
+const range = (from, to) => Array.from({ length: to - from + 1 }, (_, i) => from + i);
+
+test('history_starts closes a hole and acks once; the range sync for the hole counts as answered', () => {
+  const { s } = session();
+  s.onOpen(0);
+  s.onText(caughtUp, 0);
+  s.onText(messages('c1', [1, 2, 6, 7]), 0);
+  s.onTick(T.ackDelay);
+  const t1 = T.holeGrace;
+  const fill = parsed(s.onTick(t1)).find((f) => f.action === 'sync');
+  assert.equal(fill.after_seq, 2);
+  // Its reply: 3..5 expired.
+  assert.deepEqual(s.onText(historyStarts('c1', 6), t1 + 10), [], 'the ack waits for the coalescing delay');
+  assert.equal(s.timeline('c1').contiguousThrough, 7);
+  s.onText(historyStarts('c1', 6), t1 + 20);
+  assert.deepEqual(parsed(s.onTick(t1 + 10 + T.ackDelay)), [{ action: 'ack', acks: [{ conversation_id: 'c1', seq: 7 }] }]);
+  assert.deepEqual(sentAt(s, t1 + 200, 2000, () => true), [], 'no second ack, no sync for the closed hole');
+  // A new hole is asked for after its own grace, not held back until the
+  // answered sync's timeout.
+  const t2 = t1 + 2300;
+  assert.ok(t2 + T.holeGrace < t1 + T.syncTimeout);
+  s.onText(messages('c1', [9]), t2);
+  const next = parsed(s.onTick(t2 + T.holeGrace)).find((f) => f.action === 'sync');
+  assert.equal(next?.after_seq, 7);
+});
+
+test('a client with nothing held gets history_starts 5, then 5..7, and acks 7', () => {
+  const { s, events } = session();
+  s.onOpen(0);
+  s.onText(caughtUp, 0);
+  s.onText(historyStarts('c1', 5), 0);
+  s.onText(messages('c1', [5, 6, 7]), 10);
+  assert.deepEqual(parsed(s.onTick(10 + T.ackDelay)), [{ action: 'ack', acks: [{ conversation_id: 'c1', seq: 7 }] }]);
+  assert.deepEqual(s.timeline('c1').holes(), []);
+  assert.deepEqual(sentAt(s, 200, 4 * T.syncTimeout, () => true), [], 'nothing below 5 is asked for');
+  assert.deepEqual(events.filter((e) => e.type === 'message').map((e) => e.detail.seq), [5, 6, 7]);
+});
+
+test('history_starts at or below the contiguous end changes nothing and sends no ack', () => {
+  const { s } = session({ ackDelay: 0 });
+  s.onOpen(0);
+  s.onText(caughtUp, 0);
+  s.onText(messages('c1', [1, 2, 3, 4, 5]), 0);
+  for (const first of [3, 6]) {
+    assert.deepEqual(s.onText(historyStarts('c1', first), 0), []);
+    assert.equal(s.timeline('c1').contiguousThrough, 5);
+  }
+  assert.deepEqual(s.onTick(10_000), []);
+});
+
+test('more continues the range sync from next_seq; the hole below is left to the hole fill', () => {
+  const { s } = session();
+  s.onOpen(0);
+  s.onText(messages('c1', [1, 2, 10, 11]), 0);
+  const out = parsed(s.onText(JSON.stringify({ type: 'more', conversation_id: 'c1', next_seq: 12 }), 0));
+  assert.deepEqual(out, [{ action: 'sync', conversation_id: 'c1', after_seq: 11, limit: T.syncLimit }]);
+  // A `more` behind the contiguous end, or with no usable next_seq, goes on
+  // from the contiguous end.
+  s.onText(messages('c2', [1, 2, 3]), 0);
+  for (const next of [2, '9', undefined]) {
+    const again = parsed(s.onText(JSON.stringify({ type: 'more', conversation_id: 'c2', next_seq: next }), 0));
+    assert.equal(again[0].after_seq, 3, `next_seq ${next}`);
+  }
+  s.onText(JSON.stringify({ type: 'synced', conversation_id: 'c1', through_seq: 11 }), 100);
+  const fill = parsed(s.onTick(T.holeGrace)).find((f) => f.action === 'sync');
+  assert.deepEqual(fill, { action: 'sync', conversation_id: 'c1', after_seq: 2, limit: T.syncLimit });
+});
+
+test('expired seqs below a page: every more moves the range sync on instead of asking for the same page', () => {
+  // Seqs 3..9 expired; the server keeps 10..30 and answers a range sync with
+  // the first `limit` seqs it still has above after_seq, then `more` or
+  // `synced`. Followed from the contiguous end (2), every sync would get
+  // 10..14 and `more` 15 back, forever.
+  const kept = range(10, 30);
+  const last = kept.at(-1);
+  let saysWhereHistoryStarts = false;
+  const answer = (sync) => {
+    const page = kept.filter((q) => q > sync.after_seq).slice(0, sync.limit);
+    const frames = [];
+    if (saysWhereHistoryStarts && sync.after_seq < kept[0] - 1) frames.push(historyStarts('c1', kept[0]));
+    if (page.length) frames.push(messages('c1', page));
+    const end = page.at(-1) ?? Math.min(sync.after_seq, last);
+    frames.push(end < last
+      ? JSON.stringify({ type: 'more', conversation_id: 'c1', next_seq: end + 1 })
+      : JSON.stringify({ type: 'synced', conversation_id: 'c1', through_seq: end }));
+    return frames;
+  };
+  // Answers every range sync among `frames` and the ones the answers bring
+  // (at most 20); the after_seq of each, in order.
+  const converse = (frames, now) => {
+    const asked = [];
+    const syncs = parsed(frames).filter((f) => f.action === 'sync');
+    while (syncs.length && asked.length < 20) {
+      const sync = syncs.shift();
+      asked.push(sync.after_seq);
+      for (const f of answer(sync)) syncs.push(...parsed(s.onText(f, now)).filter((x) => x.action === 'sync'));
+    }
+    return asked;
+  };
+  const { s } = session({ syncLimit: 5 });
+  s.onOpen(0);
+  s.onText(caughtUp, 0);
+  s.onText(messages('c1', [1, 2]), 0);
+  // The catch-up from the first unacked seq (3): the first page, then `more`.
+  s.onText(messages('c1', range(10, 14)), 0);
+  const more = s.onText(JSON.stringify({ type: 'more', conversation_id: 'c1', next_seq: 15 }), 0);
+  assert.deepEqual(converse(more, 0), [14, 19, 24, 29], 'each sync starts where the last page ended');
+  assert.deepEqual(s.timeline('c1').holes(), [[3, 9]]);
+
+  // The hole fill asks from the contiguous end; a server that says where
+  // history starts closes the hole, and the ack covers everything.
+  saysWhereHistoryStarts = true;
+  assert.deepEqual(converse(s.onTick(T.holeGrace), T.holeGrace), [2, 30]);
+  assert.equal(s.timeline('c1').contiguousThrough, 30);
+  assert.deepEqual(parsed(s.onTick(T.holeGrace + T.ackDelay)), [{ action: 'ack', acks: [{ conversation_id: 'c1', seq: 30 }] }]);
+  assert.deepEqual(sentAt(s, T.holeGrace + 200, 4 * T.syncTimeout, () => true), [], 'nothing left to ask for');
+});
+
 test('no caught_up in time sends a full sync, once per timeout', () => {
   const { s, events } = session();
   s.onOpen(0);
@@ -300,10 +421,17 @@ test('foreign and malformed frames are ignored', () => {
     '[]',
     '{"type":"messages","conversation_id":"c1","messages":[null,7]}',
     '{"type":"from_the_future"}',
+    '{"type":"history_starts","conversation_id":"c1","first_available_seq":"5"}',
+    '{"type":"history_starts","conversation_id":"c1","first_available_seq":2.5}',
+    '{"type":"history_starts","conversation_id":"c1","first_available_seq":-4}',
+    '{"type":"history_starts","conversation_id":"c1"}',
+    '{"type":"history_starts","conversation_id":7,"first_available_seq":5}',
   ]) {
     assert.deepEqual(s.onText(raw, 0), []);
   }
   assert.equal(events.length, 0);
+  assert.equal(s.timeline('c1').contiguousThrough, 0, 'no history_starts with a bad field moved anything');
+  assert.equal(s.timelines.size, 1);
 });
 
 test('closeAll fails every waiting send and request', async () => {

@@ -110,3 +110,31 @@ test('holdThrough counts older seqs as held: no hole below, acks from there', ()
   t.holdThrough(10);
   assert.equal(t.contiguousThrough, 44, 'never moves down');
 });
+
+test('historyStartsAt counts the expired seqs below it as held: the hole closes, the ack moves on', () => {
+  const t = new Timeline();
+  for (const s of [1, 2, 6, 7]) t.insert(m(s), 0);
+  t.markAcked(2);
+  assert.deepEqual(t.holes(), [[3, 5]]);
+  t.historyStartsAt(6, 10);
+  assert.equal(t.contiguousThrough, 7, 'through the gone seqs and on over 6 and 7');
+  assert.deepEqual(t.holes(), []);
+  assert.equal(t.holeOlderThan(0, 99_999), false, 'nothing left to ask for');
+  assert.equal(t.ackDue(), 7);
+  t.markAcked(7);
+  t.historyStartsAt(4);
+  t.historyStartsAt(8);
+  assert.equal(t.contiguousThrough, 7, 'at or below the contiguous end: nothing changes');
+  assert.equal(t.ackDue(), null);
+});
+
+test('historyStartsAt on an empty timeline: the prefix starts just below the first kept seq', () => {
+  const t = new Timeline();
+  t.historyStartsAt(40);
+  assert.equal(t.contiguousThrough, 39);
+  assert.equal(t.hasHole(), false);
+  t.insert(m(41), 0);
+  assert.deepEqual(t.holes(), [[40, 40]], 'a seq above the start still opens a hole');
+  for (const bad of [0, -3, 2.5, Number.NaN, '50']) t.historyStartsAt(bad);
+  assert.equal(t.contiguousThrough, 39);
+});

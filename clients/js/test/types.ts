@@ -68,6 +68,7 @@ export async function app(): Promise<void> {
 export function pure(): void {
   const t = new Timeline();
   const outcome: 'new' | 'duplicate' = t.insert({ conversationId: 'c1', seq: 1, messageId: 'm', senderId: 'a', body: 'b', sentAt: 0 });
+  t.historyStartsAt(5, 0);
   const holes: Array<[number, number]> = t.holes();
   const s = new Session({ me: 'bob', tuning: { ackDelay: 0 } });
   const frames: string[] = [...s.onOpen(0), ...s.onText('{}', 1), ...s.onTick(2)];

@@ -777,7 +777,13 @@ impl Session {
             .get(conversation)
             .map_or(Seq::ZERO, Timeline::contiguous_through)
             .max(floor);
-        if let Some(t) = self.timelines.get_mut(conversation) {
+        // Only a sync from the contiguous end asks for the hole; one from
+        // further on leaves it to its own grace period.
+        if let Some(t) = self
+            .timelines
+            .get_mut(conversation)
+            .filter(|t| t.contiguous_through() == after)
+        {
             t.hole_requested(now);
         }
         json!({

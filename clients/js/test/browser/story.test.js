@@ -13,24 +13,11 @@
 // README shows).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtemp, mkdir, rm, copyFile, readFile } from 'node:fs/promises';
-import { existsSync } from 'node:fs';
-import os from 'node:os';
+import { mkdir, copyFile } from 'node:fs/promises';
 import path from 'node:path';
-import { chromium } from 'playwright-core';
-import { ROOT, startGateway } from '../gateway.js';
+import { ROOT } from '../gateway.js';
+import { conversation, openStoryPage } from './page.js';
 
-const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
-const ARGS = [
-  '--headless',
-  '--no-sandbox',
-  '--disable-gpu',
-  '--disable-quic',
-  '--no-first-run',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-];
 const OUT = path.join(ROOT, '.tmp/browser');
 const DOCS = path.join(ROOT, 'docs');
 
@@ -42,61 +29,11 @@ async function shoot(page, name) {
   return file;
 }
 
-/** The seqs, senders and bodies of a pane's conversation with `peer`
- *  (`pane`: alice, bob-phone, bob-laptop, carol). */
-async function conversation(page, pane, peer) {
-  return page.$$eval(`#pane-${pane} article.conv[data-peer="${peer}"] ol.messages li`, (items) =>
-    items.map((li) => ({
-      seq: Number(li.dataset.seq),
-      sender: li.dataset.sender,
-      body: li.querySelector('.body').textContent,
-      caughtUp: li.classList.contains('caught-up'),
-      sending: li.classList.contains('sending'),
-    })));
-}
-
 const range = (from, to) => Array.from({ length: to - from + 1 }, (_, i) => from + i);
 
 test('the story in headless Chromium: banners while offline, catch-up in order when online', { timeout: 180_000 }, async () => {
-  assert.ok(existsSync(CHROMIUM), `${CHROMIUM} not found: apt-get install chromium`);
-  const gw = await startGateway();
-  // The gateway embeds the files at build time: a stale binary would test
-  // stale files.
-  for (const [route, file] of [
-    ['/', 'clients/web/index.html'],
-    ['/app.js', 'clients/web/app.js'],
-    ['/courier.js', 'clients/js/src/courier.js'],
-  ]) {
-    const served = await (await fetch(gw.httpUrl + route)).text();
-    if (served !== (await readFile(path.join(ROOT, file), 'utf8'))) {
-      await gw.stop();
-      assert.fail(`courier-local serves an old ${file}: run \`cargo build -p courier-local\``);
-    }
-  }
-  const profile = await mkdtemp(path.join(os.tmpdir(), 'courier-chromium-'));
-  let context;
-  const problems = [];
+  const { gw, page, problems, close, withLog } = await openStoryPage();
   try {
-    context = await chromium.launchPersistentContext(profile, {
-      executablePath: CHROMIUM,
-      headless: true,
-      args: ARGS,
-      viewport: { width: 1440, height: 960 },
-    });
-    const page = context.pages()[0] ?? (await context.newPage());
-    page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
-    page.on('response', (r) => {
-      if (r.status() >= 400) problems.push(`HTTP ${r.status()} for ${r.url()}`);
-    });
-    page.on('console', (m) => {
-      if (m.type() === 'error') problems.push(`console error: ${m.text()}`);
-    });
-
-    // The page is served at `/`, the WebSocket API on the same `/`.
-    const response = await page.goto(`${gw.httpUrl}/`);
-    assert.equal(response.status(), 200);
-    assert.match(response.headers()['content-type'], /^text\/html/);
-    await page.waitForSelector('#status[data-phase="ready"]', { timeout: 20_000 });
     for (const pane of ['alice', 'bob-phone', 'bob-laptop', 'carol']) {
       assert.equal(await page.getAttribute(`#pane-${pane}`, 'data-state'), 'open', `${pane} is online`);
     }
@@ -189,11 +126,8 @@ test('the story in headless Chromium: banners while offline, catch-up in order w
     await checkCaughtUp('bob-phone');
     assert.deepEqual(problems, [], 'the page logged no errors');
   } catch (e) {
-    e.message += `\n--- courier-local log ---\n${gw.log()}`;
-    throw e;
+    throw withLog(e);
   } finally {
-    await context?.close();
-    await gw.stop();
-    await rm(profile, { recursive: true, force: true });
+    await close();
   }
 });
