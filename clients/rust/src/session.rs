@@ -35,8 +35,10 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
-use courier_core::domain::{ClientMsgId, ConversationId, Seq, UserId};
-use courier_core::protocol::{ErrorCode, ServerFrame, WireMessage};
+use courier_core::config::SendConfig;
+use courier_core::domain::{Body, BodyError, ClientMsgId, ConversationId, Seq, UserId};
+use courier_core::protocol::{DEFAULT_FRAME_BYTES, ErrorCode, ServerFrame, WireMessage};
+use courier_core::services::send::worst_frame_len;
 use serde_json::json;
 use tokio::sync::oneshot;
 
@@ -70,6 +72,13 @@ pub struct Tuning {
     /// frame over 32 KB). A larger send fails at once with
     /// [`RequestError::FrameTooLarge`].
     pub max_frame_bytes: usize,
+    /// The server's `MAX_BODY_BYTES` and `FRAME_BYTES`: a message whose
+    /// decoded body, or whose `messages` frame as the server encodes it, is
+    /// over these is refused here with `payload_too_large`, measured as the
+    /// server measures it, so the client refuses exactly what the server
+    /// would. Set them to the deployment's values when it changes them.
+    pub max_body_bytes: usize,
+    pub max_message_frame_bytes: usize,
     /// Ask for holes and follow `more` with range syncs. Off only to test
     /// the server alone (the race suite's variant): what live posts and
     /// catch-ups deliver by themselves, with no client pulling the rest.
@@ -96,6 +105,8 @@ impl Default for Tuning {
             backoff_max: Duration::from_secs(10),
             retry_max: Duration::from_secs(60),
             max_frame_bytes: MAX_FRAME_BYTES,
+            max_body_bytes: SendConfig::default().max_body_bytes,
+            max_message_frame_bytes: DEFAULT_FRAME_BYTES,
             fill_gaps: true,
         }
     }
@@ -328,6 +339,32 @@ impl Session {
 
     // ---------------------------------------------------------- requests
 
+    /// What the server would refuse with `payload_too_large`, by the
+    /// server's own measure (`courier_core`'s `Body::parse` and
+    /// `worst_frame_len`): sending it would only fetch that refusal.
+    fn refused_size(&self, conversation: &ConversationId, body: &str) -> Option<RequestError> {
+        let message = match Body::parse(body, self.tuning.max_body_bytes) {
+            // The server's `bad_request`, not a size.
+            Err(BodyError::Empty) => return None,
+            Err(e) => e.to_string(),
+            Ok(b) => {
+                let len = worst_frame_len(conversation, &self.me, &b);
+                if len <= self.tuning.max_message_frame_bytes {
+                    return None;
+                }
+                format!(
+                    "message is {len} bytes as encoded in its frame (JSON escaping included); \
+                     the limit is {} bytes as encoded",
+                    self.tuning.max_message_frame_bytes
+                )
+            }
+        };
+        Some(RequestError::Refused {
+            code: ErrorCode::PayloadTooLarge,
+            message,
+        })
+    }
+
     /// Queues a message; the frame to send now (if open).
     pub fn queue_send(
         &mut self,
@@ -340,11 +377,15 @@ impl Session {
         let key = client_msg_id.as_str().to_owned();
         if !self.outbox.contains_key(&key) {
             let bytes = send_frame(&conversation_id, &key, &body).len();
-            if bytes > self.tuning.max_frame_bytes {
-                let err = RequestError::FrameTooLarge {
+            // The socket's limit first (the gateway would close on it), then
+            // the server's measure of the message.
+            let refused = (bytes > self.tuning.max_frame_bytes)
+                .then_some(RequestError::FrameTooLarge {
                     bytes,
                     limit: self.tuning.max_frame_bytes,
-                };
+                })
+                .or_else(|| self.refused_size(&conversation_id, &body));
+            if let Some(err) = refused {
                 if let Some(w) = waiter {
                     let _ = w.send(Err(err));
                 }
@@ -1299,16 +1340,127 @@ mod tests {
             rx.await.unwrap(),
             Err(RequestError::FrameTooLarge { limit: MAX_FRAME_BYTES, bytes }) if bytes > MAX_FRAME_BYTES
         ));
-        // Just under the limit is sent.
+        // Just under the limit is sent (the server's own limits raised, so
+        // only the frame's counts).
+        let mut s = Session::new(
+            UserId::parse("bob").unwrap(),
+            Tuning {
+                max_body_bytes: 1 << 20,
+                max_message_frame_bytes: 1 << 20,
+                ..Tuning::default()
+            },
+        );
+        s.on_open(now);
         let c = cid("c1");
         let fits = "x".repeat(MAX_FRAME_BYTES - send_frame_bytes(&c, "k2", ""));
         let frame = s.queue_send(c, ClientMsgId::parse("k2").unwrap(), fits, None, now);
         assert_eq!(frame.unwrap().len(), MAX_FRAME_BYTES);
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(96))]
+        /// Adversarial bodies padded to land around each limit: the session
+        /// refuses exactly the bodies the server's send refuses with
+        /// `payload_too_large` (by its decoded size or by its frame as
+        /// encoded), and sends every other one.
+        #[test]
+        fn refuses_exactly_what_the_server_refuses(
+            head in courier_core::strategies::adversarial_body(0..40),
+            tail in courier_core::strategies::adversarial_body(1..3),
+            off in -12i64..12,
+            limits in proptest::sample::select(vec![(1024usize, 2048usize), (2048, 1024), (1500, 1500)]),
+        ) {
+            let (max_body, max_frame) = limits;
+            let me = UserId::parse("alice").unwrap();
+            let c = cid("c1");
+            // Pad with `a`s towards one limit or the other, `off` either side.
+            let measure = |b: &str| worst_frame_len(&c, &me, &Body::parse(b, usize::MAX).unwrap());
+            let target = if off % 2 == 0 { max_frame } else { max_body };
+            let base = if off % 2 == 0 { measure(&format!("{head}{tail}x")) - 1 } else { head.len() + tail.len() };
+            let pad = (target as i64 - base as i64 + off / 2).max(0) as usize;
+            let body = format!("{head}{}{tail}", "a".repeat(pad));
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let server_refused = rt.block_on(async {
+                let (mut app, _) = courier_core::app::App::in_memory();
+                app.settings.send.max_body_bytes = max_body;
+                app.settings.delivery.max_frame_bytes = max_frame;
+                app.ports.conversations.create(&courier_core::domain::Conversation {
+                    conversation_id: c.clone(),
+                    members: vec![me.clone(), UserId::parse("bob").unwrap()],
+                    last_seq: Seq::ZERO,
+                    created_at: 1,
+                }).await.unwrap();
+                let answer = courier_core::services::send::send_message(
+                    &app, &me, &Default::default(), &c, &ClientMsgId::parse("k").unwrap(), &body, None,
+                ).await.unwrap();
+                match answer {
+                    courier_core::services::Answer::Done(_) => false,
+                    courier_core::services::Answer::Refused(e) => {
+                        assert_eq!(e.code, ErrorCode::PayloadTooLarge, "{}", e.message);
+                        true
+                    }
+                }
+            });
+            let mut s = Session::new(me.clone(), Tuning {
+                max_body_bytes: max_body,
+                max_message_frame_bytes: max_frame,
+                max_frame_bytes: 1 << 20,
+                ..Tuning::default()
+            });
+            s.on_open(Instant::now());
+            let (tx, mut rx) = oneshot::channel();
+            let frame = s.queue_send(c.clone(), ClientMsgId::parse("k").unwrap(), body.clone(), Some(tx), Instant::now());
+            let client_refused = match rx.try_recv() {
+                Ok(Err(RequestError::Refused { code: ErrorCode::PayloadTooLarge, .. })) => true,
+                Ok(other) => panic!("unexpected answer {other:?}"),
+                Err(_) => false,
+            };
+            proptest::prop_assert_eq!(client_refused, server_refused, "body of {} bytes, frame {}", body.len(), measure(&body));
+            proptest::prop_assert_eq!(frame.is_none(), client_refused);
+        }
+    }
+
+    /// Under the frame limit but over the server's measure of the message:
+    /// refused here as the server would, with `payload_too_large`.
+    #[tokio::test]
+    async fn a_body_the_server_would_refuse_is_refused_before_sending() {
+        let now = Instant::now();
+        let mut s = session();
+        s.on_open(now);
+        // 16,290 quotes: the send frame fits, but the `messages` frame is
+        // over 32,768 as the server measures it.
+        let quotes = "\"".repeat(16_290);
+        assert!(send_frame_bytes(&cid("c1"), "k1", &quotes) <= MAX_FRAME_BYTES);
+        let me = UserId::parse("bob").unwrap();
+        let measured = worst_frame_len(&cid("c1"), &me, &Body::parse(&quotes, 1 << 20).unwrap());
+        assert!(measured > DEFAULT_FRAME_BYTES, "{measured}");
+        // And a body one byte over `MAX_BODY_BYTES`.
+        for (key, body) in [("k1", quotes), ("k2", "a".repeat(16_385))] {
+            let (tx, rx) = oneshot::channel();
+            let frame = s.queue_send(
+                cid("c1"),
+                ClientMsgId::parse(key).unwrap(),
+                body,
+                Some(tx),
+                now,
+            );
+            assert!(frame.is_none(), "{key}");
+            assert!(matches!(
+                rx.await.unwrap(),
+                Err(RequestError::Refused {
+                    code: ErrorCode::PayloadTooLarge,
+                    ..
+                })
+            ));
+        }
+        assert_eq!(s.outbox_len(), 0);
+    }
+
     fn big_tuning() -> Tuning {
         Tuning {
             max_frame_bytes: 1 << 20,
+            max_body_bytes: 1 << 20,
+            max_message_frame_bytes: 1 << 20,
             ..Tuning::default()
         }
     }

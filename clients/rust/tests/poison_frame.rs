@@ -33,6 +33,10 @@ async fn client(started: &Started, who: &str, max_frame_bytes: usize) -> Client 
         backoff_base: Duration::from_millis(20),
         backoff_max: Duration::from_millis(500),
         max_frame_bytes,
+        // Loosened with the frame check, so a loosened client's poison
+        // reaches the gateway.
+        max_body_bytes: max_frame_bytes,
+        max_message_frame_bytes: max_frame_bytes,
         ..Tuning::default()
     };
     Client::connect(config).await.unwrap()

@@ -20,6 +20,8 @@
 //!   [`app::Settings`] — and the in-memory wiring.
 //! - [`services`]: the flow and the delivery rules of
 //!   `docs/architecture.md`, written once over the ports.
+//! - [`strategies`] (tests, and the `proptest` feature): property-test
+//!   inputs shared with other crates' tests; uses no other module.
 //!
 //! The AWS and Redis adapters, the Lambda edge and the wiring from
 //! environment variables are the `courier-aws` crate's: this crate's
@@ -34,3 +36,5 @@ pub mod domain;
 pub mod ports;
 pub mod protocol;
 pub mod services;
+#[cfg(any(test, feature = "proptest"))]
+pub mod strategies;

@@ -850,32 +850,6 @@ pub(crate) mod tests {
         assert!(frames.len() <= 1 + total.div_ceil(DEFAULT_FRAME_BYTES));
     }
 
-    /// Pieces of adversarial bodies: what JSON escapes (quote, backslash,
-    /// every control character), what it does not but is easy to miscount
-    /// (U+007F, 2- and 4-byte UTF-8), and HTML-looking text.
-    pub(crate) fn adversarial_piece() -> impl proptest::strategy::Strategy<Value = String> {
-        use proptest::prelude::*;
-        prop_oneof![
-            Just("\"".to_owned()),
-            Just("\\".to_owned()),
-            (0u32..=0x1f).prop_map(|c| char::from_u32(c).unwrap_or('\0').to_string()),
-            Just("\u{7f}".to_owned()),
-            Just("😀".to_owned()),
-            Just("é".to_owned()),
-            Just("\u{2028}".to_owned()),
-            Just("</script>".to_owned()),
-            Just("a".to_owned()),
-            Just(" ".to_owned()),
-        ]
-    }
-
-    pub(crate) fn adversarial_body(
-        pieces: std::ops::Range<usize>,
-    ) -> impl proptest::strategy::Strategy<Value = String> {
-        use proptest::prelude::*;
-        proptest::collection::vec(adversarial_piece(), pieces).prop_map(|v| v.concat())
-    }
-
     fn wire(m: &Message) -> WireMessage {
         WireMessage::from(m)
     }
@@ -935,7 +909,7 @@ pub(crate) mod tests {
         /// `pack_messages` makes of that message alone, whatever the body.
         #[test]
         fn one_message_frame_len_is_exact(
-            body in adversarial_body(0..200),
+            body in crate::strategies::adversarial_body(0..200),
             seq in proptest::prelude::any::<u64>(),
             sent_at in proptest::prelude::any::<i64>(),
         ) {
@@ -956,7 +930,7 @@ pub(crate) mod tests {
         /// closed early (the next frame's first message would not have fit).
         #[test]
         fn packed_frames_stay_within_the_limit_in_order_exactly_once(
-            bodies in proptest::collection::vec(adversarial_body(0..60), 1..40),
+            bodies in proptest::collection::vec(crate::strategies::adversarial_body(0..60), 1..40),
             first_seq in 1u64..1_000_000,
             max_frame_bytes in 200usize..1500,
         ) {

@@ -1087,8 +1087,8 @@ mod tests {
         /// is exactly the frame measure (or the decoded `MAX_BODY_BYTES`).
         #[test]
         fn accepted_bodies_are_delivered_within_the_frame_refused_ones_are_payload_too_large(
-            head in crate::protocol::tests::adversarial_body(0..400),
-            tail in crate::protocol::tests::adversarial_body(1..3),
+            head in crate::strategies::adversarial_body(0..400),
+            tail in crate::strategies::adversarial_body(1..3),
             short_by in 0usize..12,
             max_frame in proptest::sample::select(vec![1024usize, 1500, 2048]),
             body_factor in proptest::sample::select(vec![1usize, 2, 4]),
