@@ -340,6 +340,7 @@ async fn naive_catch_up(app: &App, user: &UserId, connection: &Connection) -> an
     let done = ServerFrame::CaughtUp {
         conversations: rows.len(),
         messages,
+        unreached: 0,
         request_id: None,
     }
     .to_json();

@@ -163,7 +163,15 @@ async fn chat(args: ChatArgs) -> anyhow::Result<()> {
                 Event::CaughtUp {
                     conversations,
                     messages,
+                    unreached: 0,
                 } => println!("(caught up: {messages} messages in {conversations} conversations)"),
+                Event::CaughtUp {
+                    messages,
+                    unreached,
+                    ..
+                } => println!(
+                    "(caught up in part: {messages} messages; {unreached} conversations left, syncing again)"
+                ),
                 Event::Receipt {
                     conversation_id,
                     user_id,

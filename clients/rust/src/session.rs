@@ -165,9 +165,13 @@ pub enum Event {
         conversation_id: ConversationId,
         message: WireMessage,
     },
+    /// A catch-up ended. `unreached` conversations were cut short by its
+    /// time limit: the client syncs again on its own, and a later
+    /// `CaughtUp` follows.
     CaughtUp {
         conversations: usize,
         messages: usize,
+        unreached: usize,
     },
     Receipt {
         conversation_id: ConversationId,
@@ -601,14 +605,25 @@ impl Session {
             ServerFrame::CaughtUp {
                 conversations,
                 messages,
+                unreached,
                 ..
             } => {
                 self.caught_up += 1;
-                self.caught_up_deadline = None;
-                self.full_syncs = 0;
+                if unreached == 0 {
+                    self.caught_up_deadline = None;
+                    self.full_syncs = 0;
+                } else {
+                    // The catch-up ran out of time: sync again, soon, and
+                    // later each time in a row it is cut short (a backend
+                    // slow enough to cut one short needs the air).
+                    let wait =
+                        retry_wait(self.tuning.hole_grace, self.full_syncs.max(1), &self.tuning);
+                    self.caught_up_deadline = Some(now + wait);
+                }
                 self.events.push(Event::CaughtUp {
                     conversations,
                     messages,
+                    unreached,
                 });
             }
             ServerFrame::Sent {
@@ -851,7 +866,7 @@ impl Session {
             }
         }
         if self.caught_up_deadline.is_some_and(|d| now >= d) {
-            tracing::info!("no caught_up in time: sending sync");
+            tracing::info!("no complete caught_up in time: sending sync");
             out.push(json!({"action": "sync"}).to_string());
             self.full_syncs = self.full_syncs.saturating_add(1);
             self.caught_up_deadline = Some(
@@ -1102,6 +1117,43 @@ mod tests {
         s.on_text(&messages("c1", &[1, 5]), t0);
         assert!(!s.on_text(more, t0).is_empty());
         assert_eq!(s.range_syncs(), 1);
+    }
+
+    /// A catch-up cut short by its time limit says how many conversations
+    /// it did not reach: the client syncs again after a short wait, waits
+    /// longer each time in a row, and stops once one is complete.
+    #[test]
+    fn a_caught_up_with_unreached_conversations_is_followed_by_a_full_sync() {
+        let t0 = Instant::now();
+        let full_sync = |f: &Value| f["action"] == "sync" && f.get("conversation_id").is_none();
+        let mut s = session();
+        s.on_open(t0);
+        let cut = r#"{"type":"caught_up","conversations":9,"messages":4,"unreached":5}"#;
+        s.on_text(cut, t0);
+        let events = s.drain_events();
+        assert!(events.iter().any(|e| matches!(
+            e,
+            Event::CaughtUp {
+                unreached: 5,
+                messages: 4,
+                ..
+            }
+        )));
+        let at = sent_at(&mut s, t0, Duration::from_secs(2), full_sync);
+        assert_eq!(at, [s.tuning.hole_grace], "one sync, after the grace");
+        // Cut short again: the next one waits longer.
+        let t1 = t0 + Duration::from_secs(2);
+        s.on_text(cut, t1);
+        let at = sent_at(&mut s, t1, Duration::from_secs(3), full_sync);
+        assert_eq!(at.len(), 1, "{at:?}");
+        assert!(at[0] >= s.tuning.hole_grace, "{at:?}");
+        // Complete: nothing more.
+        let t2 = t1 + Duration::from_secs(3);
+        s.on_text(
+            r#"{"type":"caught_up","conversations":5,"messages":30}"#,
+            t2,
+        );
+        assert!(sent_at(&mut s, t2, Duration::from_secs(120), full_sync).is_empty());
     }
 
     /// Times at which `on_tick`, called every 100 ms from `t0` for `span`,

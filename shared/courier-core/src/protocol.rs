@@ -534,6 +534,10 @@ pub enum ServerFrame {
     CaughtUp {
         conversations: usize,
         messages: usize,
+        /// Conversations the catch-up ran out of time for (nothing settled
+        /// for them): sync again. Left out when 0.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        unreached: usize,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         request_id: Option<String>,
     },
@@ -597,6 +601,10 @@ pub enum ServerFrame {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         request_id: Option<String>,
     },
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 impl ServerFrame {
@@ -815,12 +823,25 @@ pub(crate) mod tests {
         let f = ServerFrame::CaughtUp {
             conversations: 2,
             messages: 6,
+            unreached: 0,
             request_id: None,
         };
         assert_eq!(
             f.to_json(),
             r#"{"type":"caught_up","conversations":2,"messages":6}"#
         );
+        let cut = ServerFrame::CaughtUp {
+            conversations: 9,
+            messages: 6,
+            unreached: 7,
+            request_id: Some("r1".into()),
+        };
+        let json = cut.to_json();
+        assert_eq!(
+            json,
+            r#"{"type":"caught_up","conversations":9,"messages":6,"unreached":7,"request_id":"r1"}"#
+        );
+        assert_eq!(serde_json::from_str::<ServerFrame>(&json).unwrap(), cut);
         let e = FrameError::new(ErrorCode::NotAMember, "no")
             .to_frame()
             .to_json();

@@ -38,10 +38,11 @@
 //!   under a timeout to the invocation's deadline minus
 //!   `CatchUpConfig::deadline_margin` ([`within`]): a call cut off, or a
 //!   conversation not started by then, is *not reached* — nothing is
-//!   deleted or settled for it past its cursor, and it gets a `more` frame
-//!   from that cursor so the client pulls it with `sync`. Those `more`
-//!   frames and `caught_up` go out in the margin (at least the open window
-//!   plus one post), each bounded by the deadline itself.
+//!   deleted or settled for it past its cursor, and `caught_up` counts it
+//!   (`unreached`) so the client runs a full `sync`, which starts from those
+//!   cursors. `caught_up` is one post in the margin (at least the open
+//!   window plus one post) whatever the number not reached, bounded by the
+//!   deadline itself.
 //! - *410 is not gone too early.* Posting goes through
 //!   [`delivery::post_frames`], which retries a 410 inside the open window.
 
@@ -203,8 +204,8 @@ async fn within<T>(
 /// How a catch-up ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ending {
-    /// Every pending conversation was delivered (or announced with `more`)
-    /// and `caught_up` was posted.
+    /// Every pending conversation was delivered (or announced with `more`,
+    /// or counted as unreached) and `caught_up` was posted.
     CaughtUp,
     /// The connection is gone; nothing was deleted, the rows wait for the
     /// next connection.
@@ -221,8 +222,10 @@ pub struct Report {
     pub conversations: usize,
     pub messages: usize,
     pub frames: usize,
-    /// Conversations that ended with a `more` frame (cap or deadline).
+    /// Conversations that ended with a `more` frame (the cap).
     pub more: usize,
+    /// Conversations not reached in time, told by count in `caught_up`.
+    pub unreached: usize,
 }
 
 /// A catch-up's frames went out through the gateway: the route itself
@@ -256,7 +259,7 @@ pub async fn catch_up(
         return refuse_device(app, user, &connection, max, deadline).await;
     }
     // Work (reads, message posts, settles) stops at `stop_at`; the closing
-    // `more` and `caught_up` frames use the margin, up to the deadline itself.
+    // `caught_up` uses the margin, up to the deadline itself.
     let end_at = deadline.map(tokio::time::Instant::from_std);
     let stop_at = deadline.map(|d| {
         tokio::time::Instant::from_std(
@@ -320,7 +323,7 @@ pub async fn catch_up(
                     return Ok(Delivered::gone());
                 }
                 if stop_at.is_some_and(|s| tokio::time::Instant::now() >= s) {
-                    // Out of time: announce instead of deliver.
+                    // Out of time: counted in `caught_up`, not delivered.
                     return Ok(Delivered::unreached(
                         &row.conversation_id,
                         row.start_for(&connection.device_id),
@@ -356,41 +359,18 @@ pub async fn catch_up(
         // (sent when `caught_up` does not come) or the next connect retries it.
         return Err(e);
     }
-    if !total.gone && !total.unreached.is_empty() {
-        // Not reached in time (deadline, or a call cut off): a `more` frame
-        // each, so the client pulls them with range `sync`. Posted in the
-        // margin, at once, each bounded by the deadline itself.
-        let unreached = std::mem::take(&mut total.unreached);
-        let announced: Vec<Result<Result<Delivered, CatchUpError>, CutOff>> =
-            futures::stream::iter(unreached)
-                .map(|(conversation, next_seq)| {
-                    let connection = &connection;
-                    let request_id = request_id.clone();
-                    async move {
-                        within(
-                            end_at,
-                            announce_more(
-                                app,
-                                user,
-                                connection,
-                                &conversation,
-                                next_seq,
-                                request_id,
-                            ),
-                        )
-                        .await
-                    }
-                })
-                .buffer_unordered(app.settings.catch_up.concurrency)
-                .collect()
-                .await;
-        for a in announced {
-            match a {
-                Ok(Ok(d)) => total.add(&d),
-                Ok(Err(e)) => return Err(e),
-                Err(CutOff) => return Err(CatchUpError::Deadline("every `more` frame was posted")),
-            }
-        }
+    // Not reached in time (the deadline, or a call cut off): nothing was
+    // settled past where each stopped, so the next catch-up starts there.
+    // Told in `caught_up` as a count, not with a `more` frame each: one post
+    // inside the margin whatever their number; the client answers with a
+    // full `sync`.
+    let unreached = total.unreached.len();
+    if unreached > 0 {
+        warn!(
+            unreached,
+            first = ?total.unreached.iter().take(5).collect::<Vec<_>>(),
+            "catch-up ran out of time; the client is told to sync again"
+        );
     }
     if total.gone {
         info!(
@@ -404,12 +384,14 @@ pub async fn catch_up(
             messages: total.messages,
             frames: total.frames,
             more: total.more,
+            unreached,
         });
     }
 
     let done = ServerFrame::CaughtUp {
         conversations,
         messages: total.messages,
+        unreached,
         request_id,
     }
     .to_json();
@@ -446,6 +428,7 @@ pub async fn catch_up(
         messages: total.messages,
         frames: total.frames,
         more: total.more,
+        unreached,
     })
 }
 
@@ -455,8 +438,8 @@ struct Delivered {
     frames: usize,
     more: usize,
     gone: bool,
-    /// Conversations not reached in time, with the seq to pull them from:
-    /// nothing was deleted or settled past it; each gets a `more` frame.
+    /// Conversations not reached in time, with the seq they stopped at:
+    /// nothing was deleted or settled past it; `caught_up` counts them.
     unreached: Vec<(ConversationId, Seq)>,
 }
 
@@ -589,6 +572,7 @@ async fn refuse_device(
         messages: 0,
         frames: usize::from(posted == Posted::All),
         more: 0,
+        unreached: 0,
     })
 }
 
@@ -885,6 +869,7 @@ pub async fn sync_range(
         messages: messages.len(),
         frames: frames.len(),
         more: usize::from(next_seq.is_some()),
+        unreached: 0,
     }))
 }
 
@@ -1188,10 +1173,10 @@ mod tests {
     }
 
     /// A store whose message reads hang: every call is cut off at the
-    /// deadline less the margin, each conversation is announced with `more`
-    /// from its cursor, `caught_up` closes, and nothing is settled.
+    /// deadline less the margin, `caught_up` closes counting every
+    /// conversation as unreached, and nothing is settled.
     #[tokio::test]
-    async fn a_hung_store_ends_before_the_deadline_with_more_and_caught_up() {
+    async fn a_hung_store_ends_before_the_deadline_with_caught_up_counting_the_rest() {
         for mode in [PendingClear::Ack, PendingClear::Post] {
             let (mut app, handles) = App::in_memory();
             app.settings.delivery.pending_clear = mode;
@@ -1219,42 +1204,24 @@ mod tests {
             .expect("catch-up returns although the store hangs")
             .unwrap();
             assert_eq!(report.ending, Ending::CaughtUp, "{mode:?}");
-            assert_eq!((report.messages, report.more), (0, 3), "{mode:?}");
+            assert_eq!((report.messages, report.unreached), (0, 3), "{mode:?}");
             let frames: Vec<ServerFrame> = handles
                 .gateway
                 .frames(&connection)
                 .iter()
                 .map(|f| serde_json::from_str(f).unwrap())
                 .collect();
-            assert_eq!(frames.len(), 4, "{frames:?}");
-            let mut announced: Vec<ConversationId> = frames[..3]
-                .iter()
-                .map(|f| match f {
-                    ServerFrame::More {
-                        conversation_id,
-                        next_seq,
-                        request_id,
-                    } => {
-                        assert_eq!(*next_seq, Seq(1));
-                        assert_eq!(request_id.as_deref(), Some("r1"));
-                        conversation_id.clone()
-                    }
-                    other => panic!("expected more, got {other:?}"),
-                })
-                .collect();
-            announced.sort();
-            assert_eq!(announced, ids);
-            assert!(
-                matches!(
-                    frames[3],
-                    ServerFrame::CaughtUp {
-                        conversations: 3,
-                        messages: 0,
-                        ..
-                    }
-                ),
-                "{:?}",
-                frames[3]
+            // One frame, whatever the number not reached: `caught_up` counts
+            // them, so the client syncs again.
+            assert_eq!(
+                frames,
+                [ServerFrame::CaughtUp {
+                    conversations: 3,
+                    messages: 0,
+                    unreached: 3,
+                    request_id: Some("r1".into()),
+                }],
+                "{mode:?}"
             );
             // Nothing settled or deleted for what was not reached.
             for c in &ids {
