@@ -35,7 +35,17 @@ export interface Tuning {
    *  (32768: API Gateway closes the socket with 1009 on a larger one). A
    *  larger send or request is rejected at once with `payload_too_large`. */
   maxFrameBytes: number;
+  /** Must equal the server's MAX_BODY_BYTES (16384): a send whose body is
+   *  over this many UTF-8 bytes is rejected at once with `payload_too_large`. */
+  maxBodyBytes: number;
+  /** Must equal the server's FRAME_BYTES (32768): a send whose message, as
+   *  the server encodes it in a `messages` frame (`messageFrameBytes`), is
+   *  over this is rejected at once with `payload_too_large`. */
+  maxMessageFrameBytes: number;
 }
+
+/** The size limits a `payload_too_large` from the client names. */
+export type SizeLimit = 'maxFrameBytes' | 'maxBodyBytes' | 'maxMessageFrameBytes';
 
 export const DEFAULT_TUNING: Readonly<Tuning>;
 export const MAX_ACKS_PER_FRAME: number;
@@ -66,8 +76,14 @@ export class CourierError extends Error {
   requestId?: string;
   /** The HTTP status of a refused handshake. */
   status?: number;
-  /** `payload_too_large` from the client: the encoded frame's UTF-8 bytes… */
+  /** `payload_too_large` from the client: the tuning it is over… */
+  limitName?: SizeLimit;
+  /** …and that limit's measure: the encoded frame's UTF-8 bytes
+   *  (`maxFrameBytes`), the body's (`maxBodyBytes`), or the message's
+   *  `messages` frame as the server encodes it (`maxMessageFrameBytes`)… */
   frameBytes?: number;
+  bodyBytes?: number;
+  messageFrameBytes?: number;
   /** …and the limit it is over; for `too_many_devices`, the user's device
    *  limit (MAX_DEVICES) from the server's message, null if it named none. */
   limit?: number | null;
@@ -86,6 +102,12 @@ export function retryWait(first: number, attempt: number, tuning: Pick<Tuning, '
 export function newClientMsgId(): string;
 /** The UTF-8 byte length of a text frame. */
 export function frameBytes(text: string): number;
+/** The longest user id the server accepts (128). */
+export const MAX_USER_ID_BYTES: number;
+/** The server's measure of the `messages` frame that would carry this
+ *  message alone (the body JSON-escaped, + 190, + both ids); with no
+ *  `userId`, measured with the longest one (MAX_USER_ID_BYTES). */
+export function messageFrameBytes(conversationId: string, userId: string | null | undefined, body: string): number;
 export function tokenSubject(token: string): string | undefined;
 export function withToken(url: string, token: string): string;
 
@@ -227,7 +249,10 @@ export interface ClientOptions {
   url: string;
   /** A JWT, or a function called on every (re)connect for a fresh one. */
   token: string | (() => string | Promise<string>);
-  /** This user's id (default: the token's `sub`). */
+  /** This user's id (default: the token's `sub`; pass it when the
+   *  deployment's USER_ID_CLAIM is not `sub`). A message's frame is measured
+   *  with it; until it is known, with the longest id the server allows, so a
+   *  send within 128 bytes of `maxMessageFrameBytes` may be refused early. */
   user?: string;
   /** Default: globalThis.WebSocket. On Node 20, the `ws` package's. */
   WebSocket?: WebSocketConstructor | (new (url: string) => any);
@@ -330,6 +355,7 @@ export interface Waiter<T> {
 /** The protocol rules without I/O: methods return the text frames to send. */
 export class Session {
   constructor(options?: {
+    /** This user's id; see ClientOptions.user. */
     me?: string;
     tuning?: Partial<Tuning>;
     emit?: (type: keyof ClientEvents, detail: unknown) => void;

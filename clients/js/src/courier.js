@@ -8,7 +8,8 @@
 //   contiguous prefix, the holes. Pure.
 // - `Session`: the protocol rules as a state machine with no I/O and no clock
 //   of its own (every method takes `now` in ms): the outbox of sends retried
-//   with the same client_msg_id until `sent`, coalesced acks of the contiguous
+//   with the same client_msg_id until `sent` (those the gateway or the server
+//   would refuse for their size refused at once), coalesced acks of the contiguous
 //   prefix, range syncs for holes and `more`, where history starts under
 //   retention, the full sync when `caught_up` is late, receipts, replies
 //   matched to requests by request_id. The unit tests drive it directly.
@@ -60,6 +61,16 @@ export const DEFAULT_TUNING = Object.freeze({
    *  32 KB. A larger send or request is rejected at once with
    *  `payload_too_large`. */
   maxFrameBytes: 32 * 1024,
+  /** Must equal the server's MAX_BODY_BYTES: a send whose body is over this
+   *  many UTF-8 bytes is rejected at once with `payload_too_large`, as the
+   *  server would reject it. Larger than the server's, the server refuses
+   *  instead (a round trip); smaller, the client refuses what it accepts. */
+  maxBodyBytes: 16 * 1024,
+  /** Must equal the server's FRAME_BYTES: a send whose message, as the
+   *  server encodes it in a `messages` frame (`messageFrameBytes`), is over
+   *  this is rejected at once with `payload_too_large`, as the server would
+   *  reject it. */
+  maxMessageFrameBytes: 32 * 1024,
 });
 
 /** A socket closed this soon (ms) after a send went out, with nothing
@@ -84,13 +95,106 @@ export function frameBytes(text) {
   return n;
 }
 
-/** The error of a frame over the frame limit. */
-function tooLarge(bytes, limit, details = {}) {
-  return new CourierError('payload_too_large', `frame of ${bytes} bytes is over the ${limit}-byte frame limit`, {
-    frameBytes: bytes,
+/** The longest user id the server accepts (courier-core's UserId::MAX_LEN;
+ *  ids are ASCII, so bytes and characters alike). */
+export const MAX_USER_ID_BYTES = 128;
+
+/** The bytes of a one-message `messages` frame besides the JSON text of the
+ *  conversation id, the sender's id and the body: the frame's own keys and
+ *  punctuation, and the fields the server fills when it stores the message at
+ *  their widest (`seq` u64::MAX and `sent_at` i64::MIN, 20 characters each,
+ *  `message_id` a 36-character UUID), as courier-core's `worst_frame_len`
+ *  counts them. */
+const MESSAGE_FRAME_OVERHEAD = 190;
+
+/** Control characters JSON writes as a two-character escape (`\b \f \n \r
+ *  \t`); the others below U+0020 are `\u00XX`. */
+const SHORT_ESCAPES = new Set([0x08, 0x0c, 0x0a, 0x0d, 0x09]);
+
+/** The UTF-8 bytes of `text` inside a JSON string, escaped as the server's
+ *  serializer (serde_json) escapes it: `"` `\` and the short escapes 2
+ *  bytes, other control characters 6, anything else its UTF-8 bytes. */
+function escapedBytes(text) {
+  let escapes = 0;
+  for (let i = 0; i < text.length; i += 1) {
+    const c = text.charCodeAt(i);
+    if (c === 0x22 || c === 0x5c || SHORT_ESCAPES.has(c)) escapes += 1;
+    else if (c < 0x20) escapes += 5;
+  }
+  return frameBytes(text) + escapes;
+}
+
+/**
+ * The length the server gives the `messages` frame that would carry this
+ * message alone, which it refuses over FRAME_BYTES (`maxMessageFrameBytes`).
+ * `userId` undefined or null: measured with the longest user id the server
+ * allows, so the measure is never below the server's.
+ */
+export function messageFrameBytes(conversationId, userId, body) {
+  const sender = userId === undefined || userId === null ? MAX_USER_ID_BYTES : escapedBytes(userId);
+  return MESSAGE_FRAME_OVERHEAD + escapedBytes(conversationId) + sender + escapedBytes(body);
+}
+
+/** `text` with each lone surrogate replaced by U+FFFD. JSON.stringify
+ *  writes a lone surrogate as an escape (`\ud83d`) that the server's JSON
+ *  parser refuses with a `bad_request` naming no client_msg_id, so nothing
+ *  would ever answer the send and it would be resent forever; U+FFFD is
+ *  what a WebSocket itself sends for one, and the server stores it. */
+function wellFormed(text) {
+  let out = '';
+  let from = 0;
+  for (let i = 0; i < text.length; i += 1) {
+    const c = text.charCodeAt(i);
+    if (c < 0xd800 || c > 0xdfff) continue;
+    if (c <= 0xdbff && i + 1 < text.length) {
+      const d = text.charCodeAt(i + 1);
+      if (d >= 0xdc00 && d <= 0xdfff) {
+        i += 1;
+        continue;
+      }
+    }
+    out += `${text.slice(from, i)}\ufffd`;
+    from = i + 1;
+  }
+  return from === 0 ? text : out + text.slice(from);
+}
+
+/** Only White_Space characters, as Rust's `char::is_whitespace` has them
+ *  (the server's `trim`; JavaScript's differs on U+0085 and U+FEFF). */
+const BLANK = /^[\t-\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$/;
+
+/** Each size limit: the error field of its measure, and what it measures. */
+const MEASURES = {
+  maxFrameBytes: ['frameBytes', 'frame'],
+  maxBodyBytes: ['bodyBytes', 'body'],
+  maxMessageFrameBytes: ['messageFrameBytes', 'message as encoded in its messages frame'],
+};
+
+/** A `payload_too_large` refusal: `bytes`, by the measure of the tuning
+ *  `limitName`, is over its value `limit`. */
+function tooLarge(limitName, bytes, limit, details = {}) {
+  const [field, what] = MEASURES[limitName];
+  return new CourierError('payload_too_large', `${what} is ${bytes} bytes, over the ${limit}-byte limit (${limitName})`, {
+    limitName,
+    [field]: bytes,
     limit,
     ...details,
   });
+}
+
+/**
+ * The refusal the server would answer this send with, by its own measures
+ * (courier-core's `send_message`: the decoded body, then the message's frame), or
+ * null: sending it would only fetch that refusal.
+ */
+function sizeRefusal(tuning, conversationId, userId, body) {
+  // The server's bad_request (an empty body), whatever its size.
+  if (BLANK.test(body)) return null;
+  const bodyBytes = frameBytes(body);
+  if (bodyBytes > tuning.maxBodyBytes) return tooLarge('maxBodyBytes', bodyBytes, tuning.maxBodyBytes);
+  const bytes = messageFrameBytes(conversationId, userId, body);
+  if (bytes > tuning.maxMessageFrameBytes) return tooLarge('maxMessageFrameBytes', bytes, tuning.maxMessageFrameBytes);
+  return null;
 }
 
 /** Most entries one `ack` frame may carry (the server refuses more). */
@@ -423,6 +527,8 @@ export class Session {
    * @param {{me?: string, tuning?: object, emit?: (type: string, detail: object) => void}} options
    */
   constructor({ me, tuning = {}, emit = () => {}, random = Math.random } = {}) {
+    /** This user's id: the sender of our own messages, and the one their
+     *  `messages` frame is measured with (while undefined, the longest). */
     this.me = me;
     this.tuning = { ...DEFAULT_TUNING, ...tuning };
     this.emit = emit;
@@ -477,14 +583,21 @@ export class Session {
   queueSend(conversationId, clientMsgId, body, waiter, now) {
     let o = this.outbox.get(clientMsgId);
     if (!o) {
-      const bytes = frameBytes(sendFrame(conversationId, clientMsgId, body));
-      if (bytes > this.tuning.maxFrameBytes) {
-        // It would close the socket (1009) instead of being answered, and
-        // again on every resend: fail it now, never queue it.
-        waiter?.reject(tooLarge(bytes, this.tuning.maxFrameBytes, { clientMsgId }));
+      const text = wellFormed(body);
+      const bytes = frameBytes(sendFrame(conversationId, clientMsgId, text));
+      // The socket's limit first: over it, the frame would close the socket
+      // (1009) instead of being answered, and again on every resend. Then
+      // the server's measures. Either way: fail it now, never queue it.
+      const refused =
+        bytes > this.tuning.maxFrameBytes
+          ? tooLarge('maxFrameBytes', bytes, this.tuning.maxFrameBytes)
+          : sizeRefusal(this.tuning, conversationId, this.me, text);
+      if (refused) {
+        refused.clientMsgId = clientMsgId;
+        waiter?.reject(refused);
         return null;
       }
-      o = { conversationId, body, due: null, attempts: 0, waiters: [], bytes, quickDrops: 0 };
+      o = { conversationId, body: text, due: null, attempts: 0, waiters: [], bytes, quickDrops: 0 };
       this.outbox.set(clientMsgId, o);
     }
     if (waiter) o.waiters.push(waiter);
@@ -506,7 +619,7 @@ export class Session {
     const text = JSON.stringify({ ...frame, request_id: requestId });
     const bytes = frameBytes(text);
     if (bytes > this.tuning.maxFrameBytes) {
-      waiter.reject(tooLarge(bytes, this.tuning.maxFrameBytes, { requestId }));
+      waiter.reject(tooLarge('maxFrameBytes', bytes, this.tuning.maxFrameBytes, { requestId }));
       return null;
     }
     this.requests.set(requestId, { text, sent: this.open, ...waiter });
@@ -571,7 +684,7 @@ export class Session {
     if (now - at <= QUICK_DROP) o.quickDrops += 1;
     if (code === 1009 || (now - at <= QUICK_DROP && o.quickDrops >= 2)) {
       this.outbox.delete(cmid);
-      const err = tooLarge(o.bytes, this.tuning.maxFrameBytes, { clientMsgId: cmid, closeCode: code });
+      const err = tooLarge('maxFrameBytes', o.bytes, this.tuning.maxFrameBytes, { clientMsgId: cmid, closeCode: code });
       for (const w of o.waiters) w.reject(err);
     }
   }
@@ -940,7 +1053,12 @@ export class CourierClient {
    * @param {string} options.url `ws://127.0.0.1:3001` or `wss://…/prod`
    * @param {string | (() => string | Promise<string>)} options.token a JWT, or a
    *   function called on every (re)connect for a fresh one
-   * @param {string} [options.user] this user's id (default: the token's `sub`)
+   * @param {string} [options.user] this user's id (default: the token's `sub`,
+   *   once a token is fetched; pass it when the deployment's USER_ID_CLAIM is
+   *   not `sub`). A message's frame is measured with it (`maxMessageFrameBytes`);
+   *   before it is known, with the longest id the server allows
+   *   (MAX_USER_ID_BYTES), so a send within that many bytes of the limit is
+   *   refused a little early rather than sent to be refused.
    * @param {Function} [options.WebSocket] a WebSocket constructor (default:
    *   globalThis.WebSocket; on Node 20 pass the `ws` package's)
    * @param {object} [options.tuning] overrides of DEFAULT_TUNING

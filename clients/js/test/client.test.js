@@ -407,8 +407,10 @@ itest('a poison frame (16,384 quotes) is rejected at once; the socket stays up a
 
 itest('a frame the gateway closes with 1009 is rejected and never resent', async ({ gateway, client }) => {
   const gw = await gateway();
-  // The client's own check is loosened, so the frame reaches the gateway.
-  const alice = await client(gw, 'alice', { tuning: { maxFrameBytes: 1 << 20, backoffBase: 20 } });
+  // The client's own checks are loosened, so the frame reaches the gateway.
+  const alice = await client(gw, 'alice', {
+    tuning: { maxFrameBytes: 1 << 20, maxMessageFrameBytes: Infinity, backoffBase: 20 },
+  });
   const { conversationId } = await alice.createConversation(['bob']);
   await assert.rejects(
     withTimeout(alice.send(conversationId, '"'.repeat(16_384)), 5000),

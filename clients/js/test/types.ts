@@ -4,11 +4,13 @@ import {
   CourierClient,
   CourierError,
   DEFAULT_TUNING,
+  MAX_USER_ID_BYTES,
   Session,
   Timeline,
   backoff,
   connectUrl,
   isValidDeviceId,
+  messageFrameBytes,
   newDeviceId,
   resolveDeviceId,
   type ConversationPage,
@@ -28,7 +30,13 @@ export async function app(): Promise<void> {
     deviceId: 'phone',
     openConversation: 'c1',
   });
-  const laptop = new CourierClient({ url: 'ws://h', token: 'jwt', storage: null });
+  const laptop = new CourierClient({
+    url: 'ws://h',
+    token: 'jwt',
+    user: 'alice',
+    storage: null,
+    tuning: { maxBodyBytes: 8192, maxMessageFrameBytes: 16_384 },
+  });
   const id: string | null = laptop.deviceId;
   const unsubscribe = client.on('message', (m: Message) => {
     const line: string = `${m.conversationId} #${m.seq} ${m.senderId}: ${m.body}`;
@@ -41,6 +49,9 @@ export async function app(): Promise<void> {
   client.on('receipt', (r) => void r.deliveredThroughSeq.toFixed());
   client.on('state', ({ state, delay }) => void [state === 'reconnecting', delay]);
   client.on('error', (e: CourierError) => void [e.code, e.code === 'too_many_devices' && e.limit]);
+  const tooLong = await client.send('c1', 'x'.repeat(20_000)).catch((e: CourierError) =>
+    e.limitName === 'maxBodyBytes' ? e.bodyBytes : e.limitName === 'maxMessageFrameBytes' ? e.messageFrameBytes : e.frameBytes,
+  );
   client.on('state', ({ reason, error }) => void [reason === 'too_many_devices', error?.fatal]);
   client.restore('c1', [], { heldThrough: 41 });
   await client.connect({ timeout: 5000 });
@@ -57,7 +68,7 @@ export async function app(): Promise<void> {
   const more = page.next ? await client.listConversations({ after: page.next }) : null;
   const unread: number = page.conversations.reduce((n, c) => n + c.lastSeq - c.deliveredThroughSeq, 0);
   await client.connect({ openConversation: page.conversations[0]?.conversationId });
-  void [id, more?.conversations.length, unread, client.fatalError?.limit];
+  void [id, more?.conversations.length, unread, client.fatalError?.limit, tooLong];
   void [members, sent.seq, timeline, through, rtt, client.pendingSends()[0]?.attempts, client.stats.opens];
   client.sync();
   client.goOffline();
@@ -74,5 +85,7 @@ export function pure(): void {
   const frames: string[] = [...s.onOpen(0), ...s.onText('{}', 1), ...s.onTick(2)];
   const url: string = connectUrl('ws://h', 't', { deviceId: newDeviceId(), conversationId: 'c1' });
   const kept: string | null = resolveDeviceId({ storage: { getItem: () => null, setItem: () => {} } });
-  void [outcome, holes, frames, backoff(DEFAULT_TUNING, 3), url, kept, isValidDeviceId('phone')];
+  const measured: number = messageFrameBytes('c1', s.me, 'hi') + messageFrameBytes('c1', undefined, 'hi');
+  const limits: number = DEFAULT_TUNING.maxBodyBytes + DEFAULT_TUNING.maxMessageFrameBytes + MAX_USER_ID_BYTES;
+  void [outcome, holes, frames, backoff(DEFAULT_TUNING, 3), url, kept, isValidDeviceId('phone'), measured, limits];
 }
