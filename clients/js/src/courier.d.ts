@@ -165,6 +165,9 @@ export interface Sent {
 export interface CaughtUp {
   conversations: number;
   messages: number;
+  /** Conversations the catch-up ran out of time for: the client syncs again
+   *  on its own, and another `caughtUp` follows. 0 when complete. */
+  unreached: number;
   /** Time from this socket's open to its `caught_up`, by the client's clock. */
   afterOpenMs: number | null;
 }

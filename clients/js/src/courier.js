@@ -798,16 +798,27 @@ export class Session {
       case 'synced':
         this.syncsInFlight.delete(f.conversation_id);
         break;
-      case 'caught_up':
+      case 'caught_up': {
         this.caughtUpCount += 1;
-        this.caughtUpDeadline = null;
-        this.fullSyncs = 0;
+        // `unreached`: the catch-up ran out of time for that many
+        // conversations (nothing was cleared for them). Sync again soon,
+        // later each time in a row it is cut short.
+        const unreached = Number.isSafeInteger(f.unreached) && f.unreached > 0 ? f.unreached : 0;
+        if (unreached === 0) {
+          this.caughtUpDeadline = null;
+          this.fullSyncs = 0;
+        } else {
+          const wait = retryWait(this.tuning.holeGrace, Math.max(this.fullSyncs, 1), this.tuning, this.random);
+          this.caughtUpDeadline = now + wait;
+        }
         this.emit('caughtUp', {
           conversations: f.conversations,
           messages: f.messages,
+          unreached,
           afterOpenMs: this.openedAt === null ? null : now - this.openedAt,
         });
         break;
+      }
       case 'sent':
         this.onSent(f, now);
         if (this.tuning.ackDelay <= 0 && this.ackAt !== null) out.push(...this.flushAcks());

@@ -258,7 +258,26 @@ test('no caught_up in time sends a full sync, once per timeout', () => {
   assert.deepEqual(s.onTick(60_000), []);
   assert.equal(s.caughtUpCount, 1);
   const ev = events.find((e) => e.type === 'caughtUp').detail;
-  assert.deepEqual(ev, { conversations: 2, messages: 6, afterOpenMs: T.caughtUpTimeout + 250 });
+  assert.deepEqual(ev, { conversations: 2, messages: 6, unreached: 0, afterOpenMs: T.caughtUpTimeout + 250 });
+});
+
+test('a caught_up with unreached conversations is followed by a full sync, later each time in a row', () => {
+  const { s, events } = session();
+  const fullSync = (f) => f.action === 'sync' && f.conversation_id === undefined;
+  s.onOpen(0);
+  const cut = JSON.stringify({ type: 'caught_up', conversations: 9, messages: 4, unreached: 5 });
+  s.onText(cut, 100);
+  const ev = events.find((e) => e.type === 'caughtUp').detail;
+  assert.equal(ev.unreached, 5);
+  assert.deepEqual(sentAt(s, 100, 2000, fullSync), [T.holeGrace], 'one sync, after the grace');
+  // Cut short again: the next waits longer (doubling, with jitter).
+  s.onText(cut, 3000);
+  const again = sentAt(s, 3000, 5000, fullSync);
+  assert.equal(again.length, 1, `${again}`);
+  assert.ok(again[0] >= T.holeGrace, `${again}`);
+  // Complete: nothing more.
+  s.onText(JSON.stringify({ type: 'caught_up', conversations: 5, messages: 30 }), 9000);
+  assert.deepEqual(sentAt(s, 9000, 120_000, fullSync), []);
 });
 
 test('sends are retried with the same client_msg_id until sent, and land in the timeline', async () => {
