@@ -319,6 +319,22 @@ impl Request {
     /// Parses one client frame. `raw` is the WebSocket text as API Gateway
     /// passed it (the event's `body`).
     pub fn parse(raw: &str) -> Result<Request, FrameError> {
+        match Self::parse_exact(raw) {
+            // A lone UTF-16 surrogate escaped in a string (`"\ud83d"`:
+            // JavaScript's JSON.stringify writes one for half an emoji) is
+            // not JSON serde accepts, and the whole frame would be refused
+            // without its `client_msg_id`, so a client could not tell which
+            // send failed and would resend it for ever. Read it as U+FFFD,
+            // as a WebSocket does with an unpaired surrogate in a text frame.
+            Err(e) => match lone_surrogates_replaced(raw) {
+                Some(repaired) => Self::parse_exact(&repaired),
+                None => Err(e),
+            },
+            parsed => parsed,
+        }
+    }
+
+    fn parse_exact(raw: &str) -> Result<Request, FrameError> {
         let env: Envelope = serde_json::from_str(raw)
             .map_err(|_| FrameError::new(ErrorCode::BadRequest, "frame is not a JSON object"))?;
         let request_id = request_id_of(&env)?;
@@ -505,6 +521,50 @@ pub struct ConversationView {
     /// (unread = `last_seq - delivered_through_seq`). A device with nothing
     /// pending is at `last_seq`.
     pub delivered_through_seq: Seq,
+}
+
+/// `raw` with every `\uXXXX` escape of an unpaired UTF-16 surrogate
+/// replaced by `\ufffd`; `None` when it has none. Escapes are read in
+/// order, so `\\ud83d` (an escaped backslash, then text) is left alone.
+fn lone_surrogates_replaced(raw: &str) -> Option<String> {
+    fn unit_at(b: &[u8], i: usize) -> Option<u16> {
+        let hex = b.get(i..i + 6)?;
+        if hex[0] != b'\\' || hex[1] != b'u' {
+            return None;
+        }
+        u16::from_str_radix(std::str::from_utf8(&hex[2..]).ok()?, 16).ok()
+    }
+    let b = raw.as_bytes();
+    let mut out: Option<String> = None;
+    let (mut i, mut copied) = (0, 0);
+    while i < b.len() {
+        if b[i] != b'\\' {
+            i += 1;
+            continue;
+        }
+        let Some(unit) = unit_at(b, i) else {
+            // Any other escape: its two bytes (`\\`, `\"`, …).
+            i += 2;
+            continue;
+        };
+        let paired = (0xD800..0xDC00).contains(&unit)
+            && unit_at(b, i + 6).is_some_and(|low| (0xDC00..0xE000).contains(&low));
+        if paired {
+            i += 12;
+        } else if (0xD800..0xE000).contains(&unit) {
+            let o = out.get_or_insert_with(|| String::with_capacity(raw.len()));
+            o.push_str(&raw[copied..i]);
+            o.push_str("\\ufffd");
+            i += 6;
+            copied = i;
+        } else {
+            i += 6;
+        }
+    }
+    out.map(|mut o| {
+        o.push_str(&raw[copied..]);
+        o
+    })
 }
 
 /// Every frame Courier sends to a client.
@@ -816,6 +876,39 @@ pub(crate) mod tests {
             assert!(e.message.len() <= 200, "{} bytes", e.message.len());
             assert!(!e.message.contains(&"s".repeat(50)), "{}", e.message);
         }
+    }
+
+    #[test]
+    fn a_lone_surrogate_escape_reads_as_the_replacement_character() {
+        let send = |body: &str| {
+            Request::parse(&format!(
+                r#"{{"action":"sendMessage","conversation_id":"c1","client_msg_id":"u1","body":"{body}"}}"#
+            ))
+        };
+        for (escaped, want) in [
+            (r"a\ud83db", "a\u{fffd}b"),
+            (r"\udc00", "\u{fffd}"),
+            (r"x\ud83d", "x\u{fffd}"),
+            (r"\ud83d\ud83d\ude00", "\u{fffd}😀"),
+            // A pair, an escaped backslash before text, plain text: as is.
+            (r"\ud83d\ude00", "😀"),
+            (r"\\ud83d", r"\ud83d"),
+        ] {
+            let parsed = send(escaped).unwrap_or_else(|e| panic!("{escaped}: {e:?}"));
+            let ClientFrame::SendMessage {
+                body,
+                client_msg_id,
+                ..
+            } = parsed.frame
+            else {
+                panic!("not a send")
+            };
+            assert_eq!(body, want, "{escaped}");
+            assert_eq!(client_msg_id.as_str(), "u1");
+        }
+        assert_eq!(lone_surrogates_replaced(r#"{"body":"\ud83d\ude00"}"#), None);
+        // Still not JSON for another reason: refused as before.
+        assert!(Request::parse(r#"{"action":"ping","x":"\ud83d"#).is_err());
     }
 
     #[test]
