@@ -1,5 +1,6 @@
 //! `courier-local`: serve Courier on one port (the default command), mint a
-//! local token, or create the DynamoDB tables.
+//! local token, create the DynamoDB tables, or backfill the memberships
+//! index of a deployment's tables.
 
 use std::time::Duration;
 
@@ -32,6 +33,29 @@ enum Command {
     Token(TokenArgs),
     /// Create Courier's tables on a DynamoDB endpoint (existing ones kept).
     CreateTables(TablesArgs),
+    /// List conversations created before the memberships index (before
+    /// devices) in `listConversations`: write a membership item for every
+    /// member of every conversation. Idempotent; safe while the service
+    /// runs. Without --dynamodb-endpoint it runs on the AWS account of the
+    /// default credential chain (the stack's tables: its outputs name them).
+    BackfillMemberships(BackfillArgs),
+}
+
+#[derive(Args)]
+struct BackfillArgs {
+    /// DynamoDB endpoint (moto, DynamoDB Local); AWS itself without.
+    #[arg(long, env = "DYNAMODB_ENDPOINT")]
+    dynamodb_endpoint: Option<String>,
+    /// The conversations table (the stack's `ConversationsTableName`
+    /// output); default `{table-prefix}-conversations`.
+    #[arg(long, env = "CONVERSATIONS_TABLE")]
+    conversations_table: Option<String>,
+    /// The pending-deliveries table (`PendingTableName`); default
+    /// `{table-prefix}-pending-deliveries`.
+    #[arg(long, env = "PENDING_TABLE")]
+    pending_table: Option<String>,
+    #[command(flatten)]
+    tables: TablePrefix,
 }
 
 #[derive(Args, Clone)]
@@ -119,6 +143,19 @@ async fn main() -> anyhow::Result<()> {
             let tables = TableNames::with_prefix(&t.tables.table_prefix);
             wiring::create_tables(&t.dynamodb_endpoint, &tables).await?;
             println!("tables ready: {tables:?}");
+            Ok(())
+        }
+        Some(Command::BackfillMemberships(b)) => {
+            init_logs();
+            let mut tables = TableNames::with_prefix(&b.tables.table_prefix);
+            tables.conversations = b.conversations_table.unwrap_or(tables.conversations);
+            tables.pending = b.pending_table.unwrap_or(tables.pending);
+            let done =
+                wiring::backfill_memberships(b.dynamodb_endpoint.as_deref(), &tables).await?;
+            println!(
+                "memberships written: {} for {} conversations ({} -> {})",
+                done.memberships, done.conversations, tables.conversations, tables.pending
+            );
             Ok(())
         }
         Some(Command::Serve(s)) => serve(s).await,

@@ -262,6 +262,33 @@ pub async fn create_tables(endpoint: &str, tables: &TableNames) -> anyhow::Resul
         .with_context(|| format!("creating tables on {endpoint}"))
 }
 
+/// Writes the membership items of conversations created before the
+/// memberships index (`DynamoStore::backfill_memberships`), on `endpoint`
+/// (moto, DynamoDB Local) or, without one, the AWS account of the default
+/// credential chain.
+pub async fn backfill_memberships(
+    endpoint: Option<&str>,
+    tables: &TableNames,
+) -> anyhow::Result<courier_aws::dynamo::Backfilled> {
+    let endpoints = AwsEndpoints {
+        dynamodb: endpoint.map(str::to_owned),
+        ..AwsEndpoints::default()
+    };
+    let clients = match endpoint {
+        Some(_) => AwsClients::from_sdk_config(local_sdk_config(), endpoints),
+        None => AwsClients::load(endpoints).await,
+    };
+    DynamoStore::new(clients.dynamodb(), tables.clone())
+        .backfill_memberships()
+        .await
+        .with_context(|| {
+            format!(
+                "backfilling memberships from {} into {}",
+                tables.conversations, tables.pending
+            )
+        })
+}
+
 /// Binds `listener`, builds the ports and the handlers, and serves.
 pub async fn start(
     options: LocalOptions,

@@ -35,6 +35,7 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_dynamodb::types::AttributeValue;
 use courier_aws::dynamo::create_tables;
 use courier_core::config::TableNames;
 
@@ -153,6 +154,30 @@ pub async fn fresh_tables() -> TableNames {
         .await
         .unwrap_or_else(|e| panic!("creating test tables {names:?} failed: {e}"));
     names
+}
+
+/// Deletes the membership items of `conversation` for `members`, behind the
+/// store's back: the conversation then looks as one created before the
+/// memberships index did (what the memberships backfill is for).
+pub async fn forget_memberships(
+    client: &Client,
+    tables: &TableNames,
+    conversation: &str,
+    members: &[courier_core::domain::UserId],
+) {
+    for m in members {
+        client
+            .delete_item()
+            .table_name(&tables.pending)
+            .key("user_id", AttributeValue::S(m.to_string()))
+            .key(
+                "conversation_id",
+                AttributeValue::S(format!("#m#{conversation}")),
+            )
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("deleting a membership of {conversation}: {e}"));
+    }
 }
 
 /// Deletes a set made by [`fresh_tables`]. Tests that fill tables with a lot

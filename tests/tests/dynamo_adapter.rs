@@ -466,3 +466,59 @@ async fn messages_carry_the_ttl_attribute_only_with_retention() {
     // The TTL attribute does not disturb reading the message back.
     assert_eq!(store.range(&conv(), Seq(1), 10).await.unwrap().len(), 2);
 }
+
+/// Conversations created before the memberships index have no membership
+/// items (played here by deleting them behind the store's back), so
+/// `listConversations` misses them; the backfill writes them for every
+/// member, and running it again changes nothing.
+#[tokio::test]
+async fn backfill_lists_conversations_created_before_memberships() {
+    init_test_logging();
+    let tables = fresh_tables().await;
+    let client = dynamo_client().await;
+    let store = DynamoStore::new(client.clone(), tables.clone());
+    let (alice, bob, carol) = (
+        UserId::parse("alice").unwrap(),
+        UserId::parse("bob").unwrap(),
+        UserId::parse("carol").unwrap(),
+    );
+    let old = [
+        ("c-old-1", vec![alice.clone(), bob.clone()]),
+        ("c-old-2", vec![alice.clone(), bob.clone(), carol.clone()]),
+    ];
+    for (id, members) in &old {
+        let conversation = courier_core::domain::Conversation {
+            conversation_id: ConversationId::parse(id).unwrap(),
+            members: members.clone(),
+            last_seq: Seq::ZERO,
+            created_at: 1,
+        };
+        assert!(store.create(&conversation).await.unwrap());
+        courier_tests::forget_memberships(&client, &tables, id, &members).await;
+    }
+    let listed = |user: UserId| {
+        let store = &store;
+        async move {
+            let (page, _) = store.list_for(&user, None, 100).await.unwrap();
+            page.into_iter()
+                .map(|c| c.conversation_id.to_string())
+                .collect::<Vec<_>>()
+        }
+    };
+    assert!(
+        listed(bob.clone()).await.is_empty(),
+        "the old ones are unlisted"
+    );
+
+    let done = store.backfill_memberships().await.unwrap();
+    assert_eq!((done.conversations, done.memberships), (2, 5));
+    assert_eq!(listed(alice.clone()).await, ["c-old-1", "c-old-2"]);
+    assert_eq!(listed(bob.clone()).await, ["c-old-1", "c-old-2"]);
+    assert_eq!(listed(carol.clone()).await, ["c-old-2"]);
+    // Pending rows and links are untouched; a second run writes the same.
+    assert!(PendingStore::list(&store, &bob).await.unwrap().is_empty());
+    assert!(LinkStore::list(&store, &bob).await.unwrap().is_empty());
+    let again = store.backfill_memberships().await.unwrap();
+    assert_eq!(again, done);
+    assert_eq!(listed(carol).await, ["c-old-2"]);
+}

@@ -94,6 +94,7 @@
 //! panic.
 
 mod append;
+mod backfill;
 mod conversations;
 mod devices;
 mod items;
@@ -114,6 +115,7 @@ use courier_core::ports::StoreError;
 #[cfg(doc)]
 use courier_core::ports::{ConversationStore, DeviceStore, LinkStore, MessageStore, PendingStore};
 
+pub use backfill::Backfilled;
 pub use items::attr;
 pub use retry::RetryPolicy;
 pub use tables::create_tables;
