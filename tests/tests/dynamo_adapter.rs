@@ -494,7 +494,7 @@ async fn backfill_lists_conversations_created_before_memberships() {
             created_at: 1,
         };
         assert!(store.create(&conversation).await.unwrap());
-        courier_tests::forget_memberships(&client, &tables, id, &members).await;
+        courier_tests::forget_memberships(&client, &tables, id, members).await;
     }
     let listed = |user: UserId| {
         let store = &store;
