@@ -13,6 +13,10 @@
 //!
 //! - [`catchup`]: the catch-up critical path against its 3-RTT bound, the
 //!   naive loop beside it, and frames against the packing bound.
+//! - [`catch_up_memory`]: catch-up's peak heap and `VmHWM` at the worst
+//!   case for memory (largest bodies, reads answered at once, posts
+//!   slowed) against its byte bound, each run a process of its own (the
+//!   `catch-up-memory` binary, with a counting allocator).
 //! - [`send`]: round trips of `sendMessage` → `sent` and → the recipient's
 //!   frame, and the throughput of 100 concurrent senders.
 //! - [`devices`]: several devices per user — catch-up depth with other
@@ -34,10 +38,11 @@
 //! Benchmarks assert nothing about wall-clock time: a figure that misses its
 //! target is reported as missed. What the smoke run (`courier-bench smoke`,
 //! a step of `scripts/test`) does assert are counts and bounds: every
-//! message delivered, frames within the packing bound, every storm client
-//! caught up.
+//! message delivered, frames within the packing bound, catch-up's peak
+//! heap within its byte bound, every storm client caught up.
 
 pub mod backends;
+pub mod catch_up_memory;
 pub mod catchup;
 pub mod devices;
 pub mod functions;

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use courier_bench::report::Report;
-use courier_bench::{catchup, devices, functions, profiles, send, storm};
+use courier_bench::{catch_up_memory, catchup, devices, functions, profiles, send, storm};
 
 #[derive(Parser)]
 #[command(
@@ -35,6 +35,10 @@ enum Command {
     },
     /// Catch-up critical path vs its 3-RTT bound, naive baseline, frames.
     CatchUp,
+    /// Catch-up's peak heap and VmHWM at the worst case (largest bodies,
+    /// reads answered at once, posts slowed) against its byte bound; builds
+    /// and runs the `catch-up-memory` binary.
+    CatchUpMemory,
     /// Send path round trips and 100 concurrent senders.
     Send,
     /// Several devices per user: catch-up depth with other devices'
@@ -78,6 +82,7 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::All { skip_profiles } => {
             run_catch_up(&mut report, &catchup::Config::full()).await?;
+            run_catch_up_memory(&mut report, &catch_up_memory::Config::full()).await?;
             run_send(&mut report, &send::Config::full()).await?;
             run_devices(&mut report, &devices::Config::full()).await?;
             run_storm(&mut report, &storm::Config::full()).await?;
@@ -94,6 +99,9 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         Command::CatchUp => run_catch_up(&mut report, &catchup::Config::full()).await?,
+        Command::CatchUpMemory => {
+            run_catch_up_memory(&mut report, &catch_up_memory::Config::full()).await?;
+        }
         Command::Send => run_send(&mut report, &send::Config::full()).await?,
         Command::Devices => run_devices(&mut report, &devices::Config::full()).await?,
         Command::Storm {
@@ -117,6 +125,9 @@ async fn main() -> anyhow::Result<()> {
         Command::Profiles { arm64 } => run_profiles(&mut report, arm64).await?,
         Command::Smoke => {
             run_catch_up(&mut report, &catchup::Config::smoke()).await?;
+            let f = catch_up_memory::run(&catch_up_memory::Config::smoke()).await?;
+            report.extend(catch_up_memory::report(&f));
+            catch_up_memory::check(&f)?;
             run_send(&mut report, &send::Config::smoke()).await?;
             let f = devices::run(&devices::Config::smoke()).await?;
             report.extend(devices::report(&f));
@@ -145,6 +156,15 @@ async fn main() -> anyhow::Result<()> {
 async fn run_catch_up(report: &mut Report, config: &catchup::Config) -> anyhow::Result<()> {
     let (cases, packing) = catchup::run(config).await?;
     report.extend(catchup::report(&cases, &packing));
+    Ok(())
+}
+
+async fn run_catch_up_memory(
+    report: &mut Report,
+    config: &catch_up_memory::Config,
+) -> anyhow::Result<()> {
+    let f = catch_up_memory::run(config).await?;
+    report.extend(catch_up_memory::report(&f));
     Ok(())
 }
 
