@@ -1640,15 +1640,15 @@ fn replayed_findings_hold() {
 }
 
 /// Found by this model (seed 1806 of the history below; 4 in 3000 seeds
-/// fail): in `post` mode a catch-up reads the user's linked devices once, at
-/// its start, and settles with that list. bob's laptop links while his
+/// failed): in `post` mode a catch-up read the user's linked devices once,
+/// at its start, and settled with that list. bob's laptop links while his
 /// phone catches up; alice's message, stored after the link, is recorded
 /// for the laptop (not reached live) and posted to the phone by the same
-/// catch-up's next round, which settles through it with `linked =
-/// [default]`: the row goes, the laptop never gets the message. Re-reading
-/// the linked devices after posting and before settling would close it
-/// (whatever the catch-up posted was read after its append, so after the
-/// link). Kept out of the default run until the service is fixed.
+/// catch-up's next round, which settled through it with `linked =
+/// [default]`: the row went, the laptop never got the message. Fixed: the
+/// settle reads the linked devices after posting (whatever the catch-up
+/// posted was read after its append, so after the link); this history
+/// stays in the default run so it cannot come back.
 #[test]
 fn post_mode_catch_up_keeps_the_row_for_a_device_linked_meanwhile() {
     use Op::*;
