@@ -31,6 +31,8 @@ fn request() -> CatchUpRequest {
         device_id: Default::default(),
         open_conversation: None,
         device_limit: None,
+        origin: Default::default(),
+        correlation_id: None,
     }
 }
 

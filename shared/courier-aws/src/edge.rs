@@ -10,10 +10,12 @@
 
 use std::future::Future;
 
+use tracing::Instrument;
+
 use aws_lambda_events::apigw::{ApiGatewayProxyResponse, ApiGatewayWebsocketProxyRequest};
 use aws_lambda_events::encodings::Body;
 use courier_core::app::App;
-use courier_core::domain::{ConnectionId, ConversationId, DeviceId, Millis, UserId};
+use courier_core::domain::{ConnectionId, ConversationId, CorrelationId, DeviceId, Millis, UserId};
 use courier_core::protocol::{ErrorCode, FrameError, Request, ServerFrame};
 use courier_core::services::{Answer, Reply, fault};
 
@@ -64,6 +66,20 @@ pub fn connection_id(event: &ApiGatewayWebsocketProxyRequest) -> Result<Connecti
         .as_deref()
         .and_then(|c| ConnectionId::parse(c).ok())
         .ok_or(EdgeError::MissingConnection)
+}
+
+/// The id a route event's work is logged under: API Gateway's request id
+/// (it names the frame in API Gateway's own logs too), else a fresh one.
+pub fn correlation_id(event: &ApiGatewayWebsocketProxyRequest) -> CorrelationId {
+    CorrelationId::from_request_id(event.request_context.request_id.as_deref())
+}
+
+/// The span a route event's handler runs in ([`crate::telemetry::correlated`]).
+pub fn span(
+    event: &ApiGatewayWebsocketProxyRequest,
+    context: &lambda_runtime::Context,
+) -> tracing::Span {
+    crate::telemetry::correlated(&correlation_id(event), context)
 }
 
 /// The user id the authorizer put in the context.
@@ -166,7 +182,28 @@ pub fn wrong_route<T>(action: &str) -> Answer<T> {
 ///   gets the frame's `request_id` if the service did not set it.
 /// - `Err(fault)`: logged, the typed `internal` frame naming the request
 ///   posted to the caller, and the fault returned for Lambda to count.
+///
+/// All of it runs in the event's [`span`]: everything the frame causes (a
+/// send's live posts and pushes, a sync's catch-up) logs its
+/// `correlation_id`.
 pub async fn serve_frame<T, E, F, Fut>(
+    app: &App,
+    event: &ApiGatewayWebsocketProxyRequest,
+    context: &lambda_runtime::Context,
+    serve: F,
+) -> Result<ApiGatewayProxyResponse, lambda_runtime::Error>
+where
+    T: Reply,
+    E: std::error::Error + Send + Sync + 'static,
+    F: FnOnce(WsRequest, Request) -> Fut,
+    Fut: Future<Output = Result<Answer<T>, E>>,
+{
+    serve_frame_inner(app, event, serve)
+        .instrument(span(event, context))
+        .await
+}
+
+async fn serve_frame_inner<T, E, F, Fut>(
     app: &App,
     event: &ApiGatewayWebsocketProxyRequest,
     serve: F,
@@ -206,13 +243,6 @@ pub fn status(code: i64) -> ApiGatewayProxyResponse {
     let mut r = ApiGatewayProxyResponse::default();
     r.status_code = code;
     r
-}
-
-/// Logs for a Lambda function: JSON when the runtime asks for it
-/// (`AWS_LAMBDA_LOG_FORMAT=JSON`), level from `AWS_LAMBDA_LOG_LEVEL` or
-/// `RUST_LOG`.
-pub fn init_tracing() {
-    lambda_runtime::tracing::init_default_subscriber();
 }
 
 #[cfg(test)]
