@@ -295,20 +295,18 @@ async fn story_delivers_everything_in_order(backend: Backend, mode: PendingClear
     let f = fixture(backend, settings(mode)).await;
     let s = seed_story(&f.app).await;
     let c = conn("bob-conn", now_millis());
-    connect::connect(
-        &f.app,
-        &s.bob,
-        &c,
-        None,
-        courier_core::domain::CorrelationId::new(),
-    )
-    .await;
+    let correlation_id = courier_core::domain::CorrelationId::new();
+    connect::connect(&f.app, &s.bob, &c, None, correlation_id.clone()).await;
     assert_eq!(
         f.app.ports.registry.lookup(&s.bob).await.unwrap(),
         vec![c.clone()]
     );
     let triggered = f.trigger.requests();
-    assert_eq!(triggered, vec![request(&s.bob, &c)]);
+    let expected = CatchUpRequest {
+        correlation_id: Some(correlation_id),
+        ..request(&s.bob, &c)
+    };
+    assert_eq!(triggered, vec![expected]);
 
     f.gateway.open(&c.connection_id);
     let report = catch_up::catch_up(&f.app, &triggered[0], None, None)
