@@ -1,5 +1,5 @@
-//! The edge every handler shares: reading an API Gateway WebSocket event and
-//! answering it.
+//! The edge every handler shares: reading an API Gateway WebSocket event,
+//! answering it, and the span its work runs in (its correlation id).
 //!
 //! Identity comes from one place only, the authorizer context API Gateway
 //! attaches to every route of a connection (`requestContext.authorizer`).
@@ -10,14 +10,13 @@
 
 use std::future::Future;
 
-use tracing::Instrument;
-
 use aws_lambda_events::apigw::{ApiGatewayProxyResponse, ApiGatewayWebsocketProxyRequest};
 use aws_lambda_events::encodings::Body;
 use courier_core::app::App;
 use courier_core::domain::{ConnectionId, ConversationId, CorrelationId, DeviceId, Millis, UserId};
 use courier_core::protocol::{ErrorCode, FrameError, Request, ServerFrame};
 use courier_core::services::{Answer, Reply, fault};
+use tracing::Instrument;
 
 /// The authorizer context key that carries the user id.
 pub const USER_ID_KEY: &str = "user_id";
@@ -265,6 +264,22 @@ mod tests {
         assert_eq!(r.connection_id.as_str(), "abc=");
         assert_eq!(r.connected_at, Some(1_795_000_000_000));
         assert_eq!(r.route_key, "sendMessage");
+    }
+
+    #[test]
+    fn the_correlation_id_is_api_gateways_request_id_else_a_fresh_one() {
+        let e = event(
+            r#"{"requestContext":{"connectionId":"abc=","requestId":"Kc9dQHZoIAMFabc=","connectedAt":1,"requestTimeEpoch":1},"isBase64Encoded":false}"#,
+        );
+        assert_eq!(correlation_id(&e).as_str(), "Kc9dQHZoIAMFabc=");
+        for raw in [
+            r#"{"requestContext":{"connectionId":"abc=","connectedAt":1,"requestTimeEpoch":1},"isBase64Encoded":false}"#,
+            r#"{"requestContext":{"connectionId":"abc=","requestId":"not an id","connectedAt":1,"requestTimeEpoch":1},"isBase64Encoded":false}"#,
+        ] {
+            let fresh = correlation_id(&event(raw));
+            assert_eq!(fresh.as_str().len(), 32, "{fresh}");
+            assert_ne!(fresh, correlation_id(&event(raw)), "a fresh one each time");
+        }
     }
 
     #[test]
