@@ -14,6 +14,8 @@
 //!   its deliveries').
 //! - `the_architecture_doc_names_every_metric`: the operators' table in
 //!   docs/architecture.md stays in step with `METRICS`.
+//! - `every_function_installs_telemetry_under_its_name_and_flushes_each_invocation`:
+//!   each `main` does what the first test does around each handler.
 //!
 //! One process installs the global logger and recorder once, so the tests
 //! take turns (`SERIAL`) on one captured buffer, and every metric carries
@@ -416,4 +418,36 @@ fn the_architecture_doc_names_every_metric() {
             assert!(cells[3].contains(&format!("`{o}`")), "{}: {o}", m.name);
         }
     }
+}
+
+/// Each function's `main` installs the telemetry under its package name
+/// (the `Function` dimension: `catch-up` for the catch-up, as the alarm
+/// expects) and wraps every handler call in `flushed`, so each invocation
+/// writes its metrics.
+#[test]
+fn every_function_installs_telemetry_under_its_name_and_flushes_each_invocation() {
+    let functions = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../functions");
+    let mut checked = Vec::new();
+    for entry in std::fs::read_dir(&functions).unwrap() {
+        let dir = entry.unwrap().path();
+        let manifest = std::fs::read_to_string(dir.join("Cargo.toml")).unwrap();
+        let name = dir.file_name().unwrap().to_str().unwrap().to_owned();
+        assert!(
+            manifest.contains(&format!("name = \"{name}\"")),
+            "{name}: package name = folder name"
+        );
+        let main = std::fs::read_to_string(dir.join("src/main.rs")).unwrap();
+        assert!(
+            main.contains("telemetry::Telemetry::init(env!(\"CARGO_PKG_NAME\"))"),
+            "{name}: main installs the telemetry under its package name"
+        );
+        assert!(
+            main.contains("telemetry.flushed("),
+            "{name}: every invocation is flushed"
+        );
+        checked.push(name);
+    }
+    checked.sort();
+    assert_eq!(checked.len(), 9, "{checked:?}");
+    assert!(checked.iter().any(|n| n == FUNCTION));
 }
