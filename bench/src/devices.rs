@@ -51,8 +51,8 @@ use async_trait::async_trait;
 use courier_core::app::{App, MemoryHandles, Ports, Settings};
 use courier_core::config::PendingClear;
 use courier_core::domain::{
-    ClientMsgId, Connection, ConnectionId, Conversation, ConversationId, DeviceId, Message, Seq,
-    UserId, now_millis,
+    ClientMsgId, Connection, ConnectionId, Conversation, ConversationId, CorrelationId, DeviceId,
+    Message, Seq, UserId, now_millis,
 };
 use courier_core::ports::{CatchUpRequest, ConnectionInfo, Gateway, PostError};
 use courier_core::protocol::{ServerFrame, WireMessage};
@@ -294,7 +294,7 @@ async fn backlog(mode: PendingClear, linked: usize, n: usize, m: usize) -> anyho
             connection_id: connection_id(&format!("conn-{k}"))?,
             connected_at: Some(now_millis()),
         };
-        let done = connect::connect(&app, &reader, &c, None).await;
+        let done = connect::connect(&app, &reader, &c, None, CorrelationId::new()).await;
         ensure!(done.registered, "device {k} not registered: {done:?}");
         connections.push(c);
     }
@@ -374,6 +374,8 @@ async fn catch_up_once(
         connected_at: b.connection.connected_at,
         open_conversation: open,
         device_limit: None,
+        origin: Default::default(),
+        correlation_id: None,
     };
     let start = Instant::now();
     let report = catch_up::catch_up(&app, &request, None, None)
@@ -472,7 +474,7 @@ async fn fan_out_setup(devices: usize) -> anyhow::Result<FanOut> {
             connected_at: Some(now_millis()),
         };
         handles.gateway.open(&c.connection_id);
-        let done = connect::connect(&app, &recipient, &c, None).await;
+        let done = connect::connect(&app, &recipient, &c, None, CorrelationId::new()).await;
         ensure!(done.registered, "device {k} not registered: {done:?}");
         connections.push(c.connection_id);
     }

@@ -286,6 +286,8 @@ mod tests {
             device_id: Default::default(),
             open_conversation: None,
             device_limit: None,
+            origin: Default::default(),
+            correlation_id: None,
         };
         trigger.trigger(&req).await.unwrap();
         let (payload, deadline) = rx.recv().await.unwrap();

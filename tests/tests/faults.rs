@@ -180,7 +180,14 @@ impl Real {
             device_id: Default::default(),
         };
         self.gateway.open(&c.connection_id);
-        let connected = connect::connect(&self.app, user, &c, None).await;
+        let connected = connect::connect(
+            &self.app,
+            user,
+            &c,
+            None,
+            courier_core::domain::CorrelationId::new(),
+        )
+        .await;
         (c, connected)
     }
 
@@ -192,6 +199,8 @@ impl Real {
             device_id: Default::default(),
             open_conversation: None,
             device_limit: None,
+            origin: Default::default(),
+            correlation_id: None,
         }
     }
 

@@ -11,7 +11,7 @@ mod support;
 use courier_aws::auth::testing::http::{Reply, StubServer};
 use courier_aws::lambda::LambdaTrigger;
 use courier_aws::wiring::AwsEndpoints;
-use courier_core::domain::{ConnectionId, UserId};
+use courier_core::domain::{ConnectionId, CorrelationId, UserId};
 use courier_core::ports::{CatchUpRequest, CatchUpTrigger};
 
 async fn trigger(stub: &StubServer, function: &str) -> LambdaTrigger {
@@ -31,6 +31,8 @@ fn request() -> CatchUpRequest {
         device_id: Default::default(),
         open_conversation: None,
         device_limit: None,
+        origin: Default::default(),
+        correlation_id: Some(CorrelationId::parse("Kc9dQHZoIAMFabc=").unwrap()),
     }
 }
 
@@ -56,6 +58,8 @@ async fn invokes_the_function_asynchronously_with_the_request_as_payload() {
             "device_id": "default",
             "connection_id": "L0SM9cOFvHcCIhw=",
             "connected_at": 1_795_000_000_000i64,
+            "origin": "connect",
+            "correlation_id": "Kc9dQHZoIAMFabc=",
         })
     );
 }

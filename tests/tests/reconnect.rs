@@ -258,6 +258,8 @@ fn request(user: &UserId, c: &Connection) -> CatchUpRequest {
         device_id: Default::default(),
         open_conversation: None,
         device_limit: None,
+        origin: Default::default(),
+        correlation_id: None,
     }
 }
 
@@ -293,13 +295,18 @@ async fn story_delivers_everything_in_order(backend: Backend, mode: PendingClear
     let f = fixture(backend, settings(mode)).await;
     let s = seed_story(&f.app).await;
     let c = conn("bob-conn", now_millis());
-    connect::connect(&f.app, &s.bob, &c, None).await;
+    let correlation_id = courier_core::domain::CorrelationId::new();
+    connect::connect(&f.app, &s.bob, &c, None, correlation_id.clone()).await;
     assert_eq!(
         f.app.ports.registry.lookup(&s.bob).await.unwrap(),
         vec![c.clone()]
     );
     let triggered = f.trigger.requests();
-    assert_eq!(triggered, vec![request(&s.bob, &c)]);
+    let expected = CatchUpRequest {
+        correlation_id: Some(correlation_id),
+        ..request(&s.bob, &c)
+    };
+    assert_eq!(triggered, vec![expected]);
 
     f.gateway.open(&c.connection_id);
     let report = catch_up::catch_up(&f.app, &triggered[0], None, None)
@@ -711,7 +718,14 @@ async fn gone_for_a_while_after_connect_then_delivered(backend: Backend) {
     let f = fixture(backend, settings(PendingClear::Ack)).await;
     let s = seed_story(&f.app).await;
     let c = conn("bob-conn", now_millis());
-    connect::connect(&f.app, &s.bob, &c, None).await;
+    connect::connect(
+        &f.app,
+        &s.bob,
+        &c,
+        None,
+        courier_core::domain::CorrelationId::new(),
+    )
+    .await;
     // `$connect` has not returned yet: 410 for the next 300 ms.
     f.gateway
         .open_after(&c.connection_id, Duration::from_millis(300));
@@ -730,7 +744,14 @@ async fn gone_past_window_keeps_pending_and_newer_connection(backend: Backend, m
     let s = seed_story(&f.app).await;
     // Opened long ago and never reachable: 410 means gone.
     let dead = conn("dead", now_millis() - 60_000);
-    connect::connect(&f.app, &s.bob, &dead, None).await;
+    connect::connect(
+        &f.app,
+        &s.bob,
+        &dead,
+        None,
+        courier_core::domain::CorrelationId::new(),
+    )
+    .await;
     let started = Instant::now();
     let report = catch_up::catch_up(&f.app, &request(&s.bob, &dead), None, None)
         .await
@@ -938,7 +959,14 @@ async fn redis_unreachable_connect_succeeds_and_catch_up_runs() {
     let s = seed_story(&f.app).await;
     let c = conn("bob-conn", now_millis());
     let started = Instant::now();
-    let r = connect::connect(&f.app, &s.bob, &c, None).await;
+    let r = connect::connect(
+        &f.app,
+        &s.bob,
+        &c,
+        None,
+        courier_core::domain::CorrelationId::new(),
+    )
+    .await;
     assert!(!r.registered);
     assert!(r.catch_up_triggered);
     assert!(

@@ -292,6 +292,7 @@ impl World {
                 device_id: Default::default(),
             },
             None,
+            courier_core::domain::CorrelationId::new(),
         )
         .await;
         assert!(connected.registered && connected.catch_up_triggered);

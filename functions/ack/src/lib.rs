@@ -13,12 +13,17 @@ pub async fn handle(
     app: &App,
     event: LambdaEvent<ApiGatewayWebsocketProxyRequest>,
 ) -> Result<ApiGatewayProxyResponse, Error> {
-    edge::serve_frame(app, &event.payload, |ws, request| async move {
-        let ClientFrame::Ack { acks } = request.frame else {
-            return Ok(edge::wrong_route("ack"));
-        };
-        courier_core::services::ack::ack(app, &ws.user_id, &ws.device_id, &acks).await
-    })
+    edge::serve_frame(
+        app,
+        &event.payload,
+        &event.context,
+        |ws, request| async move {
+            let ClientFrame::Ack { acks } = request.frame else {
+                return Ok(edge::wrong_route("ack"));
+            };
+            courier_core::services::ack::ack(app, &ws.user_id, &ws.device_id, &acks).await
+        },
+    )
     .await
 }
 

@@ -2,11 +2,11 @@ use lambda_runtime::{Error, LambdaEvent, service_fn};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    courier_aws::edge::init_tracing();
+    let telemetry = courier_aws::telemetry::Telemetry::init(env!("CARGO_PKG_NAME"))?;
     let app = courier_aws::wiring::app_from_env(ack::NEEDS).await?;
     lambda_runtime::run(service_fn(
         |event: LambdaEvent<aws_lambda_events::apigw::ApiGatewayWebsocketProxyRequest>| {
-            ack::handle(&app, event)
+            telemetry.flushed(ack::handle(&app, event))
         },
     ))
     .await

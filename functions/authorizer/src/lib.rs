@@ -50,7 +50,7 @@ use aws_lambda_events::iam::{IamPolicyEffect, IamPolicyStatement};
 use courier_aws::auth::{AuthConfig, OriginAllowlist, Rejection, Verifier, VerifierError};
 use courier_aws::edge::{DEVICE_ID_KEY, USER_ID_KEY};
 use courier_core::config::{ConfigError, Env};
-use courier_core::domain::{DeviceId, InvalidValue, UserId};
+use courier_core::domain::{CorrelationId, DeviceId, InvalidValue, UserId};
 use lambda_runtime::LambdaEvent;
 use serde_json::json;
 use tracing::{info, instrument, warn};
@@ -185,8 +185,12 @@ fn query_param<'a>(
 }
 
 /// The Lambda handler: [`decide`], then the answer API Gateway expects (see
-/// the module docs for how each maps to a status).
-#[instrument(skip_all, fields(request_id = %event.context.request_id))]
+/// the module docs for how each maps to a status). Its lines carry the
+/// upgrade request's API Gateway request id as `correlation_id`.
+#[instrument(skip_all, fields(
+    request_id = %event.context.request_id,
+    correlation_id = %CorrelationId::from_request_id(event.payload.request_context.request_id.as_deref()),
+))]
 pub async fn handle(
     state: &AuthorizerState,
     event: LambdaEvent<ApiGatewayCustomAuthorizerRequestTypeRequest>,

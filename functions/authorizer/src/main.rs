@@ -7,10 +7,10 @@ use lambda_runtime::{Error, service_fn};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    courier_aws::edge::init_tracing();
+    let telemetry = courier_aws::telemetry::Telemetry::init(env!("CARGO_PKG_NAME"))?;
     let config = AuthConfig::from_env(&courier_core::config::process_env())?;
     let state = AuthorizerState::new(&config)?;
     // In the init phase, so the first `$connect` does not wait for the IdP.
     state.warm_up().await;
-    lambda_runtime::run(service_fn(|event| handle(&state, event))).await
+    lambda_runtime::run(service_fn(|event| telemetry.flushed(handle(&state, event)))).await
 }

@@ -5,29 +5,40 @@
 //! One crate serves both because they are the same work; the payload says
 //! which: a route event has a `requestContext`. Direct invocations are
 //! retried by Lambda on error, which is safe because catch-up is idempotent.
+//!
+//! A direct invocation logs under the correlation id `$connect` put in the
+//! request (a fresh one if it has none), so one id finds both functions'
+//! lines; a `sync` logs under its own frame's, like every route.
 
 use std::time::{Duration, Instant};
 
 use aws_lambda_events::apigw::ApiGatewayWebsocketProxyRequest;
-use courier_aws::edge;
+use courier_aws::{edge, telemetry};
 use courier_core::app::App;
-use courier_core::domain::now_millis;
-use courier_core::ports::CatchUpRequest;
+use courier_core::domain::{CorrelationId, now_millis};
+use courier_core::ports::{CatchUpOrigin, CatchUpRequest};
 use courier_core::protocol::{ClientFrame, SyncRequest};
 use courier_core::services::Answer;
 use courier_core::services::catch_up::{self, Ending, Report};
 use lambda_runtime::{Error, LambdaEvent};
 use serde_json::{Value, json};
+use tracing::Instrument;
 
 pub async fn handle(app: &App, event: LambdaEvent<Value>) -> Result<Value, Error> {
     let deadline = deadline_of(&event.context);
     if event.payload.get("requestContext").is_some() {
         let route: ApiGatewayWebsocketProxyRequest = serde_json::from_value(event.payload)?;
-        let response = sync_route(app, &route, deadline).await?;
+        let response = sync_route(app, &route, &event.context, deadline).await?;
         return Ok(serde_json::to_value(response)?);
     }
     let request: CatchUpRequest = serde_json::from_value(event.payload)?;
-    let report = catch_up::catch_up(app, &request, deadline, None).await?;
+    let correlation_id = request
+        .correlation_id
+        .clone()
+        .unwrap_or_else(CorrelationId::new);
+    let report = catch_up::catch_up(app, &request, deadline, None)
+        .instrument(telemetry::correlated(&correlation_id, &event.context))
+        .await?;
     Ok(report_json(&report))
 }
 
@@ -53,9 +64,10 @@ fn deadline_of(context: &lambda_runtime::Context) -> Option<Instant> {
 async fn sync_route(
     app: &App,
     route: &ApiGatewayWebsocketProxyRequest,
+    context: &lambda_runtime::Context,
     deadline: Option<Instant>,
 ) -> Result<aws_lambda_events::apigw::ApiGatewayProxyResponse, Error> {
-    edge::serve_frame(app, route, |ws, request| async move {
+    edge::serve_frame(app, route, context, |ws, request| async move {
         let ClientFrame::Sync(sync) = request.frame else {
             return Ok(edge::wrong_route("sync"));
         };
@@ -68,6 +80,9 @@ async fn sync_route(
                     device_id: ws.device_id,
                     open_conversation: None,
                     device_limit: None,
+                    origin: CatchUpOrigin::Sync,
+                    // The frame's span (serve_frame) carries its id.
+                    correlation_id: None,
                 };
                 let report = catch_up::catch_up(app, &req, deadline, request.request_id).await?;
                 Ok(Answer::Done(report))
@@ -101,6 +116,7 @@ fn report_json(report: &Report) -> Value {
         "messages": report.messages,
         "frames": report.frames,
         "more": report.more,
+        "unreached": report.unreached,
     })
 }
 

@@ -23,26 +23,36 @@ pub async fn handle(
     app: &App,
     event: LambdaEvent<ApiGatewayWebsocketProxyRequest>,
 ) -> Result<ApiGatewayProxyResponse, Error> {
-    edge::serve_frame(app, &event.payload, |ws, request| async move {
-        match request.frame {
-            ClientFrame::CreateConversation { members } => {
-                conversations::create_conversation(app, &ws.user_id, &members, request.request_id)
+    edge::serve_frame(
+        app,
+        &event.payload,
+        &event.context,
+        |ws, request| async move {
+            match request.frame {
+                ClientFrame::CreateConversation { members } => {
+                    conversations::create_conversation(
+                        app,
+                        &ws.user_id,
+                        &members,
+                        request.request_id,
+                    )
                     .await
+                }
+                ClientFrame::ListConversations { after, limit } => {
+                    conversations::list_conversations(
+                        app,
+                        &ws.user_id,
+                        &ws.device_id,
+                        after.as_ref(),
+                        limit,
+                        request.request_id,
+                    )
+                    .await
+                }
+                _ => Ok(edge::wrong_route("createConversation or listConversations")),
             }
-            ClientFrame::ListConversations { after, limit } => {
-                conversations::list_conversations(
-                    app,
-                    &ws.user_id,
-                    &ws.device_id,
-                    after.as_ref(),
-                    limit,
-                    request.request_id,
-                )
-                .await
-            }
-            _ => Ok(edge::wrong_route("createConversation or listConversations")),
-        }
-    })
+        },
+    )
     .await
 }
 

@@ -15,6 +15,7 @@ use courier_aws::wiring::Needs;
 use courier_core::app::App;
 use courier_core::protocol::{ClientFrame, ErrorCode, FrameError, Request, ServerFrame, action_of};
 use lambda_runtime::{Error, LambdaEvent};
+use tracing::Instrument;
 
 /// The ports this function uses: the registry, which `ping` re-asserts.
 pub const NEEDS: Needs = Needs::DEFAULT;
@@ -29,7 +30,9 @@ pub async fn handle(
     if matches!(reply, ServerFrame::Pong { .. }) {
         // A lost registry write (Redis timed out at `$connect`) heals here,
         // within one heartbeat; a newer connection of the device is kept.
-        courier_core::services::connect::reassert(&app.ports, &ws.user_id, &ws.connection()).await;
+        courier_core::services::connect::reassert(&app.ports, &ws.user_id, &ws.connection())
+            .instrument(edge::span(&event.payload, &event.context))
+            .await;
     }
     Ok(edge::reply(Some(&reply)))
 }

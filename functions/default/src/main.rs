@@ -6,7 +6,10 @@ use lambda_runtime::{Error, service_fn};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    courier_aws::edge::init_tracing();
+    let telemetry = courier_aws::telemetry::Telemetry::init(env!("CARGO_PKG_NAME"))?;
     let app = courier_aws::wiring::app_from_env(default::NEEDS).await?;
-    lambda_runtime::run(service_fn(|event| default::handle(&app, event))).await
+    lambda_runtime::run(service_fn(|event| {
+        telemetry.flushed(default::handle(&app, event))
+    }))
+    .await
 }

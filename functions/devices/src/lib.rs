@@ -22,23 +22,28 @@ pub async fn handle(
     app: &App,
     event: LambdaEvent<ApiGatewayWebsocketProxyRequest>,
 ) -> Result<ApiGatewayProxyResponse, Error> {
-    edge::serve_frame(app, &event.payload, |ws, request| async move {
-        let (user, device, request_id) = (&ws.user_id, &ws.device_id, request.request_id);
-        match request.frame {
-            ClientFrame::RegisterDevice { platform, token } => {
-                devices::register_device(app, user, device, platform, &token, request_id).await
+    edge::serve_frame(
+        app,
+        &event.payload,
+        &event.context,
+        |ws, request| async move {
+            let (user, device, request_id) = (&ws.user_id, &ws.device_id, request.request_id);
+            match request.frame {
+                ClientFrame::RegisterDevice { platform, token } => {
+                    devices::register_device(app, user, device, platform, &token, request_id).await
+                }
+                ClientFrame::ListDevices => {
+                    Ok(devices::list_devices(app, user, device, request_id).await?)
+                }
+                ClientFrame::UnlinkDevice { device_id } => {
+                    Ok(devices::unlink_device(app, user, device, &device_id, request_id).await?)
+                }
+                _ => Ok(edge::wrong_route(
+                    "registerDevice, listDevices or unlinkDevice",
+                )),
             }
-            ClientFrame::ListDevices => {
-                Ok(devices::list_devices(app, user, device, request_id).await?)
-            }
-            ClientFrame::UnlinkDevice { device_id } => {
-                Ok(devices::unlink_device(app, user, device, &device_id, request_id).await?)
-            }
-            _ => Ok(edge::wrong_route(
-                "registerDevice, listDevices or unlinkDevice",
-            )),
-        }
-    })
+        },
+    )
     .await
 }
 

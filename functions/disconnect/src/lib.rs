@@ -8,20 +8,25 @@ use aws_lambda_events::apigw::{ApiGatewayProxyResponse, ApiGatewayWebsocketProxy
 use courier_aws::edge::{self, WsRequest};
 use courier_core::app::App;
 use lambda_runtime::{Error, LambdaEvent};
+use tracing::Instrument;
 
 pub async fn handle(
     app: &App,
     event: LambdaEvent<ApiGatewayWebsocketProxyRequest>,
 ) -> Result<ApiGatewayProxyResponse, Error> {
-    let request = WsRequest::from_event(&event.payload)?;
-    courier_core::services::connect::disconnect(
-        &app.ports,
-        &request.user_id,
-        &request.device_id,
-        &request.connection_id,
-    )
-    .await;
-    Ok(edge::status(200))
+    async {
+        let request = WsRequest::from_event(&event.payload)?;
+        courier_core::services::connect::disconnect(
+            &app.ports,
+            &request.user_id,
+            &request.device_id,
+            &request.connection_id,
+        )
+        .await;
+        Ok(edge::status(200))
+    }
+    .instrument(edge::span(&event.payload, &event.context))
+    .await
 }
 
 /// The ports this function uses.

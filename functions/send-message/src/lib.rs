@@ -24,26 +24,31 @@ pub async fn handle(
     app: &App,
     event: LambdaEvent<ApiGatewayWebsocketProxyRequest>,
 ) -> Result<ApiGatewayProxyResponse, Error> {
-    edge::serve_frame(app, &event.payload, |ws, request| async move {
-        let ClientFrame::SendMessage {
-            conversation_id,
-            client_msg_id,
-            body,
-        } = request.frame
-        else {
-            return Ok(edge::wrong_route("sendMessage"));
-        };
-        send::send_message(
-            app,
-            &ws.user_id,
-            &ws.device_id,
-            &conversation_id,
-            &client_msg_id,
-            &body,
-            request.request_id,
-        )
-        .await
-    })
+    edge::serve_frame(
+        app,
+        &event.payload,
+        &event.context,
+        |ws, request| async move {
+            let ClientFrame::SendMessage {
+                conversation_id,
+                client_msg_id,
+                body,
+            } = request.frame
+            else {
+                return Ok(edge::wrong_route("sendMessage"));
+            };
+            send::send_message(
+                app,
+                &ws.user_id,
+                &ws.device_id,
+                &conversation_id,
+                &client_msg_id,
+                &body,
+                request.request_id,
+            )
+            .await
+        },
+    )
     .await
 }
 

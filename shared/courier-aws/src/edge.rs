@@ -1,5 +1,5 @@
-//! The edge every handler shares: reading an API Gateway WebSocket event and
-//! answering it.
+//! The edge every handler shares: reading an API Gateway WebSocket event,
+//! answering it, and the span its work runs in (its correlation id).
 //!
 //! Identity comes from one place only, the authorizer context API Gateway
 //! attaches to every route of a connection (`requestContext.authorizer`).
@@ -13,9 +13,10 @@ use std::future::Future;
 use aws_lambda_events::apigw::{ApiGatewayProxyResponse, ApiGatewayWebsocketProxyRequest};
 use aws_lambda_events::encodings::Body;
 use courier_core::app::App;
-use courier_core::domain::{ConnectionId, ConversationId, DeviceId, Millis, UserId};
+use courier_core::domain::{ConnectionId, ConversationId, CorrelationId, DeviceId, Millis, UserId};
 use courier_core::protocol::{ErrorCode, FrameError, Request, ServerFrame};
 use courier_core::services::{Answer, Reply, fault};
+use tracing::Instrument;
 
 /// The authorizer context key that carries the user id.
 pub const USER_ID_KEY: &str = "user_id";
@@ -64,6 +65,20 @@ pub fn connection_id(event: &ApiGatewayWebsocketProxyRequest) -> Result<Connecti
         .as_deref()
         .and_then(|c| ConnectionId::parse(c).ok())
         .ok_or(EdgeError::MissingConnection)
+}
+
+/// The id a route event's work is logged under: API Gateway's request id
+/// (it names the frame in API Gateway's own logs too), else a fresh one.
+pub fn correlation_id(event: &ApiGatewayWebsocketProxyRequest) -> CorrelationId {
+    CorrelationId::from_request_id(event.request_context.request_id.as_deref())
+}
+
+/// The span a route event's handler runs in ([`crate::telemetry::correlated`]).
+pub fn span(
+    event: &ApiGatewayWebsocketProxyRequest,
+    context: &lambda_runtime::Context,
+) -> tracing::Span {
+    crate::telemetry::correlated(&correlation_id(event), context)
 }
 
 /// The user id the authorizer put in the context.
@@ -166,7 +181,28 @@ pub fn wrong_route<T>(action: &str) -> Answer<T> {
 ///   gets the frame's `request_id` if the service did not set it.
 /// - `Err(fault)`: logged, the typed `internal` frame naming the request
 ///   posted to the caller, and the fault returned for Lambda to count.
+///
+/// All of it runs in the event's [`span`]: everything the frame causes (a
+/// send's live posts and pushes, a sync's catch-up) logs its
+/// `correlation_id`.
 pub async fn serve_frame<T, E, F, Fut>(
+    app: &App,
+    event: &ApiGatewayWebsocketProxyRequest,
+    context: &lambda_runtime::Context,
+    serve: F,
+) -> Result<ApiGatewayProxyResponse, lambda_runtime::Error>
+where
+    T: Reply,
+    E: std::error::Error + Send + Sync + 'static,
+    F: FnOnce(WsRequest, Request) -> Fut,
+    Fut: Future<Output = Result<Answer<T>, E>>,
+{
+    serve_frame_inner(app, event, serve)
+        .instrument(span(event, context))
+        .await
+}
+
+async fn serve_frame_inner<T, E, F, Fut>(
     app: &App,
     event: &ApiGatewayWebsocketProxyRequest,
     serve: F,
@@ -208,13 +244,6 @@ pub fn status(code: i64) -> ApiGatewayProxyResponse {
     r
 }
 
-/// Logs for a Lambda function: JSON when the runtime asks for it
-/// (`AWS_LAMBDA_LOG_FORMAT=JSON`), level from `AWS_LAMBDA_LOG_LEVEL` or
-/// `RUST_LOG`.
-pub fn init_tracing() {
-    lambda_runtime::tracing::init_default_subscriber();
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -235,6 +264,22 @@ mod tests {
         assert_eq!(r.connection_id.as_str(), "abc=");
         assert_eq!(r.connected_at, Some(1_795_000_000_000));
         assert_eq!(r.route_key, "sendMessage");
+    }
+
+    #[test]
+    fn the_correlation_id_is_api_gateways_request_id_else_a_fresh_one() {
+        let e = event(
+            r#"{"requestContext":{"connectionId":"abc=","requestId":"Kc9dQHZoIAMFabc=","connectedAt":1,"requestTimeEpoch":1},"isBase64Encoded":false}"#,
+        );
+        assert_eq!(correlation_id(&e).as_str(), "Kc9dQHZoIAMFabc=");
+        for raw in [
+            r#"{"requestContext":{"connectionId":"abc=","connectedAt":1,"requestTimeEpoch":1},"isBase64Encoded":false}"#,
+            r#"{"requestContext":{"connectionId":"abc=","requestId":"not an id","connectedAt":1,"requestTimeEpoch":1},"isBase64Encoded":false}"#,
+        ] {
+            let fresh = correlation_id(&event(raw));
+            assert_eq!(fresh.as_str().len(), 32, "{fresh}");
+            assert_ne!(fresh, correlation_id(&event(raw)), "a fresh one each time");
+        }
     }
 
     #[test]

@@ -3,6 +3,9 @@
 //!
 //! - [`edge`]: what every handler shares — reading an API Gateway WebSocket
 //!   event, answering it, telemetry.
+//! - [`telemetry`]: logs and CloudWatch embedded-metric-format metrics,
+//!   installed once in `main` and flushed once per invocation; the
+//!   correlation span.
 //! - [`wiring`]: from environment variables to a `courier_core::app::App`
 //!   of real adapters ([`wiring::Needs`] says which ports a function asks
 //!   for; the rest stay unwired).
@@ -17,6 +20,7 @@
 //! at the boundary, so no service ever sees an SDK type.
 
 pub mod edge;
+pub mod telemetry;
 pub mod wiring;
 
 #[cfg(feature = "apigw")]

@@ -798,6 +798,8 @@ mod tests {
                 device_id: Default::default(),
                 open_conversation: None,
                 device_limit: None,
+                origin: Default::default(),
+                correlation_id: None,
             })
             .await
             .unwrap_err();

@@ -8,6 +8,9 @@
 //!   valid values.
 //! - [`backoff`]: the doubling, capped, jittered wait of every retry loop
 //!   (here and in `courier-aws`).
+//! - [`telemetry`]: every metric's name, unit, dimensions and meaning, and
+//!   the calls that record them through the `metrics` facade (the exporter
+//!   is the edge's, in `courier-aws`).
 //! - [`protocol`]: the JSON frames of `docs/protocol.md`, parsed and built in
 //!   one place.
 //! - [`config`]: typed configuration read once from the environment.
@@ -38,3 +41,4 @@ pub mod protocol;
 pub mod services;
 #[cfg(any(test, feature = "proptest"))]
 pub mod strategies;
+pub mod telemetry;

@@ -15,8 +15,8 @@
 use async_trait::async_trait;
 
 use crate::domain::{
-    ClientMsgId, Connection, ConnectionId, Conversation, ConversationId, Device, DeviceId,
-    LinkedDevice, Message, Millis, PendingDelivery, Platform, Seq, UserId,
+    ClientMsgId, Connection, ConnectionId, Conversation, ConversationId, CorrelationId, Device,
+    DeviceId, LinkedDevice, Message, Millis, PendingDelivery, Platform, Seq, UserId,
 };
 
 /// A storage failure. Client mistakes never show up here; these are faults.
@@ -321,6 +321,29 @@ pub struct CatchUpRequest {
     /// the connection instead of catching up.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device_limit: Option<usize>,
+    /// Who asked: `$connect` (the default, so a payload without it is one)
+    /// or the client's `sync`.
+    #[serde(default)]
+    pub origin: CatchUpOrigin,
+    /// The `$connect`'s correlation id: the catch-up logs under it, so one
+    /// id finds both functions' lines. Absent: the catch-up takes its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correlation_id: Option<CorrelationId>,
+}
+
+/// Who asked for a catch-up.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CatchUpOrigin {
+    /// `$connect`, through the trigger: the client has waited for its
+    /// `caught_up` since the connection opened, which is what
+    /// `CatchUpTimeMs` measures.
+    #[default]
+    Connect,
+    /// The client's `sync` (a trigger that failed, or catching up again
+    /// after `unreached`), at any time in the connection's life: not timed
+    /// from its opening.
+    Sync,
 }
 
 /// Starts a catch-up without waiting for it (Lambda `InvocationType=Event`).

@@ -8,7 +8,15 @@ use std::path::{Path, PathBuf};
 
 /// The layers, inside out, as `lib.rs` lists them.
 const LAYERS: &[&str] = &[
-    "domain", "backoff", "protocol", "config", "ports", "adapters", "app", "services",
+    "domain",
+    "backoff",
+    "telemetry",
+    "protocol",
+    "config",
+    "ports",
+    "adapters",
+    "app",
+    "services",
 ];
 
 fn sources(dir: &Path, out: &mut Vec<PathBuf>) {

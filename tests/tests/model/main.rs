@@ -677,6 +677,8 @@ impl World {
                         connected_at: connection.connected_at,
                         open_conversation: None,
                         device_limit: None,
+                        origin: Default::default(),
+                        correlation_id: None,
                     },
                 })
             }
@@ -767,7 +769,14 @@ impl World {
                     .map(Answer::into_frame),
             ),
             Call::Connect { user, connection } => {
-                connect::connect(app, &uid(*user), connection, None).await;
+                connect::connect(
+                    app,
+                    &uid(*user),
+                    connection,
+                    None,
+                    courier_core::domain::CorrelationId::new(),
+                )
+                .await;
                 Outcome::Done
             }
             Call::Disconnect {

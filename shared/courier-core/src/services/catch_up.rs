@@ -49,7 +49,7 @@
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use tokio::sync::Semaphore;
@@ -57,12 +57,15 @@ use tracing::{info, instrument, warn};
 
 use crate::app::App;
 use crate::config::PendingClear;
-use crate::domain::{Connection, ConversationId, DeviceId, Message, PendingDelivery, Seq, UserId};
-use crate::ports::{AckOutcome, CatchUpRequest, StoreError};
+use crate::domain::{
+    Connection, ConversationId, DeviceId, Message, Millis, PendingDelivery, Seq, UserId, now_millis,
+};
+use crate::ports::{AckOutcome, CatchUpOrigin, CatchUpRequest, StoreError};
 use crate::protocol::{ErrorCode, FrameError, ServerFrame, pack_messages};
 use crate::services::ack::holding_devices;
 use crate::services::delivery::{self, PostFailed, Posted};
 use crate::services::{Answer, Reply};
+use crate::telemetry;
 
 /// Rounds of "post, then find the row grew meanwhile" one conversation may
 /// take in `post` mode before leaving the rest to the next catch-up.
@@ -240,8 +243,55 @@ impl Reply for Report {
 ///
 /// `deadline` is the invocation's (Lambda's) deadline; `request_id` is
 /// echoed on `caught_up` and `more` when the client asked with `sync`.
+/// Records what it did (`telemetry`: `CatchUps`, the per-catch-up counts,
+/// and `CatchUpTimeMs` for the one `$connect` started).
 #[instrument(skip_all, fields(user_id = %request.user_id, connection_id = %request.connection_id))]
 pub async fn catch_up(
+    app: &App,
+    request: &CatchUpRequest,
+    deadline: Option<Instant>,
+    request_id: Option<String>,
+) -> Result<Report, CatchUpError> {
+    let result = run(app, request, deadline, request_id).await;
+    record(request, result.as_ref().ok(), now_millis());
+    result
+}
+
+/// The metrics of one catch-up that ended (`report`) or failed (`None`) at
+/// `now`. The time since the connection opened is only `$connect`'s: a
+/// `sync` can come at any point of a connection's life.
+fn record(request: &CatchUpRequest, report: Option<&Report>, now: Millis) {
+    let Some(report) = report else {
+        telemetry::count_outcome(telemetry::CATCH_UPS, "failed");
+        return;
+    };
+    let outcome = match report.ending {
+        Ending::CaughtUp => "caught_up",
+        Ending::Gone => "gone",
+        Ending::DeviceRefused => "device_refused",
+    };
+    telemetry::count_outcome(telemetry::CATCH_UPS, outcome);
+    if report.ending == Ending::DeviceRefused {
+        return;
+    }
+    for (name, n) in [
+        (telemetry::CATCH_UP_CONVERSATIONS, report.conversations),
+        (telemetry::CATCH_UP_MESSAGES, report.messages),
+        (telemetry::CATCH_UP_FRAMES, report.frames),
+        (telemetry::CATCH_UP_MORE_FRAMES, report.more),
+        (telemetry::CATCH_UP_UNREACHED, report.unreached),
+    ] {
+        telemetry::observe(name, n as f64);
+    }
+    if let (Ending::CaughtUp, CatchUpOrigin::Connect, Some(opened)) =
+        (report.ending, request.origin, request.connected_at)
+    {
+        let since = u64::try_from(now - opened).unwrap_or(0);
+        telemetry::observe_ms(telemetry::CATCH_UP_TIME_MS, Duration::from_millis(since));
+    }
+}
+
+async fn run(
     app: &App,
     request: &CatchUpRequest,
     deadline: Option<Instant>,
@@ -1005,6 +1055,8 @@ mod tests {
             device_id: Default::default(),
             open_conversation: None,
             device_limit: None,
+            origin: Default::default(),
+            correlation_id: None,
         };
         let report = catch_up(&app, &request, None, None).await.unwrap();
         assert_eq!(report.ending, Ending::CaughtUp);
@@ -1111,6 +1163,8 @@ mod tests {
             device_id: Default::default(),
             open_conversation: None,
             device_limit: None,
+            origin: Default::default(),
+            correlation_id: None,
         };
         let report = catch_up(&app, &request, None, None).await.unwrap();
         assert_eq!(report.ending, Ending::CaughtUp);
@@ -1194,6 +1248,8 @@ mod tests {
                 device_id: Default::default(),
                 open_conversation: None,
                 device_limit: None,
+                origin: Default::default(),
+                correlation_id: None,
             };
             let deadline = Instant::now() + Duration::from_millis(600);
             let report = tokio::time::timeout(
@@ -1341,6 +1397,8 @@ mod tests {
             device_id: Default::default(),
             open_conversation: None,
             device_limit: None,
+            origin: Default::default(),
+            correlation_id: None,
         };
         let report = catch_up(&app, &request, None, None).await.unwrap();
         assert_eq!(report.ending, Ending::CaughtUp);
@@ -1450,6 +1508,8 @@ mod tests {
                 connected_at: None,
                 open_conversation: open,
                 device_limit: None,
+                origin: Default::default(),
+                correlation_id: None,
             };
             let report = catch_up(app, &request, None, None).await.unwrap();
             let frames = h
@@ -1528,6 +1588,8 @@ mod tests {
                 connected_at: None,
                 open_conversation: None,
                 device_limit: Some(2),
+                origin: Default::default(),
+                correlation_id: None,
             };
             let report = catch_up(&app, &request, None, None).await.unwrap();
             assert_eq!((report.ending, report.messages), (Ending::DeviceRefused, 0));

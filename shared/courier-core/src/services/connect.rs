@@ -16,6 +16,9 @@
 //! next connect links it, which costs only other devices' pending rows
 //! lingering, never a message.
 //!
+//! The catch-up request carries the connect's correlation id, so the
+//! catch-up function logs under the same id as this one.
+//!
 //! No step may refuse the connection: Redis is a hint (a failed write only
 //! costs live delivery until the next `ping` re-asserts the entry), and a
 //! failed trigger is covered by the client, which sends `sync` when no
@@ -24,8 +27,11 @@
 use tracing::{error, info, instrument, warn};
 
 use crate::app::{App, Ports};
-use crate::domain::{Connection, ConnectionId, ConversationId, DeviceId, UserId, now_millis};
-use crate::ports::{CatchUpRequest, LinkOutcome, Registered};
+use crate::domain::{
+    Connection, ConnectionId, ConversationId, CorrelationId, DeviceId, UserId, now_millis,
+};
+use crate::ports::{CatchUpOrigin, CatchUpRequest, LinkOutcome, Registered};
+use crate::telemetry;
 
 /// What connect managed to do; it never fails the connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,13 +45,15 @@ pub struct Connected {
 
 /// Links the device, registers the connection, triggers the catch-up.
 /// `open_conversation`: the conversation the app was opened on (a tapped
-/// notification), whose frames the catch-up posts first.
+/// notification), whose frames the catch-up posts first. `correlation_id`
+/// goes to the catch-up with the request (the caller's span carries it here).
 #[instrument(skip_all, fields(user_id = %user, device_id = %connection.device_id, connection_id = %connection.connection_id))]
 pub async fn connect(
     app: &App,
     user: &UserId,
     connection: &Connection,
     open_conversation: Option<ConversationId>,
+    correlation_id: CorrelationId,
 ) -> Connected {
     let ports = &app.ports;
     let devices = &app.settings.devices;
@@ -82,6 +90,7 @@ pub async fn connect(
                 false
             }
             Err(e) => {
+                telemetry::count(telemetry::REGISTRY_FALLBACKS, 1);
                 warn!(error = %e, "registry write failed; connecting without live delivery");
                 false
             }
@@ -94,6 +103,8 @@ pub async fn connect(
         connected_at: connection.connected_at,
         open_conversation,
         device_limit: over_limit,
+        origin: CatchUpOrigin::Connect,
+        correlation_id: Some(correlation_id),
     };
     let catch_up_triggered = match ports.trigger.trigger(&request).await {
         Ok(()) => true,
@@ -117,6 +128,7 @@ pub async fn reassert(ports: &Ports, user: &UserId, connection: &Connection) -> 
     match ports.registry.register(user, connection).await {
         Ok(r) => r == Registered::Stored,
         Err(e) => {
+            telemetry::count(telemetry::REGISTRY_FALLBACKS, 1);
             warn!(error = %e, "registry write failed on ping");
             false
         }
@@ -140,6 +152,7 @@ pub async fn disconnect(
         }
         Err(e) => {
             // The entry expires with its TTL, and a post to it answers 410.
+            telemetry::count(telemetry::REGISTRY_FALLBACKS, 1);
             warn!(error = %e, "registry delete failed on disconnect");
             false
         }
@@ -169,7 +182,8 @@ mod tests {
         let (app, h) = App::in_memory();
         let c = conn("phone", "c1", now_millis());
         let open = ConversationId::parse("c9").unwrap();
-        let r = connect(&app, &bob(), &c, Some(open.clone())).await;
+        let id = CorrelationId::new();
+        let r = connect(&app, &bob(), &c, Some(open.clone()), id.clone()).await;
         assert_eq!(r.linked, Some(LinkOutcome::Linked));
         assert!(r.registered && r.catch_up_triggered);
         assert_eq!(h.registry.lookup(&bob()).await.unwrap(), vec![c.clone()]);
@@ -180,8 +194,17 @@ mod tests {
         assert_eq!(reqs[0].connected_at, c.connected_at);
         assert_eq!(reqs[0].open_conversation, Some(open));
         assert_eq!(reqs[0].device_limit, None);
+        assert_eq!(reqs[0].origin, CatchUpOrigin::Connect);
+        assert_eq!(reqs[0].correlation_id, Some(id));
         // A second connection of the same device is a sighting, not a link.
-        let again = connect(&app, &bob(), &conn("phone", "c2", now_millis() + 1), None).await;
+        let again = connect(
+            &app,
+            &bob(),
+            &conn("phone", "c2", now_millis() + 1),
+            None,
+            CorrelationId::new(),
+        )
+        .await;
         assert_eq!(again.linked, Some(LinkOutcome::Seen));
     }
 
@@ -189,7 +212,14 @@ mod tests {
     async fn redis_down_still_connects_and_triggers_catch_up() {
         let (app, h) = App::in_memory();
         h.registry.set_down(true);
-        let r = connect(&app, &bob(), &conn("phone", "c1", now_millis()), None).await;
+        let r = connect(
+            &app,
+            &bob(),
+            &conn("phone", "c1", now_millis()),
+            None,
+            CorrelationId::new(),
+        )
+        .await;
         assert!(!r.registered);
         assert!(r.catch_up_triggered);
         assert_eq!(h.trigger.requests().len(), 1);
@@ -201,10 +231,24 @@ mod tests {
         app.settings.devices.max_devices = 2;
         let now = now_millis();
         for (i, d) in ["phone", "laptop"].iter().enumerate() {
-            let r = connect(&app, &bob(), &conn(d, &format!("c{i}"), now), None).await;
+            let r = connect(
+                &app,
+                &bob(),
+                &conn(d, &format!("c{i}"), now),
+                None,
+                CorrelationId::new(),
+            )
+            .await;
             assert_eq!(r.linked, Some(LinkOutcome::Linked));
         }
-        let r = connect(&app, &bob(), &conn("tablet", "c3", now), None).await;
+        let r = connect(
+            &app,
+            &bob(),
+            &conn("tablet", "c3", now),
+            None,
+            CorrelationId::new(),
+        )
+        .await;
         assert_eq!(r.linked, Some(LinkOutcome::TooMany { max: 2 }));
         assert!(!r.registered);
         assert_eq!(h.trigger.requests()[2].device_limit, Some(2));
@@ -218,8 +262,8 @@ mod tests {
         let now = now_millis();
         let newer = conn("phone", "new", now);
         let older = conn("phone", "old", now - 5_000);
-        connect(&app, &bob(), &newer, None).await;
-        let r = connect(&app, &bob(), &older, None).await;
+        connect(&app, &bob(), &newer, None, CorrelationId::new()).await;
+        let r = connect(&app, &bob(), &older, None, CorrelationId::new()).await;
         assert!(!r.registered);
         assert_eq!(
             h.registry.lookup(&bob()).await.unwrap(),
@@ -236,8 +280,8 @@ mod tests {
         let now = now_millis();
         let phone = conn("phone", "p1", now);
         let laptop = conn("laptop", "l1", now);
-        connect(&app, &bob(), &phone, None).await;
-        connect(&app, &bob(), &laptop, None).await;
+        connect(&app, &bob(), &phone, None, CorrelationId::new()).await;
+        connect(&app, &bob(), &laptop, None, CorrelationId::new()).await;
         assert_eq!(
             h.registry.lookup(&bob()).await.unwrap(),
             vec![laptop.clone(), phone.clone()]
@@ -253,7 +297,11 @@ mod tests {
         let (app, h) = App::in_memory();
         let c = conn("phone", "c1", now_millis());
         h.registry.set_down(true);
-        assert!(!connect(&app, &bob(), &c, None).await.registered);
+        assert!(
+            !connect(&app, &bob(), &c, None, CorrelationId::new())
+                .await
+                .registered
+        );
         h.registry.set_down(false);
         assert_eq!(h.registry.lookup(&bob()).await.unwrap(), vec![]);
         assert!(reassert(&app.ports, &bob(), &c).await);

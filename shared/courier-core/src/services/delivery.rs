@@ -21,6 +21,7 @@ use crate::backoff::Backoff;
 use crate::config::DeliveryConfig;
 use crate::domain::{Connection, DeviceId, UserId, now_millis};
 use crate::ports::PostError;
+use crate::telemetry;
 
 /// Longest pause between two attempts at a not-yet-open connection.
 const MAX_RETRY_DELAY: Duration = Duration::from_millis(400);
@@ -93,10 +94,12 @@ pub async fn post_frames(
                         .max(Duration::from_millis(1)),
                 );
                 debug!(connection_id = %connection.connection_id, attempt, ?pause, "410 inside the open window; retrying");
+                telemetry::count(telemetry::GONE_RETRIES, 1);
                 attempt += 1;
                 tokio::time::sleep(pause).await;
             }
             Err(PostError::Gone) => {
+                telemetry::count(telemetry::GONE_CONNECTIONS, 1);
                 forget_connection(ports, user, connection).await;
                 return Ok(Posted::Gone { delivered });
             }
@@ -119,6 +122,7 @@ pub async fn forget_connection(ports: &Ports, user: &UserId, connection: &Connec
             debug!(user_id = %user, connection_id = %connection.connection_id, removed, "connection gone")
         }
         Err(e) => {
+            telemetry::count(telemetry::REGISTRY_FALLBACKS, 1);
             warn!(user_id = %user, connection_id = %connection.connection_id, error = %e, "could not remove gone connection from the registry")
         }
     }
@@ -215,6 +219,7 @@ pub async fn deliver_live(
     let connections = match ports.registry.lookup(user).await {
         Ok(c) => c,
         Err(e) => {
+            telemetry::count(telemetry::REGISTRY_FALLBACKS, 1);
             warn!(user_id = %user, error = %e, "registry unavailable; treating user as offline");
             return LiveReport {
                 devices: Vec::new(),

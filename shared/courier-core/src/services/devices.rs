@@ -348,7 +348,14 @@ mod tests {
                 connection_id: c.clone(),
                 connected_at: Some(now_millis()),
             };
-            crate::services::connect::connect(app, &user(u), &connection, None).await;
+            crate::services::connect::connect(
+                app,
+                &user(u),
+                &connection,
+                None,
+                crate::domain::CorrelationId::new(),
+            )
+            .await;
             c
         }
 

@@ -19,6 +19,7 @@ use crate::app::Ports;
 use crate::config::{PushConfig, PushPreview};
 use crate::domain::{Device, DeviceId, Message, UserId};
 use crate::ports::{PushError, PushMessage};
+use crate::telemetry;
 
 /// Longest preview, in characters (not bytes), ellipsis included. Banners
 /// show about two lines; a longer text only costs payload bytes (APNs allows
@@ -80,6 +81,7 @@ pub async fn push_to_user(
     let devices = match ports.devices.for_user(user).await {
         Ok(d) => d,
         Err(e) => {
+            telemetry::count_outcome(telemetry::PUSHES_FAILED, "devices_unreadable");
             warn!(error = %e, "could not list devices; no push");
             return Some(PushReport {
                 failed: 1,
@@ -115,18 +117,25 @@ enum DeviceOutcome {
 
 async fn push_to_device(ports: &Ports, device: &Device, message: &PushMessage) -> DeviceOutcome {
     match ports.notifier.publish(&device.endpoint_arn, message).await {
-        Ok(()) => DeviceOutcome::Sent,
+        Ok(()) => {
+            telemetry::count(telemetry::PUSHES_SENT, 1);
+            debug!(platform = device.platform.as_str(), "pushed");
+            DeviceOutcome::Sent
+        }
         Err(PushError::EndpointDisabled) => {
+            telemetry::count_outcome(telemetry::PUSHES_FAILED, "endpoint_disabled");
             forget_device(ports, device).await;
             DeviceOutcome::Cleaned
         }
         Err(e @ PushError::PlatformNotConfigured(_)) => {
             // A deployment without that platform application: nothing to
             // clean up, the device can start working once it is configured.
+            telemetry::count_outcome(telemetry::PUSHES_FAILED, "not_configured");
             debug!(platform = device.platform.as_str(), error = %e, "push skipped");
             DeviceOutcome::Failed
         }
         Err(e) => {
+            telemetry::count_outcome(telemetry::PUSHES_FAILED, "unavailable");
             warn!(platform = device.platform.as_str(), error = %e, "push failed");
             DeviceOutcome::Failed
         }

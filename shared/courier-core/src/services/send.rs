@@ -57,6 +57,7 @@ use crate::services::Answer;
 use crate::services::ack::holding_devices;
 use crate::services::delivery::{self, Live, LiveReport};
 use crate::services::push::{self, PushReport};
+use crate::telemetry;
 
 /// Appends tried before a send gives up on a hot conversation. Each conflict
 /// means another send won, so 8 senders hammering one conversation finish
@@ -133,9 +134,13 @@ pub async fn send_message(
                 "too many messages; retry in {} ms",
                 retry_after.as_millis().max(1)
             );
+            telemetry::count(telemetry::RATE_LIMITED, 1);
             return reject(ErrorCode::RateLimited, &message);
         }
-        Err(e) => warn!(error = %e, "rate limiter unavailable; letting the send through"),
+        Err(e) => {
+            telemetry::count(telemetry::RATE_LIMITER_FALLBACKS, 1);
+            warn!(error = %e, "rate limiter unavailable; letting the send through");
+        }
     }
 
     // The idempotency read and the conversation read do not depend on each
@@ -189,12 +194,15 @@ pub async fn send_message(
             }
             AppendOutcome::SeqConflict => {
                 conflicts += 1;
+                telemetry::count(telemetry::SEQ_CONFLICTS, 1);
                 if conflicts >= MAX_APPEND_ATTEMPTS {
+                    telemetry::count(telemetry::SEND_CONTENTION, 1);
                     warn!(conflicts, "giving up on a contended conversation");
                     return Err(SendError::Contention {
                         attempts: conflicts,
                     });
                 }
+                telemetry::count(telemetry::SEND_RETRIES, 1);
                 tokio::time::sleep(CONFLICT_BACKOFF.delay(conflicts)).await;
             }
         }
@@ -281,6 +289,7 @@ async fn replay(
     request_id: Option<String>,
 ) -> Result<Answer, SendError> {
     info!(seq = %original.seq, "duplicate send; answering the original seq");
+    telemetry::count(telemetry::IDEMPOTENT_REPLAYS, 1);
     match conversation {
         Some(conversation) => {
             deliver(app, &conversation, &original, Some(device)).await?;
