@@ -118,6 +118,8 @@ async fn run(args: &Args) -> anyhow::Result<Record> {
         connected_at: None,
         open_conversation: None,
         device_limit: None,
+        origin: Default::default(),
+        correlation_id: None,
     };
 
     let (vm_hwm_before_kb, vm_rss_before_kb) = vm_kb()?;
