@@ -16,6 +16,13 @@
 //!    [`AwsClients::ports`] builds the adapters the config names. Nothing
 //!    here connects: Redis connects on first use, SDK clients on first call.
 //!
+//! The registry is Redis (`REGISTRY_BACKEND` unset or `redis`: `REDIS_URL`)
+//! or a DynamoDB table (`REGISTRY_BACKEND=dynamodb`: `REGISTRY_TABLE`, on
+//! the store's DynamoDB client), each behind its feature (`redis`,
+//! `dynamodb`). The send limiter lives in the registry's Redis; with the
+//! DynamoDB registry there is none, and [`rate_limiter_from_env`] turns it
+//! off (API Gateway's route throttling still applies).
+//!
 //! A port the function did not ask for is filled with [`Unwired`], whose
 //! every call fails with an error naming the port: a handler that reaches for
 //! it fails loudly on its first call instead of silently using a stand-in.
@@ -44,12 +51,12 @@ use aws_smithy_types::retry::RetryConfig;
 use aws_smithy_types::timeout::TimeoutConfig;
 
 use courier_core::app::{App, Ports, Settings};
-use courier_core::config::{ConfigError, Env, PushConfig, RegistryConfig, TableNames};
+use courier_core::config::{ConfigError, Env, PushConfig, RegistryBackend, TableNames};
 
 #[cfg(feature = "apigw")]
 use crate::apigw::ApiGatewayManagement;
 #[cfg(feature = "dynamodb")]
-use crate::dynamo::DynamoStore;
+use crate::dynamo::{DynamoRegistry, DynamoStore};
 #[cfg(feature = "lambda")]
 use crate::lambda::LambdaTrigger;
 #[cfg(feature = "redis")]
@@ -218,7 +225,7 @@ pub struct PortsConfig {
     pub tables: Option<TableNames>,
     /// `DYNAMODB_ATTEMPT_TIMEOUT_MS`; `None`: [`DYNAMODB_ATTEMPT_TIMEOUT`].
     pub dynamodb_attempt_timeout: Option<Duration>,
-    pub registry: Option<RegistryConfig>,
+    pub registry: Option<RegistryBackend>,
     pub management: Option<ManagementConfig>,
     pub trigger: Option<TriggerConfig>,
     pub push: Option<PushConfig>,
@@ -276,27 +283,31 @@ impl PortsConfig {
         Ok(self)
     }
 
-    /// The Redis registry: `REDIS_URL` (checked, not connected),
-    /// `REDIS_CLUSTER`, `REGISTRY_TTL_SECS`, `REDIS_TIMEOUT_MS`.
+    /// The registry, by `REGISTRY_BACKEND`: Redis (unset or `redis`):
+    /// `REDIS_URL` (checked, not connected), `REDIS_CLUSTER`,
+    /// `REGISTRY_TTL_SECS`, `REDIS_TIMEOUT_MS`; DynamoDB (`dynamodb`):
+    /// `REGISTRY_TABLE`, `REGISTRY_TTL_SECS`.
     pub fn with_registry<F: Fn(&str) -> Option<String>>(
         mut self,
         env: &Env<F>,
     ) -> Result<Self, ConfigError> {
-        let config = RegistryConfig::from_env(env)?;
-        #[cfg(feature = "redis")]
-        RedisRegistry::check_url(&config.url, config.cluster).map_err(|e| {
-            ConfigError::Invalid {
-                name: "REDIS_URL",
-                reason: e.0,
+        let backend = RegistryBackend::from_env(env)?;
+        if let RegistryBackend::Redis(config) = &backend {
+            #[cfg(feature = "redis")]
+            RedisRegistry::check_url(&config.url, config.cluster).map_err(|e| {
+                ConfigError::Invalid {
+                    name: "REDIS_URL",
+                    reason: e.0,
+                }
+            })?;
+            if config.timeout.is_zero() {
+                return Err(ConfigError::Invalid {
+                    name: "REDIS_TIMEOUT_MS",
+                    reason: "must be at least 1".into(),
+                });
             }
-        })?;
-        if config.timeout.is_zero() {
-            return Err(ConfigError::Invalid {
-                name: "REDIS_TIMEOUT_MS",
-                reason: "must be at least 1".into(),
-            });
         }
-        self.registry = Some(config);
+        self.registry = Some(backend);
         Ok(self)
     }
 
@@ -455,6 +466,15 @@ impl AwsClients {
                 "dynamodb",
             ));
         }
+        if let Some(RegistryBackend::DynamoDb(registry)) = &config.registry {
+            #[cfg(feature = "dynamodb")]
+            {
+                let registry = DynamoRegistry::new(self.dynamodb(), registry.clone());
+                ports = ports.with_registry(Arc::new(registry));
+            }
+            #[cfg(not(feature = "dynamodb"))]
+            return Err(not_built(registry, "REGISTRY_BACKEND", "dynamodb"));
+        }
         if let Some(management) = &config.management {
             #[cfg(feature = "apigw")]
             {
@@ -501,7 +521,7 @@ fn not_built<T>(_: T, variable: &'static str, feature: &str) -> ConfigError {
 /// for every other.
 fn sdk_free_ports(config: &PortsConfig) -> Result<Ports, ConfigError> {
     let ports = Ports::unwired();
-    let Some(registry) = &config.registry else {
+    let Some(RegistryBackend::Redis(registry)) = &config.registry else {
         return Ok(ports);
     };
     #[cfg(feature = "redis")]
@@ -521,6 +541,7 @@ impl PortsConfig {
     /// loaded at start-up).
     pub fn needs_sdk(&self) -> bool {
         self.tables.is_some()
+            || matches!(self.registry, Some(RegistryBackend::DynamoDb(_)))
             || self.management.is_some()
             || self.trigger.is_some()
             || self.push.is_some()
@@ -546,7 +567,12 @@ pub async fn ports_from_env<F: Fn(&str) -> Option<String>>(
         clients.ports(&config)
     }
     #[cfg(not(feature = "sdk"))]
-    Err(not_built((), "AWS_REGION", "sdk"))
+    match &config.registry {
+        Some(RegistryBackend::DynamoDb(registry)) => {
+            Err(not_built(registry, "REGISTRY_BACKEND", "dynamodb"))
+        }
+        _ => Err(not_built((), "AWS_REGION", "sdk")),
+    }
 }
 
 /// A Lambda function's start-up: settings and the ports `needs` asks for,
@@ -561,12 +587,31 @@ pub async fn app_from_env(needs: Needs) -> Result<App, ConfigError> {
 /// The per-user send limiter of a Lambda function: a token bucket in the
 /// Redis of `REDIS_URL`, limits from `RATE_LIMIT_PER_SEC`/`RATE_LIMIT_BURST`.
 /// Nothing connects until the first send.
+///
+/// With `REGISTRY_BACKEND=dynamodb` there is no Redis: the limiter is off,
+/// as with `RATE_LIMIT_PER_SEC=0`, and the start-up log says so. API
+/// Gateway's route throttling still bounds the stage.
 #[cfg(feature = "redis")]
 pub fn rate_limiter_from_env<F: Fn(&str) -> Option<String>>(
     env: &Env<F>,
 ) -> Result<Arc<dyn courier_core::ports::RateLimiter>, ConfigError> {
-    let redis = RegistryConfig::from_env(env)?;
     let limits = courier_core::config::RateLimitConfig::from_env(env)?;
+    let redis = match RegistryBackend::from_env(env)? {
+        RegistryBackend::Redis(redis) => redis,
+        RegistryBackend::DynamoDb(_) => {
+            if limits.enabled() {
+                tracing::warn!(
+                    per_sec = limits.per_sec,
+                    burst = limits.burst,
+                    "rate limiter off: REGISTRY_BACKEND=dynamodb has no Redis to keep the \
+                     buckets in (API Gateway's route throttling still applies)"
+                );
+            } else {
+                tracing::info!("rate limiter off (RATE_LIMIT_PER_SEC=0)");
+            }
+            return Ok(Arc::new(courier_core::adapters::rate_limit::Unlimited));
+        }
+    };
     let limiter = crate::rate_limit::RedisRateLimiter::new(&redis, limits).map_err(|e| {
         ConfigError::Invalid {
             name: "REDIS_URL",
@@ -676,9 +721,13 @@ mod tests {
                 },
             )
         };
-        assert!(!with(None).unwrap().registry.unwrap().cluster);
-        assert!(!with(Some("false")).unwrap().registry.unwrap().cluster);
-        assert!(with(Some("true")).unwrap().registry.unwrap().cluster);
+        let cluster = |c: PortsConfig| match c.registry {
+            Some(RegistryBackend::Redis(r)) => r.cluster,
+            other => panic!("not redis: {other:?}"),
+        };
+        assert!(!cluster(with(None).unwrap()));
+        assert!(!cluster(with(Some("false")).unwrap()));
+        assert!(cluster(with(Some("true")).unwrap()));
         assert!(matches!(
             with(Some("yes")).unwrap_err(),
             ConfigError::Invalid {
@@ -686,6 +735,138 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    const REGISTRY: Needs = Needs {
+        registry: true,
+        ..Needs::NONE
+    };
+
+    #[test]
+    fn the_registry_is_redis_unless_registry_backend_says_dynamodb() {
+        // Unset: Redis, as every stage before the variable existed.
+        let c = PortsConfig::from_env(&env(&[("REDIS_URL", "redis://127.0.0.1:6379")]), REGISTRY)
+            .unwrap();
+        assert!(matches!(c.registry, Some(RegistryBackend::Redis(_))));
+        assert!(!c.needs_sdk(), "the Redis registry needs no SDK client");
+        let c = PortsConfig::from_env(
+            &env(&[
+                ("REGISTRY_BACKEND", "redis"),
+                ("REDIS_URL", "redis://127.0.0.1:6379"),
+            ]),
+            REGISTRY,
+        )
+        .unwrap();
+        assert!(matches!(c.registry, Some(RegistryBackend::Redis(_))));
+        let e =
+            PortsConfig::from_env(&env(&[("REGISTRY_BACKEND", "redis")]), REGISTRY).unwrap_err();
+        assert_eq!(e, ConfigError::Missing("REDIS_URL"));
+
+        // DynamoDB: the table instead of REDIS_URL, the TTL as for Redis.
+        let c = PortsConfig::from_env(
+            &env(&[
+                ("REGISTRY_BACKEND", "dynamodb"),
+                ("REGISTRY_TABLE", "courier-registry"),
+                ("REGISTRY_TTL_SECS", "60"),
+            ]),
+            REGISTRY,
+        )
+        .unwrap();
+        let Some(RegistryBackend::DynamoDb(d)) = &c.registry else {
+            panic!("not dynamodb: {:?}", c.registry);
+        };
+        assert_eq!(d.table, "courier-registry");
+        assert_eq!(d.ttl, Duration::from_secs(60));
+        assert!(c.needs_sdk(), "the DynamoDB registry is an SDK client");
+    }
+
+    #[test]
+    fn the_dynamodb_registry_needs_its_table_and_no_redis_url() {
+        let e = PortsConfig::from_env(
+            &env(&[
+                ("REGISTRY_BACKEND", "dynamodb"),
+                ("REDIS_URL", "redis://127.0.0.1:6379"),
+            ]),
+            REGISTRY,
+        )
+        .unwrap_err();
+        assert_eq!(e, ConfigError::Missing("REGISTRY_TABLE"));
+        // Every function that asks for the registry takes these settings.
+        let mut pairs = TABLES.to_vec();
+        pairs.extend([
+            ("REGISTRY_BACKEND", "dynamodb"),
+            ("REGISTRY_TABLE", "r"),
+            ("CATCH_UP_FUNCTION", "catch-up"),
+            ("MANAGEMENT_ENDPOINT", "https://api.example/dev"),
+        ]);
+        let pairs: &'static [(&str, &str)] = Box::leak(pairs.into_boxed_slice());
+        for needs in [
+            Needs::CONNECT,
+            Needs::DISCONNECT,
+            Needs::CATCH_UP,
+            Needs::SEND,
+            Needs::ACK,
+            Needs::DEVICES,
+            Needs::DEFAULT,
+        ] {
+            check_env(&env(pairs), needs).unwrap_or_else(|e| panic!("{needs:?}: {e}"));
+        }
+    }
+
+    #[test]
+    fn an_unknown_registry_backend_is_refused_by_name() {
+        for bad in ["valkey", "DynamoDB", "memory"] {
+            let pairs: &'static [(&str, &str)] = Box::leak(
+                vec![
+                    ("REGISTRY_BACKEND", bad),
+                    ("REGISTRY_TABLE", "r"),
+                    ("REDIS_URL", "redis://127.0.0.1:6379"),
+                ]
+                .into_boxed_slice(),
+            );
+            let e = PortsConfig::from_env(&env(pairs), REGISTRY).unwrap_err();
+            assert!(
+                matches!(
+                    e,
+                    ConfigError::Invalid {
+                        name: "REGISTRY_BACKEND",
+                        ..
+                    }
+                ),
+                "{bad}: {e}"
+            );
+            assert!(e.to_string().contains("REGISTRY_BACKEND"), "{e}");
+        }
+        // A function that asks for no registry never reads it.
+        assert!(
+            PortsConfig::from_env(&env(&[("REGISTRY_BACKEND", "valkey")]), Needs::NONE).is_ok()
+        );
+    }
+
+    #[test]
+    fn the_rate_limiter_is_off_with_the_dynamodb_registry() {
+        // No REDIS_URL needed, nothing to connect to: the limiter allows.
+        let limiter = rate_limiter_from_env(&env(&[
+            ("REGISTRY_BACKEND", "dynamodb"),
+            ("REGISTRY_TABLE", "r"),
+        ]))
+        .unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let user = UserId::parse("bob").unwrap();
+        for _ in 0..100 {
+            assert_eq!(
+                rt.block_on(limiter.acquire(&user)).unwrap(),
+                courier_core::ports::RateDecision::Allowed
+            );
+        }
+        // The Redis registry still needs its URL for the limiter.
+        assert_eq!(
+            rate_limiter_from_env(&env(&[])).err(),
+            Some(ConfigError::Missing("REDIS_URL"))
+        );
     }
 
     #[test]
@@ -805,5 +986,40 @@ mod tests {
         // The registry was built without a server; using it fails as a
         // RegistryError, not a panic or a hang.
         assert!(ports.registry.lookup(&user).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn the_dynamodb_registry_is_built_offline_on_the_dynamodb_client() {
+        let config = PortsConfig::from_env(
+            &env(&[
+                ("REGISTRY_BACKEND", "dynamodb"),
+                ("REGISTRY_TABLE", "r"),
+                ("DYNAMODB_ENDPOINT", "http://127.0.0.1:1"),
+            ]),
+            Needs::DISCONNECT,
+        )
+        .unwrap();
+        let sdk = SdkConfig::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(aws_config::Region::new("us-east-1"))
+            .credentials_provider(aws_sdk_dynamodb::config::SharedCredentialsProvider::new(
+                aws_sdk_dynamodb::config::Credentials::new("k", "s", None, None, "test"),
+            ))
+            .build();
+        let ports = AwsClients::from_sdk_config(sdk, config.endpoints.clone())
+            .ports(&config)
+            .unwrap();
+        let user = UserId::parse("bob").unwrap();
+        // Nothing listens on port 1: a RegistryError, well within the bound.
+        let started = std::time::Instant::now();
+        let e = ports.registry.lookup(&user).await.unwrap_err();
+        assert!(e.0.contains("dynamodb registry"), "{e}");
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+        // The stores were not asked for: still unwired.
+        assert!(ports.pending.list(&user).await.is_err());
     }
 }
