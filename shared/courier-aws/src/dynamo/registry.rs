@@ -49,10 +49,13 @@ use super::retry::{failure, is_condition_failure};
 
 const TABLE: &str = "registry";
 
-/// Stores unless the device's item holds a newer live connection: the
-/// negation of "held is live, another connection, and not older" spelled
-/// as `replaces` spells it, plus the expiry.
+/// Stores unless the device's item holds a newer live connection: no item
+/// or an expired one, then `replaces` (the same connection, an earlier
+/// `connected_at`, or an equal one and a smaller id). An item without the
+/// attributes this code writes never blocks its device (as a garbled Redis
+/// value is overwritten).
 const REGISTER_CONDITION: &str = "attribute_not_exists(#user) OR #expires <= :now \
+     OR attribute_not_exists(#conn) OR attribute_not_exists(#at) \
      OR #conn = :conn OR #at < :at OR (#at = :at AND #conn < :conn)";
 
 /// [`ConnectionRegistry`] over one DynamoDB table.
