@@ -7,7 +7,9 @@
 //! fresh tables per test; Redis is shared by the tests of a run, so each
 //! test's users get a unique suffix), and with the registry on a
 //! three-master Redis Cluster through the cluster client, as deployed
-//! (`REDIS_CLUSTER=true` in template.yaml). The registry and pending rows are
+//! (`REDIS_CLUSTER=true` in template.yaml), and with the registry in a
+//! DynamoDB table on moto beside the stores (`REGISTRY_BACKEND=dynamodb`, a
+//! stage with no Redis at all). The registry and pending rows are
 //! read through the gateway's `/_local/registry` and `/_local/pending`
 //! inspection endpoints.
 //!
@@ -51,6 +53,9 @@ enum Backend {
     /// A three-master Redis Cluster and moto: the deployed shape
     /// (ElastiCache Serverless is cluster-mode only).
     ClusterAndDynamo,
+    /// Everything on moto, the registry in its own table: a stage with
+    /// nothing running at rest.
+    DynamoOnly,
 }
 
 struct Env {
@@ -78,6 +83,9 @@ async fn start_with(backend: Backend, tweak: impl FnOnce(&mut LocalOptions)) -> 
         Backend::ClusterAndDynamo => {
             options.redis_url = Some(courier_tests::redis_cluster_url().await);
             options.redis_cluster = true;
+        }
+        Backend::DynamoOnly => {
+            options.registry_table = Some(courier_tests::fresh_registry_table().await);
         }
     }
     if !matches!(backend, Backend::Embedded) {
@@ -288,6 +296,10 @@ macro_rules! on_every_backend {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn redis_cluster_and_dynamodb() {
                 super::$scenario(super::Backend::ClusterAndDynamo).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn dynamodb_registry() {
+                super::$scenario(super::Backend::DynamoOnly).await
             }
         }
     )*};
