@@ -791,6 +791,26 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e, ConfigError::Missing("REGISTRY_TABLE"));
+        for bad in ["0", "-1", "2h"] {
+            let pairs: &'static [(&str, &str)] = Box::leak(
+                vec![
+                    ("REGISTRY_BACKEND", "dynamodb"),
+                    ("REGISTRY_TABLE", "r"),
+                    ("REGISTRY_TTL_SECS", bad),
+                ]
+                .into_boxed_slice(),
+            );
+            assert!(
+                matches!(
+                    PortsConfig::from_env(&env(pairs), REGISTRY),
+                    Err(ConfigError::Invalid {
+                        name: "REGISTRY_TTL_SECS",
+                        ..
+                    })
+                ),
+                "{bad}"
+            );
+        }
         // Every function that asks for the registry takes these settings.
         let mut pairs = TABLES.to_vec();
         pairs.extend([
