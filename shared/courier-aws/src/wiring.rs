@@ -453,11 +453,14 @@ impl AwsClients {
     /// The adapters `config` names; [`Unwired`] for the rest.
     pub fn ports(&self, config: &PortsConfig) -> Result<Ports, ConfigError> {
         let mut ports = sdk_free_ports(config)?;
+        #[cfg(feature = "dynamodb")]
+        let mut store = None;
         if let Some(tables) = &config.tables {
             #[cfg(feature = "dynamodb")]
             {
-                let store = DynamoStore::new(self.dynamodb(), tables.clone());
-                ports = ports.with_store(Arc::new(store));
+                let built = Arc::new(DynamoStore::new(self.dynamodb(), tables.clone()));
+                ports = ports.with_store(built.clone());
+                store = Some(built);
             }
             #[cfg(not(feature = "dynamodb"))]
             return Err(not_built(
@@ -467,9 +470,13 @@ impl AwsClients {
             ));
         }
         if let Some(RegistryBackend::DynamoDb(registry)) = &config.registry {
+            // On the store's client when there is one: one connection pool.
             #[cfg(feature = "dynamodb")]
             {
-                let registry = DynamoRegistry::new(self.dynamodb(), registry.clone());
+                let registry = match &store {
+                    Some(store) => DynamoRegistry::beside(store, registry.clone()),
+                    None => DynamoRegistry::new(self.dynamodb(), registry.clone()),
+                };
                 ports = ports.with_registry(Arc::new(registry));
             }
             #[cfg(not(feature = "dynamodb"))]
@@ -1026,7 +1033,7 @@ mod tests {
                 aws_sdk_dynamodb::config::Credentials::new("k", "s", None, None, "test"),
             ))
             .build();
-        let ports = AwsClients::from_sdk_config(sdk, config.endpoints.clone())
+        let ports = AwsClients::from_sdk_config(sdk.clone(), config.endpoints.clone())
             .ports(&config)
             .unwrap();
         let user = UserId::parse("bob").unwrap();
@@ -1040,6 +1047,32 @@ mod tests {
             started.elapsed()
         );
         // The stores were not asked for: still unwired.
-        assert!(ports.pending.list(&user).await.is_err());
+        let e = ports.pending.list(&user).await.unwrap_err();
+        assert!(e.to_string().contains("not wired"), "{e}");
+
+        // With the stores: the registry rides on the store's client.
+        let mut pairs = TABLES.to_vec();
+        pairs.extend([
+            ("REGISTRY_BACKEND", "dynamodb"),
+            ("REGISTRY_TABLE", "r"),
+            ("DYNAMODB_ENDPOINT", "http://127.0.0.1:1"),
+        ]);
+        let pairs: &'static [(&str, &str)] = Box::leak(pairs.into_boxed_slice());
+        let config = PortsConfig::from_env(
+            &env(pairs),
+            Needs {
+                stores: true,
+                registry: true,
+                ..Needs::NONE
+            },
+        )
+        .unwrap();
+        let ports = AwsClients::from_sdk_config(sdk, config.endpoints.clone())
+            .ports(&config)
+            .unwrap();
+        let e = ports.registry.lookup(&user).await.unwrap_err();
+        assert!(e.0.contains("dynamodb registry"), "{e}");
+        let e = ports.pending.list(&user).await.unwrap_err();
+        assert!(!e.to_string().contains("not wired"), "{e}");
     }
 }

@@ -43,9 +43,9 @@ use courier_core::config::DynamoRegistryConfig;
 use courier_core::domain::{Connection, ConnectionId, DeviceId, Millis, UserId, now_millis};
 use courier_core::ports::{ConnectionRegistry, Registered, RegistryError, StoreError};
 
-use super::RetryPolicy;
 use super::items::{Item, attr, get_id, get_n, n, s};
 use super::retry::{failure, is_condition_failure};
+use super::{DynamoStore, RetryPolicy};
 
 const TABLE: &str = "registry";
 
@@ -96,7 +96,7 @@ fn registry_err(e: StoreError) -> RegistryError {
 }
 
 impl DynamoRegistry {
-    /// As [`DynamoStore::new`](super::DynamoStore::new): the SDK's own
+    /// As [`DynamoStore::new`]: the SDK's own
     /// retries off on its copy of `client`, the store's [`RetryPolicy`]
     /// instead.
     pub fn new(client: Client, config: DynamoRegistryConfig) -> Self {
@@ -115,6 +115,17 @@ impl DynamoRegistry {
     pub fn with_retry_policy(mut self, retry: RetryPolicy) -> Self {
         self.retry = retry;
         self
+    }
+
+    /// On `store`'s very client (one connection pool: the first registry
+    /// call of an execution environment costs no second TLS handshake) and
+    /// retry policy.
+    pub fn beside(store: &DynamoStore, config: DynamoRegistryConfig) -> Self {
+        Self {
+            client: store.client.clone(),
+            config,
+            retry: store.retry,
+        }
     }
 
     pub fn config(&self) -> &DynamoRegistryConfig {
