@@ -96,9 +96,8 @@ fn registry_err(e: StoreError) -> RegistryError {
 }
 
 impl DynamoRegistry {
-    /// As [`DynamoStore::new`]: the SDK's own
-    /// retries off on its copy of `client`, the store's [`RetryPolicy`]
-    /// instead.
+    /// As [`DynamoStore::new`]: the SDK's own retries off on its copy of
+    /// `client`, the store's [`RetryPolicy`] instead.
     pub fn new(client: Client, config: DynamoRegistryConfig) -> Self {
         let conf = client
             .config()
