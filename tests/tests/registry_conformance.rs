@@ -1,16 +1,19 @@
 //! The connection registry's contract, run against the in-memory registry,
-//! the Redis one on a real `redis-server`, the Redis one in cluster mode
-//! on a real three-master Redis Cluster (the protocol ElastiCache Serverless
+//! the Redis one on a real `redis-server`, the Redis one in cluster mode on
+//! a real three-master Redis Cluster (the protocol ElastiCache Serverless
 //! speaks), and the DynamoDB one on moto (a fresh table per test): the same
 //! cases, the same outcomes. Then what only the real ones can show: the TTL
 //! really set on the key (on the item, and the table's TTL on
 //! `expires_at`); an expired item DynamoDB has not deleted yet left out; on
-//! the cluster, users whose keys
-//! live on each master all served, and a slot moved under a running client
-//! (its slot map stale, `MOVED` followed); and Redis being down (a closed
-//! port, a server that never answers, a server that goes away and comes
-//! back) costing a bounded, fast `RegistryError` instead of a hang, with
-//! recovery once it is back.
+//! the cluster, users whose keys live on each master all served, and a slot
+//! moved under a running client (its slot map stale, `MOVED` followed); and
+//! Redis or DynamoDB being down (a closed port, a server that never
+//! answers; for Redis, a server that goes away and comes back) costing a
+//! bounded, fast `RegistryError` instead of a hang, with recovery once it is
+//! back.
+//!
+//! Over 700 lines: one suite, the shared cases and each backend's own
+//! sharing its helpers.
 
 #![allow(clippy::unwrap_used)]
 
