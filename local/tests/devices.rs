@@ -35,7 +35,7 @@ use courier_core::config::RateLimitConfig;
 use courier_core::domain::{
     Connection, ConversationId, DeviceId, Millis, PendingDelivery, Seq, UserId, now_millis,
 };
-use courier_core::ports::LinkOutcome;
+use courier_core::ports::{LinkOutcome, RateDecision};
 use courier_core::protocol::{ErrorCode, ServerFrame};
 use courier_local::wiring::{self, LOCAL_JWT_SECRET, LocalOptions, Started};
 use futures::StreamExt;
@@ -913,4 +913,51 @@ async fn the_opened_conversation_comes_before_forty_nine_others(backend: Backend
     let others: std::collections::BTreeSet<_> = order[3..].iter().map(|(c, _)| c).collect();
     assert_eq!(others.len(), 49);
     assert!(!others.contains(&tapped));
+}
+
+/// `--registry dynamodb` is a deploy with no Redis: the send limit is off
+/// there, as `REGISTRY_BACKEND=dynamodb` turns it off in send-message,
+/// while the same limit bites on the embedded backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dynamodb_registry_turns_the_send_limit_off() {
+    let one_a_second = |o: &mut LocalOptions| {
+        o.rate_limit = RateLimitConfig {
+            per_sec: 1.0,
+            burst: 1,
+        }
+    };
+    let env = start_with(Backend::Embedded, one_a_second).await;
+    let alice = env.user("alice");
+    assert_eq!(
+        env.app.limiter.acquire(&alice).await.unwrap(),
+        RateDecision::Allowed
+    );
+    assert!(matches!(
+        env.app.limiter.acquire(&alice).await.unwrap(),
+        RateDecision::Limited { .. }
+    ));
+
+    let env = start_with(Backend::DynamoOnly, one_a_second).await;
+    let alice = env.user("alice");
+    for _ in 0..5 {
+        assert_eq!(
+            env.app.limiter.acquire(&alice).await.unwrap(),
+            RateDecision::Allowed
+        );
+    }
+}
+
+/// The DynamoDB registry lives on the stores' endpoint: without one,
+/// start-up fails and says what is missing.
+#[tokio::test]
+async fn the_dynamodb_registry_without_an_endpoint_is_refused_at_start_up() {
+    let options = LocalOptions {
+        registry_table: Some("nowhere-registry".into()),
+        ..LocalOptions::default()
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let Err(e) = wiring::start(options, listener).await else {
+        panic!("started without a DynamoDB endpoint");
+    };
+    assert!(e.to_string().contains("--dynamodb-endpoint"), "{e:#}");
 }
