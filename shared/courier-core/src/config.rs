@@ -435,14 +435,6 @@ impl RegistryBackend {
             }),
         }
     }
-
-    /// The name `REGISTRY_BACKEND` gives it.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Self::Redis(_) => "redis",
-            Self::DynamoDb(_) => "dynamodb",
-        }
-    }
 }
 
 /// Send-path limits.
