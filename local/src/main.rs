@@ -78,6 +78,8 @@ struct ServeArgs {
     dynamodb_endpoint: Option<String>,
     #[command(flatten)]
     tables: TablePrefix,
+    #[command(flatten)]
+    registry: RegistryArgs,
     /// HS256 secret tokens are checked with (JWT_SECRET; a fixed local one by default).
     #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
     jwt_secret: Option<String>,
@@ -100,6 +102,37 @@ struct TablePrefix {
     table_prefix: String,
 }
 
+/// Where the connection registry lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum RegistryBackend {
+    /// Redis with --redis-url, in memory without.
+    Redis,
+    /// A DynamoDB table on --dynamodb-endpoint (the send limiter is then off).
+    Dynamodb,
+}
+
+#[derive(Args, Clone)]
+struct RegistryArgs {
+    /// The connection registry's backend, as REGISTRY_BACKEND on a deploy.
+    #[arg(long, env = "REGISTRY_BACKEND", value_enum, default_value = "redis")]
+    registry: RegistryBackend,
+    /// The registry's table with `--registry dynamodb` (default:
+    /// {prefix}-registry).
+    #[arg(long, env = "REGISTRY_TABLE")]
+    registry_table: Option<String>,
+}
+
+impl RegistryArgs {
+    /// The DynamoDB registry's table, if that is the registry asked for.
+    fn table(&self, prefix: &str) -> Option<String> {
+        (self.registry == RegistryBackend::Dynamodb).then(|| {
+            self.registry_table
+                .clone()
+                .unwrap_or_else(|| wiring::registry_table(prefix))
+        })
+    }
+}
+
 #[derive(Args)]
 struct TokenArgs {
     /// The user id (the token's `sub`).
@@ -118,6 +151,9 @@ struct TablesArgs {
     dynamodb_endpoint: String,
     #[command(flatten)]
     tables: TablePrefix,
+    /// `--registry dynamodb` creates the registry's table too (TTL on).
+    #[command(flatten)]
+    registry: RegistryArgs,
 }
 
 #[tokio::main]
@@ -143,6 +179,10 @@ async fn main() -> anyhow::Result<()> {
             let tables = TableNames::with_prefix(&t.tables.table_prefix);
             wiring::create_tables(&t.dynamodb_endpoint, &tables).await?;
             println!("tables ready: {tables:?}");
+            if let Some(table) = t.registry.table(&t.tables.table_prefix) {
+                wiring::create_registry_table(&t.dynamodb_endpoint, &table).await?;
+                println!("registry table ready: {table}");
+            }
             Ok(())
         }
         Some(Command::BackfillMemberships(b)) => {
@@ -195,6 +235,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         redis_cluster: args.redis_cluster,
         dynamodb_endpoint: args.dynamodb_endpoint.clone(),
         tables: TableNames::with_prefix(&args.tables.table_prefix),
+        registry_table: args.registry.table(&args.tables.table_prefix),
         auth,
         settings,
         rate_limit: courier_core::config::RateLimitConfig::from_env(&service_env)?,
@@ -226,7 +267,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     println!(
         "  backends:    stores {}, registry {}",
         args.dynamodb_endpoint.as_deref().unwrap_or("in memory"),
-        if args.redis_url.is_some() && args.redis_cluster {
+        if args.registry.registry == RegistryBackend::Dynamodb {
+            "dynamodb"
+        } else if args.redis_url.is_some() && args.redis_cluster {
             "redis cluster"
         } else if args.redis_url.is_some() {
             "redis"

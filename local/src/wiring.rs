@@ -9,7 +9,9 @@
 //! - stores: in memory by default, DynamoDB (`--dynamodb-endpoint`, tables
 //!   created if missing) otherwise;
 //! - registry: in memory by default, Redis (`--redis-url`, a cluster with
-//!   `--redis-cluster`) otherwise;
+//!   `--redis-cluster`), or a DynamoDB table on the stores' endpoint
+//!   (`--registry dynamodb`, created if missing). With the DynamoDB
+//!   registry the send limiter is off, as on a deploy without Redis;
 //! - gateway and catch-up trigger: **in process** by default
 //!   ([`crate::connections::LocalGateway`], [`crate::invoke::LocalTrigger`]):
 //!   posts go straight to the sockets and catch-up runs as an `Event`
@@ -28,7 +30,7 @@ use aws_lambda_events::apigw::{
 };
 use courier_aws::apigw::ApiGatewayManagement;
 use courier_aws::auth::AuthConfig;
-use courier_aws::dynamo::DynamoStore;
+use courier_aws::dynamo::{DynamoRegistry, DynamoStore};
 use courier_aws::lambda::LambdaTrigger;
 use courier_aws::rate_limit::RedisRateLimiter;
 use courier_aws::redis::RedisRegistry;
@@ -36,7 +38,9 @@ use courier_aws::wiring::{AwsClients, AwsEndpoints};
 use courier_core::adapters::memory::{MemoryRegistry, MemoryStore};
 use courier_core::adapters::rate_limit::{MemoryRateLimiter, Unlimited};
 use courier_core::app::{App, Ports, Settings};
-use courier_core::config::{Env, RateLimitConfig, RegistryConfig, TableNames};
+use courier_core::config::{
+    DynamoRegistryConfig, Env, RateLimitConfig, RegistryConfig, TableNames,
+};
 use courier_core::ports::{CatchUpTrigger, ConnectionRegistry, Gateway, PendingStore, RateLimiter};
 use lambda_runtime::LambdaEvent;
 use serde_json::Value;
@@ -181,6 +185,10 @@ pub struct LocalOptions {
     /// DynamoDB (moto, DynamoDB Local) for the stores; in memory without.
     pub dynamodb_endpoint: Option<String>,
     pub tables: TableNames,
+    /// The registry in this DynamoDB table on `dynamodb_endpoint` (created
+    /// if missing) instead of Redis or memory: `REGISTRY_BACKEND=dynamodb`.
+    /// The send limiter is then off, as on such a deploy.
+    pub registry_table: Option<String>,
     pub auth: AuthConfig,
     pub settings: Settings,
     /// Per-user send limit, as send-message applies it: a token bucket in
@@ -200,6 +208,7 @@ impl Default for LocalOptions {
             redis_cluster: false,
             dynamodb_endpoint: None,
             tables: TableNames::with_prefix(LOCAL_TABLE_PREFIX),
+            registry_table: None,
             auth: AuthConfig::hs256(LOCAL_JWT_SECRET),
             settings: template_settings(),
             rate_limit: template_rate_limit(),
@@ -289,6 +298,26 @@ pub async fn backfill_memberships(
         })
 }
 
+/// The registry table of a local run with `--registry dynamodb`: beside the
+/// other tables, `{prefix}-registry`.
+pub fn registry_table(prefix: &str) -> String {
+    format!("{prefix}-registry")
+}
+
+/// Creates the registry table on `endpoint`, TTL on (kept if it exists).
+pub async fn create_registry_table(endpoint: &str, table: &str) -> anyhow::Result<()> {
+    let clients = AwsClients::from_sdk_config(
+        local_sdk_config(),
+        AwsEndpoints {
+            dynamodb: Some(endpoint.to_owned()),
+            ..AwsEndpoints::default()
+        },
+    );
+    courier_aws::dynamo::create_registry_table(&clients.dynamodb(), table)
+        .await
+        .with_context(|| format!("creating the registry table {table} on {endpoint}"))
+}
+
 /// Binds `listener`, builds the ports and the handlers, and serves.
 pub async fn start(
     options: LocalOptions,
@@ -324,14 +353,27 @@ pub async fn start_with(
         config.cluster = options.redis_cluster;
         config
     });
-    let registry: Arc<dyn ConnectionRegistry> = match &redis {
-        Some(config) => {
+    let registry: Arc<dyn ConnectionRegistry> = match (&options.registry_table, &redis) {
+        (Some(table), _) => {
+            let endpoint = options.dynamodb_endpoint.as_deref().ok_or_else(|| {
+                anyhow::anyhow!(
+                    "the DynamoDB registry needs a DynamoDB endpoint (--dynamodb-endpoint)"
+                )
+            })?;
+            create_registry_table(endpoint, table).await?;
+            tracing::info!(%endpoint, %table, "registry: dynamodb");
+            Arc::new(DynamoRegistry::new(
+                clients.dynamodb(),
+                DynamoRegistryConfig::new(table.clone()),
+            ))
+        }
+        (None, Some(config)) => {
             let r = RedisRegistry::new(config.clone())
                 .map_err(|e| anyhow::anyhow!("REDIS_URL: {}", e.0))?;
             tracing::info!("registry: redis");
             Arc::new(r)
         }
-        None => Arc::new(MemoryRegistry::with_ttl(RegistryConfig::DEFAULT_TTL)),
+        (None, None) => Arc::new(MemoryRegistry::with_ttl(RegistryConfig::DEFAULT_TTL)),
     };
 
     let stores = match &options.dynamodb_endpoint {
@@ -366,6 +408,13 @@ pub async fn start_with(
     let pending = ports.pending.clone();
     let limiter: Arc<dyn RateLimiter> = match (&redis, options.rate_limit) {
         (_, limits) if !limits.enabled() => Arc::new(Unlimited),
+        (_, _) if options.registry_table.is_some() => {
+            tracing::warn!(
+                "rate limiter off: the DynamoDB registry has no Redis to keep the buckets in \
+                 (as on a deploy with REGISTRY_BACKEND=dynamodb)"
+            );
+            Arc::new(Unlimited)
+        }
         (Some(config), limits) => Arc::new(
             RedisRateLimiter::new(config, limits)
                 .map_err(|e| anyhow::anyhow!("REDIS_URL: {}", e.0))?,

@@ -7,7 +7,9 @@
 //! fresh tables per test; Redis is shared by the tests of a run, so each
 //! test's users get a unique suffix), and with the registry on a
 //! three-master Redis Cluster through the cluster client, as deployed
-//! (`REDIS_CLUSTER=true` in template.yaml). The registry and pending rows are
+//! (`REDIS_CLUSTER=true` in template.yaml), and with the registry in a
+//! DynamoDB table on moto beside the stores (`REGISTRY_BACKEND=dynamodb`, a
+//! stage with no Redis at all). The registry and pending rows are
 //! read through the gateway's `/_local/registry` and `/_local/pending`
 //! inspection endpoints.
 //!
@@ -33,7 +35,7 @@ use courier_core::config::RateLimitConfig;
 use courier_core::domain::{
     Connection, ConversationId, DeviceId, Millis, PendingDelivery, Seq, UserId, now_millis,
 };
-use courier_core::ports::LinkOutcome;
+use courier_core::ports::{LinkOutcome, RateDecision};
 use courier_core::protocol::{ErrorCode, ServerFrame};
 use courier_local::wiring::{self, LOCAL_JWT_SECRET, LocalOptions, Started};
 use futures::StreamExt;
@@ -51,6 +53,9 @@ enum Backend {
     /// A three-master Redis Cluster and moto: the deployed shape
     /// (ElastiCache Serverless is cluster-mode only).
     ClusterAndDynamo,
+    /// Everything on moto, the registry in its own table: a stage with
+    /// nothing running at rest.
+    DynamoOnly,
 }
 
 struct Env {
@@ -78,6 +83,9 @@ async fn start_with(backend: Backend, tweak: impl FnOnce(&mut LocalOptions)) -> 
         Backend::ClusterAndDynamo => {
             options.redis_url = Some(courier_tests::redis_cluster_url().await);
             options.redis_cluster = true;
+        }
+        Backend::DynamoOnly => {
+            options.registry_table = Some(courier_tests::fresh_registry_table().await);
         }
     }
     if !matches!(backend, Backend::Embedded) {
@@ -288,6 +296,10 @@ macro_rules! on_every_backend {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn redis_cluster_and_dynamodb() {
                 super::$scenario(super::Backend::ClusterAndDynamo).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn dynamodb_registry() {
+                super::$scenario(super::Backend::DynamoOnly).await
             }
         }
     )*};
@@ -901,4 +913,51 @@ async fn the_opened_conversation_comes_before_forty_nine_others(backend: Backend
     let others: std::collections::BTreeSet<_> = order[3..].iter().map(|(c, _)| c).collect();
     assert_eq!(others.len(), 49);
     assert!(!others.contains(&tapped));
+}
+
+/// `--registry dynamodb` is a deploy with no Redis: the send limit is off
+/// there, as `REGISTRY_BACKEND=dynamodb` turns it off in send-message,
+/// while the same limit bites on the embedded backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dynamodb_registry_turns_the_send_limit_off() {
+    let one_a_second = |o: &mut LocalOptions| {
+        o.rate_limit = RateLimitConfig {
+            per_sec: 1.0,
+            burst: 1,
+        }
+    };
+    let env = start_with(Backend::Embedded, one_a_second).await;
+    let alice = env.user("alice");
+    assert_eq!(
+        env.app.limiter.acquire(&alice).await.unwrap(),
+        RateDecision::Allowed
+    );
+    assert!(matches!(
+        env.app.limiter.acquire(&alice).await.unwrap(),
+        RateDecision::Limited { .. }
+    ));
+
+    let env = start_with(Backend::DynamoOnly, one_a_second).await;
+    let alice = env.user("alice");
+    for _ in 0..5 {
+        assert_eq!(
+            env.app.limiter.acquire(&alice).await.unwrap(),
+            RateDecision::Allowed
+        );
+    }
+}
+
+/// The DynamoDB registry lives on the stores' endpoint: without one,
+/// start-up fails and says what is missing.
+#[tokio::test]
+async fn the_dynamodb_registry_without_an_endpoint_is_refused_at_start_up() {
+    let options = LocalOptions {
+        registry_table: Some("nowhere-registry".into()),
+        ..LocalOptions::default()
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let Err(e) = wiring::start(options, listener).await else {
+        panic!("started without a DynamoDB endpoint");
+    };
+    assert!(e.to_string().contains("--dynamodb-endpoint"), "{e:#}");
 }

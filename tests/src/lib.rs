@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_dynamodb::types::AttributeValue;
-use courier_aws::dynamo::create_tables;
+use courier_aws::dynamo::{create_registry_table, create_tables};
 use courier_core::config::TableNames;
 
 /// The region every fake AWS client uses; moto keeps state per region.
@@ -178,6 +178,17 @@ pub async fn forget_memberships(
             .await
             .unwrap_or_else(|e| panic!("deleting a membership of {conversation}: {e}"));
     }
+}
+
+/// A new, empty connection registry table (`REGISTRY_BACKEND=dynamodb`)
+/// under a unique name, TTL on.
+pub async fn fresh_registry_table() -> String {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let name = format!("t{}-registry", &id[..16]);
+    create_registry_table(&dynamo_client().await, &name)
+        .await
+        .unwrap_or_else(|e| panic!("creating test registry table {name} failed: {e}"));
+    name
 }
 
 /// Deletes a set made by [`fresh_tables`]. Tests that fill tables with a lot

@@ -24,12 +24,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use courier_aws::auth::testing::http::{Recorded, Reply, StubServer};
-use courier_aws::dynamo::{DynamoStore, RetryPolicy};
+use courier_aws::dynamo::{DynamoRegistry, DynamoStore, RetryPolicy};
 use courier_aws::redis::RedisRegistry;
 use courier_aws::wiring::AwsEndpoints;
 use courier_core::adapters::memory::{MemoryGateway, MemoryNotifier, MemoryTrigger};
 use courier_core::app::{App, Ports, Settings};
-use courier_core::config::{RegistryConfig, TableNames};
+use courier_core::config::{DynamoRegistryConfig, RegistryConfig, TableNames};
 use courier_core::domain::{
     ClientMsgId, Connection, ConnectionId, Conversation, ConversationId, Device, Platform, Seq,
     UserId, now_millis,
@@ -346,6 +346,75 @@ async fn redis_down_during_sends_still_stores_records_pending_and_pushes() {
             during.as_millis()
         ),
     );
+}
+
+/// The registry on DynamoDB (`REGISTRY_BACKEND=dynamodb`) behind a fault
+/// proxy of its own, built as a function builds it: the harness's stores
+/// stay healthy.
+async fn with_dynamo_registry(r: &mut Real) -> FaultProxy {
+    let (proxy, url) = FaultProxy::in_front_of(&courier_tests::dynamodb_endpoint().await)
+        .await
+        .unwrap();
+    let aws = support::aws_with(AwsEndpoints {
+        dynamodb: Some(url),
+        ..AwsEndpoints::default()
+    })
+    .await;
+    let mut config = DynamoRegistryConfig::new(courier_tests::fresh_registry_table().await);
+    config.timeout = REDIS_TIMEOUT;
+    r.app.ports.registry = Arc::new(DynamoRegistry::new(aws.dynamodb(), config));
+    proxy
+}
+
+#[tokio::test]
+async fn dynamodb_registry_down_or_hung_during_sends_costs_its_bound_and_loses_nothing() {
+    let mut r = real().await;
+    let registry = with_dynamo_registry(&mut r).await;
+    let conv = r.conversation(&[&r.alice, &r.bob]).await;
+    let (bob_conn, connected) = r.connect(&r.bob).await;
+    assert!(connected.registered);
+
+    let mut seq = 0;
+    for mode in [Mode::Reset, Mode::BlackHole] {
+        registry.set_mode(mode);
+        for _ in 0..2 {
+            seq += 1;
+            let t = Instant::now();
+            assert_eq!(r.send(&r.alice, &conv, &format!("k{seq}")).await, Seq(seq));
+            assert!(
+                t.elapsed() < REDIS_TIMEOUT * 3,
+                "a send with the registry {mode:?} took {:?}",
+                t.elapsed()
+            );
+        }
+    }
+    assert_eq!(r.stored_seqs(&conv).await, vec![1, 2, 3, 4]);
+    let row = r.store_pending(&r.bob, &conv).await;
+    assert_eq!((row.0, row.1), (1, 4), "bob's row covers every message");
+    assert_eq!(r.pushes_to_bob(), 4, "bob was unreachable: one push each");
+    assert!(r.gateway.frames(&bob_conn.connection_id).is_empty());
+    let st = registry.stats();
+    assert!(
+        st.refused + st.reset >= 1 && st.accepted > st.refused,
+        "the registry calls went through the broken proxy: {st:?}"
+    );
+
+    // Healed: live delivery comes back on its own, and bob's next connect
+    // catches up on everything.
+    registry.set_mode(Mode::Pass);
+    assert_eq!(r.send(&r.alice, &conv, "k5").await, Seq(5));
+    assert_eq!(
+        r.gateway.frames(&bob_conn.connection_id).len(),
+        1,
+        "live again"
+    );
+    let (c2, connected) = r.connect(&r.bob).await;
+    assert!(connected.registered);
+    catch_up::catch_up(&r.app, &r.request(&r.bob, &c2), None, None)
+        .await
+        .unwrap();
+    let got = received(&r.gateway, &[&bob_conn, &c2]);
+    assert_eq!(got.seqs[&conv], all(5));
 }
 
 #[tokio::test]

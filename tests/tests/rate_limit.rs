@@ -4,7 +4,8 @@
 //! buckets live on each master), and
 //! the send path on top: a flood gets `rate_limited` frames and stores
 //! nothing, other users are unaffected, and a limiter that cannot be asked
-//! lets sends through with a log line.
+//! lets sends through with a log line. With the DynamoDB registry there is
+//! no Redis, and the limiter is off, said at start-up.
 
 #![allow(clippy::unwrap_used)]
 
@@ -323,4 +324,48 @@ async fn a_limiter_that_cannot_be_asked_lets_sends_through() {
             ..
         }
     ));
+}
+
+/// `REGISTRY_BACKEND=dynamodb`: no Redis, so send-message's limiter is off
+/// (no `REDIS_URL` asked for, every send allowed), and its start-up log
+/// says so.
+#[tokio::test]
+async fn with_the_dynamodb_registry_the_limiter_is_off_and_the_start_up_log_says_so() {
+    #[derive(Clone, Default)]
+    struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let logs = Captured::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::INFO)
+        .with_writer(move || writer.clone())
+        .finish();
+    let limiter = tracing::subscriber::with_default(subscriber, || {
+        courier_aws::wiring::rate_limiter_from_env(&courier_core::config::Env(|k: &str| match k {
+            "REGISTRY_BACKEND" => Some("dynamodb".to_owned()),
+            "REGISTRY_TABLE" => Some("registry".to_owned()),
+            "RATE_LIMIT_PER_SEC" => Some("1".to_owned()),
+            "RATE_LIMIT_BURST" => Some("1".to_owned()),
+            _ => None,
+        }))
+        .unwrap()
+    });
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        text.contains("rate limiter off") && text.contains("REGISTRY_BACKEND=dynamodb"),
+        "{text}"
+    );
+    // A burst of 1 would refuse the second: nothing is refused.
+    let u = user("dyn");
+    for _ in 0..10 {
+        assert_eq!(limiter.acquire(&u).await.unwrap(), RateDecision::Allowed);
+    }
 }

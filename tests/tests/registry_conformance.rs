@@ -1,13 +1,19 @@
 //! The connection registry's contract, run against the in-memory registry,
-//! the Redis one on a real `redis-server`, and the Redis one in cluster mode
-//! on a real three-master Redis Cluster (the protocol ElastiCache Serverless
-//! speaks): the same cases, the same outcomes. Then what only the real ones
-//! can show: the TTL really set on the key; on the cluster, users whose keys
-//! live on each master all served, and a slot moved under a running client
-//! (its slot map stale, `MOVED` followed); and Redis being down (a closed
-//! port, a server that never answers, a server that goes away and comes
-//! back) costing a bounded, fast `RegistryError` instead of a hang, with
-//! recovery once it is back.
+//! the Redis one on a real `redis-server`, the Redis one in cluster mode on
+//! a real three-master Redis Cluster (the protocol ElastiCache Serverless
+//! speaks), and the DynamoDB one on moto (a fresh table per test): the same
+//! cases, the same outcomes. Then what only the real ones can show: the TTL
+//! really set on the key (on the item, and the table's TTL on
+//! `expires_at`); an expired item DynamoDB has not deleted yet left out; on
+//! the cluster, users whose keys live on each master all served, and a slot
+//! moved under a running client (its slot map stale, `MOVED` followed); and
+//! Redis or DynamoDB being down (a closed port, a server that never
+//! answers; for Redis, a server that goes away and comes back) costing a
+//! bounded, fast `RegistryError` instead of a hang, with recovery once it is
+//! back.
+//!
+//! Over 700 lines: one suite, the shared cases and each backend's own
+//! sharing its helpers.
 
 #![allow(clippy::unwrap_used)]
 
@@ -15,9 +21,11 @@ use std::net::TcpListener as StdListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use aws_sdk_dynamodb::types::AttributeValue;
+use courier_aws::dynamo::DynamoRegistry;
 use courier_aws::redis::RedisRegistry;
 use courier_core::adapters::memory::MemoryRegistry;
-use courier_core::config::RegistryConfig;
+use courier_core::config::{DynamoRegistryConfig, RegistryConfig};
 use courier_core::domain::{Connection, ConnectionId, DeviceId, UserId};
 use courier_core::ports::{ConnectionRegistry, Registered};
 use courier_tests::cluster::{self, Master};
@@ -48,6 +56,15 @@ async fn cluster_registry(ttl: Duration) -> RedisRegistry {
     config.ttl = ttl;
     config.timeout = Duration::from_secs(2);
     RedisRegistry::new(config).unwrap()
+}
+
+async fn dynamo_registry(ttl: Duration) -> DynamoRegistry {
+    let mut config = DynamoRegistryConfig::new(courier_tests::fresh_registry_table().await);
+    config.ttl = ttl;
+    // Generous for a loaded CI machine (moto serves one request at a time);
+    // the down-case below uses a short one.
+    config.timeout = Duration::from_secs(5);
+    DynamoRegistry::new(courier_tests::dynamo_client().await, config)
 }
 
 // ---- the shared cases ------------------------------------------------------
@@ -126,17 +143,27 @@ async fn an_id_that_is_a_prefix_of_the_stored_one_does_not_match(r: &dyn Connect
     assert!(r.lookup(&u).await.unwrap().len() == 1);
 }
 
-/// `r` must have been built with a 600 ms TTL.
-async fn entries_expire_after_the_ttl_and_reregistering_restarts_it(r: &dyn ConnectionRegistry) {
+/// `r` must have been built with the TTL `ttl`; `grain` is how much longer
+/// than `ttl` the backend may keep an entry (DynamoDB's `expires_at` is in
+/// whole seconds, rounded up; Redis and memory: none). Needs
+/// `grain < ttl / 2`.
+async fn entries_expire_after_the_ttl_and_reregistering_restarts_it(
+    r: &dyn ConnectionRegistry,
+    ttl: Duration,
+    grain: Duration,
+) {
+    let longest = ttl + grain;
     let u = user();
     let c = conn("ttl-conn", 3);
     r.register(&u, &c).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    tokio::time::sleep(longest * 2 / 3).await;
     r.register(&u, &c).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    // 800 ms after the first write, 400 after the second: still there.
+    tokio::time::sleep(longest * 2 / 3).await;
+    // Past the longest life of the first write, within the TTL of the
+    // second: still there (600 ms TTL: 800 ms after the first, 400 after
+    // the second).
     assert_eq!(r.lookup(&u).await.unwrap(), vec![c]);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::time::sleep(longest * 5 / 6).await;
     assert_eq!(r.lookup(&u).await.unwrap(), vec![]);
 }
 
@@ -206,7 +233,29 @@ async fn an_older_connection_never_replaces_a_newer_one_of_its_device(r: &dyn Co
     assert_eq!(r.lookup(&u).await.unwrap(), vec![newer, b]);
 }
 
+/// Connections of one device registered all at once: whatever the order
+/// they land in, the newest stays, and each call's answer agrees with it.
+async fn racing_registers_of_one_device_leave_the_newest(r: &dyn ConnectionRegistry) {
+    let u = user();
+    let racers: Vec<Connection> = (0..8)
+        .map(|i| on("phone", &format!("race-{i}"), 1_000 + i64::from(i % 4)))
+        .collect();
+    let outcomes = futures::future::join_all(racers.iter().map(|c| r.register(&u, c))).await;
+    // Among the latest opening time (1003), the larger id: race-7.
+    let newest = racers[7].clone();
+    assert_eq!(r.lookup(&u).await.unwrap(), vec![newest.clone()]);
+    assert_eq!(outcomes[7].clone().unwrap(), Registered::Stored);
+    // Every later attempt of an older one is kept out.
+    for c in &racers[..7] {
+        assert_eq!(r.register(&u, c).await.unwrap(), Registered::KeptNewer);
+    }
+    assert_eq!(r.lookup(&u).await.unwrap(), vec![newest]);
+}
+
 const SHORT_TTL: Duration = Duration::from_millis(600);
+/// DynamoDB's expiry is in whole seconds: a TTL of a few of them.
+const DYNAMO_TTL: Duration = Duration::from_secs(3);
+const DYNAMO_GRAIN: Duration = Duration::from_secs(1);
 
 macro_rules! conformance {
     ($case:ident) => {
@@ -227,6 +276,11 @@ macro_rules! conformance {
             async fn redis_cluster() {
                 super::$case(&cluster_registry(RegistryConfig::DEFAULT_TTL).await).await;
             }
+
+            #[tokio::test]
+            async fn dynamodb() {
+                super::$case(&dynamo_registry(RegistryConfig::DEFAULT_TTL).await).await;
+            }
         }
     };
 }
@@ -236,6 +290,7 @@ conformance!(remove_if_deletes_only_while_the_entry_holds_that_id);
 conformance!(an_id_that_is_a_prefix_of_the_stored_one_does_not_match);
 conformance!(devices_sit_side_by_side_and_go_one_by_one);
 conformance!(an_older_connection_never_replaces_a_newer_one_of_its_device);
+conformance!(racing_registers_of_one_device_leave_the_newest);
 
 mod entries_expire_after_the_ttl_and_reregistering_restarts_it {
     use super::*;
@@ -244,6 +299,8 @@ mod entries_expire_after_the_ttl_and_reregistering_restarts_it {
     async fn memory() {
         super::entries_expire_after_the_ttl_and_reregistering_restarts_it(
             &MemoryRegistry::with_ttl(SHORT_TTL),
+            SHORT_TTL,
+            Duration::ZERO,
         )
         .await;
     }
@@ -252,6 +309,8 @@ mod entries_expire_after_the_ttl_and_reregistering_restarts_it {
     async fn redis() {
         super::entries_expire_after_the_ttl_and_reregistering_restarts_it(
             &redis_registry(SHORT_TTL).await,
+            SHORT_TTL,
+            Duration::ZERO,
         )
         .await;
     }
@@ -260,6 +319,18 @@ mod entries_expire_after_the_ttl_and_reregistering_restarts_it {
     async fn redis_cluster() {
         super::entries_expire_after_the_ttl_and_reregistering_restarts_it(
             &cluster_registry(SHORT_TTL).await,
+            SHORT_TTL,
+            Duration::ZERO,
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn dynamodb() {
+        super::entries_expire_after_the_ttl_and_reregistering_restarts_it(
+            &dynamo_registry(DYNAMO_TTL).await,
+            DYNAMO_TTL,
+            DYNAMO_GRAIN,
         )
         .await;
     }
@@ -465,6 +536,181 @@ async fn a_garbled_value_is_an_error_not_a_panic() {
     assert!(registry.lookup(&u).await.unwrap().len() == 1);
 }
 
+// ---- DynamoDB only ----------------------------------------------------------
+
+/// The raw item of `user`'s `device` in `table`.
+async fn raw_item(
+    table: &str,
+    u: &UserId,
+    device: &str,
+) -> Option<std::collections::HashMap<String, AttributeValue>> {
+    courier_tests::dynamo_client()
+        .await
+        .get_item()
+        .table_name(table)
+        .key("user_id", AttributeValue::S(u.to_string()))
+        .key("device_id", AttributeValue::S(device.to_owned()))
+        .consistent_read(true)
+        .send()
+        .await
+        .unwrap()
+        .item
+}
+
+async fn put_raw(table: &str, item: &[(&str, AttributeValue)]) {
+    let mut req = courier_tests::dynamo_client()
+        .await
+        .put_item()
+        .table_name(table);
+    for (k, v) in item {
+        req = req.item(*k, v.clone());
+    }
+    req.send().await.unwrap();
+}
+
+fn epoch_secs() -> i64 {
+    courier_core::domain::now_millis() / 1000
+}
+
+#[tokio::test]
+async fn dynamodb_item_is_user_device_with_the_configured_ttl_and_the_table_expires_it() {
+    let registry = dynamo_registry(RegistryConfig::DEFAULT_TTL).await;
+    let table = registry.config().table.clone();
+    let u = user();
+    let c = on("phone", "L0SM9cOFvHcCIhw=", 1_795_000_000_000);
+    registry.register(&u, &c).await.unwrap();
+    let item = raw_item(&table, &u, "phone").await.unwrap();
+    assert_eq!(
+        item["connection_id"],
+        AttributeValue::S("L0SM9cOFvHcCIhw=".into())
+    );
+    assert_eq!(
+        item["connected_at"],
+        AttributeValue::N("1795000000000".into())
+    );
+    let AttributeValue::N(expires) = &item["expires_at"] else {
+        panic!("expires_at is not a number: {item:?}");
+    };
+    let expires: i64 = expires.parse().unwrap();
+    let ttl = i64::try_from(RegistryConfig::DEFAULT_TTL.as_secs()).unwrap();
+    let now = epoch_secs();
+    assert!(
+        expires > now + ttl - 60 && expires <= now + ttl + 1,
+        "expires_at {expires}, now {now}, ttl {ttl}"
+    );
+    // An unknown opening time is stored as 0, as Redis stores it.
+    let unknown = Connection {
+        connected_at: None,
+        ..on("tablet", "t1", 0)
+    };
+    registry.register(&u, &unknown).await.unwrap();
+    let item = raw_item(&table, &u, "tablet").await.unwrap();
+    assert_eq!(item["connected_at"], AttributeValue::N("0".into()));
+    // DynamoDB deletes past expires_at on its own.
+    let ttl = courier_tests::dynamo_client()
+        .await
+        .describe_time_to_live()
+        .table_name(&table)
+        .send()
+        .await
+        .unwrap();
+    let d = ttl.time_to_live_description().unwrap();
+    assert_eq!(d.attribute_name(), Some("expires_at"));
+    assert!(
+        matches!(
+            d.time_to_live_status(),
+            Some(
+                aws_sdk_dynamodb::types::TimeToLiveStatus::Enabled
+                    | aws_sdk_dynamodb::types::TimeToLiveStatus::Enabling
+            )
+        ),
+        "{d:?}"
+    );
+}
+
+#[tokio::test]
+async fn dynamodb_an_expired_item_not_deleted_yet_is_left_out_and_replaced() {
+    let registry = dynamo_registry(RegistryConfig::DEFAULT_TTL).await;
+    let table = registry.config().table.clone();
+    let u = user();
+    // DynamoDB's TTL deletes days late: a newer connection's item, expired
+    // a minute ago, still in the table.
+    put_raw(
+        &table,
+        &[
+            ("user_id", AttributeValue::S(u.to_string())),
+            ("device_id", AttributeValue::S("phone".into())),
+            ("connection_id", AttributeValue::S("dead".into())),
+            ("connected_at", AttributeValue::N("9000".into())),
+            (
+                "expires_at",
+                AttributeValue::N((epoch_secs() - 60).to_string()),
+            ),
+        ],
+    )
+    .await;
+    assert_eq!(registry.lookup(&u).await.unwrap(), vec![]);
+    // It no longer counts as newer: an older connection takes the device.
+    let older = on("phone", "alive", 1_000);
+    assert_eq!(
+        registry.register(&u, &older).await.unwrap(),
+        Registered::Stored
+    );
+    assert_eq!(registry.lookup(&u).await.unwrap(), vec![older]);
+}
+
+#[tokio::test]
+async fn dynamodb_a_garbled_item_is_an_error_not_a_panic_and_never_blocks_its_device() {
+    let registry = dynamo_registry(RegistryConfig::DEFAULT_TTL).await;
+    let table = registry.config().table.clone();
+    let u = user();
+    put_raw(
+        &table,
+        &[
+            ("user_id", AttributeValue::S(u.to_string())),
+            ("device_id", AttributeValue::S("default".into())),
+            ("connection_id", AttributeValue::N("12".into())),
+        ],
+    )
+    .await;
+    assert!(registry.lookup(&u).await.is_err());
+    // The registry is still usable, and the device's next connection
+    // replaces the garbled item.
+    let c = conn("fresh", 1);
+    assert_eq!(registry.register(&u, &c).await.unwrap(), Registered::Stored);
+    assert_eq!(registry.lookup(&u).await.unwrap(), vec![c]);
+}
+
+fn down_dynamo_registry(port: u16, timeout: Duration) -> DynamoRegistry {
+    let mut config = DynamoRegistryConfig::new("nowhere");
+    config.timeout = timeout;
+    DynamoRegistry::new(
+        courier_tests::dynamo_client_for(&format!("http://127.0.0.1:{port}")),
+        config,
+    )
+}
+
+#[tokio::test]
+async fn dynamodb_down_or_silent_costs_at_most_the_timeout() {
+    // A closed port: refused at once, retried within the bound.
+    let r = down_dynamo_registry(free_port(), Duration::from_millis(300));
+    every_call_fails_within(&r, Duration::from_millis(1000)).await;
+    // Accepts connections and reads nothing: only the bound ends the call.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let hold = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            held.push(s);
+        }
+    });
+    let r = down_dynamo_registry(port, Duration::from_millis(300));
+    every_call_fails_within(&r, Duration::from_millis(1000)).await;
+    hold.abort();
+}
+
+// ---- Redis down ---------------------------------------------------------------
+
 fn free_port() -> u16 {
     StdListener::bind("127.0.0.1:0")
         .unwrap()
@@ -487,7 +733,7 @@ fn down_cluster_registry(port: u16, timeout: Duration) -> RedisRegistry {
 }
 
 /// Every operation fails with a `RegistryError`, each within `bound`.
-async fn every_call_fails_within(r: &RedisRegistry, bound: Duration) {
+async fn every_call_fails_within(r: &dyn ConnectionRegistry, bound: Duration) {
     let u = user();
     let c = conn("c", 1);
     let started = Instant::now();

@@ -38,7 +38,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use courier_aws::wiring::Needs;
-use courier_core::config::{CatchUpConfig, ConfigError, DeliveryConfig, Env, TableNames};
+use courier_core::config::{CatchUpConfig, ConfigError, DeliveryConfig, Env};
 use courier_core::protocol::{ErrorCode, Request};
 use serde_yaml::Value;
 
@@ -1634,7 +1634,9 @@ fn policies_grant_each_function_only_what_its_crate_uses() {
 }
 
 /// The template's tables against the ones `create_tables` makes on moto:
-/// same keys, attribute types, indexes and TTL attributes.
+/// same keys, attribute types, indexes and TTL attributes. The registry's
+/// table (`REGISTRY_TABLE`, `REGISTRY_BACKEND=dynamodb`) against
+/// `create_registry_table`'s, once a function is given one.
 #[tokio::test]
 async fn tables_match_what_the_dynamodb_adapter_creates() {
     use aws_sdk_dynamodb::types::TimeToLiveStatus;
@@ -1642,17 +1644,24 @@ async fn tables_match_what_the_dynamodb_adapter_creates() {
     let t = shipped_template();
     let names = courier_tests::fresh_tables().await;
     let client = courier_tests::dynamo_client().await;
-    let pairs = |n: &TableNames| {
-        [
-            ("MESSAGES_TABLE", n.messages.clone()),
-            ("PENDING_TABLE", n.pending.clone()),
-            ("CONVERSATIONS_TABLE", n.conversations.clone()),
-            ("IDEMPOTENCY_TABLE", n.idempotency.clone()),
-            ("DEVICES_TABLE", n.devices.clone()),
-        ]
-    };
+    let mut pairs = vec![
+        ("MESSAGES_TABLE", names.messages.clone()),
+        ("PENDING_TABLE", names.pending.clone()),
+        ("CONVERSATIONS_TABLE", names.conversations.clone()),
+        ("IDEMPOTENCY_TABLE", names.idempotency.clone()),
+        ("DEVICES_TABLE", names.devices.clone()),
+    ];
+    let has_registry_table = t
+        .of_type(FUNCTION)
+        .any(|(id, _)| t.env_vars(id).contains_key("REGISTRY_TABLE"));
+    if has_registry_table {
+        pairs.push((
+            "REGISTRY_TABLE",
+            courier_tests::fresh_registry_table().await,
+        ));
+    }
     let mut problems = Vec::new();
-    for (var, created) in pairs(&names) {
+    for (var, created) in pairs {
         // The template table the functions get in `var`.
         let ids: BTreeSet<String> = t
             .of_type(FUNCTION)

@@ -355,9 +355,85 @@ impl RegistryConfig {
         Ok(Self {
             url: env.required("REDIS_URL")?,
             cluster: env.parsed("REDIS_CLUSTER", false)?,
-            ttl: Duration::from_secs(env.parsed("REGISTRY_TTL_SECS", Self::DEFAULT_TTL.as_secs())?),
+            ttl: registry_ttl(env)?,
             timeout: Duration::from_millis(env.parsed("REDIS_TIMEOUT_MS", 500u64)?),
         })
+    }
+}
+
+/// The connection registry on DynamoDB (`REGISTRY_BACKEND=dynamodb`): a
+/// stage with nothing running at rest, no VPC and no cache.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DynamoRegistryConfig {
+    /// `REGISTRY_TABLE`: key `user_id` (S), sort key `device_id` (S), TTL on
+    /// `expires_at`.
+    pub table: String,
+    /// `REGISTRY_TTL_SECS`, as for Redis: how long an entry outlives its
+    /// last write (the `expires_at` TTL attribute, and the reads' filter).
+    pub ttl: Duration,
+    /// Bound on one whole registry call, retries included: the registry is
+    /// a hint, and a stalled DynamoDB must cost a send no more than a
+    /// stalled Redis does.
+    pub timeout: Duration,
+}
+
+impl DynamoRegistryConfig {
+    /// A DynamoDB call answers in milliseconds; the first one of an
+    /// execution environment also opens a TLS connection. One second covers
+    /// both and a retry or two, and stays a small part of any handler's
+    /// timeout.
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
+
+    pub fn new(table: impl Into<String>) -> Self {
+        Self {
+            table: table.into(),
+            ttl: RegistryConfig::DEFAULT_TTL,
+            timeout: Self::DEFAULT_TIMEOUT,
+        }
+    }
+
+    pub fn from_env<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<Self, ConfigError> {
+        Ok(Self {
+            ttl: registry_ttl(env)?,
+            ..Self::new(env.required("REGISTRY_TABLE")?)
+        })
+    }
+}
+
+/// `REGISTRY_TTL_SECS`, at least one second.
+fn registry_ttl<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<Duration, ConfigError> {
+    let secs = env.parsed("REGISTRY_TTL_SECS", RegistryConfig::DEFAULT_TTL.as_secs())?;
+    if secs == 0 {
+        return Err(ConfigError::Invalid {
+            name: "REGISTRY_TTL_SECS",
+            reason: "must be at least 1".into(),
+        });
+    }
+    Ok(Duration::from_secs(secs))
+}
+
+/// Where the connection registry lives (`REGISTRY_BACKEND`), with that
+/// backend's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RegistryBackend {
+    /// `redis`, the default: ElastiCache (or any Redis), `REDIS_URL`. The
+    /// send limiter shares it.
+    Redis(RegistryConfig),
+    /// `dynamodb`: a table, `REGISTRY_TABLE`. There is no Redis then, so the
+    /// send limiter is off.
+    DynamoDb(DynamoRegistryConfig),
+}
+
+impl RegistryBackend {
+    pub fn from_env<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<Self, ConfigError> {
+        match env.optional("REGISTRY_BACKEND").as_deref().map(str::trim) {
+            None | Some("redis") => Ok(Self::Redis(RegistryConfig::from_env(env)?)),
+            Some("dynamodb") => Ok(Self::DynamoDb(DynamoRegistryConfig::from_env(env)?)),
+            Some(other) => Err(ConfigError::Invalid {
+                name: "REGISTRY_BACKEND",
+                reason: format!("{other:?}: must be redis or dynamodb"),
+            }),
+        }
     }
 }
 

@@ -34,7 +34,8 @@ pub enum StoreError {
     Corrupt(String),
 }
 
-/// A registry (Redis) failure. The registry is a hint: callers log these and
+/// A registry (Redis, or DynamoDB with `REGISTRY_BACKEND=dynamodb`) or
+/// rate-limiter failure. The registry is a hint: callers log these and
 /// carry on as if the user were offline.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("registry unavailable: {0}")]
@@ -79,7 +80,7 @@ pub enum Registered {
 }
 
 /// `ws:{user_id}` → one entry per connected device of the user (Redis in
-/// production).
+/// production; one DynamoDB item per device with `REGISTRY_BACKEND=dynamodb`).
 #[async_trait]
 pub trait ConnectionRegistry: Send + Sync {
     /// Records `connection` as its device's live one, atomically, unless the

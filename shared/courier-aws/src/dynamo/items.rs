@@ -41,6 +41,8 @@ pub mod attr {
     pub const LINKED_AT: &str = "linked_at";
     pub const LAST_SEEN_AT: &str = "last_seen_at";
     pub const COUNT: &str = "count";
+    pub const CONNECTION_ID: &str = "connection_id";
+    pub const CONNECTED_AT: &str = "connected_at";
 }
 
 /// Sort keys of the items that share a user's partition of

@@ -84,7 +84,9 @@
 //! values to domain types and back (and names the sort keys of the user's
 //! partition); `append.rs`, `conversations.rs`, `pending.rs`, `links.rs` and
 //! `devices.rs` implement one port each; `tables.rs` creates the tables. This
-//! file holds the store and the reads they share.
+//! file holds the store and the reads they share. `registry.rs` is the
+//! connection registry on its own table ([`DynamoRegistry`],
+//! `REGISTRY_BACKEND=dynamodb`), on the same client and retry policy.
 //!
 //! Every read is strongly consistent and follows `LastEvaluatedKey`.
 //! Throttling, transaction conflicts, 5xx answers and network failures are
@@ -100,6 +102,7 @@ mod devices;
 mod items;
 mod links;
 mod pending;
+mod registry;
 mod retry;
 mod tables;
 mod transact;
@@ -117,8 +120,9 @@ use courier_core::ports::{ConversationStore, DeviceStore, LinkStore, MessageStor
 
 pub use backfill::Backfilled;
 pub use items::attr;
+pub use registry::DynamoRegistry;
 pub use retry::RetryPolicy;
-pub use tables::create_tables;
+pub use tables::{create_registry_table, create_tables};
 
 use items::Item;
 use retry::{build_err, failure};

@@ -74,6 +74,22 @@ impl DynamoStore {
     pub(super) async fn retrying<T, F, Fut>(
         &self,
         op: &'static str,
+        attempt: F,
+    ) -> Result<T, StoreError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, Failure>>,
+    {
+        self.retry.run(op, attempt).await
+    }
+}
+
+impl RetryPolicy {
+    /// Runs `attempt` until it succeeds, fails for good, or this policy's
+    /// attempts are spent (the store's calls and the registry's share it).
+    pub(super) async fn run<T, F, Fut>(
+        &self,
+        op: &'static str,
         mut attempt: F,
     ) -> Result<T, StoreError>
     where
@@ -84,8 +100,8 @@ impl DynamoStore {
         loop {
             match attempt().await {
                 Ok(v) => return Ok(v),
-                Err(Failure::Retry(e)) if n + 1 < self.retry.max_attempts => {
-                    let delay = self.retry.backoff().delay(n);
+                Err(Failure::Retry(e)) if n + 1 < self.max_attempts => {
+                    let delay = self.backoff().delay(n);
                     debug!(op, attempt = n + 1, ?delay, error = %e, "dynamodb: retrying");
                     tokio::time::sleep(delay).await;
                     n += 1;

@@ -100,8 +100,6 @@ pub async fn create_tables(client: &Client, tables: &TableNames) -> Result<(), S
             Err(e) => return Err(sdk_err("CreateTable", e)),
         }
     }
-    // DynamoDB creates tables asynchronously; writes and TTL changes fail
-    // until a table is ACTIVE (moto's are at once).
     for table in [
         &tables.messages,
         &tables.pending,
@@ -109,19 +107,51 @@ pub async fn create_tables(client: &Client, tables: &TableNames) -> Result<(), S
         &tables.idempotency,
         &tables.devices,
     ] {
-        client
-            .wait_until_table_exists()
-            .table_name(table)
-            .wait(Duration::from_secs(300))
-            .await
-            .map_err(|e| {
-                StoreError::Unavailable(format!(
-                    "table {table} did not become active: {}",
-                    DisplayErrorContext(&e)
-                ))
-            })?;
+        wait_active(client, table).await?;
     }
     enable_ttl(client, &tables.idempotency, attr::EXPIRES_AT).await
+}
+
+/// Creates the connection registry's table (`REGISTRY_BACKEND=dynamodb`)
+/// if it does not exist yet, with TTL on `expires_at`: key `user_id`, sort
+/// key `device_id`, on-demand. Apart from [`create_tables`], as only a
+/// stage without Redis has it.
+pub async fn create_registry_table(client: &Client, table: &str) -> Result<(), StoreError> {
+    use KeyType::{Hash, Range};
+    use ScalarAttributeType::S;
+
+    let request = client
+        .create_table()
+        .table_name(table)
+        .key_schema(key(attr::USER_ID, Hash)?)
+        .key_schema(key(attr::DEVICE_ID, Range)?)
+        .attribute_definitions(def(attr::USER_ID, S)?)
+        .attribute_definitions(def(attr::DEVICE_ID, S)?)
+        .billing_mode(BillingMode::PayPerRequest);
+    match request.send().await {
+        Ok(_) => {}
+        Err(e) if e.code() == Some("ResourceInUseException") => {}
+        Err(e) => return Err(sdk_err("CreateTable", e)),
+    }
+    wait_active(client, table).await?;
+    enable_ttl(client, table, attr::EXPIRES_AT).await
+}
+
+/// DynamoDB creates tables asynchronously; writes and TTL changes fail
+/// until a table is ACTIVE (moto's are at once).
+async fn wait_active(client: &Client, table: &str) -> Result<(), StoreError> {
+    client
+        .wait_until_table_exists()
+        .table_name(table)
+        .wait(Duration::from_secs(300))
+        .await
+        .map_err(|e| {
+            StoreError::Unavailable(format!(
+                "table {table} did not become active: {}",
+                DisplayErrorContext(&e)
+            ))
+        })?;
+    Ok(())
 }
 
 async fn enable_ttl(client: &Client, table: &str, attribute: &str) -> Result<(), StoreError> {

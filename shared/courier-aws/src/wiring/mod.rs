@@ -1,8 +1,8 @@
 //! AWS wiring: from environment variables to a [`Ports`] of real adapters.
 //!
-//! Over 700 lines with its tests (the code is ~575): parsing and building are
-//! one job, and the tests check every `Needs` against the variables it
-//! requires.
+//! Parsing and building are one job, so one file (~640 lines); its tests,
+//! which check every `Needs` against the variables it requires, are in
+//! `tests.rs` beside it.
 //!
 //! Two steps, kept apart so a test can check a set of variables without a
 //! network:
@@ -15,6 +15,13 @@
 //!    (`aws_config::load_defaults`), every client is built from it, and
 //!    [`AwsClients::ports`] builds the adapters the config names. Nothing
 //!    here connects: Redis connects on first use, SDK clients on first call.
+//!
+//! The registry is Redis (`REGISTRY_BACKEND` unset or `redis`: `REDIS_URL`)
+//! or a DynamoDB table (`REGISTRY_BACKEND=dynamodb`: `REGISTRY_TABLE`, on
+//! the store's DynamoDB client), each behind its feature (`redis`,
+//! `dynamodb`). The send limiter lives in the registry's Redis; with the
+//! DynamoDB registry there is none, and [`rate_limiter_from_env`] turns it
+//! off (API Gateway's route throttling still applies).
 //!
 //! A port the function did not ask for is filled with [`Unwired`], whose
 //! every call fails with an error naming the port: a handler that reaches for
@@ -44,12 +51,12 @@ use aws_smithy_types::retry::RetryConfig;
 use aws_smithy_types::timeout::TimeoutConfig;
 
 use courier_core::app::{App, Ports, Settings};
-use courier_core::config::{ConfigError, Env, PushConfig, RegistryConfig, TableNames};
+use courier_core::config::{ConfigError, Env, PushConfig, RegistryBackend, TableNames};
 
 #[cfg(feature = "apigw")]
 use crate::apigw::ApiGatewayManagement;
 #[cfg(feature = "dynamodb")]
-use crate::dynamo::DynamoStore;
+use crate::dynamo::{DynamoRegistry, DynamoStore};
 #[cfg(feature = "lambda")]
 use crate::lambda::LambdaTrigger;
 #[cfg(feature = "redis")]
@@ -218,7 +225,7 @@ pub struct PortsConfig {
     pub tables: Option<TableNames>,
     /// `DYNAMODB_ATTEMPT_TIMEOUT_MS`; `None`: [`DYNAMODB_ATTEMPT_TIMEOUT`].
     pub dynamodb_attempt_timeout: Option<Duration>,
-    pub registry: Option<RegistryConfig>,
+    pub registry: Option<RegistryBackend>,
     pub management: Option<ManagementConfig>,
     pub trigger: Option<TriggerConfig>,
     pub push: Option<PushConfig>,
@@ -276,27 +283,31 @@ impl PortsConfig {
         Ok(self)
     }
 
-    /// The Redis registry: `REDIS_URL` (checked, not connected),
-    /// `REDIS_CLUSTER`, `REGISTRY_TTL_SECS`, `REDIS_TIMEOUT_MS`.
+    /// The registry, by `REGISTRY_BACKEND`: Redis (unset or `redis`):
+    /// `REDIS_URL` (checked, not connected), `REDIS_CLUSTER`,
+    /// `REGISTRY_TTL_SECS`, `REDIS_TIMEOUT_MS`; DynamoDB (`dynamodb`):
+    /// `REGISTRY_TABLE`, `REGISTRY_TTL_SECS`.
     pub fn with_registry<F: Fn(&str) -> Option<String>>(
         mut self,
         env: &Env<F>,
     ) -> Result<Self, ConfigError> {
-        let config = RegistryConfig::from_env(env)?;
-        #[cfg(feature = "redis")]
-        RedisRegistry::check_url(&config.url, config.cluster).map_err(|e| {
-            ConfigError::Invalid {
-                name: "REDIS_URL",
-                reason: e.0,
+        let backend = RegistryBackend::from_env(env)?;
+        if let RegistryBackend::Redis(config) = &backend {
+            #[cfg(feature = "redis")]
+            RedisRegistry::check_url(&config.url, config.cluster).map_err(|e| {
+                ConfigError::Invalid {
+                    name: "REDIS_URL",
+                    reason: e.0,
+                }
+            })?;
+            if config.timeout.is_zero() {
+                return Err(ConfigError::Invalid {
+                    name: "REDIS_TIMEOUT_MS",
+                    reason: "must be at least 1".into(),
+                });
             }
-        })?;
-        if config.timeout.is_zero() {
-            return Err(ConfigError::Invalid {
-                name: "REDIS_TIMEOUT_MS",
-                reason: "must be at least 1".into(),
-            });
         }
-        self.registry = Some(config);
+        self.registry = Some(backend);
         Ok(self)
     }
 
@@ -442,11 +453,14 @@ impl AwsClients {
     /// The adapters `config` names; [`Unwired`] for the rest.
     pub fn ports(&self, config: &PortsConfig) -> Result<Ports, ConfigError> {
         let mut ports = sdk_free_ports(config)?;
+        #[cfg(feature = "dynamodb")]
+        let mut store = None;
         if let Some(tables) = &config.tables {
             #[cfg(feature = "dynamodb")]
             {
-                let store = DynamoStore::new(self.dynamodb(), tables.clone());
-                ports = ports.with_store(Arc::new(store));
+                let built = Arc::new(DynamoStore::new(self.dynamodb(), tables.clone()));
+                ports = ports.with_store(built.clone());
+                store = Some(built);
             }
             #[cfg(not(feature = "dynamodb"))]
             return Err(not_built(
@@ -454,6 +468,19 @@ impl AwsClients {
                 "MESSAGES_TABLE",
                 "dynamodb",
             ));
+        }
+        if let Some(RegistryBackend::DynamoDb(registry)) = &config.registry {
+            // On the store's client when there is one: one connection pool.
+            #[cfg(feature = "dynamodb")]
+            {
+                let registry = match &store {
+                    Some(store) => DynamoRegistry::beside(store, registry.clone()),
+                    None => DynamoRegistry::new(self.dynamodb(), registry.clone()),
+                };
+                ports = ports.with_registry(Arc::new(registry));
+            }
+            #[cfg(not(feature = "dynamodb"))]
+            return Err(not_built(registry, "REGISTRY_BACKEND", "dynamodb"));
         }
         if let Some(management) = &config.management {
             #[cfg(feature = "apigw")]
@@ -501,7 +528,7 @@ fn not_built<T>(_: T, variable: &'static str, feature: &str) -> ConfigError {
 /// for every other.
 fn sdk_free_ports(config: &PortsConfig) -> Result<Ports, ConfigError> {
     let ports = Ports::unwired();
-    let Some(registry) = &config.registry else {
+    let Some(RegistryBackend::Redis(registry)) = &config.registry else {
         return Ok(ports);
     };
     #[cfg(feature = "redis")]
@@ -521,6 +548,7 @@ impl PortsConfig {
     /// loaded at start-up).
     pub fn needs_sdk(&self) -> bool {
         self.tables.is_some()
+            || matches!(self.registry, Some(RegistryBackend::DynamoDb(_)))
             || self.management.is_some()
             || self.trigger.is_some()
             || self.push.is_some()
@@ -546,7 +574,12 @@ pub async fn ports_from_env<F: Fn(&str) -> Option<String>>(
         clients.ports(&config)
     }
     #[cfg(not(feature = "sdk"))]
-    Err(not_built((), "AWS_REGION", "sdk"))
+    match &config.registry {
+        Some(RegistryBackend::DynamoDb(registry)) => {
+            Err(not_built(registry, "REGISTRY_BACKEND", "dynamodb"))
+        }
+        _ => Err(not_built((), "AWS_REGION", "sdk")),
+    }
 }
 
 /// A Lambda function's start-up: settings and the ports `needs` asks for,
@@ -561,12 +594,31 @@ pub async fn app_from_env(needs: Needs) -> Result<App, ConfigError> {
 /// The per-user send limiter of a Lambda function: a token bucket in the
 /// Redis of `REDIS_URL`, limits from `RATE_LIMIT_PER_SEC`/`RATE_LIMIT_BURST`.
 /// Nothing connects until the first send.
+///
+/// With `REGISTRY_BACKEND=dynamodb` there is no Redis: the limiter is off,
+/// as with `RATE_LIMIT_PER_SEC=0`, and the start-up log says so. API
+/// Gateway's route throttling still bounds the stage.
 #[cfg(feature = "redis")]
 pub fn rate_limiter_from_env<F: Fn(&str) -> Option<String>>(
     env: &Env<F>,
 ) -> Result<Arc<dyn courier_core::ports::RateLimiter>, ConfigError> {
-    let redis = RegistryConfig::from_env(env)?;
     let limits = courier_core::config::RateLimitConfig::from_env(env)?;
+    let redis = match RegistryBackend::from_env(env)? {
+        RegistryBackend::Redis(redis) => redis,
+        RegistryBackend::DynamoDb(_) => {
+            if limits.enabled() {
+                tracing::warn!(
+                    per_sec = limits.per_sec,
+                    burst = limits.burst,
+                    "rate limiter off: REGISTRY_BACKEND=dynamodb has no Redis to keep the \
+                     buckets in (API Gateway's route throttling still applies)"
+                );
+            } else {
+                tracing::info!("rate limiter off (RATE_LIMIT_PER_SEC=0)");
+            }
+            return Ok(Arc::new(courier_core::adapters::rate_limit::Unlimited));
+        }
+    };
     let limiter = crate::rate_limit::RedisRateLimiter::new(&redis, limits).map_err(|e| {
         ConfigError::Invalid {
             name: "REDIS_URL",
@@ -589,223 +641,4 @@ pub fn check_env<F: Fn(&str) -> Option<String>>(
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod tests {
-    use super::*;
-    use courier_core::domain::{ConnectionId, UserId};
-    use courier_core::ports::CatchUpRequest;
-
-    fn env(pairs: &'static [(&'static str, &'static str)]) -> Env<impl Fn(&str) -> Option<String>> {
-        Env(move |k: &str| {
-            pairs
-                .iter()
-                .find(|(n, _)| *n == k)
-                .map(|(_, v)| v.to_string())
-        })
-    }
-
-    const TABLES: &[(&str, &str)] = &[
-        ("MESSAGES_TABLE", "m"),
-        ("PENDING_TABLE", "p"),
-        ("CONVERSATIONS_TABLE", "c"),
-        ("IDEMPOTENCY_TABLE", "i"),
-        ("DEVICES_TABLE", "d"),
-    ];
-
-    #[test]
-    fn authorizer_needs_nothing() {
-        let c = PortsConfig::from_env(&env(&[]), Needs::NONE).unwrap();
-        assert_eq!(c, PortsConfig::default());
-    }
-
-    #[test]
-    fn connect_needs_the_tables_redis_and_the_catch_up_function_but_no_gateway() {
-        let with = |extra: &[(&'static str, &'static str)]| {
-            let mut pairs = TABLES.to_vec();
-            pairs.extend_from_slice(extra);
-            let pairs: &'static [(&str, &str)] = Box::leak(pairs.into_boxed_slice());
-            PortsConfig::from_env(&env(pairs), Needs::CONNECT)
-        };
-        // The device's link is written in the pending table before the
-        // registry entry, so without the tables connect cannot start.
-        let e = PortsConfig::from_env(
-            &env(&[
-                ("REDIS_URL", "redis://127.0.0.1:6379"),
-                ("CATCH_UP_FUNCTION", "catch-up"),
-            ]),
-            Needs::CONNECT,
-        )
-        .unwrap_err();
-        assert_eq!(e, ConfigError::Missing("MESSAGES_TABLE"));
-        let e = with(&[("REDIS_URL", "redis://127.0.0.1:6379")]).unwrap_err();
-        assert_eq!(e, ConfigError::Missing("CATCH_UP_FUNCTION"));
-        let e = with(&[("CATCH_UP_FUNCTION", "catch-up")]).unwrap_err();
-        assert_eq!(e, ConfigError::Missing("REDIS_URL"));
-        let c = with(&[
-            ("REDIS_URL", "rediss://cache.example:6379"),
-            ("CATCH_UP_FUNCTION", "catch-up"),
-            ("LAMBDA_ENDPOINT", "http://127.0.0.1:9000/"),
-        ])
-        .unwrap();
-        assert_eq!(
-            c.tables.unwrap().pending,
-            "p",
-            "links live in the pending table"
-        );
-        assert!(c.registry.is_some());
-        assert!(c.management.is_none() && c.push.is_none());
-        assert_eq!(c.trigger.unwrap().function, "catch-up");
-        assert_eq!(c.endpoints.lambda.as_deref(), Some("http://127.0.0.1:9000"));
-    }
-
-    #[test]
-    fn redis_cluster_mode_is_off_unless_asked_and_must_be_a_bool() {
-        let base = [
-            ("REDIS_URL", "rediss://cache.example:6379"),
-            ("CATCH_UP_FUNCTION", "catch-up"),
-        ];
-        let with = |cluster: Option<&'static str>| {
-            let mut pairs = base.to_vec();
-            pairs.extend(cluster.map(|v| ("REDIS_CLUSTER", v)));
-            let pairs: &'static [(&str, &str)] = Box::leak(pairs.into_boxed_slice());
-            PortsConfig::from_env(
-                &env(pairs),
-                Needs {
-                    registry: true,
-                    ..Needs::NONE
-                },
-            )
-        };
-        assert!(!with(None).unwrap().registry.unwrap().cluster);
-        assert!(!with(Some("false")).unwrap().registry.unwrap().cluster);
-        assert!(with(Some("true")).unwrap().registry.unwrap().cluster);
-        assert!(matches!(
-            with(Some("yes")).unwrap_err(),
-            ConfigError::Invalid {
-                name: "REDIS_CLUSTER",
-                ..
-            }
-        ));
-    }
-
-    #[test]
-    fn catch_up_names_the_missing_management_endpoint() {
-        let mut pairs = TABLES.to_vec();
-        pairs.push(("REDIS_URL", "redis://127.0.0.1:6379"));
-        let pairs: &'static [(&str, &str)] = Box::leak(pairs.into_boxed_slice());
-        let e = PortsConfig::from_env(&env(pairs), Needs::CATCH_UP).unwrap_err();
-        assert_eq!(e, ConfigError::Missing("MANAGEMENT_ENDPOINT"));
-        assert!(e.to_string().contains("MANAGEMENT_ENDPOINT"));
-    }
-
-    #[test]
-    fn the_dynamodb_attempt_timeout_is_optional_and_bounded() {
-        let with = |extra: &'static str| {
-            let mut pairs = TABLES.to_vec();
-            if !extra.is_empty() {
-                pairs.push(("DYNAMODB_ATTEMPT_TIMEOUT_MS", extra));
-            }
-            let pairs: &'static [(&str, &str)] = Box::leak(pairs.into_boxed_slice());
-            PortsConfig::new(&env(pairs))
-                .unwrap()
-                .with_stores(&env(pairs))
-        };
-        assert_eq!(with("").unwrap().dynamodb_attempt_timeout, None);
-        assert_eq!(
-            with("30000").unwrap().dynamodb_attempt_timeout,
-            Some(Duration::from_secs(30))
-        );
-        for bad in ["0", "99", "60001", "3s", "-1"] {
-            assert!(
-                matches!(
-                    with(bad),
-                    Err(ConfigError::Invalid {
-                        name: "DYNAMODB_ATTEMPT_TIMEOUT_MS",
-                        ..
-                    })
-                ),
-                "{bad}"
-            );
-        }
-    }
-
-    #[test]
-    fn bad_urls_are_refused_by_name() {
-        let e = PortsConfig::new(&env(&[("SNS_ENDPOINT", "localhost:5000")])).unwrap_err();
-        assert!(matches!(
-            e,
-            ConfigError::Invalid {
-                name: "SNS_ENDPOINT",
-                ..
-            }
-        ));
-        let e = PortsConfig::from_env(&env(&[("REDIS_URL", "http://x")]), Needs::DISCONNECT)
-            .unwrap_err();
-        assert!(matches!(
-            e,
-            ConfigError::Invalid {
-                name: "REDIS_URL",
-                ..
-            }
-        ));
-        let e = PortsConfig::from_env(
-            &env(&[("MANAGEMENT_ENDPOINT", "ftp://x")]),
-            Needs {
-                gateway: true,
-                ..Needs::NONE
-            },
-        )
-        .unwrap_err();
-        assert!(matches!(
-            e,
-            ConfigError::Invalid {
-                name: "MANAGEMENT_ENDPOINT",
-                ..
-            }
-        ));
-    }
-
-    fn offline_clients() -> AwsClients {
-        let sdk = SdkConfig::builder()
-            .behavior_version(BehaviorVersion::latest())
-            .region(aws_config::Region::new("us-east-1"))
-            .build();
-        AwsClients::from_sdk_config(sdk, AwsEndpoints::default())
-    }
-
-    #[tokio::test]
-    async fn unasked_ports_fail_loudly_and_asked_ones_are_built_offline() {
-        let config = PortsConfig::from_env(
-            &env(&[
-                ("REDIS_URL", "redis://127.0.0.1:1"),
-                ("MANAGEMENT_ENDPOINT", "http://127.0.0.1:1/dev"),
-            ]),
-            Needs::DISCONNECT,
-        )
-        .unwrap()
-        .with_gateway(&env(&[("MANAGEMENT_ENDPOINT", "http://127.0.0.1:1/dev")]))
-        .unwrap();
-        let ports = offline_clients().ports(&config).unwrap();
-        let user = UserId::parse("bob").unwrap();
-        let e = ports.pending.list(&user).await.unwrap_err();
-        assert!(e.to_string().contains("not wired"), "{e}");
-        let e = ports
-            .trigger
-            .trigger(&CatchUpRequest {
-                user_id: user.clone(),
-                connection_id: ConnectionId::parse("c1").unwrap(),
-                connected_at: None,
-                device_id: Default::default(),
-                open_conversation: None,
-                device_limit: None,
-                origin: Default::default(),
-                correlation_id: None,
-            })
-            .await
-            .unwrap_err();
-        assert!(e.to_string().contains("not wired"), "{e}");
-        // The registry was built without a server; using it fails as a
-        // RegistryError, not a panic or a hang.
-        assert!(ports.registry.lookup(&user).await.is_err());
-    }
-}
+mod tests;
