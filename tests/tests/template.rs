@@ -1,7 +1,9 @@
 //! `template.yaml` and `samconfig.toml` checked against the code.
 //!
-//! Over 700 lines: every check parses the same template once; one file keeps
-//! the template's contract in one place.
+//! Over 700 lines (well over: the operations checks of issue 15 joined it):
+//! every check parses the same template once; one file keeps the template's
+//! contract in one place. The next check to arrive should split it into a
+//! folder (model and resolver, checks, tests).
 //!
 //! The SAM template is the one part of Courier that no handler test runs, so
 //! its mistakes would surface at deploy time or, worse, as a function that
@@ -17,14 +19,33 @@
 //!   for every route; a route key is not an action the protocol parses;
 //! - a function's environment, with every intrinsic resolved the way a
 //!   deploy would resolve it, is refused by the crate's own `check_env`. This
-//!   runs for the parameters shipped in `samconfig.toml`, for a development
-//!   stage with every push platform configured, and for every allowed value
-//!   of every enumerated parameter;
+//!   runs for the parameters shipped in `samconfig.toml` (its `JwksUrl`
+//!   filled in: as shipped, the template must refuse it), a development
+//!   stage in an existing VPC with every push platform configured,
+//!   `Registry=dynamodb` with push, the optional settings on, and every
+//!   allowed value of every enumerated parameter. Values outside a
+//!   parameter's `AllowedPattern` or range count as refused, like a failed
+//!   rule;
 //! - a policy grants execute-api, DynamoDB or Lambda actions on `*` (or a
 //!   wildcard action), or a function holds the Management API, Lambda, SNS,
 //!   DynamoDB or VPC access its crate's `NEEDS` does not ask for (or lacks
 //!   what it does);
 //! - catch-up's deadline margin does not fit its timeout;
+//! - `Rules` use anything but `Ref` and the rule functions (CloudFormation
+//!   refuses `Fn::Join` there; cfn-lint does not notice);
+//! - in some deploy, a function, table, the cache, the NAT gateway, API
+//!   Gateway, catch-up's failure queue or catch-up's p99 has no alarm on the
+//!   alarm topic, or the dashboard misses an alarm or a metric; catch-up has
+//!   no encrypted, retained OnFailure queue;
+//! - a function is not traced; a push credential is a parameter rather than
+//!   a Secrets Manager secret, or the provider may read other secrets;
+//! - a log group never expires, or the stage's execution-log group is not
+//!   the stack's; the concurrency parameters do not reach their functions;
+//!   a VPC the functions use lacks its DynamoDB gateway endpoint;
+//! - `Registry=dynamodb` leaves a VPC, NAT or cache behind, or a registry
+//!   function without `REGISTRY_BACKEND`/`REGISTRY_TABLE` and its exact
+//!   access to the registry table (or with Redis settings or the rate
+//!   limiter on); `Registry=valkey` creates the table;
 //! - the tables differ from what `courier_aws::dynamo::create_tables`
 //!   makes (compared on moto).
 //!
@@ -452,14 +473,10 @@ impl<'a> Resolver<'a> {
             .and_then(|p| p.get("Type"))
             .and_then(Value::as_str)
             .is_some_and(|ty| ty.starts_with("CommaDelimitedList") || ty.starts_with("List<"));
+        // An empty list parameter is CloudFormation's one-member list [""],
+        // which is what the rule functions see.
         Some(if is_list {
-            Resolved::List(
-                value
-                    .split(',')
-                    .map(|s| s.trim().to_owned())
-                    .filter(|s| !s.is_empty())
-                    .collect(),
-            )
+            Resolved::List(value.split(',').map(|s| s.trim().to_owned()).collect())
         } else {
             Resolved::Str(value.clone())
         })
