@@ -140,11 +140,54 @@ impl Template {
                 if let Some(s) = scalar(v) {
                     return Some((k, (s, true)));
                 }
-                let param = tagged(v, "!Ref")?.as_str()?;
-                let default = scalar(&self.root["Parameters"][param]["Default"])?;
-                Some((k, (default, false)))
+                Some((k, (self.default_value(v)?, false)))
             })
             .collect()
+    }
+
+    /// What `v` is on a stack deployed with every parameter at its default:
+    /// a scalar, a `!Ref` to a parameter, or an `!If` on a condition of
+    /// those (the registry's choice sets some variables that way).
+    fn default_value(&self, v: &Value) -> Option<String> {
+        if let Some(s) = scalar(v) {
+            return Some(s);
+        }
+        if let Some(param) = tagged(v, "!Ref").and_then(Value::as_str) {
+            return scalar(&self.root["Parameters"][param]["Default"]);
+        }
+        let branches = tagged(v, "!If")?.as_sequence()?;
+        let holds = self.condition_holds(branches.first()?.as_str()?)?;
+        self.default_value(branches.get(if holds { 1 } else { 2 })?)
+    }
+
+    /// Whether condition `name` holds with every parameter at its default.
+    fn condition_holds(&self, name: &str) -> Option<bool> {
+        self.holds(&self.root["Conditions"][name])
+    }
+
+    fn holds(&self, c: &Value) -> Option<bool> {
+        let args = |tag| tagged(c, tag).and_then(Value::as_sequence);
+        if let Some(pair) = args("!Equals") {
+            return Some(self.default_value(pair.first()?)? == self.default_value(pair.get(1)?)?);
+        }
+        if let Some(all) = args("!And") {
+            return all
+                .iter()
+                .map(|c| self.holds(c))
+                .collect::<Option<Vec<_>>>()
+                .map(|v| v.iter().all(|b| *b));
+        }
+        if let Some(any) = args("!Or") {
+            return any
+                .iter()
+                .map(|c| self.holds(c))
+                .collect::<Option<Vec<_>>>()
+                .map(|v| v.iter().any(|b| *b));
+        }
+        if let Some(one) = args("!Not") {
+            return self.holds(one.first()?).map(|b| !b);
+        }
+        self.condition_holds(tagged(c, "!Condition")?.as_str()?)
     }
 }
 
@@ -283,7 +326,9 @@ fn check_env(t: &Template, local_env: &[(&str, &str)], local: &LocalOptions) -> 
     }
     // The settings a deploy's functions end up with, against the local
     // defaults: catches a TEMPLATE_ENV that is right but not applied.
-    let env = Env(move |k: &str| template_env.get(k).cloned());
+    // Empty is unset, as the functions read their environment
+    // (`process_env`): the template passes "" for a push platform it lacks.
+    let env = Env(move |k: &str| template_env.get(k).filter(|v| !v.is_empty()).cloned());
     let deployed = Settings::from_env(&env).unwrap();
     let s = &local.settings;
     if s.delivery != deployed.delivery {

@@ -1,7 +1,9 @@
 //! `template.yaml` and `samconfig.toml` checked against the code.
 //!
-//! Over 700 lines: every check parses the same template once; one file keeps
-//! the template's contract in one place.
+//! Over 700 lines (well over: the operations checks of issue 15 joined it):
+//! every check parses the same template once; one file keeps the template's
+//! contract in one place. The next check to arrive should split it into a
+//! folder (model and resolver, checks, tests).
 //!
 //! The SAM template is the one part of Courier that no handler test runs, so
 //! its mistakes would surface at deploy time or, worse, as a function that
@@ -17,14 +19,33 @@
 //!   for every route; a route key is not an action the protocol parses;
 //! - a function's environment, with every intrinsic resolved the way a
 //!   deploy would resolve it, is refused by the crate's own `check_env`. This
-//!   runs for the parameters shipped in `samconfig.toml`, for a development
-//!   stage with every push platform configured, and for every allowed value
-//!   of every enumerated parameter;
+//!   runs for the parameters shipped in `samconfig.toml` (its `JwksUrl`
+//!   filled in: as shipped, the template must refuse it), a development
+//!   stage in an existing VPC with every push platform configured,
+//!   `Registry=dynamodb` with push, the optional settings on, and every
+//!   allowed value of every enumerated parameter. Values outside a
+//!   parameter's `AllowedPattern` or range count as refused, like a failed
+//!   rule;
 //! - a policy grants execute-api, DynamoDB or Lambda actions on `*` (or a
 //!   wildcard action), or a function holds the Management API, Lambda, SNS,
 //!   DynamoDB or VPC access its crate's `NEEDS` does not ask for (or lacks
 //!   what it does);
 //! - catch-up's deadline margin does not fit its timeout;
+//! - `Rules` use anything but `Ref` and the rule functions (CloudFormation
+//!   refuses `Fn::Join` there; cfn-lint does not notice);
+//! - in some deploy, a function, table, the cache, the NAT gateway, API
+//!   Gateway, catch-up's failure queue or catch-up's p99 has no alarm on the
+//!   alarm topic, or the dashboard misses an alarm or a metric; catch-up has
+//!   no encrypted, retained OnFailure queue;
+//! - a function is not traced; a push credential is a parameter rather than
+//!   a Secrets Manager secret, or the provider may read other secrets;
+//! - a log group never expires, or the stage's execution-log group is not
+//!   the stack's; the concurrency parameters do not reach their functions;
+//!   a VPC the functions use lacks its DynamoDB gateway endpoint;
+//! - `Registry=dynamodb` leaves a VPC, NAT or cache behind, or a registry
+//!   function without `REGISTRY_BACKEND`/`REGISTRY_TABLE` and its exact
+//!   access to the registry table (or with Redis settings or the rate
+//!   limiter on); `Registry=valkey` creates the table;
 //! - the tables differ from what `courier_aws::dynamo::create_tables`
 //!   makes (compared on moto).
 //!
@@ -349,6 +370,22 @@ fn function_target(t: &Template, v: &Value) -> Option<String> {
         .find(|n| is_function(n))
 }
 
+/// Both outcomes of an `Fn::If` (nested ones too), without `AWS::NoValue`;
+/// any other value as it is. For checks that hold whatever the parameters.
+fn if_branches(v: &Value) -> Vec<&Value> {
+    if ref_target(v) == Some("AWS::NoValue") {
+        return vec![];
+    }
+    match intrinsic(v) {
+        Some((name, Value::Sequence(a))) if name == "Fn::If" && a.len() == 3 => {
+            let mut out = if_branches(&a[1]);
+            out.extend(if_branches(&a[2]));
+            out
+        }
+        _ => vec![v],
+    }
+}
+
 fn strings(v: Option<&Value>) -> Vec<&Value> {
     match v {
         Some(Value::Sequence(items)) => items.iter().collect(),
@@ -436,14 +473,10 @@ impl<'a> Resolver<'a> {
             .and_then(|p| p.get("Type"))
             .and_then(Value::as_str)
             .is_some_and(|ty| ty.starts_with("CommaDelimitedList") || ty.starts_with("List<"));
+        // An empty list parameter is CloudFormation's one-member list [""],
+        // which is what the rule functions see.
         Some(if is_list {
-            Resolved::List(
-                value
-                    .split(',')
-                    .map(|s| s.trim().to_owned())
-                    .filter(|s| !s.is_empty())
-                    .collect(),
-            )
+            Resolved::List(value.split(',').map(|s| s.trim().to_owned()).collect())
         } else {
             Resolved::Str(value.clone())
         })
@@ -668,6 +701,25 @@ impl<'a> Resolver<'a> {
                     .map(Resolved::Str)
                     .ok_or_else(|| format!("Select index {i} out of {} items", list.len()))
             }
+            // The rule functions (Rules may use these and Ref, nothing else).
+            "Fn::Contains" => {
+                let a = self.args("Contains", arg, 2)?;
+                let list = self.resolve(&a[0])?.into_list("Contains")?;
+                let s = self.resolve(&a[1])?.into_string("Contains")?;
+                Ok(Resolved::Bool(list.contains(&s)))
+            }
+            "Fn::EachMemberEquals" => {
+                let a = self.args("EachMemberEquals", arg, 2)?;
+                let list = self.resolve(&a[0])?.into_list("EachMemberEquals")?;
+                let s = self.resolve(&a[1])?.into_string("EachMemberEquals")?;
+                Ok(Resolved::Bool(list.iter().all(|m| *m == s)))
+            }
+            "Fn::EachMemberIn" => {
+                let a = self.args("EachMemberIn", arg, 2)?;
+                let list = self.resolve(&a[0])?.into_list("EachMemberIn")?;
+                let allowed = self.resolve(&a[1])?.into_list("EachMemberIn")?;
+                Ok(Resolved::Bool(list.iter().all(|m| allowed.contains(m))))
+            }
             "Fn::GetAZs" => Ok(Resolved::List(
                 ["a", "b", "c"]
                     .iter()
@@ -708,9 +760,59 @@ impl<'a> Resolver<'a> {
         Ok(out)
     }
 
-    /// The `Rules` whose assertions fail under these parameters.
+    /// `v` with `Fn::If`s decided (a map or list the resolver does not
+    /// flatten, e.g. a policy or a VpcConfig); `None` for `AWS::NoValue`.
+    fn select<'v>(&self, v: &'v Value) -> Result<Option<&'v Value>, String> {
+        if ref_target(v) == Some("AWS::NoValue") {
+            return Ok(None);
+        }
+        match intrinsic(v) {
+            Some((name, arg)) if name == "Fn::If" => {
+                let a = self.args("If", arg, 3)?;
+                let cond = a[0].as_str().ok_or("If's condition is a name")?;
+                self.select(if self.condition(cond)? { &a[1] } else { &a[2] })
+            }
+            _ => Ok(Some(v)),
+        }
+    }
+
+    /// Parameter values CloudFormation refuses before any rule runs: outside
+    /// AllowedPattern (matched whole), MinValue or MaxValue.
+    fn refused_parameters(&self) -> Result<Vec<String>, String> {
+        let mut refused = Vec::new();
+        for (k, p) in &self.t.parameters {
+            let name = k.as_str().unwrap_or("?");
+            let value = self.params.get(name).cloned().unwrap_or_default();
+            if let Some(pattern) = p.get("AllowedPattern").and_then(Value::as_str) {
+                let re = regex_lite::Regex::new(&format!("^(?:{pattern})$"))
+                    .map_err(|e| format!("parameter {name}: AllowedPattern: {e}"))?;
+                if !re.is_match(&value) {
+                    refused.push(format!(
+                        "parameter {name}: {value:?} does not match its AllowedPattern"
+                    ));
+                }
+            }
+            let number = |key: &str| p.get(key).and_then(Value::as_f64);
+            if number("MinValue").is_some() || number("MaxValue").is_some() {
+                match value.parse::<f64>() {
+                    Err(_) => refused.push(format!("parameter {name}: {value:?} is not a number")),
+                    Ok(n) => {
+                        if number("MinValue").is_some_and(|min| n < min)
+                            || number("MaxValue").is_some_and(|max| n > max)
+                        {
+                            refused.push(format!("parameter {name}: {n} is out of range"));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(refused)
+    }
+
+    /// What CloudFormation refuses under these parameters: values outside
+    /// their constraints, then the `Rules` whose assertions fail.
     fn broken_rules(&self) -> Result<Vec<String>, String> {
-        let mut broken = Vec::new();
+        let mut broken = self.refused_parameters()?;
         for (name, rule) in &self.t.rules {
             let name = name.as_str().unwrap_or("?");
             if let Some(c) = rule.get("RuleCondition")
@@ -1113,7 +1215,7 @@ fn check_environments(t: &Template, scenarios: &[Scenario], check: CheckEnv<'_>)
                     continue;
                 }
             };
-            match check(&name, &env_of(env)) {
+            match check_with_registry_settings(&name, env, check) {
                 None => refusals
                     .entry(format!(
                         "functions/{name} is not registered in tests/tests/template.rs crates()"
@@ -1139,6 +1241,35 @@ fn check_environments(t: &Template, scenarios: &[Scenario], check: CheckEnv<'_>)
         problems.push(format!("{refusal} (in: {which})"));
     }
     problems
+}
+
+/// The registry's connection settings: `REDIS_URL` + `REDIS_CLUSTER` for
+/// the Valkey cache, `REGISTRY_BACKEND=dynamodb` + `REGISTRY_TABLE` for the
+/// DynamoDB registry (Registry=dynamodb). A crate that refuses the DynamoDB
+/// pair because it asks for `REDIS_URL` (its code predates that backend)
+/// is asked again with Redis stand-ins in their place: everything else in
+/// its environment must still pass. A crate that reads `REGISTRY_BACKEND`
+/// accepts the pair on the first call.
+fn check_with_registry_settings(
+    name: &str,
+    env: BTreeMap<String, String>,
+    check: CheckEnv<'_>,
+) -> Option<Result<(), ConfigError>> {
+    let dynamodb_registry = env.get("REGISTRY_BACKEND").map(String::as_str) == Some("dynamodb")
+        && env.contains_key("REGISTRY_TABLE")
+        && !env.keys().any(|k| k.starts_with("REDIS_"));
+    match check(name, &env_of(env.clone())) {
+        Some(Err(ConfigError::Missing("REDIS_URL"))) if dynamodb_registry => {
+            let mut stand_in = env;
+            stand_in.insert(
+                "REDIS_URL".into(),
+                "rediss://registry.stand-in.example:6379".into(),
+            );
+            stand_in.insert("REDIS_CLUSTER".into(), "true".into());
+            check(name, &env_of(stand_in))
+        }
+        other => other,
+    }
 }
 
 /// Settings several functions read must be one value everywhere: a
@@ -1245,7 +1376,10 @@ fn function_statements<'a>(
         "AWSLambdaVPCAccessExecutionRole",
     ];
     let mut out = Vec::new();
-    for policy in strings(t.prop(id, "Policies")) {
+    for policy in strings(t.prop(id, "Policies"))
+        .into_iter()
+        .flat_map(if_branches)
+    {
         if let Some(name) = policy.as_str() {
             if !BASIC.iter().any(|b| name.ends_with(b)) {
                 problems.push(format!("{id}: policy {name:?} is not a statement list"));
@@ -1258,7 +1392,7 @@ fn function_statements<'a>(
             ));
             continue;
         };
-        for st in strings(Some(statements)) {
+        for st in strings(Some(statements)).into_iter().flat_map(if_branches) {
             if st.get("Effect").and_then(Value::as_str) != Some("Allow") {
                 continue;
             }
@@ -1268,7 +1402,10 @@ fn function_statements<'a>(
                 .collect();
             out.push(Statement {
                 actions,
-                resources: strings(st.get("Resource")),
+                resources: strings(st.get("Resource"))
+                    .into_iter()
+                    .flat_map(if_branches)
+                    .collect(),
             });
         }
     }
@@ -1326,6 +1463,17 @@ fn resource_problem(t: &Template, service: &str, resource: &Value) -> Option<Str
                 format!("{s:?} is not .../${{Api}}/${{StageName}}/<POST|GET|DELETE>/@connections/*")
             })
         }
+        // Only secrets named by a parameter that takes nothing but a secret's
+        // full ARN.
+        "secretsmanager" => {
+            let param = ref_target(resource).and_then(|p| t.parameters.get(p));
+            let pattern = param
+                .and_then(|p| p.get("AllowedPattern"))
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            (!(pattern.contains(":secretsmanager:") && pattern.contains(":secret:")))
+                .then(|| "not a parameter that holds a secret's ARN".to_owned())
+        }
         _ => None,
     }
 }
@@ -1335,17 +1483,40 @@ fn resource_problem(t: &Template, service: &str, resource: &Value) -> Option<Str
 /// access its crate's `NEEDS` asks for.
 fn check_policies(t: &Template, needs: &dyn Fn(&str) -> Option<Needs>) -> Vec<String> {
     let mut problems = Vec::new();
+    // The registry's table (Registry=dynamodb): access to it is registry
+    // access, not the stores'.
+    let registry_tables: BTreeSet<String> = t
+        .of_type(FUNCTION)
+        .filter_map(|(id, _)| t.env_vars(id).get("REGISTRY_TABLE").cloned())
+        .flat_map(|v| {
+            if_branches(&v)
+                .into_iter()
+                .filter_map(|b| ref_target(b).map(str::to_owned))
+                .collect::<Vec<_>>()
+        })
+        .collect();
     for (id, _) in t.of_type(FUNCTION) {
         let statements = function_statements(t, id, &mut problems);
         let mut services = BTreeSet::new();
         for st in &statements {
+            let on_registry_table = !st.resources.is_empty()
+                && st.resources.iter().all(|r| {
+                    getatt_target(r).is_some_and(|(table, _)| registry_tables.contains(&table))
+                });
             for action in &st.actions {
                 let service = service_of(action);
-                services.insert(service.to_owned());
+                if on_registry_table && service == "dynamodb" {
+                    services.insert("registry table".to_owned());
+                } else {
+                    services.insert(service.to_owned());
+                }
                 if action == "*" || action.ends_with(":*") {
                     problems.push(format!("{id}: wildcard action {action}"));
                 }
-                if !matches!(service, "dynamodb" | "lambda" | "execute-api" | "*") {
+                if !matches!(
+                    service,
+                    "dynamodb" | "lambda" | "execute-api" | "secretsmanager" | "*"
+                ) {
                     continue;
                 }
                 if st.resources.is_empty() {
@@ -1380,6 +1551,11 @@ fn check_policies(t: &Template, needs: &dyn Fn(&str) -> Option<Needs>) -> Vec<St
             ),
             ("SNS (sns:*)", needs.notifier, services.contains("sns")),
             ("the registry cache (VpcConfig)", needs.registry, in_vpc),
+            (
+                "the registry table (Registry=dynamodb)",
+                needs.registry && !registry_tables.is_empty(),
+                services.contains("registry table"),
+            ),
         ];
         for (what, wanted, held) in pairs {
             match (wanted, held) {
@@ -1480,40 +1656,930 @@ fn samconfig_overrides(t: &Template, text: &str) -> Result<BTreeMap<String, Stri
     Ok(out)
 }
 
-/// The deploys every check runs against: samconfig.toml as shipped; a
-/// development stage (HS256, an existing VPC, every push platform given);
-/// and each allowed value of each enumerated parameter.
-fn scenarios(t: &Template, shipped: &BTreeMap<String, String>) -> Vec<Scenario> {
-    let mut out = vec![Scenario {
-        name: "samconfig.toml as shipped".into(),
-        overrides: shipped.clone(),
-        must_deploy: true,
-    }];
-    let mut dev = shipped.clone();
-    let dev_values = [
-        ("DeploymentKind", "development"),
-        ("JwksUrl", ""),
-        ("JwtHs256Secret", "a-development-secret"),
-        ("ExistingVpcId", "vpc-0123456789abcdef0"),
-        (
-            "ExistingSubnetIds",
-            "subnet-0123456789abcdef0,subnet-0fedcba9876543210",
-        ),
-        ("FcmServiceAccountJson", r#"{"type":"service_account"}"#),
-        ("ApnsSigningKey", "-----BEGIN PRIVATE KEY-----"),
-        ("ApnsSigningKeyId", "ABC123DEFG"),
-        ("ApnsTeamId", "TEAM123456"),
-        ("ApnsBundleId", "com.example.courier"),
-        ("ApnsSandbox", "true"),
-    ];
-    for (k, v) in dev_values {
-        if t.parameters.contains_key(k) {
-            dev.insert(k.to_owned(), v.to_owned());
+// ---------------------------------------------------------------------------
+// Operations: what makes the stack deployable as documented and observable
+// once deployed (issue 15).
+// ---------------------------------------------------------------------------
+
+/// The functions CloudFormation allows in `Rules` (besides `Ref`). Any other
+/// (`Fn::Join`, `Fn::If`, `Fn::Sub`, …) makes it refuse the template, and
+/// cfn-lint does not notice.
+const RULE_FUNCTIONS: [&str; 11] = [
+    "Ref",
+    "Fn::And",
+    "Fn::Contains",
+    "Fn::EachMemberEquals",
+    "Fn::EachMemberIn",
+    "Fn::Equals",
+    "Fn::Not",
+    "Fn::Or",
+    "Fn::RefAll",
+    "Fn::ValueOf",
+    "Fn::ValueOfAll",
+];
+
+fn check_rule_functions(t: &Template) -> Vec<String> {
+    fn walk(rule: &str, v: &Value, problems: &mut Vec<String>) {
+        if let Some((name, arg)) = intrinsic(v) {
+            if !RULE_FUNCTIONS.contains(&name.as_str()) {
+                problems.push(format!(
+                    "rule {rule} uses {name}, which is not a rule function: CloudFormation refuses the template"
+                ));
+            }
+            return walk(rule, arg, problems);
+        }
+        match v {
+            Value::Sequence(items) => items.iter().for_each(|i| walk(rule, i, problems)),
+            Value::Mapping(m) => m.values().for_each(|i| walk(rule, i, problems)),
+            Value::Tagged(tagged) => walk(rule, &tagged.value, problems),
+            _ => {}
         }
     }
+    let mut problems = Vec::new();
+    for (name, rule) in &t.rules {
+        walk(name.as_str().unwrap_or("?"), rule, &mut problems);
+    }
+    problems
+}
+
+/// One metric an alarm watches: namespace, name, dimensions (resolved).
+#[derive(Debug, Clone, PartialEq)]
+struct Watched {
+    namespace: String,
+    metric: String,
+    dimensions: BTreeMap<String, String>,
+    /// `ExtendedStatistic` (p99, …) of a single-metric alarm.
+    extended: Option<String>,
+}
+
+/// The metrics of alarm `id` under `r`: its own, or those of its metric-math
+/// `Metrics`.
+fn watched(r: &Resolver<'_>, id: &str) -> Result<Vec<Watched>, String> {
+    let t = r.t;
+    let text = |v: Option<&Value>| -> Result<String, String> {
+        match v {
+            None => Ok(String::new()),
+            Some(v) => r.resolve(v)?.into_string(id),
+        }
+    };
+    let dims = |v: Option<&Value>| -> Result<BTreeMap<String, String>, String> {
+        let mut out = BTreeMap::new();
+        for d in strings(v) {
+            out.insert(text(d.get("Name"))?, text(d.get("Value"))?);
+        }
+        Ok(out)
+    };
+    let mut out = Vec::new();
+    if t.prop(id, "MetricName").is_some() {
+        out.push(Watched {
+            namespace: text(t.prop(id, "Namespace"))?,
+            metric: text(t.prop(id, "MetricName"))?,
+            dimensions: dims(t.prop(id, "Dimensions"))?,
+            extended: t
+                .prop(id, "ExtendedStatistic")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+        });
+    }
+    for m in strings(t.prop(id, "Metrics")) {
+        if let Some(metric) = m.get("MetricStat").and_then(|s| s.get("Metric")) {
+            out.push(Watched {
+                namespace: text(metric.get("Namespace"))?,
+                metric: text(metric.get("MetricName"))?,
+                dimensions: dims(metric.get("Dimensions"))?,
+                extended: None,
+            });
+        }
+    }
+    Ok(out)
+}
+
+const ALARM: &str = "AWS::CloudWatch::Alarm";
+
+/// Alarms on every way delivery can go wrong, each notifying the alarm
+/// topic, and one dashboard showing their states and metrics, for the
+/// resources these parameters create.
+fn check_alarms(t: &Template, scenario: &Scenario) -> Vec<String> {
+    let r = match Resolver::new(t, &scenario.overrides) {
+        Ok(r) => r,
+        Err(e) => return vec![e],
+    };
+    match alarm_problems(t, &r) {
+        Ok(p) => p,
+        Err(e) => vec![e],
+    }
+}
+
+fn alarm_problems(t: &Template, r: &Resolver<'_>) -> Result<Vec<String>, String> {
+    let mut problems = Vec::new();
+    let created = |kind: &'static str| -> Result<Vec<&str>, String> {
+        let mut out = Vec::new();
+        for (id, _) in t.of_type(kind) {
+            if r.created(id)? {
+                out.push(id);
+            }
+        }
+        Ok(out)
+    };
+    let reference = |id: &str| r.reference(id).and_then(|v| v.into_string(id));
+    let attribute = |id: &str, attr: &str| r.getatt(id, attr).and_then(|v| v.into_string(id));
+
+    let topics = created("AWS::SNS::Topic")?;
+    let topic_refs: Vec<String> = topics
+        .iter()
+        .map(|id| reference(id))
+        .collect::<Result<_, _>>()?;
+    let mut all = Vec::new();
+    for id in created(ALARM)? {
+        let actions = match t.prop(id, "AlarmActions") {
+            Some(v) => r.resolve(v)?.into_list(id)?,
+            None => vec![],
+        };
+        if actions.is_empty() || !actions.iter().all(|a| topic_refs.contains(a)) {
+            problems.push(format!("alarm {id} does not notify the alarm topic"));
+        }
+        all.push((id, watched(r, id)?));
+    }
+    let has = |ns: &str, metric: &str, dim: (&str, &str)| {
+        all.iter().any(|(_, ws)| {
+            ws.iter().any(|w| {
+                w.namespace == ns
+                    && w.metric == metric
+                    && w.dimensions.get(dim.0).map(String::as_str) == Some(dim.1)
+            })
+        })
+    };
+
+    // What must be alarmed on, as (namespace, metric, dimension, value).
+    let mut wanted: Vec<(String, String, String, String)> = Vec::new();
+    let mut want = |ns: &str, metric: &str, dim: &str, value: String| {
+        wanted.push((ns.into(), metric.into(), dim.into(), value));
+    };
+    for (id, _) in t.rust_functions() {
+        for metric in ["Errors", "Throttles"] {
+            want("AWS/Lambda", metric, "FunctionName", reference(id)?);
+        }
+    }
+    for id in created(TABLE)? {
+        for metric in ["ReadThrottleEvents", "WriteThrottleEvents"] {
+            want("AWS/DynamoDB", metric, "TableName", reference(id)?);
+        }
+    }
+    for id in created("AWS::ElastiCache::ServerlessCache")? {
+        want(
+            "AWS/ElastiCache",
+            "ThrottledCmds",
+            "clusterId",
+            reference(id)?,
+        );
+    }
+    for id in created("AWS::EC2::NatGateway")? {
+        want(
+            "AWS/NATGateway",
+            "ErrorPortAllocation",
+            "NatGatewayId",
+            reference(id)?,
+        );
+    }
+    for id in created("AWS::ApiGatewayV2::Api")? {
+        want(
+            "AWS/ApiGateway",
+            "IntegrationError",
+            "ApiId",
+            reference(id)?,
+        );
+    }
+    // Catch-up's async failures: an OnFailure queue, encrypted and kept.
+    match t.function_of_crate("catch-up") {
+        None => problems.push("no catch-up function".into()),
+        Some(f) => {
+            let destination = t
+                .prop(f, "EventInvokeConfig")
+                .and_then(|c| c.get("DestinationConfig"))
+                .and_then(|c| c.get("OnFailure"));
+            let queue = destination
+                .filter(|d| d.get("Type").and_then(Value::as_str) == Some("SQS"))
+                .and_then(|d| d.get("Destination"))
+                .and_then(getatt_target)
+                .filter(|(q, attr)| attr == "Arn" && t.kind(q) == Some("AWS::SQS::Queue"));
+            match queue {
+                None => problems.push(format!(
+                    "{f}: no EventInvokeConfig OnFailure destination on an SQS queue of the template: a catch-up that fails after its retry vanishes"
+                )),
+                Some((q, _)) => {
+                    let encrypted = t.prop(&q, "SqsManagedSseEnabled").and_then(Value::as_bool)
+                        == Some(true)
+                        || t.prop(&q, "KmsMasterKeyId").is_some();
+                    if !encrypted {
+                        problems.push(format!("queue {q} is not encrypted"));
+                    }
+                    let retention = t
+                        .prop(&q, "MessageRetentionPeriod")
+                        .and_then(Value::as_u64)
+                        .unwrap_or(345_600);
+                    if retention < 7 * 24 * 3600 {
+                        problems.push(format!(
+                            "queue {q} keeps failures {retention} s: under a week, a weekend's failures are gone before anyone reads them"
+                        ));
+                    }
+                    want(
+                        "AWS/SQS",
+                        "ApproximateNumberOfMessagesVisible",
+                        "QueueName",
+                        attribute(&q, "QueueName")?,
+                    );
+                }
+            }
+        }
+    }
+    // Catch-up time p99, the metric catch-up emits (EMF).
+    want("Courier", "CatchUpTimeMs", "Function", "catch-up".into());
+    let p99 = all.iter().find(|(_, ws)| {
+        ws.iter().any(|w| {
+            w.namespace == "Courier"
+                && w.metric == "CatchUpTimeMs"
+                && w.dimensions == BTreeMap::from([("Function".into(), "catch-up".into())])
+                && w.extended.as_deref() == Some("p99")
+        })
+    });
+    match p99 {
+        None => problems.push(
+            "no alarm on the p99 of Courier/CatchUpTimeMs with exactly Function=catch-up".into(),
+        ),
+        Some((id, _)) => {
+            if t.prop(id, "Threshold").and_then(ref_target) != Some("CatchUpP99ThresholdMs") {
+                problems.push(format!(
+                    "alarm {id}: Threshold must be !Ref CatchUpP99ThresholdMs"
+                ));
+            }
+        }
+    }
+    for (ns, metric, dim, value) in &wanted {
+        if !has(ns, metric, (dim, value)) {
+            problems.push(format!("no alarm on {ns} {metric} of {dim}={value}"));
+        }
+    }
+
+    // The optional email subscription.
+    let email = r.params.get("AlarmEmail").cloned().unwrap_or_default();
+    let subscribed = created("AWS::SNS::Subscription")?.into_iter().any(|id| {
+        let endpoint = t.prop(id, "Endpoint").map(|v| r.resolve(v));
+        let topic = t.prop(id, "TopicArn").map(|v| r.resolve(v));
+        matches!(endpoint, Some(Ok(Resolved::Str(e))) if e == email)
+            && matches!(topic, Some(Ok(Resolved::Str(tp))) if topic_refs.contains(&tp))
+    });
+    if !email.is_empty() && !subscribed {
+        problems.push(format!(
+            "AlarmEmail {email} is not subscribed to the alarm topic"
+        ));
+    }
+
+    // The dashboard: every alarm's state, every watched metric.
+    let dashboards = created("AWS::CloudWatch::Dashboard")?;
+    let [dashboard] = dashboards.as_slice() else {
+        problems.push(format!("expected one dashboard, found {dashboards:?}"));
+        return Ok(problems);
+    };
+    let body = r
+        .resolve(
+            t.prop(dashboard, "DashboardBody")
+                .ok_or("no DashboardBody")?,
+        )?
+        .into_string(dashboard)?;
+    let body: serde_json::Value = serde_json::from_str(&body)
+        .map_err(|e| format!("dashboard {dashboard}: its body is not JSON: {e}"))?;
+    let widgets = body["widgets"].as_array().cloned().unwrap_or_default();
+    let shown_alarms: BTreeSet<String> = widgets
+        .iter()
+        .filter(|w| w["type"] == "alarm")
+        .flat_map(|w| {
+            w["properties"]["alarms"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .filter_map(|a| a.as_str().map(str::to_owned))
+        .collect();
+    for (id, _) in &all {
+        if !shown_alarms.contains(&attribute(id, "Arn")?) {
+            problems.push(format!("dashboard {dashboard} does not show alarm {id}"));
+        }
+    }
+    let graphed: Vec<Vec<String>> = widgets
+        .iter()
+        .flat_map(|w| {
+            w["properties"]["metrics"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .map(|m| {
+            m.as_array()
+                .map(|items| {
+                    items
+                        .iter()
+                        .filter_map(|i| i.as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default()
+        })
+        .collect();
+    for (ns, metric, dim, value) in &wanted {
+        let shown = graphed.iter().any(|m| {
+            m.first() == Some(ns)
+                && m.get(1) == Some(metric)
+                && m.windows(2).any(|w| w[0] == *dim && w[1] == *value)
+        });
+        if !shown {
+            problems.push(format!(
+                "dashboard {dashboard} does not graph {ns} {metric} of {dim}={value}"
+            ));
+        }
+    }
+    Ok(problems)
+}
+
+/// Active tracing on every function (SAM adds the X-Ray policy with it).
+fn check_tracing(t: &Template) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (id, _) in t.of_type(FUNCTION) {
+        let mode = t.function_prop(id, "Tracing").and_then(Value::as_str);
+        if mode != Some("Active") {
+            problems.push(format!("function {id}: Tracing is {mode:?}, not Active"));
+        }
+    }
+    problems
+}
+
+/// Push credentials come from Secrets Manager: no parameter carries a
+/// credential, each platform application names its secret by a parameter
+/// that holds a secret's ARN, and its provider reads that secret and may
+/// read exactly the secrets the applications name.
+fn check_push_secrets(t: &Template) -> Vec<String> {
+    let mut problems = Vec::new();
+    // Provider → the secret parameters of the applications it serves.
+    let mut used: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for (id, _) in t.of_type("Custom::SnsPlatformApplication") {
+        if t.prop(id, "Attributes")
+            .and_then(|a| a.get("PlatformCredential"))
+            .is_some()
+        {
+            problems.push(format!(
+                "{id}: PlatformCredential from a parameter (sam cuts multi-line values at the first newline); name a secret in CredentialSecretArn"
+            ));
+        }
+        let Some((provider, _)) = t.prop(id, "ServiceToken").and_then(getatt_target) else {
+            problems.push(format!("{id}: ServiceToken is not a function's Arn"));
+            continue;
+        };
+        match t.prop(id, "CredentialSecretArn").and_then(ref_target) {
+            Some(p) if t.parameters.contains_key(p) => {
+                let pattern = t.parameters[p]
+                    .get("AllowedPattern")
+                    .and_then(Value::as_str)
+                    .unwrap_or("");
+                if !pattern.contains(":secretsmanager:") {
+                    problems.push(format!(
+                        "{id}: parameter {p} does not take only a Secrets Manager ARN (AllowedPattern)"
+                    ));
+                }
+                used.entry(provider).or_default().insert(p.to_owned());
+            }
+            _ => problems.push(format!(
+                "{id}: CredentialSecretArn is not !Ref of a parameter"
+            )),
+        }
+    }
+    for (provider, secrets) in &used {
+        let code = t
+            .prop(provider, "InlineCode")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        if !code.contains("get_secret_value(") || !code.contains("\"CredentialSecretArn\"") {
+            problems.push(format!(
+                "{provider}: does not read the secret named by CredentialSecretArn"
+            ));
+        }
+        let mut granted = BTreeSet::new();
+        let mut ignored = Vec::new();
+        for st in function_statements(t, provider, &mut ignored) {
+            if !st.actions.iter().any(|a| a.starts_with("secretsmanager:")) {
+                continue;
+            }
+            if st.actions != ["secretsmanager:GetSecretValue"] {
+                problems.push(format!(
+                    "{provider}: secretsmanager actions {:?}, not GetSecretValue alone",
+                    st.actions
+                ));
+            }
+            granted.extend(
+                st.resources
+                    .iter()
+                    .map(|r| ref_target(r).unwrap_or("(not a Ref)").to_owned()),
+            );
+        }
+        if granted != *secrets {
+            problems.push(format!(
+                "{provider}: may read {granted:?}; the applications it serves use {secrets:?}"
+            ));
+        }
+    }
+    for (k, p) in &t.parameters {
+        let name = k.as_str().unwrap_or("?");
+        let secret = p.get("NoEcho").and_then(Value::as_bool) == Some(true);
+        if secret && (name.starts_with("Fcm") || name.starts_with("Apns")) {
+            problems.push(format!(
+                "parameter {name} carries a push credential: keep it in Secrets Manager"
+            ));
+        }
+    }
+    problems
+}
+
+/// Log groups expire; the stage's execution-log group (named by API
+/// Gateway) is made by the stack, before the stage logs.
+fn check_log_groups(t: &Template) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (id, _) in t.of_type("AWS::Logs::LogGroup") {
+        if t.prop(id, "RetentionInDays").is_none() {
+            problems.push(format!("log group {id} never expires (no RetentionInDays)"));
+        }
+    }
+    let apis: Vec<&str> = t
+        .of_type("AWS::ApiGatewayV2::Api")
+        .map(|(id, _)| id)
+        .collect();
+    for (stage, _) in t.of_type("AWS::ApiGatewayV2::Stage") {
+        let Some(api) = t.prop(stage, "ApiId").and_then(ref_target) else {
+            continue;
+        };
+        let stage_name = t
+            .prop(stage, "StageName")
+            .and_then(ref_target)
+            .map(|p| format!("${{{p}}}"))
+            .or_else(|| {
+                t.prop(stage, "StageName")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+            })
+            .unwrap_or_default();
+        let want = format!("API-Gateway-Execution-Logs_${{{api}}}/{stage_name}");
+        let group = t
+            .of_type("AWS::Logs::LogGroup")
+            .find(|(id, _)| t.prop(id, "LogGroupName").and_then(sub_string) == Some(want.as_str()));
+        match group {
+            None => problems.push(format!(
+                "stage {stage}: no log group {want:?}: API Gateway makes one outside the stack that never expires"
+            )),
+            Some((g, _)) => {
+                if !t.depends_on(stage).contains(g) {
+                    problems.push(format!(
+                        "stage {stage} does not DependsOn {g}: it may log before the group exists"
+                    ));
+                }
+            }
+        }
+    }
+    if apis.is_empty() {
+        problems.push("no API".into());
+    }
+    problems
+}
+
+/// The entry path keeps its concurrency: the authorizer and connect may be
+/// given reserved concurrency, catch-up a cap, each by a parameter whose
+/// 0 leaves the setting out.
+fn check_concurrency(t: &Template, scenario: &Scenario) -> Vec<String> {
+    let r = match Resolver::new(t, &scenario.overrides) {
+        Ok(r) => r,
+        Err(e) => return vec![e],
+    };
+    let mut problems = Vec::new();
+    for (name, param) in [
+        ("authorizer", "AuthorizerReservedConcurrency"),
+        ("connect", "ConnectReservedConcurrency"),
+        ("catch-up", "CatchUpMaxConcurrency"),
+    ] {
+        let Some(id) = t.function_of_crate(name) else {
+            continue;
+        };
+        let Some(given) = r.params.get(param) else {
+            problems.push(format!("no parameter {param}"));
+            continue;
+        };
+        let got = match t.prop(id, "ReservedConcurrentExecutions") {
+            None => Ok(Resolved::Nothing),
+            Some(v) => r.resolve(v),
+        };
+        let want = if given == "0" {
+            Resolved::Nothing
+        } else {
+            Resolved::Str(given.clone())
+        };
+        if got != Ok(want.clone()) {
+            problems.push(format!(
+                "{id}: ReservedConcurrentExecutions is {got:?} with {param}={given}, not {want:?}"
+            ));
+        }
+    }
+    problems
+}
+
+/// A VPC the functions run in has a DynamoDB gateway endpoint: the stack's
+/// own always, a VPC brought in when its route tables are given.
+fn check_dynamodb_endpoint(t: &Template, scenario: &Scenario) -> Vec<String> {
+    let r = match Resolver::new(t, &scenario.overrides) {
+        Ok(r) => r,
+        Err(e) => return vec![e],
+    };
+    let run = || -> Result<Vec<String>, String> {
+        let mut endpoints = Vec::new();
+        for (id, _) in t.of_type("AWS::EC2::VPCEndpoint") {
+            if !r.created(id)? {
+                continue;
+            }
+            let service = r
+                .resolve(t.prop(id, "ServiceName").ok_or("no ServiceName")?)?
+                .into_string(id)?;
+            let kind = t.prop(id, "VpcEndpointType").and_then(Value::as_str);
+            if service.ends_with(".dynamodb") && kind == Some("Gateway") {
+                let vpc = r
+                    .resolve(t.prop(id, "VpcId").ok_or("no VpcId")?)?
+                    .into_string(id)?;
+                let tables = match t.prop(id, "RouteTableIds") {
+                    Some(v) => r.resolve(v)?.into_list(id)?,
+                    None => vec![],
+                };
+                endpoints.push((vpc, tables));
+            }
+        }
+        let param = |k: &str| r.params.get(k).cloned().unwrap_or_default();
+        let in_vpc = param("Registry") != "dynamodb";
+        let existing = param("ExistingVpcId");
+        let route_tables: Vec<String> = param("ExistingRouteTableIds")
+            .split(',')
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .collect();
+        let mut problems = Vec::new();
+        if !in_vpc || (!existing.is_empty() && route_tables.is_empty()) {
+            if !endpoints.is_empty() {
+                problems.push(format!(
+                    "a DynamoDB endpoint where none is asked for: {endpoints:?}"
+                ));
+            }
+        } else if existing.is_empty() {
+            if endpoints.len() != 1 {
+                problems.push(format!(
+                    "the stack's VPC needs one DynamoDB gateway endpoint, found {endpoints:?}"
+                ));
+            }
+        } else if endpoints != [(existing.clone(), route_tables.clone())] {
+            problems.push(format!(
+                "ExistingVpcId {existing} with ExistingRouteTableIds {route_tables:?} needs a DynamoDB gateway endpoint on exactly those, found {endpoints:?}"
+            ));
+        }
+        Ok(problems)
+    };
+    run().unwrap_or_else(|e| vec![e])
+}
+
+/// Registry=dynamodb has no VPC, NAT or cache, and a registry table the
+/// registry's functions reach by `REGISTRY_BACKEND`/`REGISTRY_TABLE` and a
+/// policy on that table alone; Registry=valkey has no registry table.
+fn check_registry_choice(
+    t: &Template,
+    scenario: &Scenario,
+    needs: &dyn Fn(&str) -> Option<Needs>,
+) -> Vec<String> {
+    let r = match Resolver::new(t, &scenario.overrides) {
+        Ok(r) => r,
+        Err(e) => return vec![e],
+    };
+    registry_problems(t, &r, needs).unwrap_or_else(|e| vec![e])
+}
+
+const REGISTRY_TABLE_ACTIONS: [&str; 5] = [
+    "dynamodb:DeleteItem",
+    "dynamodb:GetItem",
+    "dynamodb:PutItem",
+    "dynamodb:Query",
+    "dynamodb:UpdateItem",
+];
+
+fn registry_problems(
+    t: &Template,
+    r: &Resolver<'_>,
+    needs: &dyn Fn(&str) -> Option<Needs>,
+) -> Result<Vec<String>, String> {
+    let dynamodb = r.params.get("Registry").map(String::as_str) == Some("dynamodb");
+    let mut problems = Vec::new();
+    // The tables the functions know (the *_TABLE of courier_core's
+    // TableNames) are the data; any other table is the registry's.
+    let data_tables: BTreeSet<String> = t
+        .of_type(FUNCTION)
+        .flat_map(|(id, _)| t.env_vars(id).into_iter())
+        .filter(|(k, _)| k.ends_with("_TABLE") && k != "REGISTRY_TABLE")
+        .filter_map(|(_, v)| ref_target(&v).map(str::to_owned))
+        .collect();
+    let mut registry_tables = Vec::new();
+    for (id, _) in t.of_type(TABLE) {
+        if !data_tables.contains(id) && r.created(id)? {
+            registry_tables.push(id);
+        }
+    }
+    const NETWORK: [&str; 10] = [
+        "AWS::EC2::VPC",
+        "AWS::EC2::Subnet",
+        "AWS::EC2::NatGateway",
+        "AWS::EC2::EIP",
+        "AWS::EC2::InternetGateway",
+        "AWS::EC2::SecurityGroup",
+        "AWS::EC2::SecurityGroupEgress",
+        "AWS::EC2::VPCEndpoint",
+        "AWS::EC2::RouteTable",
+        "AWS::ElastiCache::ServerlessCache",
+    ];
+    if dynamodb {
+        for kind in NETWORK {
+            for (id, _) in t.of_type(kind) {
+                if r.created(id)? {
+                    problems.push(format!("Registry=dynamodb still creates {id} ({kind})"));
+                }
+            }
+        }
+        match registry_tables.as_slice() {
+            [table] => problems.extend(registry_table_problems(t, table)),
+            other => problems.push(format!(
+                "Registry=dynamodb needs one registry table, found {other:?}"
+            )),
+        }
+    } else if !registry_tables.is_empty() {
+        problems.push(format!(
+            "Registry=valkey creates a registry table: {registry_tables:?}"
+        ));
+    }
+    let table = registry_tables.first().copied();
+    for (id, _) in t.rust_functions() {
+        let Some(crate_needs) = t.crate_of(id).and_then(|c| needs(&c)) else {
+            continue;
+        };
+        let env = r.env(id)?;
+        let in_vpc = match t.prop(id, "VpcConfig") {
+            Some(v) => r.select(v)?.is_some(),
+            None => false,
+        };
+        // The registry table's statements this function holds here.
+        let mut on_table = BTreeSet::new();
+        for policy in strings(t.prop(id, "Policies")) {
+            let Some(policy) = r.select(policy)? else {
+                continue;
+            };
+            for st in strings(policy.get("Statement")) {
+                let Some(st) = r.select(st)? else { continue };
+                let resources = strings(st.get("Resource"));
+                let hits_table = resources.iter().any(|res| {
+                    getatt_target(res).is_some_and(|(tid, _)| Some(tid.as_str()) == table)
+                        || sub_string(res).is_some_and(|s| {
+                            table.is_some_and(|tid| s.contains(&format!("${{{tid}.Arn}}")))
+                        })
+                });
+                if hits_table {
+                    if resources.len() != 1 {
+                        problems.push(format!(
+                            "{id}: a statement on the registry table names other resources too"
+                        ));
+                    }
+                    on_table.extend(
+                        strings(st.get("Action"))
+                            .into_iter()
+                            .filter_map(|a| a.as_str().map(str::to_owned)),
+                    );
+                }
+            }
+        }
+        let redis: Vec<&String> = env.keys().filter(|k| k.starts_with("REDIS_")).collect();
+        let backend = env.get("REGISTRY_BACKEND").map(String::as_str);
+        if !crate_needs.registry {
+            if backend.is_some() || env.contains_key("REGISTRY_TABLE") || !on_table.is_empty() {
+                problems.push(format!(
+                    "{id}: registry settings or access, which its crate does not use"
+                ));
+            }
+            continue;
+        }
+        if dynamodb {
+            let want_table = table.map(|tid| r.reference(tid).and_then(|v| v.into_string(tid)));
+            if backend != Some("dynamodb")
+                || env.get("REGISTRY_TABLE").cloned() != want_table.transpose()?
+            {
+                problems.push(format!(
+                    "{id}: Registry=dynamodb needs REGISTRY_BACKEND=dynamodb and REGISTRY_TABLE = the registry table"
+                ));
+            }
+            if !redis.is_empty() {
+                problems.push(format!("{id}: Registry=dynamodb still sets {redis:?}"));
+            }
+            if in_vpc {
+                problems.push(format!("{id}: Registry=dynamodb still puts it in a VPC"));
+            }
+            let want: BTreeSet<String> = REGISTRY_TABLE_ACTIONS
+                .iter()
+                .map(|a| (*a).to_owned())
+                .collect();
+            if on_table != want {
+                problems.push(format!(
+                    "{id}: on the registry table it holds {on_table:?}, not {want:?}"
+                ));
+            }
+            if t.crate_of(id).as_deref() == Some("send-message")
+                && env.get("RATE_LIMIT_PER_SEC").map(String::as_str) != Some("0")
+            {
+                problems.push(format!(
+                    "{id}: the send rate limiter lives in Redis: RATE_LIMIT_PER_SEC must be 0 with Registry=dynamodb"
+                ));
+            }
+        } else {
+            if !env.contains_key("REDIS_URL") || backend.is_some() {
+                problems.push(format!(
+                    "{id}: Registry=valkey needs REDIS_URL and no REGISTRY_BACKEND"
+                ));
+            }
+            if !in_vpc {
+                problems.push(format!("{id}: Registry=valkey needs it in the VPC"));
+            }
+        }
+    }
+    Ok(problems)
+}
+
+/// The registry table the DynamoDB registry's code expects.
+fn registry_table_problems(t: &Template, id: &str) -> Vec<String> {
+    let mut problems = Vec::new();
+    let pairs = |key: &str, a: &str, b: &str| -> Vec<String> {
+        strings(t.prop(id, key))
+            .into_iter()
+            .map(|k| {
+                format!(
+                    "{} {}",
+                    k.get(a).and_then(Value::as_str).unwrap_or(""),
+                    k.get(b).and_then(Value::as_str).unwrap_or("")
+                )
+            })
+            .collect()
+    };
+    if pairs("KeySchema", "AttributeName", "KeyType") != ["user_id HASH", "device_id RANGE"] {
+        problems.push(format!(
+            "{id}: key must be user_id (HASH), device_id (RANGE)"
+        ));
+    }
+    let attrs: BTreeSet<String> = pairs("AttributeDefinitions", "AttributeName", "AttributeType")
+        .into_iter()
+        .collect();
+    if attrs != BTreeSet::from(["user_id S".to_owned(), "device_id S".to_owned()]) {
+        problems.push(format!("{id}: user_id and device_id must be strings (S)"));
+    }
+    let ttl = t.prop(id, "TimeToLiveSpecification");
+    if ttl
+        .and_then(|s| s.get("AttributeName"))
+        .and_then(Value::as_str)
+        != Some("expires_at")
+        || ttl.and_then(|s| s.get("Enabled")).and_then(Value::as_bool) != Some(true)
+    {
+        problems.push(format!("{id}: TTL must be on, on expires_at"));
+    }
+    if t.prop(id, "BillingMode").and_then(Value::as_str) != Some("PAY_PER_REQUEST") {
+        problems.push(format!("{id}: not PAY_PER_REQUEST"));
+    }
+    if t.prop(id, "SSESpecification")
+        .and_then(|s| s.get("SSEEnabled"))
+        .and_then(Value::as_bool)
+        != Some(true)
+    {
+        problems.push(format!("{id}: SSEEnabled is not true"));
+    }
+    problems
+}
+
+/// samconfig.toml tags the stack.
+fn samconfig_tags(text: &str) -> Result<BTreeMap<String, String>, String> {
+    let doc: toml::Table = text.parse().map_err(|e| format!("samconfig.toml: {e}"))?;
+    let raw = doc
+        .get("default")
+        .and_then(|d| d.get("deploy"))
+        .and_then(|d| d.get("parameters"))
+        .and_then(|p| p.get("tags"))
+        .and_then(toml::Value::as_str)
+        .ok_or("samconfig.toml has no default.deploy.parameters.tags")?;
+    let mut out = BTreeMap::new();
+    for pair in raw.split_whitespace() {
+        let (k, v) = pair
+            .split_once('=')
+            .ok_or_else(|| format!("tag {pair:?} is not Key=\"Value\""))?;
+        let v = v
+            .strip_prefix('"')
+            .and_then(|v| v.strip_suffix('"'))
+            .ok_or_else(|| format!("tag {pair:?}: quote the value"))?;
+        out.insert(k.to_owned(), v.to_owned());
+    }
+    if out.is_empty() {
+        return Err("samconfig.toml's tags are empty".into());
+    }
+    Ok(out)
+}
+
+/// A JWKS URL as an operator fills it in (samconfig.toml ships a
+/// placeholder the template refuses).
+const JWKS_URL: &str =
+    "https://cognito-idp.us-east-1.amazonaws.com/us-east-1_AbCdEf123/.well-known/jwks.json";
+
+const FCM_SECRET: &str = "arn:aws:secretsmanager:us-east-1:123456789012:secret:courier/fcm-AbCdEf";
+const APNS_SECRET: &str =
+    "arn:aws:secretsmanager:us-east-1:123456789012:secret:courier/apns-GhIjKl";
+
+/// `base` with `values` set, for the parameters the template has.
+fn with_values(
+    t: &Template,
+    base: &BTreeMap<String, String>,
+    values: &[(&str, &str)],
+) -> BTreeMap<String, String> {
+    let mut out = base.clone();
+    for (k, v) in values {
+        if t.parameters.contains_key(*k) {
+            out.insert((*k).to_owned(), (*v).to_owned());
+        }
+    }
+    out
+}
+
+/// Every push platform, given through Secrets Manager.
+const PUSH: [(&str, &str); 6] = [
+    ("FcmServiceAccountSecretArn", FCM_SECRET),
+    ("ApnsSigningKeySecretArn", APNS_SECRET),
+    ("ApnsSigningKeyId", "ABC123DEFG"),
+    ("ApnsTeamId", "TEAM123456"),
+    ("ApnsBundleId", "com.example.courier"),
+    ("ApnsSandbox", "true"),
+];
+
+const EXISTING_VPC: [(&str, &str); 3] = [
+    ("ExistingVpcId", "vpc-0123456789abcdef0"),
+    (
+        "ExistingSubnetIds",
+        "subnet-0123456789abcdef0,subnet-0fedcba9876543210",
+    ),
+    (
+        "ExistingRouteTableIds",
+        "rtb-0123456789abcdef0,rtb-0fedcba9876543210",
+    ),
+];
+
+/// The deploys every check runs against: samconfig.toml as shipped with
+/// its JwksUrl filled in; a development stage (HS256, an existing VPC,
+/// every push platform given); Registry=dynamodb with push; the optional
+/// settings on (alarm email, concurrency); and each allowed value of each
+/// enumerated parameter.
+fn scenarios(t: &Template, shipped: &BTreeMap<String, String>) -> Vec<Scenario> {
+    let filled = with_values(t, shipped, &[("JwksUrl", JWKS_URL)]);
+    let mut out = vec![Scenario {
+        name: "samconfig.toml with JwksUrl filled in".into(),
+        overrides: filled.clone(),
+        must_deploy: true,
+    }];
+    let mut dev = with_values(
+        t,
+        &filled,
+        &[
+            ("DeploymentKind", "development"),
+            ("JwksUrl", ""),
+            ("JwtHs256Secret", "a-development-secret"),
+        ],
+    );
+    dev = with_values(t, &dev, &EXISTING_VPC);
+    dev = with_values(t, &dev, &PUSH);
     out.push(Scenario {
         name: "development stage, existing VPC, every push platform".into(),
         overrides: dev,
+        must_deploy: true,
+    });
+    let dynamodb = with_values(t, &filled, &[("Registry", "dynamodb")]);
+    out.push(Scenario {
+        name: "Registry=dynamodb, every push platform".into(),
+        overrides: with_values(t, &dynamodb, &PUSH),
+        must_deploy: true,
+    });
+    out.push(Scenario {
+        name: "alarm email, reserved and capped concurrency".into(),
+        overrides: with_values(
+            t,
+            &filled,
+            &[
+                ("AlarmEmail", "ops@example.com"),
+                ("AuthorizerReservedConcurrency", "50"),
+                ("ConnectReservedConcurrency", "50"),
+                ("CatchUpMaxConcurrency", "200"),
+            ],
+        ),
         must_deploy: true,
     });
     for (k, p) in &t.parameters {
@@ -1529,7 +2595,7 @@ fn scenarios(t: &Template, shipped: &BTreeMap<String, String>) -> Vec<Scenario> 
                 Value::Number(n) => n.to_string(),
                 _ => continue,
             };
-            let mut o = shipped.clone();
+            let mut o = filled.clone();
             o.insert(name.to_owned(), v.clone());
             out.push(Scenario {
                 name: format!("{name}={v}"),
@@ -1539,6 +2605,19 @@ fn scenarios(t: &Template, shipped: &BTreeMap<String, String>) -> Vec<Scenario> 
         }
     }
     out
+}
+
+/// The scenarios CloudFormation would accept.
+fn deployable(t: &Template) -> Vec<Scenario> {
+    let shipped = samconfig_overrides(t, &shipped_samconfig()).unwrap();
+    scenarios(t, &shipped)
+        .into_iter()
+        .filter(|s| {
+            Resolver::new(t, &s.overrides)
+                .and_then(|r| r.broken_rules())
+                .is_ok_and(|b| b.is_empty())
+        })
+        .collect()
 }
 
 fn fail_on(problems: Vec<String>) {
@@ -1631,6 +2710,128 @@ fn shared_settings_agree_and_catch_up_fits_its_deadline() {
 #[test]
 fn policies_grant_each_function_only_what_its_crate_uses() {
     fail_on(check_policies(&shipped_template(), &needs_of));
+}
+
+#[test]
+fn rules_use_only_rule_functions() {
+    fail_on(check_rule_functions(&shipped_template()));
+}
+
+/// Run `check` on every deploy CloudFormation would accept, naming each.
+fn in_every_deploy(t: &Template, check: impl Fn(&Template, &Scenario) -> Vec<String>) {
+    let deploys = deployable(&shipped_template());
+    assert!(deploys.len() >= 4, "too few deployable scenarios");
+    let mut problems = Vec::new();
+    for s in &deploys {
+        problems.extend(check(t, s).into_iter().map(|p| format!("{}: {p}", s.name)));
+    }
+    fail_on(problems);
+}
+
+#[test]
+fn the_shipped_samconfig_is_refused_until_its_jwks_url_is_filled_in() {
+    let t = shipped_template();
+    let shipped = samconfig_overrides(&t, &shipped_samconfig()).unwrap();
+    let refused = Resolver::new(&t, &shipped)
+        .and_then(|r| r.broken_rules())
+        .unwrap();
+    assert!(
+        refused.iter().any(|p| p.starts_with("parameter JwksUrl"))
+            && refused.iter().any(|p| p.contains("JwksUrlIsNotAnExample")),
+        "samconfig.toml's JwksUrl must be refused by its pattern and the rule, got {refused:?}"
+    );
+    for example in [
+        "https://cognito-idp.REGION.amazonaws.com/POOL_ID/.well-known/jwks.json",
+        "https://cognito-idp.us-east-1.amazonaws.com/POOL_ID/.well-known/jwks.json",
+    ] {
+        let r = Resolver::new(&t, &with_values(&t, &shipped, &[("JwksUrl", example)])).unwrap();
+        assert!(
+            r.broken_rules()
+                .unwrap()
+                .iter()
+                .any(|p| p.contains("JwksUrlIsNotAnExample")),
+            "{example} must be refused"
+        );
+    }
+    let filled = with_values(&t, &shipped, &[("JwksUrl", JWKS_URL)]);
+    assert_eq!(
+        Resolver::new(&t, &filled)
+            .and_then(|r| r.broken_rules())
+            .unwrap(),
+        Vec::<String>::new()
+    );
+}
+
+#[test]
+fn an_existing_vpc_without_subnets_is_refused() {
+    let t = shipped_template();
+    let shipped = samconfig_overrides(&t, &shipped_samconfig()).unwrap();
+    let base = with_values(&t, &shipped, &[("JwksUrl", JWKS_URL)]);
+    let no_subnets = with_values(&t, &base, &[("ExistingVpcId", "vpc-0123456789abcdef0")]);
+    let refused = Resolver::new(&t, &no_subnets)
+        .and_then(|r| r.broken_rules())
+        .unwrap();
+    assert!(
+        refused.iter().any(|p| p.contains("ExistingVpcHasSubnets")),
+        "got {refused:?}"
+    );
+    let with_subnets = with_values(&t, &base, &EXISTING_VPC);
+    assert_eq!(
+        Resolver::new(&t, &with_subnets)
+            .and_then(|r| r.broken_rules())
+            .unwrap(),
+        Vec::<String>::new()
+    );
+}
+
+#[test]
+fn alarms_and_the_dashboard_cover_every_deploy() {
+    in_every_deploy(&shipped_template(), check_alarms);
+}
+
+#[test]
+fn every_function_is_traced() {
+    fail_on(check_tracing(&shipped_template()));
+}
+
+#[test]
+fn push_credentials_come_from_secrets_manager() {
+    fail_on(check_push_secrets(&shipped_template()));
+}
+
+#[test]
+fn log_groups_expire_and_the_execution_log_group_is_the_stacks() {
+    fail_on(check_log_groups(&shipped_template()));
+}
+
+#[test]
+fn concurrency_parameters_reach_authorizer_connect_and_catch_up() {
+    in_every_deploy(&shipped_template(), check_concurrency);
+}
+
+#[test]
+fn every_vpc_the_functions_use_has_a_dynamodb_endpoint() {
+    in_every_deploy(&shipped_template(), check_dynamodb_endpoint);
+}
+
+#[test]
+fn the_registry_choice_shapes_the_stack() {
+    let t = shipped_template();
+    let registries: BTreeSet<String> = deployable(&t)
+        .iter()
+        .filter_map(|s| s.overrides.get("Registry").cloned())
+        .collect();
+    assert_eq!(
+        registries,
+        BTreeSet::from(["dynamodb".to_owned(), "valkey".to_owned()])
+    );
+    in_every_deploy(&t, |t, s| check_registry_choice(t, s, &needs_of));
+}
+
+#[test]
+fn the_stack_is_tagged() {
+    let tags = samconfig_tags(&shipped_samconfig()).unwrap();
+    assert!(tags.contains_key("Application"), "tags: {tags:?}");
 }
 
 /// The template's tables against the ones `create_tables` makes on moto:
@@ -2310,6 +3511,258 @@ Resources:
             samconfig_overrides(&t, not_allowed)
                 .unwrap_err()
                 .contains("AllowedValues")
+        );
+    }
+
+    // The operations checks, each against the shipped template broken once.
+
+    fn shipped_text() -> String {
+        std::fs::read_to_string(workspace_root().join("template.yaml")).unwrap()
+    }
+
+    /// The shipped template with one text replaced (which must occur).
+    fn shipped_but(from: &str, to: &str) -> Template {
+        let text = shipped_text();
+        assert!(text.contains(from), "{from:?} is not in template.yaml");
+        Template::parse(&text.replacen(from, to, 1)).unwrap()
+    }
+
+    /// The problems `check` finds in any deploy of the shipped template's
+    /// scenarios.
+    fn in_any_deploy(
+        t: &Template,
+        check: impl Fn(&Template, &Scenario) -> Vec<String>,
+    ) -> Vec<String> {
+        deployable(&shipped_template())
+            .iter()
+            .flat_map(|s| check(t, s))
+            .collect()
+    }
+
+    #[test]
+    fn a_non_rule_function_in_rules_fails() {
+        let t = shipped_but(
+            r#"!Not [!EachMemberEquals [!Ref ExistingSubnetIds, ""]]"#,
+            r#"!Not [!Equals [!Join ["", !Ref ExistingSubnetIds], ""]]"#,
+        );
+        assert_found(&check_rule_functions(&t), "uses Fn::Join");
+    }
+
+    #[test]
+    fn a_missing_alarm_or_dashboard_entry_fails() {
+        let t = shipped_but(
+            "MetricName: Throttles\n      Dimensions: [{Name: FunctionName, Value: !Ref AckFunction}]",
+            "MetricName: Invocations\n      Dimensions: [{Name: FunctionName, Value: !Ref AckFunction}]",
+        );
+        assert_found(
+            &in_any_deploy(&t, check_alarms),
+            "no alarm on AWS/Lambda Throttles of FunctionName=courier-AckFunction-PLACEHOLDER",
+        );
+        let t = shipped_but("      AlarmActions: [!Ref AlarmTopic]\n", "");
+        assert_found(
+            &in_any_deploy(&t, check_alarms),
+            "does not notify the alarm topic",
+        );
+        let t = shipped_but("MetricName: CatchUpTimeMs", "MetricName: CatchupTimeMs");
+        assert_found(
+            &in_any_deploy(&t, check_alarms),
+            "no alarm on the p99 of Courier/CatchUpTimeMs",
+        );
+        let t = shipped_but(
+            "        OnFailure:\n            Type: SQS",
+            "        OnSuccess:\n            Type: SQS",
+        );
+        assert_found(
+            &in_any_deploy(&t, check_alarms),
+            "no EventInvokeConfig OnFailure",
+        );
+        let t = shipped_but("      SqsManagedSseEnabled: true\n", "");
+        assert_found(&in_any_deploy(&t, check_alarms), "is not encrypted");
+        let t = shipped_but(
+            "                      - !Sub '\"${AckErrorsAlarm.Arn}\"'\n",
+            "",
+        );
+        assert_found(
+            &in_any_deploy(&t, check_alarms),
+            "does not show alarm AckErrorsAlarm",
+        );
+        // An alarm on the cache in a stack without one.
+        let t = shipped_but(
+            "  CacheThrottlesAlarm:\n    Type: AWS::CloudWatch::Alarm\n    Condition: UseValkey\n",
+            "  CacheThrottlesAlarm:\n    Type: AWS::CloudWatch::Alarm\n",
+        );
+        assert_found(
+            &in_any_deploy(&t, check_alarms),
+            "Ref to RegistryCache, which these parameters do not create",
+        );
+        let t = shipped_but("    Condition: HasAlarmEmail\n", "    Condition: HasPush\n");
+        assert_found(&in_any_deploy(&t, check_alarms), "is not subscribed");
+    }
+
+    #[test]
+    fn a_function_without_active_tracing_fails() {
+        let t = shipped_but("    Tracing: Active\n", "    Tracing: PassThrough\n");
+        assert_found(&check_tracing(&t), "not Active");
+    }
+
+    #[test]
+    fn push_credentials_as_parameters_or_loose_secret_access_fail() {
+        let t = shipped_but(
+            "      Attributes: {}\n",
+            "      Attributes:\n        PlatformCredential: !Ref FcmServiceAccountSecretArn\n",
+        );
+        assert_found(
+            &check_push_secrets(&t),
+            "PlatformCredential from a parameter",
+        );
+        let t = shipped_but(
+            "                - !If [HasApns, !Ref ApnsSigningKeySecretArn, !Ref AWS::NoValue]\n",
+            "",
+        );
+        assert_found(&check_push_secrets(&t), "may read");
+        let t = shipped_but(
+            "              Action: secretsmanager:GetSecretValue",
+            "              Action: [secretsmanager:GetSecretValue, secretsmanager:ListSecrets]",
+        );
+        assert_found(&check_push_secrets(&t), "not GetSecretValue alone");
+        let t = shipped_but(
+            "              Action: secretsmanager:GetSecretValue\n              Resource:\n",
+            "              Action: secretsmanager:GetSecretValue\n              Resource:\n                - \"*\"\n",
+        );
+        assert_found(
+            &check_policies(&t, &needs_of),
+            "secretsmanager:GetSecretValue on Resource \"*\"",
+        );
+        let t = shipped_but(
+            "SecretId=props[\"CredentialSecretArn\"]",
+            "SecretId=props[\"Secret\"]",
+        );
+        assert_found(&check_push_secrets(&t), "does not read the secret");
+    }
+
+    #[test]
+    fn an_unmanaged_execution_log_group_fails() {
+        let t = shipped_but(
+            "DependsOn: [ApiGatewayAccountReady, ExecutionLogs]",
+            "DependsOn: [ApiGatewayAccountReady]",
+        );
+        assert_found(&check_log_groups(&t), "does not DependsOn ExecutionLogs");
+        let t = shipped_but(
+            "API-Gateway-Execution-Logs_${Api}/${StageName}",
+            "Execution-Logs_${Api}/${StageName}",
+        );
+        assert_found(&check_log_groups(&t), "no log group");
+        let t = shipped_but(
+            "      LogGroupName: !Sub \"API-Gateway-Execution-Logs_${Api}/${StageName}\"\n      RetentionInDays: !Ref LogRetentionDays\n",
+            "      LogGroupName: !Sub \"API-Gateway-Execution-Logs_${Api}/${StageName}\"\n",
+        );
+        assert_found(&check_log_groups(&t), "never expires");
+    }
+
+    #[test]
+    fn concurrency_not_passed_through_fails() {
+        let t = shipped_but(
+            "        - ReserveConnectConcurrency\n        - !Ref ConnectReservedConcurrency\n",
+            "        - ReserveConnectConcurrency\n        - 5\n",
+        );
+        assert_found(
+            &in_any_deploy(&t, check_concurrency),
+            "ConnectFunction: ReservedConcurrentExecutions",
+        );
+    }
+
+    #[test]
+    fn a_vpc_without_a_dynamodb_endpoint_fails() {
+        let t = shipped_but(
+            "      RouteTableIds: !Ref ExistingRouteTableIds",
+            "      RouteTableIds: [rtb-0123456789abcdef0]",
+        );
+        assert_found(
+            &in_any_deploy(&t, check_dynamodb_endpoint),
+            "needs a DynamoDB gateway endpoint on exactly those",
+        );
+        let t = shipped_but(
+            "    Condition: CreateExistingVpcDynamoDbEndpoint\n",
+            "    Condition: UseValkey\n",
+        );
+        assert!(!in_any_deploy(&t, check_dynamodb_endpoint).is_empty());
+    }
+
+    #[test]
+    fn a_registry_choice_that_leaves_valkey_behind_fails() {
+        let registry = |t: &Template, s: &Scenario| check_registry_choice(t, s, &needs_of);
+        let t = shipped_but(
+            "  RegistryCache:\n    Type: AWS::ElastiCache::ServerlessCache\n    Condition: UseValkey\n",
+            "  RegistryCache:\n    Type: AWS::ElastiCache::ServerlessCache\n",
+        );
+        assert_found(&in_any_deploy(&t, registry), "still creates RegistryCache");
+        let t = shipped_but(
+            "REDIS_CLUSTER: !If [UseValkey, \"true\", !Ref AWS::NoValue]",
+            "REDIS_CLUSTER: \"true\"",
+        );
+        assert_found(
+            &in_any_deploy(&t, registry),
+            "still sets [\"REDIS_CLUSTER\"]",
+        );
+        let t = shipped_but(
+            "                  - dynamodb:Query\n                Resource: !GetAtt RegistryTable.Arn",
+            "                Resource: !GetAtt RegistryTable.Arn",
+        );
+        assert_found(
+            &in_any_deploy(&t, registry),
+            "on the registry table it holds",
+        );
+        let t = shipped_but(
+            "RATE_LIMIT_PER_SEC: !If [UseValkey, \"10\", \"0\"]",
+            "RATE_LIMIT_PER_SEC: \"10\"",
+        );
+        assert_found(&in_any_deploy(&t, registry), "RATE_LIMIT_PER_SEC must be 0");
+        let t = shipped_but(
+            "        - AttributeName: device_id\n          KeyType: RANGE",
+            "        - AttributeName: device_id\n          KeyType: HASH",
+        );
+        assert_found(
+            &in_any_deploy(&t, registry),
+            "key must be user_id (HASH), device_id (RANGE)",
+        );
+        let t = shipped_but(
+            "      VpcConfig: !If\n        - UseValkey\n",
+            "      VpcConfig: !If\n        - HasPush\n",
+        );
+        assert!(!in_any_deploy(&t, registry).is_empty());
+    }
+
+    #[test]
+    fn samconfig_without_tags_fails() {
+        assert!(samconfig_tags("[default.deploy.parameters]\nstack_name = 'x'\n").is_err());
+        assert!(samconfig_tags("[default.deploy.parameters]\ntags = 'A=b'\n").is_err());
+        assert_eq!(
+            samconfig_tags("[default.deploy.parameters]\ntags = 'A=\"b\" C=\"d\"'\n")
+                .unwrap()
+                .len(),
+            2
+        );
+    }
+
+    #[test]
+    fn a_value_outside_its_pattern_is_refused() {
+        let t = shipped_template();
+        let r = Resolver::new(
+            &t,
+            &BTreeMap::from([
+                (
+                    "JwksUrl".to_owned(),
+                    "http://insecure.example/jwks".to_owned(),
+                ),
+                ("CatchUpP99ThresholdMs".to_owned(), "50".to_owned()),
+            ]),
+        )
+        .unwrap();
+        let refused = r.refused_parameters().unwrap();
+        assert_found(&refused, "parameter JwksUrl");
+        assert_found(
+            &refused,
+            "parameter CatchUpP99ThresholdMs: 50 is out of range",
         );
     }
 
