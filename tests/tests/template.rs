@@ -2866,11 +2866,14 @@ async fn tables_match_what_the_dynamodb_adapter_creates() {
         // The template table the functions get in `var`.
         let ids: BTreeSet<String> = t
             .of_type(FUNCTION)
-            .filter_map(|(id, _)| {
-                t.env_vars(id)
-                    .get(var)
-                    .and_then(ref_target)
-                    .map(str::to_owned)
+            .filter_map(|(id, _)| t.env_vars(id).get(var).cloned())
+            // `!If [UseDynamoDbRegistry, !Ref RegistryTable, !Ref
+            // AWS::NoValue]`: the table of the branch that names one.
+            .flat_map(|v| {
+                if_branches(&v)
+                    .into_iter()
+                    .filter_map(|b| ref_target(b).map(str::to_owned))
+                    .collect::<Vec<_>>()
             })
             .collect();
         let [id] = ids.iter().collect::<Vec<_>>()[..] else {
@@ -2982,10 +2985,14 @@ async fn tables_match_what_the_dynamodb_adapter_creates() {
                 .and_then(Value::as_bool)
                 == Some(true)
         };
-        if !flag([
-            "PointInTimeRecoverySpecification",
-            "PointInTimeRecoveryEnabled",
-        ]) {
+        // The registry holds only live connections, which a restore could
+        // not bring back: nothing in it is worth recovering.
+        if var != "REGISTRY_TABLE"
+            && !flag([
+                "PointInTimeRecoverySpecification",
+                "PointInTimeRecoveryEnabled",
+            ])
+        {
             problems.push(format!("{id}: point-in-time recovery is off"));
         }
         if !flag(["SSESpecification", "SSEEnabled"]) {
