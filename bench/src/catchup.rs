@@ -909,7 +909,7 @@ pub fn report(cases: &[CaseFigures], packing: &[PackingFigures]) -> Report {
         );
     }
     if cases.iter().any(|c| c.backend == Backend::Moto) {
-        r.note("catch-up depth on moto: small N only. moto serves one request at a time, so an added delay overlaps its queue and a slope there reads low once the queue is long (measured from outside: 1.29 round trips at 300 conversations); depth at larger N comes from the in-memory parallel backend.");
+        r.note("catch-up depth on moto: small N only. moto serves one request at a time, so an added delay overlaps its queue and a slope there reads low once the queue is long (issue 16 measured 1.29 round trips at 300 conversations that way, below the bound of 2 it was measuring); depth at larger N comes from the in-memory parallel backend.");
     }
     if cases.iter().any(|c| c.backend == Backend::Memory) {
         r.note("catch-up depth in memory: the memory store answers a range in one call, so its \"several pages\" case has P = 1 and shows only the frames; the pages are counted on moto.");
