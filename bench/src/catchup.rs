@@ -950,3 +950,26 @@ pub fn report(cases: &[CaseFigures], packing: &[PackingFigures]) -> Report {
     }
     r
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn memory_cases_have_the_designed_depth() {
+        let config = Config::smoke();
+        let cases = run_memory(&config).await.unwrap();
+        check_structure(&cases).unwrap();
+        let designs: Vec<(usize, Option<usize>)> = cases
+            .iter()
+            .map(|c| (c.design(), c.baseline.as_ref().map(|_| c.baseline_design())))
+            .collect();
+        // One frame each; 2 frames; 1 page (memory) + 20 frames; 3 waves.
+        assert_eq!(
+            designs,
+            [(4, Some(32)), (5, Some(6)), (23, Some(24)), (8, Some(32))]
+        );
+        assert_eq!(report(&cases, &[]).rows.len(), cases.len());
+    }
+}
