@@ -141,7 +141,8 @@ pub struct Slopes {
 }
 
 impl Slopes {
-    fn push(&mut self, t1: Duration, t2: Duration, d1: Duration, d2: Duration) {
+    /// One pair: wall times `t1` at delay `d1` and `t2` at `d2`.
+    pub fn push(&mut self, t1: Duration, t2: Duration, d1: Duration, d2: Duration) {
         self.slopes
             .push((t2.as_secs_f64() - t1.as_secs_f64()) / (d2 - d1).as_secs_f64());
         self.at_d2.push(t2);
@@ -151,7 +152,8 @@ impl Slopes {
         spread(&self.slopes).0
     }
 
-    fn text(&self) -> String {
+    /// `median (min–max)` over the pairs.
+    pub fn text(&self) -> String {
         let (m, lo, hi) = spread(&self.slopes);
         format!("{m:.2} ({lo:.2}–{hi:.2})")
     }

@@ -11,8 +11,10 @@
 //!
 //! Layout, one module per figure of the issue:
 //!
-//! - [`catchup`]: the catch-up critical path against its 3-RTT bound, the
-//!   naive loop beside it, and frames against the packing bound.
+//! - [`catchup`]: the catch-up's depth in round trips (slopes over paired
+//!   runs at two injected delays, on moto and on a parallel in-memory
+//!   backend) against the design's, the fair baseline beside it, and frames
+//!   against the packing bound.
 //! - [`catch_up_memory`]: catch-up's peak heap and `VmHWM` at the worst
 //!   case for memory (largest bodies, reads answered at once, posts
 //!   slowed) against its byte bound, each run a process of its own (the

@@ -33,8 +33,13 @@ enum Command {
         #[arg(long)]
         skip_profiles: bool,
     },
-    /// Catch-up critical path vs its 3-RTT bound, naive baseline, frames.
-    CatchUp,
+    /// Catch-up depth in round trips (paired slopes, moto and in memory)
+    /// beside the fair baseline; frames.
+    CatchUp {
+        /// The smoke sizes only, with the smoke run's structure checks.
+        #[arg(long)]
+        smoke: bool,
+    },
     /// Catch-up's peak heap and VmHWM at the worst case (largest bodies,
     /// reads answered at once, posts slowed) against its byte bound; builds
     /// and runs the `catch-up-memory` binary.
@@ -98,7 +103,10 @@ async fn main() -> anyhow::Result<()> {
                 run_profiles(&mut report, false).await?;
             }
         }
-        Command::CatchUp => run_catch_up(&mut report, &catchup::Config::full()).await?,
+        Command::CatchUp { smoke: false } => {
+            run_catch_up(&mut report, &catchup::Config::full()).await?;
+        }
+        Command::CatchUp { smoke: true } => smoke_catch_up(&mut report).await?,
         Command::CatchUpMemory => {
             run_catch_up_memory(&mut report, &catch_up_memory::Config::full()).await?;
         }
@@ -124,7 +132,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Functions { bin_dir } => run_functions(&mut report, bin_dir).await?,
         Command::Profiles { arm64 } => run_profiles(&mut report, arm64).await?,
         Command::Smoke => {
-            run_catch_up(&mut report, &catchup::Config::smoke()).await?;
+            smoke_catch_up(&mut report).await?;
             let f = catch_up_memory::run(&catch_up_memory::Config::smoke()).await?;
             report.extend(catch_up_memory::report(&f));
             catch_up_memory::check(&f)?;
@@ -157,6 +165,12 @@ async fn run_catch_up(report: &mut Report, config: &catchup::Config) -> anyhow::
     let (cases, packing) = catchup::run(config).await?;
     report.extend(catchup::report(&cases, &packing));
     Ok(())
+}
+
+async fn smoke_catch_up(report: &mut Report) -> anyhow::Result<()> {
+    let (cases, packing) = catchup::run(&catchup::Config::smoke()).await?;
+    report.extend(catchup::report(&cases, &packing));
+    catchup::check_structure(&cases)
 }
 
 async fn run_catch_up_memory(

@@ -189,6 +189,67 @@ pub async fn seed_many(
     Ok(backlogs)
 }
 
+/// Writes `backlog`'s pending rows again (`1..=messages` in each
+/// conversation), as [`seed`] did: for a baseline that deleted them.
+pub async fn reset_pending(
+    client: &Client,
+    tables: &TableNames,
+    backlog: &Backlog,
+) -> anyhow::Result<()> {
+    let now = now_millis();
+    let m = backlog.messages_per_conversation;
+    let items = backlog
+        .conversations
+        .iter()
+        .map(|id| {
+            Item::from([
+                (attr::USER_ID.into(), s(backlog.reader.as_str())),
+                (attr::CONVERSATION_ID.into(), s(id.as_str())),
+                (attr::FIRST_UNDELIVERED_SEQ.into(), n(1)),
+                (attr::LAST_SEQ.into(), n(m)),
+                (attr::UPDATED_AT.into(), n(now)),
+            ])
+        })
+        .collect();
+    put_all(client, &tables.pending, items).await
+}
+
+/// The pages DynamoDB (here: moto, which cuts a page at 1 MB as DynamoDB
+/// does) answers a range read of `limit` messages of `conversation` from
+/// seq 1 in: the round trips `DynamoStore::range` pays for it.
+pub async fn range_pages(
+    client: &Client,
+    tables: &TableNames,
+    conversation: &ConversationId,
+    limit: usize,
+) -> anyhow::Result<usize> {
+    let mut pages = 0;
+    let mut items = 0;
+    let mut start = None;
+    loop {
+        let out = client
+            .query()
+            .table_name(&tables.messages)
+            .key_condition_expression("#c = :c AND #seq >= :from")
+            .expression_attribute_names("#c", attr::CONVERSATION_ID)
+            .expression_attribute_names("#seq", attr::SEQ)
+            .expression_attribute_values(":c", s(conversation.as_str()))
+            .expression_attribute_values(":from", n(1))
+            .consistent_read(true)
+            .limit(i32::try_from(limit - items).unwrap_or(i32::MAX))
+            .set_exclusive_start_key(start)
+            .send()
+            .await
+            .context("Query messages (pages)")?;
+        pages += 1;
+        items += out.items.map_or(0, |i| i.len());
+        match out.last_evaluated_key {
+            Some(k) if !k.is_empty() && items < limit => start = Some(k),
+            _ => return Ok(pages),
+        }
+    }
+}
+
 /// `BatchWriteItem` in chunks of 25, resubmitting unprocessed items.
 pub async fn put_all(client: &Client, table: &str, items: Vec<Item>) -> anyhow::Result<()> {
     for chunk in items.chunks(BATCH) {
