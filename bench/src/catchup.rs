@@ -679,6 +679,8 @@ async fn memory_once(case: &Case, rtt: Duration, baseline: bool) -> anyhow::Resu
             connected_at: connection.connected_at,
             open_conversation: None,
             device_limit: None,
+            origin: Default::default(),
+            correlation_id: None,
         };
         let report = service::catch_up(&app, &request, None, None)
             .await
