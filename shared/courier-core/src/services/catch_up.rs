@@ -18,9 +18,10 @@
 //! what they actually weigh ([`held_bytes`]: the messages and their frames)
 //! and gives the rest back; the rest goes back once they are posted. So a
 //! user with 100 conversations of a few messages each is still served in
-//! one round of reads and posts (courier-bench, N = 100 on a parallel
-//! backend: 4.3 round trips, against 10.6 when the count alone bounded it,
-//! at 32), while full conversations queue: at the defaults (500 messages,
+//! one round of reads and posts (courier-bench, N = 100 × 3 on the
+//! parallel backend: 3.91 round trips measured as a paired slope, design
+//! 4; 10.6 when a message count alone bounded it, at 32), while full
+//! conversations queue: at the defaults (500 messages,
 //! 16 KB bodies, 256 MiB) about four read at once, then each keeps what
 //! its messages weigh.
 //!
