@@ -97,6 +97,14 @@ async fn a_frame_the_gateway_closes_with_1009_is_failed_and_never_resent() {
         .expect("the next send is answered")
         .unwrap();
     assert_eq!(sent.seq.get(), 1);
-    assert_eq!(alice.inspect(|s| s.opens()), 2, "the socket came back once");
+    // Once when the client read the gateway's 1009; twice when the
+    // gateway's close raced the write and the client saw only a broken
+    // socket (no code): then the second quick drop on the same send fails
+    // it (Session::on_dropped). Never a third resend.
+    let opens = alice.inspect(|s| s.opens());
+    assert!(
+        (2..=3).contains(&opens),
+        "the socket came back {opens} times"
+    );
     alice.close();
 }
