@@ -192,7 +192,7 @@ impl Fixture {
 
     /// The environment of `function`, as the SAM template gives it, with
     /// the stand-in as Runtime API, `@connections` and Lambda endpoint.
-    fn env(&self, function: &str, api: &RuntimeApi, t: &TableNames) -> Vec<(String, String)> {
+    pub fn env(&self, function: &str, api: &RuntimeApi, t: &TableNames) -> Vec<(String, String)> {
         let pairs: [(&str, String); 27] = [
             ("AWS_LAMBDA_RUNTIME_API", api.runtime_api()),
             ("AWS_LAMBDA_FUNCTION_NAME", function.to_owned()),
@@ -361,6 +361,18 @@ pub fn memory_kb(pid: u32) -> anyhow::Result<(u64, u64)> {
     Ok((field("VmHWM:")?, field("VmRSS:")?))
 }
 
+/// `bin` with exactly `env`, no stdio, killed when dropped.
+pub fn command(bin: &Path, env: Vec<(String, String)>) -> Command {
+    let mut cmd = Command::new(bin);
+    cmd.env_clear()
+        .envs(env)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true);
+    cmd
+}
+
 /// A function process under the stand-in.
 pub struct Running {
     pub api: RuntimeApi,
@@ -383,17 +395,16 @@ impl Running {
         for e in events {
             api.push(e);
         }
-        let mut cmd = Command::new(bin);
-        cmd.env_clear()
-            .envs(fx.env(function, &api, tables))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true);
+        let mut cmd = command(bin, fx.env(function, &api, tables));
         let spawned_at = Instant::now();
         let child = cmd
             .spawn()
             .with_context(|| format!("spawning {}", bin.display()))?;
+        Running::new(api, child, spawned_at)
+    }
+
+    /// A process already spawned (at `spawned_at`) against `api`.
+    pub fn new(api: RuntimeApi, child: Child, spawned_at: Instant) -> anyhow::Result<Running> {
         let pid = child.id().context("no pid")?;
         Ok(Running {
             api,

@@ -22,6 +22,7 @@ use courier_core::app::{App, Ports, Settings};
 use courier_core::config::{RateLimitConfig, RegistryConfig, TableNames};
 use courier_core::ports::ConnectionRegistry;
 use courier_local::pushes::RecordingNotifier;
+use courier_local::routes::Routes;
 use courier_local::wiring::{LOCAL_JWT_SECRET, courier_routes, functions};
 use courier_local::{Core, GatewayConfig, Inspect, RunningGateway};
 
@@ -62,6 +63,17 @@ pub async fn start(
     redis_url: &str,
     tables: &TableNames,
 ) -> anyhow::Result<ProxiedGateway> {
+    start_with(dynamodb_endpoint, redis_url, tables, |routes| routes).await
+}
+
+/// [`start`], with Courier's routes passed through `wrap` before they are
+/// served (the cost figure counts every invocation this way).
+pub async fn start_with(
+    dynamodb_endpoint: &str,
+    redis_url: &str,
+    tables: &TableNames,
+    wrap: impl FnOnce(courier_local::routes::Routes) -> courier_local::routes::Routes,
+) -> anyhow::Result<ProxiedGateway> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let dynamo = Latency::in_front_of(dynamodb_endpoint).await?;
@@ -100,7 +112,7 @@ pub async fn start(
     .map_err(|e| anyhow::anyhow!("rate limiter: {e}"))?;
     let app = App::new(trace::traced(ports, &tape), Settings::default())
         .with_rate_limiter(trace::traced_limiter(Arc::new(limiter), &tape));
-    let routes = local_routes(app)?;
+    let routes = wrap(local_routes(app)?);
     let inspect = Inspect {
         pushes: Some(pushes),
         pending: Some(pending),
@@ -125,7 +137,13 @@ pub async fn start(
 /// Invoke API (production's path, as `courier-local --via-aws-apis`), with
 /// no proxy: for the storm, where the stores may be in memory so that the
 /// figure is the gateway's, the functions' and Redis's, not moto's.
-pub async fn start_sdk(stores: Ports, redis_url: &str) -> anyhow::Result<RunningGateway> {
+/// `wrap` may replace functions of the route table (the storm records its
+/// catch-ups).
+pub async fn start_sdk(
+    stores: Ports,
+    redis_url: &str,
+    wrap: impl FnOnce(Routes) -> Routes,
+) -> anyhow::Result<RunningGateway> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let config = GatewayConfig::default();
@@ -153,7 +171,7 @@ pub async fn start_sdk(stores: Ports, redis_url: &str) -> anyhow::Result<Running
         .with_notifier(Arc::new(pushes.clone()));
     let pending = ports.pending.clone();
     let app = App::new(ports, Settings::default());
-    let routes = local_routes(app)?;
+    let routes = wrap(local_routes(app)?);
     let inspect = Inspect {
         pushes: Some(pushes),
         pending: Some(pending),
@@ -166,7 +184,7 @@ pub async fn start_sdk(stores: Ports, redis_url: &str) -> anyhow::Result<Running
 
 /// Courier's routes on `app`, with the authorizer the local gateway uses
 /// (HS256 with the local secret).
-fn local_routes(app: App) -> anyhow::Result<courier_local::routes::Routes> {
+fn local_routes(app: App) -> anyhow::Result<Routes> {
     let auth = authorizer::AuthorizerState::new(&AuthConfig::hs256(LOCAL_JWT_SECRET))
         .map_err(|e| anyhow::anyhow!("authorizer: {e}"))?;
     Ok(courier_routes(app, Arc::new(auth)))

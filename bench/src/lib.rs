@@ -29,8 +29,14 @@
 //!   invocation, peak RSS and CPU per delivered message, measured on child
 //!   processes served by [`runtime_api`], a stand-in of the Lambda Runtime
 //!   API.
+//! - [`startup`]: start-up as Lambda counts it — the same binaries under
+//!   the template's CPU share ([`quota`]), with TLS to the endpoints
+//!   ([`tls`]), cold and warm page cache, beside the unthrottled spawn.
 //! - [`profiles`]: the release profile variants (opt-level, LTO) built and
 //!   measured with [`functions`].
+//! - [`cost`]: cost per million messages, from the requests each workload
+//!   made counted at the wire and priced with `bench/prices.toml`, beside
+//!   the design of aws-samples' simple-websockets-chat-app.
 //!
 //! Support: [`backends`] (servers, clients, proxies), [`seed`] (backlogs
 //! written straight into the tables), [`ws`] (a bare WebSocket client that
@@ -46,15 +52,19 @@
 pub mod backends;
 pub mod catch_up_memory;
 pub mod catchup;
+pub mod cost;
 pub mod devices;
 pub mod functions;
 pub mod gateway;
 pub mod profiles;
+pub mod quota;
 pub mod report;
 pub mod runtime_api;
 pub mod seed;
 pub mod send;
+pub mod startup;
 pub mod stats;
 pub mod storm;
+pub mod tls;
 pub mod trace;
 pub mod ws;

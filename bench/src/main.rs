@@ -9,7 +9,9 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use courier_bench::report::Report;
-use courier_bench::{catch_up_memory, catchup, devices, functions, profiles, send, storm};
+use courier_bench::{
+    catch_up_memory, catchup, cost, devices, functions, profiles, send, startup, storm,
+};
 
 #[derive(Parser)]
 #[command(
@@ -67,13 +69,33 @@ enum Command {
         #[arg(long)]
         bin_dir: Option<PathBuf>,
     },
+    /// Start-up as Lambda counts it: each release binary in `--bin-dir`
+    /// under its template's CPU quota, with TLS, cold and warm page cache,
+    /// beside the unthrottled plain-text warm spawn.
+    StartUp {
+        #[arg(long)]
+        bin_dir: Option<PathBuf>,
+        /// Functions to spawn (default: all nine).
+        #[arg(long, value_delimiter = ',')]
+        functions: Vec<String>,
+        /// Spawns per function and variant.
+        #[arg(long, default_value_t = 7)]
+        reps: usize,
+    },
     /// Build and measure the release profile variants.
     Profiles {
         /// Also build each variant for arm64 with `cargo lambda` (sizes).
         #[arg(long)]
         arm64: bool,
     },
-    /// A small run of catch-up, frames, send, devices and storm; asserts
+    /// Cost per million messages: 1:1, a group, a catch-up after a day,
+    /// and the simple-websockets-chat-app design, counted and priced.
+    Cost {
+        /// The smoke sizes only, with the smoke run's count checks.
+        #[arg(long)]
+        smoke: bool,
+    },
+    /// A small run of catch-up, frames, send, devices, storm and cost; asserts
     /// counts, bounds and the tape's structure, never times.
     Smoke,
 }
@@ -96,7 +118,10 @@ async fn main() -> anyhow::Result<()> {
                 ..storm::Config::full()
             };
             run_storm(&mut report, &moto).await?;
+            let f = cost::run(&cost::Config::full()).await?;
+            report.extend(cost::report(&f));
             run_functions(&mut report, None).await?;
+            run_start_up(&mut report, None, &[], 7).await?;
             if !skip_profiles {
                 // x86_64 only: the arm64 sizes of the profile in use come
                 // from scripts/lambda-build in the functions rows.
@@ -129,7 +154,21 @@ async fn main() -> anyhow::Result<()> {
             };
             run_storm(&mut report, &config).await?;
         }
+        Command::Cost { smoke: false } => {
+            let f = cost::run(&cost::Config::full()).await?;
+            report.extend(cost::report(&f));
+        }
+        Command::Cost { smoke: true } => {
+            let f = cost::run(&cost::Config::smoke()).await?;
+            report.extend(cost::report(&f));
+            cost::check(&f)?;
+        }
         Command::Functions { bin_dir } => run_functions(&mut report, bin_dir).await?,
+        Command::StartUp {
+            bin_dir,
+            functions,
+            reps,
+        } => run_start_up(&mut report, bin_dir, &functions, reps).await?,
         Command::Profiles { arm64 } => run_profiles(&mut report, arm64).await?,
         Command::Smoke => {
             smoke_catch_up(&mut report).await?;
@@ -140,17 +179,12 @@ async fn main() -> anyhow::Result<()> {
             let f = devices::run(&devices::Config::smoke()).await?;
             report.extend(devices::report(&f));
             devices::check_structure(&f)?;
-            let config = storm::Config::smoke();
-            let f = storm::run(&config).await?;
-            report.extend(storm::report(&f, config.pending_per_client));
-            anyhow::ensure!(
-                f.caught_up == f.clients && f.pending_left == 0,
-                "storm smoke: {}/{} caught up, {} pending rows left: {:?}",
-                f.caught_up,
-                f.clients,
-                f.pending_left,
-                f.failures
-            );
+            let f = storm::run(&storm::Config::smoke()).await?;
+            report.extend(storm::report(&f));
+            storm::check_smoke(&f)?;
+            let f = cost::run(&cost::Config::smoke()).await?;
+            report.extend(cost::report(&f));
+            cost::check(&f)?;
         }
     }
     print!("{}", report.to_text());
@@ -196,7 +230,7 @@ async fn run_devices(report: &mut Report, config: &devices::Config) -> anyhow::R
 
 async fn run_storm(report: &mut Report, config: &storm::Config) -> anyhow::Result<()> {
     let f = storm::run(config).await?;
-    report.extend(storm::report(&f, config.pending_per_client));
+    report.extend(storm::report(&f));
     Ok(())
 }
 
@@ -207,6 +241,31 @@ async fn run_functions(report: &mut Report, bin_dir: Option<PathBuf>) -> anyhow:
     // The arm64 artefacts of `scripts/lambda-build`, if it ran.
     let arm64 = profiles::arm64_sizes(&target, &functions::FUNCTIONS).ok();
     report.extend(functions::report(&f, arm64.as_deref()));
+    Ok(())
+}
+
+async fn run_start_up(
+    report: &mut Report,
+    bin_dir: Option<PathBuf>,
+    names: &[String],
+    reps: usize,
+) -> anyhow::Result<()> {
+    let dir = bin_dir.unwrap_or_else(|| functions::release_dir(&functions::target_dir()));
+    let functions = if names.is_empty() {
+        functions::FUNCTIONS.to_vec()
+    } else {
+        names
+            .iter()
+            .map(|n| {
+                functions::FUNCTIONS
+                    .into_iter()
+                    .find(|f| f == n)
+                    .ok_or_else(|| anyhow::anyhow!("no function {n}"))
+            })
+            .collect::<anyhow::Result<_>>()?
+    };
+    let results = startup::run(&dir, &startup::Config { functions, reps }).await?;
+    report.extend(startup::report(&results));
     Ok(())
 }
 

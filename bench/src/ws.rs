@@ -6,6 +6,7 @@
 //! arrived. This one sends what it is told and hands back every text frame
 //! with the `Instant` it was read.
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow, bail};
@@ -28,6 +29,28 @@ pub struct Received {
 pub struct WsClient {
     out: mpsc::UnboundedSender<Message>,
     frames: mpsc::UnboundedReceiver<Received>,
+    wire: Arc<Wire>,
+}
+
+/// Text frames that crossed a client's socket, each way, counted before
+/// any parsing (API Gateway bills every message sent and received, Courier
+/// frame or not).
+#[derive(Debug, Default)]
+pub struct Wire {
+    /// Each received frame's length in bytes (billed per 32 KB).
+    pub sizes_in: Mutex<Vec<u64>>,
+    /// Each sent frame's length in bytes.
+    pub sizes_out: Mutex<Vec<u64>>,
+}
+
+impl Wire {
+    /// Every frame's size so far, both directions.
+    pub fn sizes(&self) -> Vec<u64> {
+        let lock = |m: &Mutex<Vec<u64>>| m.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut all = lock(&self.sizes_in);
+        all.extend(lock(&self.sizes_out));
+        all
+    }
 }
 
 /// An HS256 token for `user`, signed with the local gateway's secret.
@@ -52,6 +75,8 @@ impl WsClient {
         let (mut sink, mut stream) = socket.split();
         let (out, mut out_rx) = mpsc::unbounded_channel::<Message>();
         let (frames_tx, frames) = mpsc::unbounded_channel();
+        let wire = Arc::new(Wire::default());
+        let counted = wire.clone();
         tokio::spawn(async move {
             while let Some(m) = out_rx.recv().await {
                 let close = matches!(m, Message::Close(_));
@@ -64,6 +89,11 @@ impl WsClient {
             while let Some(Ok(m)) = stream.next().await {
                 let at = Instant::now();
                 let Message::Text(text) = m else { continue };
+                counted
+                    .sizes_in
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(text.len() as u64);
                 let Ok(frame) = serde_json::from_str::<ServerFrame>(&text) else {
                     // API Gateway's own error frames are not Courier frames.
                     continue;
@@ -80,10 +110,20 @@ impl WsClient {
                 }
             }
         });
-        Ok(WsClient { out, frames })
+        Ok(WsClient { out, frames, wire })
+    }
+
+    /// What crossed this client's socket so far.
+    pub fn wire(&self) -> &Arc<Wire> {
+        &self.wire
     }
 
     pub fn send(&self, text: String) -> anyhow::Result<()> {
+        self.wire
+            .sizes_out
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(text.len() as u64);
         self.out
             .send(Message::Text(text.into()))
             .map_err(|_| anyhow!("socket closed"))
@@ -112,56 +152,6 @@ impl WsClient {
             got.push(r);
             if done {
                 return Ok(got);
-            }
-        }
-    }
-
-    /// Frames up to and including the first `caught_up`, sending a full
-    /// `sync` when `sync_after` passes without one, as a client does when
-    /// the asynchronous catch-up was lost; the wait between syncs stays the
-    /// same, or doubles (with jitter, up to a minute) under `backoff`.
-    /// Returns the frames and the number of syncs sent.
-    pub async fn until_caught_up_syncing(
-        &mut self,
-        sync_after: Duration,
-        backoff: bool,
-        timeout: Duration,
-    ) -> anyhow::Result<(Vec<Received>, usize)> {
-        let deadline = Instant::now() + timeout;
-        let mut interval = sync_after;
-        let mut next_sync = Instant::now() + sync_after;
-        let mut syncs = 0;
-        let mut got = Vec::new();
-        loop {
-            let now = Instant::now();
-            if now >= deadline {
-                bail!(
-                    "no caught_up within {timeout:?} ({} frames, {syncs} syncs)",
-                    got.len()
-                );
-            }
-            if now >= next_sync {
-                self.send(r#"{"action":"sync"}"#.to_owned())?;
-                syncs += 1;
-                if backoff {
-                    let doubled = (interval * 2).min(Duration::from_secs(60));
-                    // Equal jitter: half fixed, half random.
-                    let half = doubled / 2;
-                    interval = half + half.mul_f64(rand::random::<f64>());
-                }
-                next_sync = now + interval;
-            }
-            let wait = next_sync.min(deadline).saturating_duration_since(now);
-            match tokio::time::timeout(wait, self.frames.recv()).await {
-                Ok(Some(r)) => {
-                    let done = matches!(r.frame, ServerFrame::CaughtUp { .. });
-                    got.push(r);
-                    if done {
-                        return Ok((got, syncs));
-                    }
-                }
-                Ok(None) => bail!("socket closed"),
-                Err(_) => {}
             }
         }
     }
