@@ -160,9 +160,9 @@ pub struct Config {
 impl Config {
     pub fn full() -> Self {
         Self {
-            moto_rtt: (Duration::from_millis(10), Duration::from_millis(40)),
-            memory_rtt: (Duration::from_millis(5), Duration::from_millis(20)),
-            pairs: 5,
+            moto_rtt: (Duration::from_millis(10), Duration::from_millis(70)),
+            memory_rtt: (Duration::from_millis(10), Duration::from_millis(50)),
+            pairs: 8,
             moto: vec![
                 Case::new(ONE_FRAME, 1, 3, 100),
                 Case::new(ONE_FRAME, 10, 3, 100),
@@ -618,7 +618,8 @@ async fn run_moto(bench: &mut Bench, config: &Config) -> anyhow::Result<Vec<Case
         for pair in 0..=config.pairs {
             let mut courier = [Delivery::default(), Delivery::default()];
             let mut baseline = [Delivery::default(), Delivery::default()];
-            for (i, d) in [rtt.0, rtt.1].into_iter().enumerate() {
+            for i in counterbalanced(pair) {
+                let d = [rtt.0, rtt.1][i];
                 bench.set_rtt(d);
                 courier[i] = bench.courier(&c).await?;
                 if case.baseline {
@@ -714,10 +715,11 @@ async fn run_memory(config: &Config) -> anyhow::Result<Vec<CaseFigures>> {
     let mut out = Vec::new();
     for case in &config.memory {
         let mut pairs = Pairs::new(case.baseline);
-        for _ in 0..config.pairs {
+        for pair in 0..config.pairs {
             let mut courier = [Delivery::default(), Delivery::default()];
             let mut baseline = [Delivery::default(), Delivery::default()];
-            for (i, d) in [rtt.0, rtt.1].into_iter().enumerate() {
+            for i in counterbalanced(pair) {
+                let d = [rtt.0, rtt.1][i];
                 courier[i] = memory_once(case, d, false).await?;
                 if case.baseline {
                     baseline[i] = memory_once(case, d, true).await?;
@@ -730,6 +732,14 @@ async fn run_memory(config: &Config) -> anyhow::Result<Vec<CaseFigures>> {
         out.push(f);
     }
     Ok(out)
+}
+
+/// The order of a pair's two delays: small then large, then large then
+/// small in the next pair (ABBA), so that whatever drifts along a run
+/// (warm caches, a neighbour's load, the previous run's garbage) falls on
+/// both delays alike instead of always on the first.
+fn counterbalanced(pair: usize) -> [usize; 2] {
+    if pair % 2 == 0 { [0, 1] } else { [1, 0] }
 }
 
 /// Checks what the client got against the backlog (every message exactly

@@ -51,10 +51,10 @@ enum Command {
     /// Several devices per user: catch-up depth with other devices'
     /// cursors, live fan-out to 5 devices, the tapped conversation first.
     Devices,
-    /// 1,000 clients reconnecting at once.
+    /// 1,000 clients reconnecting at once (100 with `--moto`).
     Storm {
-        #[arg(long, default_value_t = 1000)]
-        clients: usize,
+        #[arg(long)]
+        clients: Option<usize>,
         /// Clients sync every 4 s while no caught_up comes, instead of
         /// doubling the wait as courier-client does.
         #[arg(long)]
@@ -113,11 +113,7 @@ async fn main() -> anyhow::Result<()> {
             run_send(&mut report, &send::Config::full()).await?;
             run_devices(&mut report, &devices::Config::full()).await?;
             run_storm(&mut report, &storm::Config::full()).await?;
-            let moto = storm::Config {
-                backend: storm::Backend::Moto,
-                ..storm::Config::full()
-            };
-            run_storm(&mut report, &moto).await?;
+            run_storm(&mut report, &storm::Config::moto()).await?;
             let f = cost::run(&cost::Config::full()).await?;
             report.extend(cost::report(&f));
             run_functions(&mut report, None).await?;
@@ -142,15 +138,15 @@ async fn main() -> anyhow::Result<()> {
             fixed_sync,
             moto,
         } => {
+            let base = if moto {
+                storm::Config::moto()
+            } else {
+                storm::Config::full()
+            };
             let config = storm::Config {
-                clients,
+                clients: clients.unwrap_or(base.clients),
                 sync_backoff: !fixed_sync,
-                backend: if moto {
-                    storm::Backend::Moto
-                } else {
-                    storm::Backend::Memory
-                },
-                ..storm::Config::full()
+                ..base
             };
             run_storm(&mut report, &config).await?;
         }

@@ -156,6 +156,11 @@ impl WsClient {
         }
     }
 
+    /// The socket is closed: no frame will come, nothing can be sent.
+    pub fn is_closed(&self) -> bool {
+        self.out.is_closed() || self.frames.is_closed()
+    }
+
     pub fn close(&self) {
         let _ = self.out.send(Message::Close(None));
     }

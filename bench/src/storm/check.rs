@@ -25,6 +25,12 @@
 //!   than `1 + syncs` is a duplicate nobody asked for. (On AWS a Lambda
 //!   retry of a failed asynchronous catch-up would be one more; the local
 //!   gateway does not retry, so here it is a fault.)
+//! - **A retried send may come live again.** A sender that got
+//!   `internal`, no answer, or lost its socket sends again with the same
+//!   `client_msg_id`; the retry answers the original seq and delivers it
+//!   again (`services/send.rs` `replay`), so each retry may post one more
+//!   live copy, whenever it lands ([`Tally::relive`]). A copy beyond the
+//!   retries is a duplicate.
 //! - **Every seq is shown once**: the distinct seqs are exactly
 //!   `1..=pending + live`, whatever the arrival order, and at least one
 //!   `caught_up` came, at most one per catch-up asked for.
@@ -41,6 +47,10 @@ pub struct Received {
     pub syncs: usize,
     /// `caught_up` frames it read.
     pub caught_ups: usize,
+    /// Live seqs whose send the sender retried after it may have been
+    /// delivered, and how often: each retry re-runs delivery, so may post
+    /// one more copy.
+    pub retried: BTreeMap<u64, usize>,
 }
 
 /// What one client must end up showing.
@@ -75,11 +85,14 @@ pub struct Tally {
     /// First sightings that arrived before a lower seq had: shown only once
     /// the hole below them filled.
     pub ahead: usize,
+    /// Extra live copies of a seq whose send was retried (at most one per
+    /// retry).
+    pub relive: usize,
 }
 
 impl Tally {
     pub fn duplicates(&self) -> usize {
-        self.resent + self.raced
+        self.resent + self.raced + self.relive
     }
 }
 
@@ -110,6 +123,7 @@ pub fn check(got: &Received, want: Expected) -> Result<Tally, Broken> {
     let mut catch_up_copies: BTreeMap<u64, usize> = BTreeMap::new();
     let mut catch_ups = 0;
     let mut live = BTreeSet::new();
+    let mut relive: BTreeMap<u64, usize> = BTreeMap::new();
     let mut last_live = want.pending;
     for seqs in &got.frames {
         match seqs.as_slice() {
@@ -129,6 +143,13 @@ pub fn check(got: &Received, want: Expected) -> Result<Tally, Broken> {
                 }
             }
             &[seq] if seq > want.pending && seq <= all => {
+                // A retried send posts again: up to one copy per retry,
+                // whenever the attempt that posted it got there.
+                let copies = |m: &BTreeMap<u64, usize>| m.get(&seq).copied().unwrap_or(0);
+                if live.contains(&seq) && copies(&relive) < copies(&got.retried) {
+                    *relive.entry(seq).or_default() += 1;
+                    continue;
+                }
                 if seq <= last_live {
                     return Err(Broken::LiveOrder {
                         seq,
@@ -168,6 +189,7 @@ pub fn check(got: &Received, want: Expected) -> Result<Tally, Broken> {
             .filter(|s| catch_up_copies.contains_key(s))
             .count(),
         ahead: ahead(got),
+        relive: relive.values().sum(),
     })
 }
 
@@ -213,7 +235,23 @@ mod tests {
             frames: frames.iter().map(|f| f.to_vec()).collect(),
             syncs,
             caught_ups,
+            retried: BTreeMap::new(),
         }
+    }
+
+    #[test]
+    fn a_retried_send_may_come_again_once_per_retry_even_late() {
+        let mut g = got(&[&[1, 2, 3], &[4], &[5], &[4]], 0, 1);
+        g.retried.insert(4, 1);
+        let t = check(&g, WANT).unwrap();
+        assert_eq!((t.relive, t.duplicates(), t.shown), (1, 1, 5));
+        g.frames.push(vec![4]);
+        let e = check(&g, WANT).unwrap_err();
+        assert_eq!(e, Broken::LiveOrder { seq: 4, after: 5 });
+        // Retrying seq 4 excuses no copy of seq 5.
+        let mut g = got(&[&[1, 2, 3], &[4], &[5], &[5]], 0, 1);
+        g.retried.insert(4, 3);
+        assert!(check(&g, WANT).is_err());
     }
 
     #[test]

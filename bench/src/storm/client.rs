@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow, bail, ensure};
 use courier_core::backoff::Backoff;
-use courier_core::domain::ConversationId;
+use courier_core::domain::{ConversationId, UserId};
 use courier_core::protocol::ServerFrame;
 use serde_json::json;
 use tokio::sync::{Barrier, watch};
@@ -27,6 +27,8 @@ pub(super) struct Reconnected {
     pub(super) caught_up: Duration,
     pub(super) tally: Tally,
     pub(super) syncs: usize,
+    /// Handshakes refused before the socket opened.
+    pub(super) refused: u32,
     /// Why it sent its first sync (`None`: it did not).
     pub(super) reason: Option<Reason>,
     /// Live messages that came only with a catch-up asked for after the
@@ -44,6 +46,8 @@ pub(super) struct Storm {
     pub(super) sync_backoff: bool,
     pub(super) expected: Expected,
     pub(super) catch_ups: Arc<CatchUps>,
+    /// The senders' retries, read once they are done.
+    pub(super) retried: super::Retried,
     /// Clients past their first `caught_up` (or failed before it).
     pub(super) waited: Arc<AtomicUsize>,
     /// Clients that read a `caught_up`.
@@ -116,7 +120,7 @@ pub(super) async fn reconnect(storm: Storm, backlog: Backlog) -> anyhow::Result<
     storm
         .caught
         .fetch_add(usize::from(first.is_ok()), Ordering::SeqCst);
-    let (mut ws, mut reading, connected) = first?;
+    let (mut ws, mut reading, connected, refused) = first?;
     let caught_up = start.elapsed();
     let conversation = &backlog.conversations[0];
 
@@ -143,6 +147,13 @@ pub(super) async fn reconnect(storm: Storm, backlog: Backlog) -> anyhow::Result<
             reading.first_error.as_deref(),
         )
     });
+    reading.got.retried = storm
+        .retried
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(conversation)
+        .cloned()
+        .unwrap_or_default();
     let syncs = reading.got.syncs;
     let mut late = 0;
     let tally = match check::check(&reading.got, storm.expected) {
@@ -172,10 +183,43 @@ pub(super) async fn reconnect(storm: Storm, backlog: Backlog) -> anyhow::Result<
         caught_up,
         tally,
         syncs,
+        refused,
         late,
         reason,
         ws,
     })
+}
+
+/// Handshakes a client tries before it gives up: `courier-client` keeps
+/// trying; the storm counts a client refused this often as failed.
+const HANDSHAKES: u32 = 8;
+
+/// Opens a socket as `courier-client` does: a refused handshake (the
+/// gateway answers 500 when `$connect` fails or times out under the storm)
+/// is tried again after an equal-jitter wait, 1 s doubling up to 16 s.
+/// Returns the socket and how many handshakes were refused first.
+pub(super) async fn connect_counting(
+    ws_url: &str,
+    user: &UserId,
+) -> anyhow::Result<(WsClient, u32)> {
+    let waits = Backoff::equal(Duration::from_secs(1), Duration::from_secs(16));
+    let mut refused = 0;
+    loop {
+        match WsClient::connect(ws_url, user).await {
+            Ok(ws) => return Ok((ws, refused)),
+            Err(e) if refused + 1 < HANDSHAKES => {
+                tracing::debug!("{user}: handshake refused: {e:#}");
+                tokio::time::sleep(waits.delay(refused)).await;
+                refused += 1;
+            }
+            Err(e) => return Err(e.context(format!("{HANDSHAKES} handshakes refused"))),
+        }
+    }
+}
+
+/// [`connect_counting`] without the count.
+pub(super) async fn connect_patiently(ws_url: &str, user: &UserId) -> anyhow::Result<WsClient> {
+    Ok(connect_counting(ws_url, user).await?.0)
 }
 
 /// Opens the socket and reads up to the first `caught_up`, sending `sync`
@@ -184,8 +228,8 @@ async fn wait_for_caught_up(
     storm: &Storm,
     backlog: &Backlog,
     start: Instant,
-) -> anyhow::Result<(WsClient, Reading, Duration)> {
-    let mut ws = WsClient::connect(&storm.ws_url, &backlog.reader).await?;
+) -> anyhow::Result<(WsClient, Reading, Duration, u32)> {
+    let (mut ws, refused) = connect_counting(&storm.ws_url, &backlog.reader).await?;
     let connected = start.elapsed();
     let conversation = &backlog.conversations[0];
     let deadline = start + PATIENCE;
@@ -219,5 +263,5 @@ async fn wait_for_caught_up(
             reading.read(r.frame, conversation)?;
         }
     }
-    Ok((ws, reading, connected))
+    Ok((ws, reading, connected, refused))
 }

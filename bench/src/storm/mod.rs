@@ -40,7 +40,7 @@ pub mod check;
 mod client;
 pub mod why;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -49,9 +49,10 @@ use anyhow::{Context as _, anyhow, bail, ensure};
 use courier_aws::dynamo::DynamoStore;
 use courier_core::adapters::memory::MemoryStore;
 use courier_core::app::Ports;
+use courier_core::backoff::Backoff;
 use courier_core::domain::{ConversationId, UserId};
 use courier_core::ports::PendingStore;
-use courier_core::protocol::ServerFrame;
+use courier_core::protocol::{ErrorCode, ServerFrame};
 use serde_json::json;
 use tokio::sync::{Barrier, watch};
 
@@ -101,6 +102,19 @@ impl Config {
         }
     }
 
+    /// The storm on moto: 100 clients. moto serves one request at a time
+    /// (≈ 25 a second here); 200 clients' handshakes, sends and catch-ups
+    /// are ≈ 2,400 requests, and past its queue `$connect`'s DynamoDB calls
+    /// outlast the connect function's 10 s timeout, so the handshakes
+    /// themselves fail (docs/performance.md). Larger storms run in memory.
+    pub fn moto() -> Self {
+        Self {
+            backend: Backend::Moto,
+            clients: 100,
+            ..Self::full()
+        }
+    }
+
     pub fn smoke() -> Self {
         Self {
             backend: Backend::Moto,
@@ -138,6 +152,11 @@ pub struct Figures {
     pub ahead_clients: usize,
     /// Messages the senders got `sent` for.
     pub live_sent: usize,
+    /// Sends sent again after `internal`, `rate_limited`, no answer or a
+    /// closed socket.
+    pub send_retries: usize,
+    /// Clients whose handshake was refused at least once (and retried).
+    pub refused_clients: usize,
     /// Live messages the storm did not bring (not posted live, stored after
     /// the catch-up read) that a further catch-up did, and their clients.
     pub late: usize,
@@ -165,65 +184,152 @@ const SYNC_AFTER: Duration = Duration::from_secs(4);
 /// storm takes minutes.
 const PATIENCE: Duration = Duration::from_secs(300);
 
-/// One sender: from the barrier, `live` rounds of one message to each of
-/// `conversations`, a round once the previous one's `sent` frames are all
-/// in; then acks its own messages, as the sending device does. Returns the
-/// number sent.
+/// How long a sender waits for the answers to a round before it sends the
+/// unanswered ones again (the send function's timeout is 20 s).
+const ANSWER_WAIT: Duration = Duration::from_secs(30);
+
+/// Attempts of one send before the sender gives up on it.
+const SEND_ATTEMPTS: u32 = 8;
+
+/// Sends a sender retried, per conversation and seq: each retry of a send
+/// that may have delivered (an `internal` answer, no answer, a closed
+/// socket) re-runs delivery (`services/send.rs` `replay`), so it may post
+/// one more live copy, which the client drops by seq.
+pub(super) type Retried = Arc<std::sync::Mutex<HashMap<ConversationId, BTreeMap<u64, usize>>>>;
+
+/// One sender, as `courier-client` sends: from the barrier, `live` rounds
+/// of one message to each of `conversations`, a round once the previous
+/// one's `sent` frames are all in. An `internal` or `rate_limited` answer,
+/// no answer within [`ANSWER_WAIT`] or a closed socket sends it again with
+/// the same `client_msg_id` (a new socket first when it closed), with
+/// backoff. Then acks its own messages, as the sending device does.
+/// Returns the number sent and the socket it ended on.
 async fn send_live(
-    ws: &mut WsClient,
-    conversations: &[ConversationId],
+    mut ws: WsClient,
+    sender: Sender,
+    conversations: Vec<ConversationId>,
     expected: Expected,
     barrier: Arc<Barrier>,
-) -> anyhow::Result<usize> {
+) -> (anyhow::Result<usize>, WsClient) {
     barrier.wait().await;
-    for round in 1..=expected.live {
-        for c in conversations {
-            ws.send(
+    let mut retries = 0;
+    let result = async {
+        for round in 1..=expected.live {
+            let seq = expected.pending + round;
+            let frame = |c: &ConversationId| {
                 json!({
                     "action": "sendMessage",
                     "conversation_id": c.as_str(),
                     "client_msg_id": format!("live-{round}"),
-                    "body": seed::body(usize::try_from(expected.pending + round)?, 100),
+                    "request_id": c.as_str(),
+                    "body": seed::body(usize::try_from(seq).unwrap_or(0), 100),
                 })
-                .to_string(),
-            )?;
-        }
-        let mut waiting: HashSet<&str> = conversations.iter().map(ConversationId::as_str).collect();
-        while !waiting.is_empty() {
-            let r = ws
-                .next(PATIENCE)
-                .await
-                .with_context(|| format!("round {round}: {} sends unanswered", waiting.len()))?;
-            match r.frame {
-                ServerFrame::Sent {
-                    conversation_id,
-                    seq,
-                    ..
-                } => {
-                    // One sender per conversation, one send at a time in it.
+                .to_string()
+            };
+            for c in &conversations {
+                ws.send(frame(c))?;
+            }
+            let mut waiting: HashMap<&str, u32> =
+                conversations.iter().map(|c| (c.as_str(), 0)).collect();
+            let backoff = Backoff::equal(Duration::from_millis(500), Duration::from_secs(16));
+            while !waiting.is_empty() {
+                // (conversation, may it have delivered) to send again.
+                let again: Vec<(String, bool)> = match ws.next(ANSWER_WAIT).await {
+                    Ok(r) => match r.frame {
+                        ServerFrame::Sent {
+                            conversation_id,
+                            seq: got,
+                            ..
+                        } => {
+                            // One sender per conversation, one send at a
+                            // time in it: the round's seq, or the late
+                            // answer of a retried send of an earlier round.
+                            ensure!(
+                                got.get() <= seq,
+                                "{conversation_id}: round {round} got seq {got}"
+                            );
+                            if got.get() == seq {
+                                waiting.remove(conversation_id.as_str());
+                            }
+                            continue;
+                        }
+                        ServerFrame::Error {
+                            code: code @ (ErrorCode::Internal | ErrorCode::RateLimited),
+                            request_id: Some(c),
+                            ..
+                        } if waiting.contains_key(c.as_str()) => {
+                            vec![(c, code == ErrorCode::Internal)]
+                        }
+                        ServerFrame::Error { code, message, .. } => {
+                            bail!("round {round}: {}: {message}", code.as_str())
+                        }
+                        _ => continue,
+                    },
+                    Err(e) => {
+                        // No answer, or the socket closed: every send still
+                        // waiting may or may not have been delivered.
+                        if ws.is_closed() {
+                            ws = sender.connect().await?;
+                        } else {
+                            tracing::debug!("round {round}: {e:#}");
+                        }
+                        waiting.keys().map(|c| (c.to_string(), true)).collect()
+                    }
+                };
+                for (c, may_have_delivered) in again {
+                    let Some(attempts) = waiting.get_mut(c.as_str()) else {
+                        continue;
+                    };
+                    *attempts += 1;
                     ensure!(
-                        seq.get() == expected.pending + round,
-                        "{conversation_id}: round {round} got seq {seq}"
+                        *attempts < SEND_ATTEMPTS,
+                        "{c}: round {round} unanswered after {SEND_ATTEMPTS} attempts"
                     );
-                    waiting.remove(conversation_id.as_str());
+                    let id = ConversationId::parse(&c).map_err(|e| anyhow!("{e}"))?;
+                    if may_have_delivered {
+                        *sender
+                            .retried
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .entry(id.clone())
+                            .or_default()
+                            .entry(seq)
+                            .or_default() += 1;
+                    }
+                    retries += 1;
+                    tokio::time::sleep(backoff.delay(*attempts - 1)).await;
+                    ws.send(frame(&id))?;
                 }
-                // No retry: a retried send is delivered again, a duplicate
-                // the clients' check would have to excuse.
-                ServerFrame::Error { code, message, .. } => {
-                    bail!("round {round}: {}: {message}", code.as_str())
-                }
-                _ => {}
             }
         }
+        for chunk in conversations.chunks(100) {
+            let acks: Vec<_> = chunk
+                .iter()
+                .map(|c| json!({"conversation_id": c.as_str(), "seq": expected.all()}))
+                .collect();
+            ws.send(json!({"action": "ack", "acks": acks}).to_string())?;
+        }
+        Ok(conversations.len() * usize::try_from(expected.live)?)
     }
-    for chunk in conversations.chunks(100) {
-        let acks: Vec<_> = chunk
-            .iter()
-            .map(|c| json!({"conversation_id": c.as_str(), "seq": expected.all()}))
-            .collect();
-        ws.send(json!({"action": "ack", "acks": acks}).to_string())?;
+    .await;
+    sender.retries.fetch_add(retries, Ordering::SeqCst);
+    (result, ws)
+}
+
+/// What a sender needs to open a new socket and to record its retries.
+#[derive(Clone)]
+struct Sender {
+    ws_url: String,
+    user: UserId,
+    retried: Retried,
+    /// Sends sent again, over all senders.
+    retries: Arc<AtomicUsize>,
+}
+
+impl Sender {
+    async fn connect(&self) -> anyhow::Result<WsClient> {
+        client::connect_patiently(&self.ws_url, &self.user).await
     }
-    Ok(conversations.len() * usize::try_from(expected.live)?)
 }
 
 /// Readers `storm{i}-{tag}`, senders `storm-sender{k}-{tag}`; reader `i`'s
@@ -286,8 +392,16 @@ pub async fn run(config: &Config) -> anyhow::Result<Figures> {
     // The senders are connected before the storm starts.
     let barrier = Arc::new(Barrier::new(config.clients + senders.len() + 1));
     let mut sender_tasks = Vec::new();
+    let retried = Retried::default();
+    let retries = Arc::new(AtomicUsize::new(0));
     for (k, user) in senders.iter().enumerate() {
-        let mut ws = WsClient::connect(&ws_url, user).await?;
+        let sender = Sender {
+            ws_url: ws_url.clone(),
+            user: user.clone(),
+            retried: retried.clone(),
+            retries: retries.clone(),
+        };
+        let ws = sender.connect().await?;
         let theirs: Vec<ConversationId> = backlogs
             .iter()
             .skip(k)
@@ -295,10 +409,9 @@ pub async fn run(config: &Config) -> anyhow::Result<Figures> {
             .map(|b| b.conversations[0].clone())
             .collect();
         let (expected, barrier) = (config.expected(), barrier.clone());
-        sender_tasks.push(tokio::spawn(async move {
-            let sent = send_live(&mut ws, &theirs, expected, barrier).await;
-            (sent, ws)
-        }));
+        sender_tasks.push(tokio::spawn(send_live(
+            ws, sender, theirs, expected, barrier,
+        )));
     }
     let (settle, settled) = watch::channel(false);
     let storm = Storm {
@@ -307,6 +420,7 @@ pub async fn run(config: &Config) -> anyhow::Result<Figures> {
         sync_backoff: config.sync_backoff,
         expected: config.expected(),
         catch_ups: catch_ups.clone(),
+        retried: retried.clone(),
         waited: Arc::new(AtomicUsize::new(0)),
         caught: Arc::new(AtomicUsize::new(0)),
         settled,
@@ -335,6 +449,7 @@ pub async fn run(config: &Config) -> anyhow::Result<Figures> {
             Err(e) => f.fail(format!("sender: {e:#}")),
         }
     }
+    f.send_retries = retries.load(Ordering::SeqCst);
     settle_when_quiet(&storm, &readers).await;
     let _ = settle.send(true);
 
@@ -423,6 +538,7 @@ impl Figures {
         sockets: &mut Vec<WsClient>,
     ) {
         connected.push(r.connected);
+        self.refused_clients += usize::from(r.refused > 0);
         times.push(r.caught_up);
         self.kept += 1;
         let t = &r.tally;
@@ -435,6 +551,7 @@ impl Figures {
         self.tally.resent += t.resent;
         self.tally.raced += t.raced;
         self.tally.ahead += t.ahead;
+        self.tally.relive += t.relive;
         self.synced += usize::from(r.syncs > 0);
         self.late += r.late;
         self.late_clients += usize::from(r.late > 0);
@@ -548,11 +665,13 @@ pub fn report(f: &Figures) -> Report {
         S,
         format!("raw duplicates, dropped by seq ({setting})"),
         format!(
-            "{} resent by a second catch-up after a sync ({} clients); {} read both live and by catch-up ({} clients); {} messages arrived ahead of a lower seq ({} clients), shown once the hole filled",
+            "{} resent by a second catch-up after a sync ({} clients); {} read both live and by catch-up ({} clients); {} live again after the sender retried ({} retries); {} messages arrived ahead of a lower seq ({} clients), shown once the hole filled",
             f.tally.resent,
             f.resent_clients,
             f.tally.raced,
             f.raced_clients,
+            f.tally.relive,
+            f.send_retries,
             f.tally.ahead,
             f.ahead_clients
         ),
@@ -575,11 +694,12 @@ pub fn report(f: &Figures) -> Report {
         S,
         format!("time to caught_up ({setting})"),
         format!(
-            "p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms; last handshake done at {:.0} ms",
+            "p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms; last handshake done at {:.0} ms; {} clients had a handshake refused and tried again",
             ms(f.p50),
             ms(f.p99),
             ms(f.max),
-            ms(f.all_connected)
+            ms(f.all_connected),
+            f.refused_clients
         ),
     );
     for e in &f.failures {
