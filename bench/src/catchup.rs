@@ -744,7 +744,11 @@ async fn run_memory(config: &Config) -> anyhow::Result<Vec<CaseFigures>> {
 /// (warm caches, a neighbour's load, the previous run's garbage) falls on
 /// both delays alike instead of always on the first.
 fn counterbalanced(pair: usize) -> [usize; 2] {
-    if pair % 2 == 0 { [0, 1] } else { [1, 0] }
+    if pair.is_multiple_of(2) {
+        [0, 1]
+    } else {
+        [1, 0]
+    }
 }
 
 /// Checks what the client got against the backlog (every message exactly
