@@ -217,11 +217,6 @@ pub(super) async fn connect_counting(
     }
 }
 
-/// [`connect_counting`] without the count.
-pub(super) async fn connect_patiently(ws_url: &str, user: &UserId) -> anyhow::Result<WsClient> {
-    Ok(connect_counting(ws_url, user).await?.0)
-}
-
 /// Opens the socket and reads up to the first `caught_up`, sending `sync`
 /// when it is late, as `courier-client` does.
 async fn wait_for_caught_up(

@@ -229,12 +229,14 @@ async fn send_live(
             for c in &conversations {
                 ws.send(frame(c))?;
             }
-            let mut waiting: HashMap<&str, u32> =
-                conversations.iter().map(|c| (c.as_str(), 0)).collect();
+            // Each conversation still waiting for its `sent`, with its
+            // attempts so far.
+            let mut waiting: HashMap<&str, (&ConversationId, u32)> =
+                conversations.iter().map(|c| (c.as_str(), (c, 0))).collect();
             let backoff = Backoff::equal(Duration::from_millis(500), Duration::from_secs(16));
             while !waiting.is_empty() {
                 // (conversation, may it have delivered) to send again.
-                let again: Vec<(String, bool)> = match ws.next(ANSWER_WAIT).await {
+                let again: Vec<(&ConversationId, bool)> = match ws.next(ANSWER_WAIT).await {
                     Ok(r) => match r.frame {
                         ServerFrame::Sent {
                             conversation_id,
@@ -258,7 +260,7 @@ async fn send_live(
                             request_id: Some(c),
                             ..
                         } if waiting.contains_key(c.as_str()) => {
-                            vec![(c, code == ErrorCode::Internal)]
+                            vec![(waiting[c.as_str()].0, code == ErrorCode::Internal)]
                         }
                         ServerFrame::Error { code, message, .. } => {
                             bail!("round {round}: {}: {message}", code.as_str())
@@ -273,11 +275,11 @@ async fn send_live(
                         } else {
                             tracing::debug!("round {round}: {e:#}");
                         }
-                        waiting.keys().map(|c| (c.to_string(), true)).collect()
+                        waiting.values().map(|&(c, _)| (c, true)).collect()
                     }
                 };
                 for (c, may_have_delivered) in again {
-                    let Some(attempts) = waiting.get_mut(c.as_str()) else {
+                    let Some((_, attempts)) = waiting.get_mut(c.as_str()) else {
                         continue;
                     };
                     *attempts += 1;
@@ -285,20 +287,19 @@ async fn send_live(
                         *attempts < SEND_ATTEMPTS,
                         "{c}: round {round} unanswered after {SEND_ATTEMPTS} attempts"
                     );
-                    let id = ConversationId::parse(&c).map_err(|e| anyhow!("{e}"))?;
                     if may_have_delivered {
                         *sender
                             .retried
                             .lock()
                             .unwrap_or_else(|e| e.into_inner())
-                            .entry(id.clone())
+                            .entry(c.clone())
                             .or_default()
                             .entry(seq)
                             .or_default() += 1;
                     }
                     retries += 1;
                     tokio::time::sleep(backoff.delay(*attempts - 1)).await;
-                    ws.send(frame(&id))?;
+                    ws.send(frame(c))?;
                 }
             }
         }
@@ -328,7 +329,7 @@ struct Sender {
 
 impl Sender {
     async fn connect(&self) -> anyhow::Result<WsClient> {
-        client::connect_patiently(&self.ws_url, &self.user).await
+        Ok(client::connect_counting(&self.ws_url, &self.user).await?.0)
     }
 }
 
